@@ -1,0 +1,318 @@
+//! [`Config`], its builder, and [`Durability`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::Error;
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Acknowledged after the commit is durable (fsync). The default; always
+    /// used for revocations whatever the setting.
+    #[default]
+    Immediate,
+    /// Acknowledged when queued; made durable within `Config::flush_interval`
+    /// (like Redis `appendfsync everysec`). A crash may lose the last interval of
+    /// creates and updates, never a revocation.
+    Eventual,
+}
+
+/// Store configuration. Build with [`Config::builder`]; `Config::default()` gives the
+/// documented defaults.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) session_ttl: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) touch_granularity: Duration,
+    pub(crate) max_data_len: usize,
+    pub(crate) cache_capacity: usize,
+    pub(crate) cache_shards: usize,
+    pub(crate) durability: Durability,
+    pub(crate) flush_interval: Duration,
+    pub(crate) max_token_len: usize,
+    pub(crate) write_queue: usize,
+    pub(crate) db_cache_bytes: usize,
+    pub(crate) access_ttl: Duration,
+    pub(crate) leeway: Duration,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The builder's defaults are valid by construction.
+        ConfigBuilder::default().unchecked()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("session_ttl", &self.session_ttl)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("touch_granularity", &self.touch_granularity)
+            .field("max_data_len", &self.max_data_len)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("cache_shards", &self.cache_shards)
+            .field("durability", &self.durability)
+            .field("flush_interval", &self.flush_interval)
+            .field("max_token_len", &self.max_token_len)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A builder starting from the defaults.
+    #[must_use]
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The clock in use.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// How long a revoked serial must stay in the revocation set: until every
+    /// access token that could name it has expired (access TTL + leeway).
+    pub(crate) fn revocation_horizon(&self) -> Duration {
+        self.access_ttl + self.leeway
+    }
+
+    /// The default write durability.
+    #[must_use]
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const MAX_DATA_LEN_CAP: usize = 16 << 20; // 16 MiB: a session is not a blob store
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Builder for [`Config`]. Setters document their defaults; [`ConfigBuilder::build`] validates.
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    session_ttl: Duration,
+    idle_timeout: Option<Duration>,
+    touch_granularity: Option<Duration>,
+    max_data_len: usize,
+    cache_capacity: usize,
+    cache_shards: usize,
+    durability: Durability,
+    flush_interval: Duration,
+    max_token_len: usize,
+    write_queue: usize,
+    db_cache_bytes: usize,
+    access_ttl: Duration,
+    leeway: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        Self {
+            session_ttl: 7 * DAY,
+            idle_timeout: Some(DAY),
+            touch_granularity: None,
+            max_data_len: 64 * 1024,
+            cache_capacity: 1_000_000,
+            cache_shards: 64,
+            durability: Durability::Immediate,
+            flush_interval: Duration::from_secs(1),
+            max_token_len: 4096,
+            write_queue: 65_536,
+            db_cache_bytes: 64 << 20,
+            access_ttl: Duration::from_secs(300),
+            leeway: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl ConfigBuilder {
+    /// Absolute session lifetime. Default: 7 days.
+    pub fn session_ttl(&mut self, d: Duration) -> &mut Self {
+        self.session_ttl = d;
+        self
+    }
+    /// Idle timeout (`None` disables it). Default: 24 hours.
+    pub fn idle_timeout(&mut self, d: Option<Duration>) -> &mut Self {
+        self.idle_timeout = d;
+        self
+    }
+    /// How far `last_seen` must move before it is written again, so a hot
+    /// session is written at most once per granularity.
+    /// Default: min(idle timeout / 10, 60 s).
+    pub fn touch_granularity(&mut self, d: Duration) -> &mut Self {
+        self.touch_granularity = Some(d);
+        self
+    }
+    /// Largest accepted session data, in bytes. Default: 64 KiB; at most 16 MiB.
+    pub fn max_data_len(&mut self, n: usize) -> &mut Self {
+        self.max_data_len = n;
+        self
+    }
+    /// Sessions kept in memory. Default: 1,000,000.
+    pub fn cache_capacity(&mut self, n: usize) -> &mut Self {
+        self.cache_capacity = n;
+        self
+    }
+    /// Number of cache shards, a power of two in 1..=4096. Default: 64.
+    pub fn cache_shards(&mut self, n: usize) -> &mut Self {
+        self.cache_shards = n;
+        self
+    }
+    /// Default durability of creates and updates. Default: [`Durability::Immediate`].
+    pub fn durability(&mut self, d: Durability) -> &mut Self {
+        self.durability = d;
+        self
+    }
+    /// Longest time an [`Durability::Eventual`] write stays non-durable. Default: 1 s; at most 60 s.
+    pub fn flush_interval(&mut self, d: Duration) -> &mut Self {
+        self.flush_interval = d;
+        self
+    }
+    /// Longest bearer token accepted by any parser. Default: 4 KiB.
+    pub fn max_token_len(&mut self, n: usize) -> &mut Self {
+        self.max_token_len = n;
+        self
+    }
+    /// Capacity of the writer queue; callers wait up to 1 s for room, then get
+    /// [`Error::Busy`]. Default: 65,536.
+    pub fn write_queue(&mut self, n: usize) -> &mut Self {
+        self.write_queue = n;
+        self
+    }
+    /// Memory redb may use for its page cache. Default: 64 MiB.
+    pub fn db_cache_bytes(&mut self, n: usize) -> &mut Self {
+        self.db_cache_bytes = n;
+        self
+    }
+    /// Lifetime of access tokens (JWTs). Default: 5 minutes; at most 1 hour.
+    pub fn access_ttl(&mut self, d: Duration) -> &mut Self {
+        self.access_ttl = d;
+        self
+    }
+    /// Clock leeway applied to `exp`/`nbf`/`iat` of access tokens. Default: 30 s; at most 60 s.
+    pub fn leeway(&mut self, d: Duration) -> &mut Self {
+        self.leeway = d;
+        self
+    }
+    /// The time source. Default: [`SystemClock`].
+    pub fn clock(&mut self, clock: impl Clock) -> &mut Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn unchecked(&self) -> Config {
+        let touch = self.touch_granularity.unwrap_or_else(|| {
+            self.idle_timeout.map_or(Duration::from_secs(60), |i| (i / 10).min(Duration::from_secs(60)))
+        });
+        Config {
+            session_ttl: self.session_ttl,
+            idle_timeout: self.idle_timeout,
+            touch_granularity: touch,
+            max_data_len: self.max_data_len,
+            cache_capacity: self.cache_capacity,
+            cache_shards: self.cache_shards,
+            durability: self.durability,
+            flush_interval: self.flush_interval,
+            max_token_len: self.max_token_len,
+            write_queue: self.write_queue,
+            db_cache_bytes: self.db_cache_bytes,
+            access_ttl: self.access_ttl,
+            leeway: self.leeway,
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
+    /// Validates the settings and returns the [`Config`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid setting.
+    pub fn build(&self) -> Result<Config, Error> {
+        let c = self.unchecked();
+        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if c.session_ttl.is_zero() || c.session_ttl > MAX_LIFETIME {
+            return bad("session_ttl must be non-zero and below 100 years");
+        }
+        if let Some(i) = c.idle_timeout {
+            if i.is_zero() || i > MAX_LIFETIME {
+                return bad("idle_timeout must be non-zero and below 100 years");
+            }
+            if c.touch_granularity >= i {
+                return bad("touch_granularity must be shorter than idle_timeout");
+            }
+        }
+        if c.max_data_len > MAX_DATA_LEN_CAP {
+            return bad("max_data_len must be at most 16 MiB");
+        }
+        if !c.cache_shards.is_power_of_two() || c.cache_shards > 4096 {
+            return bad("cache_shards must be a power of two between 1 and 4096");
+        }
+        if c.cache_capacity < c.cache_shards {
+            return bad("cache_capacity must be at least cache_shards");
+        }
+        if c.flush_interval.is_zero() || c.flush_interval > Duration::from_secs(60) {
+            return bad("flush_interval must be between 1 ms and 60 s");
+        }
+        if !(256..=65_536).contains(&c.max_token_len) {
+            return bad("max_token_len must be between 256 and 65536 bytes");
+        }
+        if c.access_ttl.is_zero() || c.access_ttl > Duration::from_secs(3600) {
+            return bad("access_ttl must be between 1 s and 1 hour");
+        }
+        if c.leeway > Duration::from_secs(60) {
+            return bad("leeway must be at most 60 s");
+        }
+        if c.write_queue == 0 {
+            return bad("write_queue must be at least 1");
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let c = Config::builder().build().unwrap();
+        assert_eq!(c.session_ttl, 7 * DAY);
+        assert_eq!(c.idle_timeout, Some(DAY));
+        assert_eq!(c.touch_granularity, Duration::from_secs(60));
+        assert_eq!(c.max_data_len, 65_536);
+        assert_eq!(c.cache_capacity, 1_000_000);
+        assert_eq!(c.durability, Durability::Immediate);
+        assert_eq!(c.max_token_len, 4096);
+    }
+
+    #[test]
+    fn touch_granularity_defaults_to_a_tenth_of_short_idle() {
+        let c = Config::builder().idle_timeout(Some(Duration::from_secs(100))).build().unwrap();
+        assert_eq!(c.touch_granularity, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        assert!(Config::builder().cache_shards(3).build().is_err());
+        assert!(Config::builder().session_ttl(Duration::ZERO).build().is_err());
+        assert!(Config::builder().max_data_len(17 << 20).build().is_err());
+        assert!(Config::builder().cache_capacity(1).build().is_err());
+        assert!(Config::builder().flush_interval(Duration::ZERO).build().is_err());
+        assert!(
+            Config::builder()
+                .idle_timeout(Some(Duration::from_secs(10)))
+                .touch_granularity(Duration::from_secs(10))
+                .build()
+                .is_err()
+        );
+    }
+}

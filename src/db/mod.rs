@@ -1,0 +1,169 @@
+//! Persistence: the API the rest of the crate uses. No redb types leave this module
+//! (apart from the test-only backend hook).
+
+mod tables;
+pub(crate) mod writer;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableHandle as _};
+
+use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::session::Record;
+use crate::token::SessionId;
+use tables::{
+    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS,
+    USER_SESSIONS,
+};
+
+/// Read access to the database. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Db {
+    db: Arc<redb::Database>,
+}
+
+/// What `open` learned from the file.
+pub(crate) struct Loaded {
+    pub(crate) next_serial: u64,
+    /// (serial, prune-after ms) of every revoked entry.
+    pub(crate) revoked: Vec<(u64, u64)>,
+    /// (user, not-before ms).
+    pub(crate) not_before: Vec<(String, u64)>,
+}
+
+pub(crate) fn storage(kind: StorageErrorKind) -> impl FnOnce(redb::Error) -> Error {
+    move |e| Error::Storage(StorageError::with_source(kind, e))
+}
+
+fn io<E: Into<redb::Error>>(e: E) -> Error {
+    let e: redb::Error = e.into();
+    let kind = match &e {
+        redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => StorageErrorKind::Corrupt,
+        redb::Error::DatabaseAlreadyOpen => StorageErrorKind::AlreadyOpen,
+        _ => StorageErrorKind::Io,
+    };
+    storage(kind)(e)
+}
+
+/// A panic inside redb while opening a damaged file becomes a `Corrupt` error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
+}
+
+impl Db {
+    /// Opens or creates a cloakroom file. A file that is not redb, is corrupt, was
+    /// written by another application or by a newer format is left untouched.
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<(Db, Loaded), Error> {
+        guarded(|| {
+            let mut b = redb::Database::builder();
+            b.set_cache_size(cache_bytes);
+            let db = b.create(path).map_err(io)?;
+            Self::init(db)
+        })
+    }
+
+    /// An in-memory database (tests, demos).
+    pub(crate) fn in_memory() -> Result<(Db, Loaded), Error> {
+        Self::with_backend(redb::backends::InMemoryBackend::new())
+    }
+
+    /// Opens a database on a custom redb backend (fault-injection tests).
+    pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<(Db, Loaded), Error> {
+        guarded(|| Self::init(redb::Database::builder().create_with_backend(backend).map_err(io)?))
+    }
+
+    fn init(db: redb::Database) -> Result<(Db, Loaded), Error> {
+        let rtx = db.begin_read().map_err(io)?;
+        let existing: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
+        let format = if existing.iter().any(|n| n == "meta") {
+            let meta = rtx.open_table(META).map_err(io)?;
+            meta.get(META_FORMAT).map_err(io)?.map(|v| v.value())
+        } else {
+            None
+        };
+        drop(rtx);
+        match format {
+            Some(v) if v > FORMAT_VERSION => return Err(StorageError::new(StorageErrorKind::NewerFormat).into()),
+            Some(_) => {}
+            None if existing.is_empty() => {
+                let wtx = db.begin_write().map_err(io)?;
+                {
+                    let mut meta = wtx.open_table(META).map_err(io)?;
+                    meta.insert(META_FORMAT, FORMAT_VERSION).map_err(io)?;
+                    meta.insert(META_NEXT_SERIAL, 1).map_err(io)?;
+                    wtx.open_table(SESSIONS).map_err(io)?;
+                    wtx.open_table(USER_SESSIONS).map_err(io)?;
+                    wtx.open_table(EXPIRY).map_err(io)?;
+                    wtx.open_table(REVOKED).map_err(io)?;
+                    wtx.open_table(REFRESH).map_err(io)?;
+                    wtx.open_table(NOT_BEFORE).map_err(io)?;
+                }
+                debug_assert_eq!(tables::names().len(), 7);
+                wtx.commit().map_err(io)?;
+            }
+            None => return Err(StorageError::new(StorageErrorKind::NotCloakroom).into()),
+        }
+        let db = Db { db: Arc::new(db) };
+        let loaded = db.load()?;
+        Ok((db, loaded))
+    }
+
+    fn load(&self) -> Result<Loaded, Error> {
+        let rtx = self.db.begin_read().map_err(io)?;
+        let meta = rtx.open_table(META).map_err(io)?;
+        let next_serial = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
+        let revoked = rtx.open_table(REVOKED).map_err(io)?;
+        let mut list = Vec::with_capacity(usize::try_from(revoked.len().map_err(io)?).unwrap_or(0));
+        for row in revoked.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            list.push((k.value(), v.value()));
+        }
+        let nb = rtx.open_table(NOT_BEFORE).map_err(io)?;
+        let mut not_before = Vec::new();
+        for row in nb.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            not_before.push((k.value().to_owned(), v.value()));
+        }
+        Ok(Loaded { next_serial, revoked: list, not_before })
+    }
+
+    pub(crate) fn handle(&self) -> Arc<redb::Database> {
+        Arc::clone(&self.db)
+    }
+
+    /// Reads one session.
+    pub(crate) fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let rtx = self.db.begin_read().map_err(io)?;
+        let t = rtx.open_table(SESSIONS).map_err(io)?;
+        let Some(v) = t.get(id.as_bytes()).map_err(io)? else { return Ok(None) };
+        decode(*id, v.value()).map(Some)
+    }
+
+    /// Reads every session of `user`.
+    pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        let rtx = self.db.begin_read().map_err(io)?;
+        let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
+        let sessions = rtx.open_table(SESSIONS).map_err(io)?;
+        let mut out = Vec::new();
+        for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+            let (k, _) = row.map_err(io)?;
+            let id = SessionId::from_bytes(*k.value().1);
+            if let Some(v) = sessions.get(id.as_bytes()).map_err(io)? {
+                out.push(decode(id, v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored sessions.
+    pub(crate) fn session_count(&self) -> Result<u64, Error> {
+        let rtx = self.db.begin_read().map_err(io)?;
+        rtx.open_table(SESSIONS).map_err(io)?.len().map_err(io)
+    }
+}
+
+pub(crate) fn decode(id: SessionId, bytes: &[u8]) -> Result<Record, Error> {
+    Record::decode(id, bytes).map_err(|e| StorageError::with_source(StorageErrorKind::Corrupt, e).into())
+}

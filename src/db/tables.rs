@@ -1,0 +1,29 @@
+//! The only place that names redb tables.
+
+use redb::TableDefinition;
+
+/// On-disk format written by this version. Bump on any incompatible change.
+pub(crate) const FORMAT_VERSION: u64 = 1;
+
+/// session id → record (see `session.rs` for the layout).
+pub(crate) const SESSIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("sessions");
+/// (user, session id) → () : the per-user index.
+pub(crate) const USER_SESSIONS: TableDefinition<(&str, &[u8; 16]), ()> = TableDefinition::new("user_sessions");
+/// (deadline ms, session id) → () : the expiry index the sweeper range-scans.
+pub(crate) const EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> = TableDefinition::new("expiry");
+/// revoked session serial → prune-after (ms): when no access token can name it any more.
+pub(crate) const REVOKED: TableDefinition<u64, u64> = TableDefinition::new("revoked");
+/// session id → refresh family state.
+pub(crate) const REFRESH: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("refresh");
+/// user → not-before (ms): tokens issued before it are dead.
+pub(crate) const NOT_BEFORE: TableDefinition<&str, u64> = TableDefinition::new("not_before");
+/// "format_version", "next_serial".
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub(crate) const META_FORMAT: &str = "format_version";
+pub(crate) const META_NEXT_SERIAL: &str = "next_serial";
+
+/// Every table, for creation at initialisation.
+pub(crate) fn names() -> [&'static str; 7] {
+    ["sessions", "user_sessions", "expiry", "revoked", "refresh", "not_before", "meta"]
+}

@@ -1,0 +1,403 @@
+//! The writer thread: the only owner of redb write transactions.
+//!
+//! Callers enqueue a [`Job`] on a bounded crossbeam channel. The thread takes
+//! everything queued (up to [`MAX_BATCH`]), applies it in one transaction and
+//! commits once, so N concurrent callers share one fsync (group commit). A batch
+//! holding any durable job commits with fsync; a batch of only eventual jobs
+//! commits without, and a durable commit follows within the flush interval.
+//!
+//! Ops check their preconditions before writing, so a logical failure
+//! (`NotFound`, `Conflict`) writes nothing. A storage failure aborts the whole
+//! batch and is reported to every waiting caller; the thread carries on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
+use redb::{ReadableTable as _, Table};
+
+use super::tables::{EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS};
+use super::{decode, io};
+use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::session::{LAST_SEEN_OFFSET, Record};
+use crate::token::SessionId;
+
+/// Most jobs applied in one transaction.
+const MAX_BATCH: usize = 4096;
+/// How long a caller waits for room in a full queue before `Error::Busy`.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A write. Each variant checks its preconditions before changing anything.
+pub(crate) enum Op {
+    /// Insert a new session.
+    Create(Arc<Record>),
+    /// Persist a newer `last_seen` and move the session's expiry row.
+    Touch { id: SessionId, last_seen: u64 },
+    /// Replace the data; `expected` makes it a compare-and-swap on the version.
+    UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
+    /// Atomically replace session `old` by `new` and revoke `old`.
+    Rotate { old: SessionId, new: Arc<Record>, prune_after: u64 },
+    /// Delete one session and record its serial as revoked.
+    Revoke { id: SessionId, prune_after: u64 },
+    /// Revoke all of a user's sessions, except one if given.
+    RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
+    /// Set a user's not-before cut-off (ms) — kept only if later than the stored one.
+    NotBefore { user: Box<str>, at: u64 },
+    /// No change; a durable barrier.
+    Flush,
+}
+
+/// What a successful op reports.
+pub(crate) enum Outcome {
+    Done,
+    Updated(Arc<Record>),
+    /// Ids of the sessions deleted and revoked.
+    Revoked(Vec<SessionId>),
+}
+
+/// How long `submit` waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Until the op's transaction is durably committed (fsync).
+    Durable,
+    /// Until the op's transaction is committed, durable or not.
+    Applied,
+    /// Only until the op is queued.
+    Queued,
+}
+
+type Ack = Sender<Result<Outcome, Error>>;
+
+struct Job {
+    op: Op,
+    durable: bool,
+    ack: Option<Ack>,
+}
+
+enum Msg {
+    Job(Job),
+    Shutdown,
+}
+
+/// Called with the serials an op revokes, before the commit (fail closed).
+pub(crate) type RevokeHook = Arc<dyn Fn(&[u64]) + Send + Sync>;
+
+/// Writer counters.
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    pub(crate) commits: AtomicU64,
+    pub(crate) durable_commits: AtomicU64,
+    pub(crate) ops: AtomicU64,
+    pub(crate) touches: AtomicU64,
+    pub(crate) failed_commits: AtomicU64,
+    pub(crate) lost_eventual: AtomicU64,
+    pub(crate) dropped_touches: AtomicU64,
+}
+
+pub(crate) struct Writer {
+    tx: Sender<Msg>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    pub(crate) fn start(
+        db: Arc<redb::Database>,
+        hook: RevokeHook,
+        flush_interval: Duration,
+        queue: usize,
+    ) -> Result<Writer, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(queue);
+        let stats = Arc::new(WriterStats::default());
+        let st = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("cloakroom-writer".into())
+            .spawn(move || Worker { db, hook, flush_interval, stats: st, dirty_since: None }.run(&rx))
+            .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
+        Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats })
+    }
+
+    /// Enqueues `op` and waits as `wait` says; returns the op's outcome
+    /// (`Outcome::Done` for [`Wait::Queued`]).
+    pub(crate) fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Error> {
+        let durable = wait == Wait::Durable;
+        let (ack, rx) = if wait == Wait::Queued {
+            (None, None)
+        } else {
+            let (s, r) = crossbeam_channel::bounded(1);
+            (Some(s), Some(r))
+        };
+        match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
+        }
+        match rx {
+            // A dropped ack means the writer stopped before reaching the job.
+            Some(rx) => rx.recv().unwrap_or(Err(Error::Closed)),
+            None => Ok(Outcome::Done),
+        }
+    }
+
+    /// Like [`Self::submit`] with [`Wait::Queued`], but never blocks: if the queue is
+    /// full the op is dropped (used for touches, whose loss only shortens a session).
+    pub(crate) fn offer(&self, op: Op) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job { op, durable: false, ack: None })) {
+            self.stats.dropped_touches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Flushes everything queued durably, stops the thread and joins it. Idempotent.
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        let Some(handle) = self.thread.lock().take() else { return Ok(()) };
+        let flushed = self.submit(Op::Flush, Wait::Durable).map(|_| ());
+        let _ = self.tx.send(Msg::Shutdown);
+        let joined = handle.join();
+        flushed?;
+        joined.map_err(|_| Error::Storage(StorageError::new(StorageErrorKind::Commit)))
+    }
+}
+
+struct Worker {
+    db: Arc<redb::Database>,
+    hook: RevokeHook,
+    flush_interval: Duration,
+    stats: Arc<WriterStats>,
+    /// When the oldest non-durable commit happened, if one is pending.
+    dirty_since: Option<Instant>,
+}
+
+/// The tables a batch writes, opened once per transaction.
+struct Tables<'t> {
+    sessions: Table<'t, &'static [u8; 16], &'static [u8]>,
+    users: Table<'t, (&'static str, &'static [u8; 16]), ()>,
+    expiry: Table<'t, (u64, &'static [u8; 16]), ()>,
+    revoked: Table<'t, u64, u64>,
+    refresh: Table<'t, &'static [u8; 16], &'static [u8]>,
+    not_before: Table<'t, &'static str, u64>,
+    max_serial: u64,
+}
+
+impl Worker {
+    #[allow(clippy::disallowed_methods)] // flush deadlines are real time, not session time
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn run(mut self, rx: &Receiver<Msg>) {
+        let mut batch: Vec<Job> = Vec::new();
+        loop {
+            let first = match self.dirty_since {
+                Some(t) => match rx.recv_timeout(self.flush_interval.saturating_sub(t.elapsed())) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break,
+                },
+            };
+            let mut shutdown = false;
+            match first {
+                Some(Msg::Job(j)) => batch.push(j),
+                Some(Msg::Shutdown) => shutdown = true,
+                None => {}
+            }
+            while !shutdown && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Msg::Job(j)) => batch.push(j),
+                    Ok(Msg::Shutdown) => shutdown = true,
+                    Err(_) => break,
+                }
+            }
+            let overdue = self.dirty_since.is_some_and(|t| t.elapsed() >= self.flush_interval);
+            if !batch.is_empty() || overdue || (shutdown && self.dirty_since.is_some()) {
+                let durable = overdue || shutdown || batch.iter().any(|j| j.durable);
+                self.run_batch(&mut batch, durable);
+            }
+            if shutdown {
+                break;
+            }
+        }
+        // Jobs still queued after shutdown: their acks drop, callers see `Closed`.
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
+        let result = self.apply_and_commit(batch, durable);
+        self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(outcomes) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                if durable {
+                    self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
+                    self.dirty_since = None;
+                } else if self.dirty_since.is_none() {
+                    self.dirty_since = Some(Self::now());
+                }
+                for (job, out) in batch.drain(..).zip(outcomes) {
+                    if let Some(ack) = job.ack {
+                        let _ = ack.send(out);
+                    }
+                }
+            }
+            Err(e) => {
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                for job in batch.drain(..) {
+                    match job.ack {
+                        Some(ack) => {
+                            let _ = ack.send(Err(e.clone()));
+                        }
+                        None => {
+                            self.stats.lost_eventual.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies every job in one transaction. `Err` means nothing was committed.
+    fn apply_and_commit(&self, batch: &[Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
+        let mut wtx = self.db.begin_write().map_err(io)?;
+        wtx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None })
+            .map_err(io)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut t = Tables {
+                sessions: wtx.open_table(SESSIONS).map_err(io)?,
+                users: wtx.open_table(USER_SESSIONS).map_err(io)?,
+                expiry: wtx.open_table(EXPIRY).map_err(io)?,
+                revoked: wtx.open_table(REVOKED).map_err(io)?,
+                refresh: wtx.open_table(REFRESH).map_err(io)?,
+                not_before: wtx.open_table(NOT_BEFORE).map_err(io)?,
+                max_serial: 0,
+            };
+            for job in batch {
+                match self.apply(&mut t, &job.op) {
+                    Err(Error::Storage(e)) => return Err(Error::Storage(e)),
+                    other => outcomes.push(other),
+                }
+            }
+            if t.max_serial > 0 {
+                let mut meta = wtx.open_table(META).map_err(io)?;
+                let stored = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
+                meta.insert(META_NEXT_SERIAL, stored.max(t.max_serial + 1)).map_err(io)?;
+            }
+        }
+        wtx.commit().map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
+        Ok(outcomes)
+    }
+
+    fn apply(&self, t: &mut Tables<'_>, op: &Op) -> Result<Outcome, Error> {
+        match op {
+            Op::Create(rec) => {
+                t.put_new(rec)?;
+                Ok(Outcome::Done)
+            }
+            Op::Touch { id, last_seen } => {
+                let Some(mut bytes) = t.sessions.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec())
+                else {
+                    return Ok(Outcome::Done);
+                };
+                let rec = decode(*id, &bytes)?;
+                if *last_seen <= rec.last_seen {
+                    return Ok(Outcome::Done);
+                }
+                bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8].copy_from_slice(&last_seen.to_le_bytes());
+                t.expiry.remove((rec.deadline(rec.last_seen), id.as_bytes())).map_err(io)?;
+                t.expiry.insert((rec.deadline(*last_seen), id.as_bytes()), ()).map_err(io)?;
+                t.sessions.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
+                self.stats.touches.fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Done)
+            }
+            Op::UpdateData { id, expected, data } => {
+                let Some(rec) = t.get(id)? else { return Err(Error::NotFound) };
+                if expected.is_some_and(|v| v != rec.version) {
+                    return Err(Error::Conflict { current: rec.version });
+                }
+                let mut new = rec;
+                new.version += 1;
+                new.data = data.clone();
+                t.sessions.insert(id.as_bytes(), new.encode().as_slice()).map_err(io)?;
+                Ok(Outcome::Updated(Arc::new(new)))
+            }
+            Op::Rotate { old, new, prune_after } => {
+                let Some(rec) = t.delete(old)? else { return Err(Error::NotFound) };
+                t.revoke(rec.serial, *prune_after)?;
+                (self.hook)(&[rec.serial]);
+                t.put_new(new)?;
+                Ok(Outcome::Revoked(vec![*old]))
+            }
+            Op::Revoke { id, prune_after } => {
+                let Some(rec) = t.delete(id)? else { return Ok(Outcome::Revoked(Vec::new())) };
+                t.revoke(rec.serial, *prune_after)?;
+                (self.hook)(&[rec.serial]);
+                Ok(Outcome::Revoked(vec![*id]))
+            }
+            Op::RevokeUser { user, except, prune_after } => {
+                let mut ids = Vec::new();
+                for row in t.users.range((&**user, &[0u8; 16])..=(&**user, &[0xffu8; 16])).map_err(io)? {
+                    let id = SessionId::from_bytes(*row.map_err(io)?.0.value().1);
+                    if Some(id) != *except {
+                        ids.push(id);
+                    }
+                }
+                let mut serials = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    if let Some(rec) = t.delete(id)? {
+                        t.revoke(rec.serial, *prune_after)?;
+                        serials.push(rec.serial);
+                    }
+                }
+                (self.hook)(&serials);
+                Ok(Outcome::Revoked(ids))
+            }
+            Op::NotBefore { user, at } => {
+                let stored = t.not_before.get(&**user).map_err(io)?.map_or(0, |v| v.value());
+                if *at > stored {
+                    t.not_before.insert(&**user, *at).map_err(io)?;
+                }
+                Ok(Outcome::Done)
+            }
+            Op::Flush => Ok(Outcome::Done),
+        }
+    }
+}
+
+impl Tables<'_> {
+    fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        match self.sessions.get(id.as_bytes()).map_err(io)? {
+            Some(v) => decode(*id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_new(&mut self, rec: &Record) -> Result<(), Error> {
+        let id = rec.id.as_bytes();
+        self.sessions.insert(id, rec.encode().as_slice()).map_err(io)?;
+        self.users.insert((&*rec.user, id), ()).map_err(io)?;
+        self.expiry.insert((rec.deadline(rec.last_seen), id), ()).map_err(io)?;
+        self.max_serial = self.max_serial.max(rec.serial);
+        Ok(())
+    }
+
+    /// Deletes a session with its index rows and refresh state; returns what was stored.
+    fn delete(&mut self, id: &SessionId) -> Result<Option<Record>, Error> {
+        let Some(rec) = self.get(id)? else { return Ok(None) };
+        let key = id.as_bytes();
+        self.sessions.remove(key).map_err(io)?;
+        self.users.remove((&*rec.user, key)).map_err(io)?;
+        self.expiry.remove((rec.deadline(rec.last_seen), key)).map_err(io)?;
+        self.refresh.remove(key).map_err(io)?;
+        Ok(Some(rec))
+    }
+
+    fn revoke(&mut self, serial: u64, prune_after: u64) -> Result<(), Error> {
+        self.revoked.insert(serial, prune_after).map_err(io)?;
+        Ok(())
+    }
+}

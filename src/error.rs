@@ -1,0 +1,252 @@
+//! The one error type of the crate, and its small category enums.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Everything that can go wrong in a cloakroom call.
+///
+/// Every validation failure (`Malformed`, `NotFound`, `Expired`, `Revoked`,
+/// `ReuseDetected`, `Jwt`) should map to HTTP 401 in a web handler; log the
+/// variant, never the token.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The token failed the format check (prefix, length, base64, checksum).
+    /// Rejected before any cache or disk access. Treat as unauthenticated.
+    #[error("malformed token: {0}")]
+    Malformed(Malformed),
+    /// No live session matches the token or id (never issued, deleted, or the
+    /// secret does not match). Treat as unauthenticated.
+    #[error("session not found")]
+    NotFound,
+    /// The session passed its absolute deadline or its idle timeout.
+    /// The user must sign in again.
+    #[error("session expired")]
+    Expired,
+    /// The session was revoked (logout, rotation, reuse detection, admin action).
+    #[error("session revoked")]
+    Revoked,
+    /// A refresh token from an old generation was replayed; the session has been
+    /// revoked as a precaution. Alert on this: a token was probably stolen.
+    #[error("refresh token reuse detected; session revoked")]
+    ReuseDetected,
+    /// `update_data_if` was given a stale version; re-read the session and retry.
+    #[error("version conflict: session data is at version {current}")]
+    Conflict {
+        /// The version currently stored.
+        current: u64,
+    },
+    /// An access token (JWT) was rejected.
+    #[error("invalid access token: {0}")]
+    Jwt(JwtError),
+    /// Input supplied by the application was out of bounds (user id, data size, metadata).
+    /// Fix the calling code; this is never caused by a presented token.
+    #[error("invalid input: {0}")]
+    Input(InputError),
+    /// The writer queue is full; retry later or lower the load.
+    #[error("store busy: write queue full")]
+    Busy,
+    /// The database could not be read or written. The store stays usable;
+    /// the operation did not take effect (for `Durability::Immediate`).
+    #[error("storage error: {0}")]
+    Storage(StorageError),
+    /// The configuration is invalid; the message says which setting and why.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The operating system's random number generator failed.
+    #[error("OS random number generator failed")]
+    Entropy,
+    /// The store was closed.
+    #[error("store closed")]
+    Closed,
+}
+
+/// Why a token failed the format check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// Empty or whitespace-only input.
+    #[error("empty")]
+    Empty,
+    /// Longer than the configured cap.
+    #[error("too long")]
+    TooLong,
+    /// The prefix is missing or names another kind of token.
+    #[error("wrong prefix")]
+    WrongPrefix,
+    /// A token of another kind (e.g. a refresh token where a session token is expected).
+    #[error("wrong token kind")]
+    WrongKind,
+    /// Not the exact length of this token kind.
+    #[error("wrong length")]
+    WrongLength,
+    /// Not strict, unpadded, canonical base64url.
+    #[error("bad encoding")]
+    BadEncoding,
+    /// The checksum does not match (a typo or truncated copy).
+    #[error("bad checksum")]
+    BadChecksum,
+}
+
+/// Why application-supplied input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// User ids must be 1..=256 bytes of UTF-8.
+    #[error("user id must be 1 to {max} bytes, got {len}")]
+    UserId {
+        /// Length given.
+        len: usize,
+        /// Maximum allowed.
+        max: usize,
+    },
+    /// Session data exceeds `Config::max_data_len`.
+    #[error("session data is {len} bytes, more than the configured maximum of {max}")]
+    DataTooLarge {
+        /// Length given.
+        len: usize,
+        /// Maximum allowed.
+        max: usize,
+    },
+    /// A metadata field (ip, user agent, label) exceeds its cap.
+    #[error("metadata field `{field}` is {len} bytes, more than {max}")]
+    MetaTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Length given.
+        len: usize,
+        /// Maximum allowed.
+        max: usize,
+    },
+    /// A time-to-live is zero or too large to represent.
+    #[error("{0} must be non-zero and below 100 years")]
+    Ttl(&'static str),
+}
+
+/// Why an access token was rejected. Deliberately coarse for the client;
+/// precise for your logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtError {
+    /// Not a compact JWS, oversized, or not strict base64url/JSON.
+    #[error("malformed")]
+    Malformed,
+    /// The header is unacceptable: unknown kid, wrong alg for the kid, wrong typ, crit present.
+    #[error("bad header: {0}")]
+    Header(&'static str),
+    /// Signature verification failed.
+    #[error("bad signature")]
+    Signature,
+    /// A required claim is missing, has the wrong type or the wrong value.
+    #[error("bad claim: {0}")]
+    Claim(&'static str),
+    /// `exp` is in the past (beyond the leeway).
+    #[error("expired")]
+    Expired,
+    /// `nbf` or `iat` is in the future (beyond the leeway).
+    #[error("not yet valid")]
+    NotYetValid,
+    /// Signing failed (a key problem on our side).
+    #[error("signing failed")]
+    Signing,
+}
+
+/// A storage failure. Opaque: inspect [`StorageError::kind`] and the `source()` chain.
+#[derive(Clone)]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The category of a [`StorageError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// An I/O error (disk full, permission denied, ...).
+    Io,
+    /// The file is not a valid redb database or is corrupt. It was not modified.
+    Corrupt,
+    /// The file is a redb database that was not written by cloakroom. It was not modified.
+    NotCloakroom,
+    /// The file was written by a newer cloakroom format; upgrade cloakroom.
+    NewerFormat,
+    /// Another process (or another `Store` in this one) holds the file open.
+    AlreadyOpen,
+    /// A write transaction failed to commit; nothing of it is visible.
+    Commit,
+}
+
+impl StorageError {
+    pub(crate) fn new(kind: StorageErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    pub(crate) fn with_source(
+        kind: StorageErrorKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { kind, source: Some(Arc::new(source)) }
+    }
+
+    /// The category of the failure.
+    #[must_use]
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageError").field("kind", &self.kind).field("source", &self.source).finish()
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            StorageErrorKind::Io => "I/O error",
+            StorageErrorKind::Corrupt => "database file is corrupt or not a redb file (left untouched)",
+            StorageErrorKind::NotCloakroom => "database file was not written by cloakroom (left untouched)",
+            StorageErrorKind::NewerFormat => "database was written by a newer cloakroom format; upgrade cloakroom",
+            StorageErrorKind::AlreadyOpen => "database file is already open in another process or Store",
+            StorageErrorKind::Commit => "commit failed; the operation did not take effect",
+        };
+        match &self.source {
+            Some(s) => write!(f, "{what}: {s}"),
+            None => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        Error::Storage(e)
+    }
+}
+
+impl From<Malformed> for Error {
+    fn from(e: Malformed) -> Self {
+        Error::Malformed(e)
+    }
+}
+
+impl From<InputError> for Error {
+    fn from(e: InputError) -> Self {
+        Error::Input(e)
+    }
+}
+
+impl From<JwtError> for Error {
+    fn from(e: JwtError) -> Self {
+        Error::Jwt(e)
+    }
+}
+
+/// Shorthand for `Result<T, cloakroom::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

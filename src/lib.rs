@@ -1,0 +1,103 @@
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+//! # cloakroom
+//!
+//! An embedded, in-process session and token store: server-side sessions with
+//! opaque tokens, instant revocation, absolute and idle expiry with sliding
+//! renewal, and crash-safe persistence in a single [redb] file — with no Redis,
+//! no database server and no network hop. A cached `validate` costs a few hundred
+//! nanoseconds.
+//!
+//! # Example
+//!
+//! ```
+//! use cloakroom::{Config, Error, NewSession, Scope, Store};
+//!
+//! # fn main() -> Result<(), Error> {
+//! let store = Store::in_memory(Config::default())?; // or Store::open("sessions.redb", ...)
+//! let issued = store.create(NewSession::new("user-42").data(b"{\"cart\":[]}".to_vec()))?;
+//! let token = issued.token.to_string(); // "crs_…": hand this to the client
+//!
+//! let session = store.validate(&token)?;
+//! assert_eq!(session.user(), "user-42");
+//!
+//! let v = store.update_data_if(session.id(), session.version(), b"{\"cart\":[1]}".to_vec())?;
+//! assert_eq!(v, 2);
+//!
+//! let rotated = store.rotate(&token)?; // on login / privilege change
+//! assert!(matches!(store.validate(&token), Err(Error::Revoked)));
+//!
+//! store.revoke_user("user-42", Scope::All)?;
+//! assert!(store.validate(&rotated.token.to_string()).is_err());
+//! store.close()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Durability and crash safety
+//!
+//! One writer thread owns every write transaction and commits all queued writes
+//! together (group commit). With [`Durability::Immediate`] (the default) a call
+//! returns after the fsync; with [`Durability::Eventual`] it returns once queued
+//! and the write is durable within `flush_interval`. Revocations and rotations
+//! are always durable, and the revocation bit is set in memory before the commit:
+//! after `revoke` returns no validate on any thread succeeds, and a crash cannot
+//! bring the session back. Sliding-expiry `last_seen` updates are written lazily,
+//! at most once per `touch_granularity`; losing one only shortens a session.
+//!
+//! # Security
+//!
+//! Tokens carry a 256-bit secret from the OS CSPRNG. The database stores only
+//! blake3 hashes of secrets, compared in constant time, so the file alone does
+//! not let anyone replay a token. Token parsing rejects malformed input before
+//! any cache or disk access. `Debug` never prints a secret. See `docs/security.md`.
+//!
+//! # Crate features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `cli` | the `cloakroom` binary (`demo`) |
+//! | `test-util` | [`Store::open_with_backend`] for fault-injection tests |
+//!
+//! [redb]: https://docs.rs/redb
+
+mod cache;
+mod clock;
+mod config;
+mod db;
+mod error;
+mod revocation;
+mod session;
+mod store;
+mod token;
+
+// The public interface is:
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, ConfigBuilder, Durability};
+pub use error::{Error, InputError, JwtError, Malformed, Result, StorageError, StorageErrorKind};
+pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
+pub use store::{Issued, Scope, Stats, Store};
+pub use token::{REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId, SessionToken};
+
+/// Entry points for fuzz targets. Not part of the API; may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses a session token from raw bytes.
+    pub fn parse_session_token(data: &[u8]) {
+        if let Ok(s) = std::str::from_utf8(data) {
+            let _ = crate::SessionToken::parse(s);
+        }
+    }
+    /// Parses a refresh token from raw bytes.
+    pub fn parse_refresh_token(data: &[u8]) {
+        if let Ok(s) = std::str::from_utf8(data) {
+            let _ = crate::RefreshToken::parse(s);
+        }
+    }
+    /// Decodes a stored session record.
+    pub fn decode_record(data: &[u8]) {
+        let _ = crate::session::Record::decode(crate::SessionId::from_bytes([0; 16]), data);
+    }
+}

@@ -1,0 +1,537 @@
+//! Sessions: [`Session`], [`NewSession`], [`Meta`], and the versioned record encoding.
+//!
+//! Record layout (format 1, little-endian), keyed by the session id in the `sessions` table:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | record format (= 1) |
+//! | 8 | serial |
+//! | 32 | blake3(secret) |
+//! | 8 × 5 | created_at, expires_at, idle_timeout (0 = none), last_seen (ms since epoch), data version |
+//! | 2 + n | user id (UTF-8, 1..=256) |
+//! | 2 + n (× 3) | ip, user agent, label (UTF-8, empty = absent) |
+//! | 4 + n | data |
+//!
+//! Decoding rejects unknown formats, bad lengths, bad UTF-8 and trailing bytes.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::{duration_millis, from_millis};
+use crate::error::InputError;
+use crate::token::{SecretHash, SessionId};
+
+/// Longest accepted user id, in bytes.
+pub const MAX_USER_ID_LEN: usize = 256;
+/// Longest accepted user agent, in bytes.
+pub const MAX_USER_AGENT_LEN: usize = 512;
+/// Longest accepted label, in bytes.
+pub const MAX_LABEL_LEN: usize = 256;
+const RECORD_FORMAT: u8 = 1;
+const FIXED_LEN: usize = 1 + 8 + 32 + 8 * 5;
+/// Byte offset of `last_seen` in an encoded record, so a touch can patch it in place.
+pub(crate) const LAST_SEEN_OFFSET: usize = 1 + 8 + 32 + 8 * 3;
+
+/// Descriptive metadata about the client that created a session, for a
+/// "your devices" page. All fields optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Client IP address.
+    pub ip: Option<IpAddr>,
+    /// Client user agent (at most 512 bytes).
+    pub user_agent: Option<String>,
+    /// A free label, e.g. "Work laptop" (at most 256 bytes).
+    pub label: Option<String>,
+}
+
+impl Meta {
+    fn is_empty(&self) -> bool {
+        self.ip.is_none() && self.user_agent.is_none() && self.label.is_none()
+    }
+
+    pub(crate) fn check(&self) -> Result<(), InputError> {
+        check_len("user_agent", self.user_agent.as_deref(), MAX_USER_AGENT_LEN)?;
+        check_len("label", self.label.as_deref(), MAX_LABEL_LEN)
+    }
+}
+
+fn check_len(field: &'static str, v: Option<&str>, max: usize) -> Result<(), InputError> {
+    match v {
+        Some(s) if s.len() > max => Err(InputError::MetaTooLong { field, len: s.len(), max }),
+        _ => Ok(()),
+    }
+}
+
+static EMPTY_META: Meta = Meta { ip: None, user_agent: None, label: None };
+
+/// Checks a user id: 1..=256 bytes (UTF-8 is guaranteed by `&str`).
+pub(crate) fn check_user(user: &str) -> Result<(), InputError> {
+    if user.is_empty() || user.len() > MAX_USER_ID_LEN {
+        return Err(InputError::UserId { len: user.len(), max: MAX_USER_ID_LEN });
+    }
+    Ok(())
+}
+
+/// What to create: built with [`NewSession::new`] and passed to `Store::create`.
+#[derive(Clone)]
+pub struct NewSession {
+    pub(crate) user: String,
+    pub(crate) data: Vec<u8>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) idle_timeout: Option<Option<Duration>>,
+    pub(crate) meta: Meta,
+}
+
+impl NewSession {
+    /// A session for `user` with empty data and the configured lifetimes.
+    #[must_use]
+    pub fn new(user: impl Into<String>) -> Self {
+        Self { user: user.into(), data: Vec::new(), ttl: None, idle_timeout: None, meta: Meta::default() }
+    }
+
+    /// Application data stored with the session (at most `Config::max_data_len`).
+    #[must_use]
+    pub fn data(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.data = data.into();
+        self
+    }
+
+    /// Absolute lifetime; defaults to `Config::session_ttl` (7 days).
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Idle timeout; defaults to `Config::idle_timeout` (24 h).
+    #[must_use]
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(Some(idle));
+        self
+    }
+
+    /// No idle timeout for this session: only the absolute deadline applies.
+    #[must_use]
+    pub fn without_idle_timeout(mut self) -> Self {
+        self.idle_timeout = Some(None);
+        self
+    }
+
+    /// Client metadata.
+    #[must_use]
+    pub fn meta(mut self, meta: Meta) -> Self {
+        self.meta = meta;
+        self
+    }
+}
+
+impl fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewSession")
+            .field("user", &self.user)
+            .field("data_len", &self.data.len())
+            .field("ttl", &self.ttl)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// Mutable per-entry state, updated with atomics so `validate` never takes a write lock.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// Latest validate time (ms), possibly not yet written.
+    pub(crate) last_seen: AtomicU64,
+    /// The `last_seen` value last handed to the writer.
+    pub(crate) persisted: AtomicU64,
+    /// CLOCK reference bit.
+    pub(crate) referenced: AtomicBool,
+}
+
+/// A stored session as kept in the cache and on disk. Immutable once built apart
+/// from [`Live`]; changes produce a new record.
+pub(crate) struct Record {
+    pub(crate) live: Live,
+    pub(crate) id: SessionId,
+    pub(crate) serial: u64,
+    pub(crate) secret_hash: SecretHash,
+    pub(crate) created_at: u64,
+    pub(crate) expires_at: u64,
+    /// Idle timeout in ms; 0 means none.
+    pub(crate) idle_timeout: u64,
+    pub(crate) last_seen: u64,
+    pub(crate) version: u64,
+    pub(crate) user: Box<str>,
+    pub(crate) meta: Option<Box<Meta>>,
+    pub(crate) data: Box<[u8]>,
+}
+
+/// Why a stored record failed to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The record was written by a newer format.
+    #[error("unknown record format {0}")]
+    UnknownFormat(u8),
+    /// The record is shorter than its fields say.
+    #[error("record truncated")]
+    Truncated,
+    /// Bytes left over after the last field.
+    #[error("trailing bytes after record")]
+    Trailing,
+    /// A text field is not valid UTF-8 or an IP address does not parse.
+    #[error("invalid text field")]
+    BadText,
+    /// The user id is empty or too long.
+    #[error("invalid user id")]
+    BadUser,
+}
+
+impl Clone for Record {
+    fn clone(&self) -> Self {
+        let ls = self.live.last_seen.load(Ordering::Relaxed).max(self.last_seen);
+        Record {
+            live: Live::new(ls, self.live.persisted.load(Ordering::Relaxed)),
+            id: self.id,
+            serial: self.serial,
+            secret_hash: self.secret_hash,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            idle_timeout: self.idle_timeout,
+            last_seen: self.last_seen,
+            version: self.version,
+            user: self.user.clone(),
+            meta: self.meta.clone(),
+            data: self.data.clone(),
+        }
+    }
+}
+
+impl Live {
+    pub(crate) fn new(last_seen: u64, persisted: u64) -> Self {
+        Live { last_seen: AtomicU64::new(last_seen), persisted: AtomicU64::new(persisted), referenced: AtomicBool::new(false) }
+    }
+}
+
+impl Record {
+    /// The latest known last-seen time (ms).
+    pub(crate) fn seen(&self) -> u64 {
+        self.live.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// The deadline of the idle timeout given a last-seen time; `u64::MAX` if none.
+    pub(crate) fn idle_deadline(&self, last_seen: u64) -> u64 {
+        if self.idle_timeout == 0 { u64::MAX } else { last_seen.saturating_add(self.idle_timeout) }
+    }
+
+    /// When this session stops being valid, given a last-seen time: the key of the `expiry` index.
+    pub(crate) fn deadline(&self, last_seen: u64) -> u64 {
+        self.expires_at.min(self.idle_deadline(last_seen))
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        self.meta.as_deref().unwrap_or(&EMPTY_META)
+    }
+
+    /// A copy under a new id, serial and secret, seen at `now`: what `rotate` stores.
+    /// Keeps the user, data, metadata, creation time and absolute deadline.
+    pub(crate) fn rotated(&self, id: SessionId, serial: u64, secret_hash: SecretHash, now: u64) -> Record {
+        let mut r = self.clone();
+        r.live = Live::new(now, now);
+        r.id = id;
+        r.serial = serial;
+        r.secret_hash = secret_hash;
+        r.last_seen = now;
+        r
+    }
+
+    /// Encodes the record (format 1).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let m = self.meta();
+        let ip = m.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let ua = m.user_agent.as_deref().unwrap_or("");
+        let label = m.label.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(
+            FIXED_LEN + 2 * 4 + self.user.len() + ip.len() + ua.len() + label.len() + 4 + self.data.len(),
+        );
+        out.push(RECORD_FORMAT);
+        out.extend_from_slice(&self.serial.to_le_bytes());
+        out.extend_from_slice(&self.secret_hash.0);
+        for v in [self.created_at, self.expires_at, self.idle_timeout, self.last_seen, self.version] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for s in [&*self.user, ip.as_str(), ua, label] {
+            // Lengths are bounded by the input checks (≤ 512), so they fit in u16.
+            #[allow(clippy::cast_possible_truncation)]
+            out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        #[allow(clippy::cast_possible_truncation)] // data ≤ max_data_len ≤ u32::MAX (config check)
+        out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Decodes a record stored under `id`. Never panics on any input.
+    pub(crate) fn decode(id: SessionId, bytes: &[u8]) -> Result<Record, RecordError> {
+        let mut r = Reader { b: bytes };
+        let format = r.take(1)?[0];
+        if format != RECORD_FORMAT {
+            return Err(RecordError::UnknownFormat(format));
+        }
+        let serial = r.u64()?;
+        let mut h = [0u8; 32];
+        h.copy_from_slice(r.take(32)?);
+        let (created_at, expires_at, idle_timeout, last_seen, version) =
+            (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let user = r.text()?;
+        if user.is_empty() || user.len() > MAX_USER_ID_LEN {
+            return Err(RecordError::BadUser);
+        }
+        let ip = r.text()?;
+        let ip = if ip.is_empty() { None } else { Some(ip.parse().map_err(|_| RecordError::BadText)?) };
+        let ua = r.text()?;
+        let label = r.text()?;
+        let n = u32::from_le_bytes(r.array()?) as usize;
+        let data = r.take(n)?;
+        if !r.b.is_empty() {
+            return Err(RecordError::Trailing);
+        }
+        let meta = Meta {
+            ip,
+            user_agent: (!ua.is_empty()).then(|| ua.to_owned()),
+            label: (!label.is_empty()).then(|| label.to_owned()),
+        };
+        Ok(Record {
+            live: Live::new(last_seen, last_seen),
+            id,
+            serial,
+            secret_hash: SecretHash(h),
+            created_at,
+            expires_at,
+            idle_timeout,
+            last_seen,
+            version,
+            user: user.into(),
+            meta: (!meta.is_empty()).then(|| Box::new(meta)),
+            data: data.into(),
+        })
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.b.len() < n {
+            return Err(RecordError::Truncated);
+        }
+        let (head, tail) = self.b.split_at(n);
+        self.b = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn text(&mut self) -> Result<&'a str, RecordError> {
+        let n = u16::from_le_bytes(self.array()?) as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| RecordError::BadText)
+    }
+}
+
+/// Builds a record for a new session. Inputs must already be checked.
+pub(crate) struct RecordParts {
+    pub(crate) id: SessionId,
+    pub(crate) serial: u64,
+    pub(crate) secret_hash: SecretHash,
+    pub(crate) now: u64,
+    pub(crate) ttl: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
+impl RecordParts {
+    pub(crate) fn build(self, new: NewSession) -> Record {
+        Record {
+            live: Live::new(self.now, self.now),
+            id: self.id,
+            serial: self.serial,
+            secret_hash: self.secret_hash,
+            created_at: self.now,
+            expires_at: self.now.saturating_add(duration_millis(self.ttl)),
+            idle_timeout: self.idle_timeout.map_or(0, |d| duration_millis(d).max(1)),
+            last_seen: self.now,
+            version: 1,
+            user: new.user.into_boxed_str(),
+            meta: (!new.meta.is_empty()).then(|| Box::new(new.meta)),
+            data: new.data.into_boxed_slice(),
+        }
+    }
+}
+
+/// A live session, as returned by `validate`, `create` and `list_user`.
+///
+/// Cheap to clone (shares the stored record).
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) record: Arc<Record>,
+    pub(crate) last_seen: u64,
+}
+
+impl Session {
+    /// The session id (safe to log).
+    #[must_use]
+    pub fn id(&self) -> SessionId {
+        self.record.id
+    }
+    /// The user this session belongs to.
+    #[must_use]
+    pub fn user(&self) -> &str {
+        &self.record.user
+    }
+    /// The monotonic serial number of this session; access tokens carry it as `sid`.
+    #[must_use]
+    pub fn serial(&self) -> u64 {
+        self.record.serial
+    }
+    /// When the session was created.
+    #[must_use]
+    pub fn created_at(&self) -> SystemTime {
+        from_millis(self.record.created_at)
+    }
+    /// The absolute deadline.
+    #[must_use]
+    pub fn expires_at(&self) -> SystemTime {
+        from_millis(self.record.expires_at)
+    }
+    /// The idle timeout, if any.
+    #[must_use]
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.record.idle_timeout != 0).then(|| Duration::from_millis(self.record.idle_timeout))
+    }
+    /// When the session expires if it stays idle from now on: min(absolute deadline, last seen + idle timeout).
+    #[must_use]
+    pub fn idle_deadline(&self) -> SystemTime {
+        from_millis(self.record.deadline(self.last_seen))
+    }
+    /// The last time the session was validated.
+    #[must_use]
+    pub fn last_seen(&self) -> SystemTime {
+        from_millis(self.last_seen)
+    }
+    /// The data version; starts at 1 and grows with each `update_data`.
+    #[must_use]
+    pub fn version(&self) -> u64 {
+        self.record.version
+    }
+    /// Application data.
+    #[must_use]
+    pub fn data(&self) -> &[u8] {
+        &self.record.data
+    }
+    /// Client metadata.
+    #[must_use]
+    pub fn meta(&self) -> &Meta {
+        self.record.meta()
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id())
+            .field("user", &self.user())
+            .field("serial", &self.serial())
+            .field("created_at", &self.record.created_at)
+            .field("expires_at", &self.record.expires_at)
+            .field("last_seen", &self.last_seen)
+            .field("version", &self.version())
+            .field("data_len", &self.record.data.len())
+            .field("meta", self.meta())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(user: &str, data: Vec<u8>, meta: Meta) -> Record {
+        RecordParts {
+            id: SessionId::from_bytes([3; 16]),
+            serial: 42,
+            secret_hash: SecretHash([9; 32]),
+            now: 1_000,
+            ttl: Duration::from_secs(60),
+            idle_timeout: Some(Duration::from_secs(10)),
+        }
+        .build(NewSession::new(user).data(data).meta(meta))
+    }
+
+    fn same(a: &Record, b: &Record) -> bool {
+        a.id == b.id
+            && a.serial == b.serial
+            && a.secret_hash.0 == b.secret_hash.0
+            && (a.created_at, a.expires_at, a.idle_timeout, a.last_seen, a.version)
+                == (b.created_at, b.expires_at, b.idle_timeout, b.last_seen, b.version)
+            && a.user == b.user
+            && a.meta() == b.meta()
+            && a.data == b.data
+    }
+
+    #[test]
+    fn decode_rejects_every_truncation_and_trailing_bytes() {
+        let meta = Meta { ip: Some("10.0.0.1".parse().unwrap()), user_agent: Some("ua".into()), label: None };
+        let enc = sample("alice", b"hello".to_vec(), meta).encode();
+        for i in 0..enc.len() {
+            assert!(Record::decode(SessionId::from_bytes([3; 16]), &enc[..i]).is_err(), "len {i}");
+        }
+        let mut long = enc.clone();
+        long.push(0);
+        assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &long).err(), Some(RecordError::Trailing));
+        let mut newer = enc;
+        newer[0] = 2;
+        assert_eq!(
+            Record::decode(SessionId::from_bytes([3; 16]), &newer).err(),
+            Some(RecordError::UnknownFormat(2))
+        );
+    }
+
+    #[test]
+    fn user_limits() {
+        assert!(check_user("").is_err());
+        assert!(check_user(&"x".repeat(256)).is_ok());
+        assert!(check_user(&"x".repeat(257)).is_err());
+        assert!(check_user("ユーザー\u{200d}🙂").is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_is_identity(
+            user in "\\PC{1,64}",
+            data in proptest::collection::vec(any::<u8>(), 0..512),
+            ua in proptest::option::of("\\PC{0,40}"),
+            ip in proptest::option::of(any::<std::net::Ipv6Addr>()),
+        ) {
+            let meta = Meta { ip: ip.map(IpAddr::V6), user_agent: ua.filter(|s| !s.is_empty()), label: Some("l".into()) };
+            let r = sample(&user, data, meta);
+            let d = Record::decode(r.id, &r.encode()).unwrap();
+            prop_assert!(same(&r, &d));
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Record::decode(SessionId::from_bytes([0; 16]), &bytes);
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Token formats: generate, encode, parse. No I/O here: this is the fuzz surface.
+//!
+//! Session token: `crs_` + base64url(id 16 B ‖ secret 32 B ‖ checksum 4 B), 74 chars.
+//! Refresh token: `crr_` + base64url(id 16 B ‖ generation 8 B ‖ key id 4 B ‖ MAC 32 B), 84 chars.
+//!
+//! The checksum is an unkeyed FNV-1a over prefix and payload: it catches typos and
+//! truncation cheaply so garbage never reaches the cache or the disk. It is not a
+//! security boundary; the secret (compared as a blake3 hash) and the MAC are.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use rand::TryRng as _;
+use subtle::ConstantTimeEq as _;
+
+use crate::error::{Error, Malformed};
+
+/// Strict base64url: no padding accepted, non-zero trailing bits rejected (canonical).
+const B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(false),
+);
+
+/// Prefix of opaque session tokens.
+pub const SESSION_PREFIX: &str = "crs_";
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "crr_";
+
+const ID_LEN: usize = 16;
+const SECRET_LEN: usize = 32; // 256 bits from the OS CSPRNG (SECURITY.md S1)
+const CHECKSUM_LEN: usize = 4;
+const SESSION_RAW_LEN: usize = ID_LEN + SECRET_LEN + CHECKSUM_LEN; // 52
+/// Length of an encoded session token: 4-char prefix + ceil(52 * 4 / 3) = 74.
+pub const SESSION_TOKEN_LEN: usize = SESSION_PREFIX.len() + (SESSION_RAW_LEN * 4).div_ceil(3);
+const MAC_LEN: usize = 32;
+const REFRESH_RAW_LEN: usize = ID_LEN + 8 + 4 + MAC_LEN; // 60
+/// Length of an encoded refresh token: 4 + 60 * 4 / 3 = 84.
+pub const REFRESH_TOKEN_LEN: usize = REFRESH_PREFIX.len() + REFRESH_RAW_LEN * 4 / 3;
+
+/// Longest input any opaque-token parser looks at (the default `max_token_len`).
+const MAX_OPAQUE_LEN: usize = 4096;
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), Error> {
+    rand::rngs::SysRng.try_fill_bytes(buf).map_err(|_| Error::Entropy)
+}
+
+/// The public, non-secret identifier of a session (16 random bytes).
+///
+/// Safe to log. Displays as 22 base64url characters.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SessionId([u8; ID_LEN]);
+
+impl SessionId {
+    pub(crate) fn random() -> Result<Self, Error> {
+        let mut b = [0u8; ID_LEN];
+        os_random(&mut b)?;
+        Ok(Self(b))
+    }
+
+    pub(crate) fn from_bytes(b: [u8; ID_LEN]) -> Self {
+        Self(b)
+    }
+
+    /// The raw 16 bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; ID_LEN] {
+        &self.0
+    }
+
+    /// The first 8 bytes as a little-endian word. The id is uniformly random, so
+    /// this is already a good hash; the cache uses it directly.
+    pub(crate) fn hash_word(&self) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(w)
+    }
+
+    /// Bytes 8..16 as a word: picks the cache shard, independent of [`Self::hash_word`]
+    /// which the shard's hash map uses for buckets.
+    pub(crate) fn shard_word(&self) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&self.0[8..]);
+        u64::from_le_bytes(w)
+    }
+}
+
+impl std::hash::Hash for SessionId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash_word());
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 24];
+        let n = B64.encode_slice(self.0, &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s.len() != 22 {
+            return Err(Malformed::WrongLength.into());
+        }
+        let mut buf = [0u8; 18];
+        let n = B64.decode_slice(s, &mut buf).map_err(|_| Malformed::BadEncoding)?;
+        if n != ID_LEN {
+            return Err(Malformed::WrongLength.into());
+        }
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&buf[..ID_LEN]);
+        Ok(Self(id))
+    }
+}
+
+/// The 32-byte secret half of a session token. Never displayed.
+#[derive(Clone)]
+pub(crate) struct Secret([u8; SECRET_LEN]);
+
+impl Secret {
+    /// blake3 of the secret: what the database stores (SECURITY.md S2).
+    pub(crate) fn hash(&self) -> SecretHash {
+        SecretHash(*blake3::hash(&self.0).as_bytes())
+    }
+}
+
+/// blake3 hash of a session secret, as stored at rest.
+#[derive(Clone, Copy)]
+pub(crate) struct SecretHash(pub(crate) [u8; 32]);
+
+impl SecretHash {
+    /// Constant-time comparison (SECURITY.md S3).
+    pub(crate) fn matches(&self, other: &SecretHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHash(<redacted>)")
+    }
+}
+
+/// An opaque session token: the id plus a 256-bit secret.
+///
+/// `Display` yields the `crs_…` string to hand to the client (e.g. in a cookie).
+/// `Debug` shows only the id.
+#[derive(Clone)]
+pub struct SessionToken {
+    id: SessionId,
+    secret: Secret,
+}
+
+impl SessionToken {
+    pub(crate) fn generate() -> Result<Self, Error> {
+        let id = SessionId::random()?;
+        let mut s = [0u8; SECRET_LEN];
+        os_random(&mut s)?;
+        Ok(Self { id, secret: Secret(s) })
+    }
+
+    /// The session id (not secret).
+    #[must_use]
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub(crate) fn secret_hash(&self) -> SecretHash {
+        self.secret.hash()
+    }
+
+    /// Parses a `crs_…` token. Rejects every malformed input with
+    /// [`Error::Malformed`]; never panics, never allocates.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] with the reason.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        parse_session(s.as_bytes()).map_err(Error::Malformed)
+    }
+}
+
+fn checksum(prefix: &[u8], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
+    // FNV-1a 64, folded to 32 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in prefix.iter().chain(payload) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    #[allow(clippy::cast_possible_truncation)] // folding 64 bits to 32 on purpose
+    let folded = (h ^ (h >> 32)) as u32;
+    folded.to_le_bytes()
+}
+
+/// Shared front checks for every token kind: emptiness, cap, prefix, exact length.
+fn check_frame(s: &[u8], prefix: &str, len: usize) -> Result<(), Malformed> {
+    // Cap first, so nothing below scans an attacker-sized input.
+    if s.len() > MAX_OPAQUE_LEN {
+        return Err(Malformed::TooLong);
+    }
+    if s.iter().all(u8::is_ascii_whitespace) {
+        return Err(Malformed::Empty);
+    }
+    let other = if prefix == SESSION_PREFIX { REFRESH_PREFIX } else { SESSION_PREFIX };
+    if s.starts_with(other.as_bytes()) {
+        return Err(Malformed::WrongKind);
+    }
+    if !s.starts_with(prefix.as_bytes()) {
+        if looks_like_jwt(s) {
+            return Err(Malformed::WrongKind);
+        }
+        return Err(Malformed::WrongPrefix);
+    }
+    if s.len() != len {
+        return Err(if s.len() > len { Malformed::TooLong } else { Malformed::WrongLength });
+    }
+    Ok(())
+}
+
+/// A compact JWS starts with a base64url header `eyJ` (`{"`).
+pub(crate) fn looks_like_jwt(s: &[u8]) -> bool {
+    s.starts_with(b"eyJ")
+}
+
+fn decode_exact<const N: usize>(b64: &[u8]) -> Result<[u8; N], Malformed> {
+    let mut buf = [0u8; 64];
+    let n = B64.decode_slice(b64, &mut buf).map_err(|_| Malformed::BadEncoding)?;
+    if n != N {
+        return Err(Malformed::WrongLength);
+    }
+    let mut out = [0u8; N];
+    out.copy_from_slice(&buf[..N]);
+    Ok(out)
+}
+
+fn parse_session(s: &[u8]) -> Result<SessionToken, Malformed> {
+    check_frame(s, SESSION_PREFIX, SESSION_TOKEN_LEN)?;
+    let raw: [u8; SESSION_RAW_LEN] = decode_exact(&s[SESSION_PREFIX.len()..])?;
+    let (payload, sum) = raw.split_at(ID_LEN + SECRET_LEN);
+    if checksum(SESSION_PREFIX.as_bytes(), payload) != sum {
+        return Err(Malformed::BadChecksum);
+    }
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&payload[..ID_LEN]);
+    let mut secret = [0u8; SECRET_LEN];
+    secret.copy_from_slice(&payload[ID_LEN..]);
+    Ok(SessionToken { id: SessionId(id), secret: Secret(secret) })
+}
+
+impl fmt::Display for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut raw = [0u8; SESSION_RAW_LEN];
+        raw[..ID_LEN].copy_from_slice(&self.id.0);
+        raw[ID_LEN..ID_LEN + SECRET_LEN].copy_from_slice(&self.secret.0);
+        let sum = checksum(SESSION_PREFIX.as_bytes(), &raw[..ID_LEN + SECRET_LEN]);
+        raw[ID_LEN + SECRET_LEN..].copy_from_slice(&sum);
+        let mut buf = [0u8; 72];
+        let n = B64.encode_slice(raw, &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(SESSION_PREFIX)?;
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionToken").field("id", &self.id).field("secret", &"<redacted>").finish()
+    }
+}
+
+impl FromStr for SessionToken {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::parse(s)
+    }
+}
+
+/// A refresh token: (session id, generation, key id, MAC).
+///
+/// `Display` yields the `crr_…` string; `Debug` hides the MAC.
+#[derive(Clone)]
+pub struct RefreshToken {
+    pub(crate) id: SessionId,
+    pub(crate) generation: u64,
+    pub(crate) key_id: u32,
+    pub(crate) mac: [u8; MAC_LEN],
+}
+
+impl RefreshToken {
+    /// The session this token refreshes.
+    #[must_use]
+    pub fn session_id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The rotation generation this token carries.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Parses a `crr_…` token (format only: the MAC is checked by the store).
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] with the reason.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        parse_refresh(s.as_bytes()).map_err(Error::Malformed)
+    }
+
+    /// The bytes the MAC covers: prefix ‖ id ‖ generation ‖ key id.
+    pub(crate) fn mac_input(id: &SessionId, generation: u64, key_id: u32) -> [u8; 32] {
+        let mut m = [0u8; 32];
+        m[..4].copy_from_slice(REFRESH_PREFIX.as_bytes());
+        m[4..20].copy_from_slice(&id.0);
+        m[20..28].copy_from_slice(&generation.to_le_bytes());
+        m[28..].copy_from_slice(&key_id.to_le_bytes());
+        m
+    }
+
+    /// Constant-time MAC comparison.
+    pub(crate) fn mac_matches(&self, expected: &[u8; MAC_LEN]) -> bool {
+        self.mac.ct_eq(expected).into()
+    }
+}
+
+fn parse_refresh(s: &[u8]) -> Result<RefreshToken, Malformed> {
+    check_frame(s, REFRESH_PREFIX, REFRESH_TOKEN_LEN)?;
+    let raw: [u8; REFRESH_RAW_LEN] = decode_exact(&s[REFRESH_PREFIX.len()..])?;
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&raw[..16]);
+    let mut g = [0u8; 8];
+    g.copy_from_slice(&raw[16..24]);
+    let mut k = [0u8; 4];
+    k.copy_from_slice(&raw[24..28]);
+    let mut mac = [0u8; MAC_LEN];
+    mac.copy_from_slice(&raw[28..]);
+    Ok(RefreshToken {
+        id: SessionId(id),
+        generation: u64::from_le_bytes(g),
+        key_id: u32::from_le_bytes(k),
+        mac,
+    })
+}
+
+impl fmt::Display for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut raw = [0u8; REFRESH_RAW_LEN];
+        raw[..16].copy_from_slice(&self.id.0);
+        raw[16..24].copy_from_slice(&self.generation.to_le_bytes());
+        raw[24..28].copy_from_slice(&self.key_id.to_le_bytes());
+        raw[28..].copy_from_slice(&self.mac);
+        let mut buf = [0u8; 80];
+        let n = B64.encode_slice(raw, &mut buf).map_err(|_| fmt::Error)?;
+        f.write_str(REFRESH_PREFIX)?;
+        f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("session", &self.id)
+            .field("generation", &self.generation)
+            .field("key_id", &self.key_id)
+            .field("mac", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_token_round_trips_and_has_fixed_length() {
+        let t = SessionToken::generate().unwrap();
+        let s = t.to_string();
+        assert_eq!(s.len(), SESSION_TOKEN_LEN);
+        assert!(s.starts_with("crs_"));
+        let p = SessionToken::parse(&s).unwrap();
+        assert_eq!(p.id(), t.id());
+        assert!(p.secret_hash().matches(&t.secret_hash()));
+    }
+
+    #[test]
+    fn debug_never_shows_secret() {
+        let t = SessionToken::generate().unwrap();
+        let s = t.to_string();
+        let dbg = format!("{t:?}");
+        assert!(!dbg.contains(&s[4..]), "{dbg}");
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let s = SessionToken::generate().unwrap().to_string();
+        for i in 0..s.len() {
+            assert!(SessionToken::parse(&s[..i]).is_err(), "prefix of len {i} accepted");
+        }
+    }
+
+    #[test]
+    fn every_single_char_change_is_rejected() {
+        let s = SessionToken::generate().unwrap().to_string();
+        for i in 4..s.len() {
+            let mut b = s.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let m = String::from_utf8(b).unwrap();
+            assert!(SessionToken::parse(&m).is_err(), "mutation at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn refresh_token_round_trips() {
+        let t = RefreshToken { id: SessionId([7; 16]), generation: 9, key_id: 3, mac: [1; 32] };
+        let s = t.to_string();
+        assert_eq!(s.len(), REFRESH_TOKEN_LEN);
+        let p = RefreshToken::parse(&s).unwrap();
+        assert_eq!((p.id, p.generation, p.key_id, p.mac), (t.id, 9, 3, [1; 32]));
+        assert!(SessionToken::parse(&s).is_err());
+        assert!(matches!(
+            RefreshToken::parse(&SessionToken::generate().unwrap().to_string()),
+            Err(Error::Malformed(Malformed::WrongKind))
+        ));
+    }
+
+    #[test]
+    fn session_id_display_parse_round_trip() {
+        let id = SessionId::random().unwrap();
+        assert_eq!(id.to_string().parse::<SessionId>().unwrap(), id);
+        assert!("short".parse::<SessionId>().is_err());
+    }
+}
