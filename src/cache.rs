@@ -58,7 +58,8 @@ impl Shard {
                 }
                 self.map.remove(&r.id);
                 self.slots[i] = None;
-                #[allow(clippy::cast_possible_truncation)] // capacity per shard < 2^32 (config check)
+                #[allow(clippy::cast_possible_truncation)]
+                // capacity per shard < 2^32 (config check)
                 return Some(i as u32);
             }
         }
@@ -106,7 +107,11 @@ impl Cache {
             })
             .collect();
         let mask = (shards.len() as u64).saturating_sub(1);
-        Self { shards, mask, evictions: AtomicU64::new(0) }
+        Self {
+            shards,
+            mask,
+            evictions: AtomicU64::new(0),
+        }
     }
 
     fn slot(&self, id: &SessionId) -> &Slot {
@@ -120,7 +125,10 @@ impl Cache {
         let slot = self.slot(id);
         let found = {
             let shard = slot.shard.read();
-            shard.map.get(id).and_then(|&i| shard.slots[i as usize].clone())
+            shard
+                .map
+                .get(id)
+                .and_then(|&i| shard.slots[i as usize].clone())
         };
         match &found {
             Some(r) => {
@@ -147,7 +155,10 @@ impl Cache {
                     return;
                 }
                 rec.live.last_seen.fetch_max(old.seen(), Ordering::Relaxed);
-                rec.live.persisted.fetch_max(old.live.persisted.load(Ordering::Relaxed), Ordering::Relaxed);
+                rec.live.persisted.fetch_max(
+                    old.live.persisted.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
             }
             shard.slots[i as usize] = Some(rec);
             return;
@@ -179,7 +190,10 @@ impl Cache {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let mut s = CacheStats { evictions: self.evictions.load(Ordering::Relaxed), ..CacheStats::default() };
+        let mut s = CacheStats {
+            evictions: self.evictions.load(Ordering::Relaxed),
+            ..CacheStats::default()
+        };
         for slot in &*self.shards {
             s.entries += slot.shard.read().map.len();
             s.hits += slot.hits.load(Ordering::Relaxed);

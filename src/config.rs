@@ -212,7 +212,9 @@ impl ConfigBuilder {
 
     fn unchecked(&self) -> Config {
         let touch = self.touch_granularity.unwrap_or_else(|| {
-            self.idle_timeout.map_or(Duration::from_secs(60), |i| (i / 10).min(Duration::from_secs(60)))
+            self.idle_timeout.map_or(Duration::from_secs(60), |i| {
+                (i / 10).min(Duration::from_secs(60))
+            })
         });
         Config {
             session_ttl: self.session_ttl,
@@ -296,17 +298,30 @@ mod tests {
 
     #[test]
     fn touch_granularity_defaults_to_a_tenth_of_short_idle() {
-        let c = Config::builder().idle_timeout(Some(Duration::from_secs(100))).build().unwrap();
+        let c = Config::builder()
+            .idle_timeout(Some(Duration::from_secs(100)))
+            .build()
+            .unwrap();
         assert_eq!(c.touch_granularity, Duration::from_secs(10));
     }
 
     #[test]
     fn invalid_settings_are_rejected() {
         assert!(Config::builder().cache_shards(3).build().is_err());
-        assert!(Config::builder().session_ttl(Duration::ZERO).build().is_err());
+        assert!(
+            Config::builder()
+                .session_ttl(Duration::ZERO)
+                .build()
+                .is_err()
+        );
         assert!(Config::builder().max_data_len(17 << 20).build().is_err());
         assert!(Config::builder().cache_capacity(1).build().is_err());
-        assert!(Config::builder().flush_interval(Duration::ZERO).build().is_err());
+        assert!(
+            Config::builder()
+                .flush_interval(Duration::ZERO)
+                .build()
+                .is_err()
+        );
         assert!(
             Config::builder()
                 .idle_timeout(Some(Duration::from_secs(10)))

@@ -185,7 +185,10 @@ impl StorageError {
         kind: StorageErrorKind,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self { kind, source: Some(Arc::new(source)) }
+        Self {
+            kind,
+            source: Some(Arc::new(source)),
+        }
     }
 
     /// The category of the failure.
@@ -197,7 +200,10 @@ impl StorageError {
 
 impl fmt::Debug for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StorageError").field("kind", &self.kind).field("source", &self.source).finish()
+        f.debug_struct("StorageError")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -205,10 +211,18 @@ impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
             StorageErrorKind::Io => "I/O error",
-            StorageErrorKind::Corrupt => "database file is corrupt or not a redb file (left untouched)",
-            StorageErrorKind::NotCloakroom => "database file was not written by cloakroom (left untouched)",
-            StorageErrorKind::NewerFormat => "database was written by a newer cloakroom format; upgrade cloakroom",
-            StorageErrorKind::AlreadyOpen => "database file is already open in another process or Store",
+            StorageErrorKind::Corrupt => {
+                "database file is corrupt or not a redb file (left untouched)"
+            }
+            StorageErrorKind::NotCloakroom => {
+                "database file was not written by cloakroom (left untouched)"
+            }
+            StorageErrorKind::NewerFormat => {
+                "database was written by a newer cloakroom format; upgrade cloakroom"
+            }
+            StorageErrorKind::AlreadyOpen => {
+                "database file is already open in another process or Store"
+            }
             StorageErrorKind::Commit => "commit failed; the operation did not take effect",
         };
         match &self.source {
@@ -220,7 +234,9 @@ impl fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

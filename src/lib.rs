@@ -1,7 +1,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 //! # cloakroom
 //!
@@ -77,9 +80,14 @@ mod token;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, Durability};
 pub use error::{Error, InputError, JwtError, Malformed, Result, StorageError, StorageErrorKind};
-pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
+pub use session::{
+    MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session,
+};
 pub use store::{Issued, Scope, Stats, Store};
-pub use token::{REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId, SessionToken};
+pub use token::{
+    REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId,
+    SessionToken,
+};
 
 /// Entry points for fuzz targets. Not part of the API; may change at any time.
 #[doc(hidden)]

@@ -10,49 +10,72 @@ use std::collections::HashMap;
 use parking_lot::RwLock;
 use roaring::RoaringTreemap;
 
+use crate::token::SessionId;
+
+/// Revoked serials (checked on every validate and verify) plus the ids of the
+/// revoked sessions, so a token whose row is gone still reads as `Revoked`.
+#[derive(Default)]
+struct Revoked {
+    bits: RoaringTreemap,
+    ids: HashMap<SessionId, u64>,
+}
+
 #[derive(Default)]
 pub(crate) struct Revocation {
-    revoked: RwLock<RoaringTreemap>,
+    revoked: RwLock<Revoked>,
     not_before: RwLock<HashMap<Box<str>, u64>>,
 }
 
 impl Revocation {
-    pub(crate) fn load(serials: impl IntoIterator<Item = u64>, not_before: Vec<(String, u64)>) -> Self {
-        let mut bits = RoaringTreemap::new();
-        bits.extend(serials);
-        Self {
-            revoked: RwLock::new(bits),
-            not_before: RwLock::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
-        }
+    pub(crate) fn load(revoked: &[(u64, u64, SessionId)], not_before: Vec<(String, u64)>) -> Self {
+        let r = Self {
+            revoked: RwLock::default(),
+            not_before: RwLock::new(
+                not_before
+                    .into_iter()
+                    .map(|(u, t)| (u.into_boxed_str(), t))
+                    .collect(),
+            ),
+        };
+        let pairs: Vec<(u64, SessionId)> = revoked.iter().map(|&(s, _, id)| (s, id)).collect();
+        r.revoke(&pairs);
+        r
     }
 
     /// Is this session serial revoked?
     pub(crate) fn is_revoked(&self, serial: u64) -> bool {
-        self.revoked.read().contains(serial)
+        self.revoked.read().bits.contains(serial)
     }
 
-    /// Marks serials revoked.
-    pub(crate) fn revoke(&self, serials: &[u64]) {
-        if serials.is_empty() {
+    /// Was the session with this id revoked (and not yet pruned)?
+    pub(crate) fn is_revoked_id(&self, id: &SessionId) -> bool {
+        self.revoked.read().ids.contains_key(id)
+    }
+
+    /// Marks (serial, id) pairs revoked.
+    pub(crate) fn revoke(&self, pairs: &[(u64, SessionId)]) {
+        if pairs.is_empty() {
             return;
         }
-        let mut bits = self.revoked.write();
-        for &s in serials {
-            bits.insert(s);
+        let mut r = self.revoked.write();
+        for &(s, id) in pairs {
+            r.bits.insert(s);
+            r.ids.insert(id, s);
         }
     }
 
-    /// Forgets serials whose entries were pruned.
-    pub(crate) fn forget(&self, serials: &[u64]) {
-        let mut bits = self.revoked.write();
-        for &s in serials {
-            bits.remove(s);
+    /// Forgets pruned entries.
+    pub(crate) fn forget(&self, pairs: &[(u64, SessionId)]) {
+        let mut r = self.revoked.write();
+        for (s, id) in pairs {
+            r.bits.remove(*s);
+            r.ids.remove(id);
         }
     }
 
     /// How many serials are held.
     pub(crate) fn len(&self) -> u64 {
-        self.revoked.read().len()
+        self.revoked.read().bits.len()
     }
 
     /// The user's not-before cut-off (ms), if any.
@@ -74,13 +97,14 @@ mod tests {
 
     #[test]
     fn revoke_and_forget_large_serials() {
-        let r = Revocation::load([1, 5], Vec::new());
-        assert!(r.is_revoked(5));
-        r.revoke(&[u64::MAX - 1, 7]);
+        let id = |b| SessionId::from_bytes([b; 16]);
+        let r = Revocation::load(&[(1, 0, id(1)), (5, 0, id(5))], Vec::new());
+        assert!(r.is_revoked(5) && r.is_revoked_id(&id(5)));
+        r.revoke(&[(u64::MAX - 1, id(9)), (7, id(7))]);
         assert!(r.is_revoked(u64::MAX - 1));
         assert_eq!(r.len(), 4);
-        r.forget(&[5]);
-        assert!(!r.is_revoked(5));
+        r.forget(&[(5, id(5))]);
+        assert!(!r.is_revoked(5) && !r.is_revoked_id(&id(5)));
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl Drop for Inner {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,16 +127,19 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     #[cfg(feature = "test-util")]
-    pub fn open_with_backend(backend: impl redb::StorageBackend, config: Config) -> Result<Store, Error> {
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        config: Config,
+    ) -> Result<Store, Error> {
         Self::start(Db::with_backend(backend)?, config)
     }
 
     fn start((db, loaded): (Db, Loaded), config: Config) -> Result<Store, Error> {
-        let revocation = Arc::new(Revocation::load(loaded.revoked.iter().map(|&(s, _)| s), loaded.not_before));
+        let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
         let writer = Writer::start(
             db.handle(),
-            Arc::new(move |serials: &[u64]| hook_rev.revoke(serials)),
+            Arc::new(move |pairs: &[(u64, SessionId)]| hook_rev.revoke(pairs)),
             config.flush_interval,
             config.write_queue,
         )?;
@@ -180,7 +185,11 @@ impl Store {
         let cfg = &inner.config;
         check_user(&new.user)?;
         if new.data.len() > cfg.max_data_len {
-            return Err(InputError::DataTooLarge { len: new.data.len(), max: cfg.max_data_len }.into());
+            return Err(InputError::DataTooLarge {
+                len: new.data.len(),
+                max: cfg.max_data_len,
+            }
+            .into());
         }
         new.meta.check()?;
         let ttl = new.ttl.unwrap_or(cfg.session_ttl);
@@ -211,7 +220,13 @@ impl Store {
         inner.writer.submit(Op::Create(Arc::clone(&rec)), wait)?;
         self.fill(Arc::clone(&rec));
         let last_seen = rec.last_seen;
-        Ok(Issued { token, session: Session { record: rec, last_seen } })
+        Ok(Issued {
+            token,
+            session: Session {
+                record: rec,
+                last_seen,
+            },
+        })
     }
 
     /// Puts a record in the cache unless it has been revoked meanwhile. Checking the
@@ -232,7 +247,9 @@ impl Store {
             return Ok(Some(r));
         }
         let db = self.inner.db.read().clone().ok_or(Error::Closed)?;
-        let Some(rec) = db.get(id)? else { return Ok(None) };
+        let Some(rec) = db.get(id)? else {
+            return Ok(None);
+        };
         let rec = Arc::new(rec);
         self.fill(Arc::clone(&rec));
         Ok(Some(rec))
@@ -255,7 +272,13 @@ impl Store {
     /// Validates an already-parsed token (see [`Store::validate`]).
     pub(crate) fn check(&self, tok: &SessionToken) -> Result<Session, Error> {
         let inner = &self.inner;
-        let rec = self.lookup(&tok.id())?.ok_or(Error::NotFound)?;
+        let Some(rec) = self.lookup(&tok.id())? else {
+            return Err(if inner.revocation.is_revoked_id(&tok.id()) {
+                Error::Revoked
+            } else {
+                Error::NotFound
+            });
+        };
         if !rec.secret_hash.matches(&tok.secret_hash()) {
             return Err(Error::NotFound);
         }
@@ -275,12 +298,22 @@ impl Store {
         let persisted = rec.live.persisted.load(Ordering::Relaxed);
         if rec.idle_timeout != 0
             && now.saturating_sub(persisted) >= duration_millis(inner.config.touch_granularity)
-            && rec.live.persisted.compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && rec
+                .live
+                .persisted
+                .compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
-            inner.writer.offer(Op::Touch { id: rec.id, last_seen: now });
+            inner.writer.offer(Op::Touch {
+                id: rec.id,
+                last_seen: now,
+            });
         }
         let last_seen = now.max(seen);
-        Ok(Session { record: rec, last_seen })
+        Ok(Session {
+            record: rec,
+            last_seen,
+        })
     }
 
     /// Replaces a session by a new one with a new token and serial, and kills
@@ -296,12 +329,28 @@ impl Store {
         let token = SessionToken::generate()?;
         let now = self.now_ms();
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
-        let rec = Arc::new(old.record.rotated(token.id(), serial, token.secret_hash(), now));
+        let rec = Arc::new(
+            old.record
+                .rotated(token.id(), serial, token.secret_hash(), now),
+        );
         let prune_after = self.prune_after(now);
-        inner.writer.submit(Op::Rotate { old: old.id(), new: Arc::clone(&rec), prune_after }, Wait::Durable)?;
+        inner.writer.submit(
+            Op::Rotate {
+                old: old.id(),
+                new: Arc::clone(&rec),
+                prune_after,
+            },
+            Wait::Durable,
+        )?;
         inner.cache.remove(&old.id());
         self.fill(Arc::clone(&rec));
-        Ok(Issued { token, session: Session { record: rec, last_seen: now } })
+        Ok(Issued {
+            token,
+            session: Session {
+                record: rec,
+                last_seen: now,
+            },
+        })
     }
 
     /// Replaces a session's data unconditionally; returns the new version.
@@ -321,20 +370,33 @@ impl Store {
     /// # Errors
     /// [`Error::Conflict`] with the current version if another update came first:
     /// re-read and retry. Otherwise as [`Store::update_data`].
-    pub fn update_data_if(&self, id: SessionId, version: u64, data: impl Into<Vec<u8>>) -> Result<u64, Error> {
+    pub fn update_data_if(
+        &self,
+        id: SessionId,
+        version: u64,
+        data: impl Into<Vec<u8>>,
+    ) -> Result<u64, Error> {
         self.update(id, Some(version), data.into())
     }
 
     fn update(&self, id: SessionId, expected: Option<u64>, data: Vec<u8>) -> Result<u64, Error> {
         let inner = self.live()?;
         if data.len() > inner.config.max_data_len {
-            return Err(InputError::DataTooLarge { len: data.len(), max: inner.config.max_data_len }.into());
+            return Err(InputError::DataTooLarge {
+                len: data.len(),
+                max: inner.config.max_data_len,
+            }
+            .into());
         }
         let wait = match inner.config.durability {
             Durability::Eventual => Wait::Applied,
             Durability::Immediate => Wait::Durable,
         };
-        let op = Op::UpdateData { id, expected, data: data.into_boxed_slice() };
+        let op = Op::UpdateData {
+            id,
+            expected,
+            data: data.into_boxed_slice(),
+        };
         match inner.writer.submit(op, wait)? {
             Outcome::Updated(rec) => {
                 let v = rec.version;
@@ -375,7 +437,13 @@ impl Store {
             Scope::Others(id) => Some(id),
         };
         let prune_after = self.prune_after(self.now_ms());
-        Ok(self.revoke_op(Op::RevokeUser { user: user.into(), except, prune_after })?.len())
+        Ok(self
+            .revoke_op(Op::RevokeUser {
+                user: user.into(),
+                except,
+                prune_after,
+            })?
+            .len())
     }
 
     pub(crate) fn revoke_op(&self, op: Op) -> Result<Vec<SessionId>, Error> {
@@ -404,10 +472,18 @@ impl Store {
             .list_user(user)?
             .into_iter()
             .map(|rec| {
-                let seen = inner.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
-                Session { record: Arc::new(rec), last_seen: seen }
+                let seen = inner
+                    .cache
+                    .get(&rec.id)
+                    .map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
+                Session {
+                    record: Arc::new(rec),
+                    last_seen: seen,
+                }
             })
-            .filter(|s| now < s.record.deadline(s.last_seen) && !inner.revocation.is_revoked(s.serial()))
+            .filter(|s| {
+                now < s.record.deadline(s.last_seen) && !inner.revocation.is_revoked(s.serial())
+            })
             .collect();
         out.sort_by_key(|s| (s.record.created_at, s.serial()));
         Ok(out)
@@ -419,7 +495,11 @@ impl Store {
         let inner = &self.inner;
         let c = inner.cache.stats();
         let w = &inner.writer.stats;
-        let sessions_stored = inner.db.read().clone().and_then(|db| db.session_count().ok());
+        let sessions_stored = inner
+            .db
+            .read()
+            .clone()
+            .and_then(|db| db.session_count().ok());
         Stats {
             sessions_stored,
             cached_sessions: c.entries,
@@ -442,7 +522,10 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if the commit failed; [`Error::Closed`].
     pub fn flush(&self) -> Result<(), Error> {
-        self.live()?.writer.submit(Op::Flush, Wait::Durable).map(|_| ())
+        self.live()?
+            .writer
+            .submit(Op::Flush, Wait::Durable)
+            .map(|_| ())
     }
 
     /// Flushes everything, stops the writer thread and releases the file. Every

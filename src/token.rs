@@ -47,7 +47,9 @@ const MAX_OPAQUE_LEN: usize = 4096;
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), Error> {
-    rand::rngs::SysRng.try_fill_bytes(buf).map_err(|_| Error::Entropy)
+    rand::rngs::SysRng
+        .try_fill_bytes(buf)
+        .map_err(|_| Error::Entropy)
 }
 
 /// The public, non-secret identifier of a session (16 random bytes).
@@ -117,7 +119,9 @@ impl FromStr for SessionId {
             return Err(Malformed::WrongLength.into());
         }
         let mut buf = [0u8; 18];
-        let n = B64.decode_slice(s, &mut buf).map_err(|_| Malformed::BadEncoding)?;
+        let n = B64
+            .decode_slice(s, &mut buf)
+            .map_err(|_| Malformed::BadEncoding)?;
         if n != ID_LEN {
             return Err(Malformed::WrongLength.into());
         }
@@ -170,7 +174,10 @@ impl SessionToken {
         let id = SessionId::random()?;
         let mut s = [0u8; SECRET_LEN];
         os_random(&mut s)?;
-        Ok(Self { id, secret: Secret(s) })
+        Ok(Self {
+            id,
+            secret: Secret(s),
+        })
     }
 
     /// The session id (not secret).
@@ -214,7 +221,11 @@ fn check_frame(s: &[u8], prefix: &str, len: usize) -> Result<(), Malformed> {
     if s.iter().all(u8::is_ascii_whitespace) {
         return Err(Malformed::Empty);
     }
-    let other = if prefix == SESSION_PREFIX { REFRESH_PREFIX } else { SESSION_PREFIX };
+    let other = if prefix == SESSION_PREFIX {
+        REFRESH_PREFIX
+    } else {
+        SESSION_PREFIX
+    };
     if s.starts_with(other.as_bytes()) {
         return Err(Malformed::WrongKind);
     }
@@ -225,7 +236,11 @@ fn check_frame(s: &[u8], prefix: &str, len: usize) -> Result<(), Malformed> {
         return Err(Malformed::WrongPrefix);
     }
     if s.len() != len {
-        return Err(if s.len() > len { Malformed::TooLong } else { Malformed::WrongLength });
+        return Err(if s.len() > len {
+            Malformed::TooLong
+        } else {
+            Malformed::WrongLength
+        });
     }
     Ok(())
 }
@@ -237,7 +252,9 @@ pub(crate) fn looks_like_jwt(s: &[u8]) -> bool {
 
 fn decode_exact<const N: usize>(b64: &[u8]) -> Result<[u8; N], Malformed> {
     let mut buf = [0u8; 64];
-    let n = B64.decode_slice(b64, &mut buf).map_err(|_| Malformed::BadEncoding)?;
+    let n = B64
+        .decode_slice(b64, &mut buf)
+        .map_err(|_| Malformed::BadEncoding)?;
     if n != N {
         return Err(Malformed::WrongLength);
     }
@@ -257,7 +274,10 @@ fn parse_session(s: &[u8]) -> Result<SessionToken, Malformed> {
     id.copy_from_slice(&payload[..ID_LEN]);
     let mut secret = [0u8; SECRET_LEN];
     secret.copy_from_slice(&payload[ID_LEN..]);
-    Ok(SessionToken { id: SessionId(id), secret: Secret(secret) })
+    Ok(SessionToken {
+        id: SessionId(id),
+        secret: Secret(secret),
+    })
 }
 
 impl fmt::Display for SessionToken {
@@ -276,7 +296,10 @@ impl fmt::Display for SessionToken {
 
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionToken").field("id", &self.id).field("secret", &"<redacted>").finish()
+        f.debug_struct("SessionToken")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
     }
 }
 
@@ -407,7 +430,10 @@ mod tests {
     fn every_truncation_is_rejected() {
         let s = SessionToken::generate().unwrap().to_string();
         for i in 0..s.len() {
-            assert!(SessionToken::parse(&s[..i]).is_err(), "prefix of len {i} accepted");
+            assert!(
+                SessionToken::parse(&s[..i]).is_err(),
+                "prefix of len {i} accepted"
+            );
         }
     }
 
@@ -424,7 +450,12 @@ mod tests {
 
     #[test]
     fn refresh_token_round_trips() {
-        let t = RefreshToken { id: SessionId([7; 16]), generation: 9, key_id: 3, mac: [1; 32] };
+        let t = RefreshToken {
+            id: SessionId([7; 16]),
+            generation: 9,
+            key_id: 3,
+            mac: [1; 32],
+        };
         let s = t.to_string();
         assert_eq!(s.len(), REFRESH_TOKEN_LEN);
         let p = RefreshToken::parse(&s).unwrap();

@@ -8,14 +8,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableHandle as _};
+use redb::{
+    ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableHandle as _,
+};
 
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::session::Record;
 use crate::token::SessionId;
 use tables::{
-    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS,
-    USER_SESSIONS,
+    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED,
+    SESSIONS, USER_SESSIONS,
 };
 
 /// Read access to the database. Cheap to clone.
@@ -27,8 +29,8 @@ pub(crate) struct Db {
 /// What `open` learned from the file.
 pub(crate) struct Loaded {
     pub(crate) next_serial: u64,
-    /// (serial, prune-after ms) of every revoked entry.
-    pub(crate) revoked: Vec<(u64, u64)>,
+    /// (serial, prune-after ms, session id) of every revoked entry.
+    pub(crate) revoked: Vec<(u64, u64, SessionId)>,
     /// (user, not-before ms).
     pub(crate) not_before: Vec<(String, u64)>,
 }
@@ -49,7 +51,8 @@ fn io<E: Into<redb::Error>>(e: E) -> Error {
 
 /// A panic inside redb while opening a damaged file becomes a `Corrupt` error.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
 }
 
 impl Db {
@@ -59,9 +62,40 @@ impl Db {
         guarded(|| {
             let mut b = redb::Database::builder();
             b.set_cache_size(cache_bytes);
+            if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+                Self::inspect(&b, path)?;
+            }
             let db = b.create(path).map_err(io)?;
             Self::init(db)
         })
+    }
+
+    /// Checks an existing file through a read-only open, which writes nothing, so a
+    /// foreign, corrupt or newer file is refused before redb's read-write open
+    /// touches its header. A file that needs crash recovery cannot be opened
+    /// read-only; it is left to the read-write open, which repairs it.
+    fn inspect(b: &redb::Builder, path: &Path) -> Result<(), Error> {
+        let ro = match b.open_read_only(path) {
+            Ok(ro) => ro,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(()),
+            Err(e) => return Err(io(e)),
+        };
+        let rtx = ro.begin_read().map_err(io)?;
+        let names: Vec<String> = rtx
+            .list_tables()
+            .map_err(io)?
+            .map(|t| t.name().to_owned())
+            .collect();
+        let format = if names.iter().any(|n| n == "meta") {
+            rtx.open_table(META)
+                .map_err(io)?
+                .get(META_FORMAT)
+                .map_err(io)?
+                .map(|v| v.value())
+        } else {
+            None
+        };
+        check_format(&names, format).map(|_| ())
     }
 
     /// An in-memory database (tests, demos).
@@ -71,12 +105,22 @@ impl Db {
 
     /// Opens a database on a custom redb backend (fault-injection tests).
     pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<(Db, Loaded), Error> {
-        guarded(|| Self::init(redb::Database::builder().create_with_backend(backend).map_err(io)?))
+        guarded(|| {
+            Self::init(
+                redb::Database::builder()
+                    .create_with_backend(backend)
+                    .map_err(io)?,
+            )
+        })
     }
 
     fn init(db: redb::Database) -> Result<(Db, Loaded), Error> {
         let rtx = db.begin_read().map_err(io)?;
-        let existing: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
+        let existing: Vec<String> = rtx
+            .list_tables()
+            .map_err(io)?
+            .map(|t| t.name().to_owned())
+            .collect();
         let format = if existing.iter().any(|n| n == "meta") {
             let meta = rtx.open_table(META).map_err(io)?;
             meta.get(META_FORMAT).map_err(io)?.map(|v| v.value())
@@ -84,10 +128,8 @@ impl Db {
             None
         };
         drop(rtx);
-        match format {
-            Some(v) if v > FORMAT_VERSION => return Err(StorageError::new(StorageErrorKind::NewerFormat).into()),
-            Some(_) => {}
-            None if existing.is_empty() => {
+        if check_format(&existing, format)? == Fresh::Yes {
+            {
                 let wtx = db.begin_write().map_err(io)?;
                 {
                     let mut meta = wtx.open_table(META).map_err(io)?;
@@ -103,7 +145,6 @@ impl Db {
                 debug_assert_eq!(tables::names().len(), 7);
                 wtx.commit().map_err(io)?;
             }
-            None => return Err(StorageError::new(StorageErrorKind::NotCloakroom).into()),
         }
         let db = Db { db: Arc::new(db) };
         let loaded = db.load()?;
@@ -113,12 +154,16 @@ impl Db {
     fn load(&self) -> Result<Loaded, Error> {
         let rtx = self.db.begin_read().map_err(io)?;
         let meta = rtx.open_table(META).map_err(io)?;
-        let next_serial = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
+        let next_serial = meta
+            .get(META_NEXT_SERIAL)
+            .map_err(io)?
+            .map_or(1, |v| v.value());
         let revoked = rtx.open_table(REVOKED).map_err(io)?;
         let mut list = Vec::with_capacity(usize::try_from(revoked.len().map_err(io)?).unwrap_or(0));
         for row in revoked.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            list.push((k.value(), v.value()));
+            let (prune_after, id) = v.value();
+            list.push((k.value(), prune_after, SessionId::from_bytes(*id)));
         }
         let nb = rtx.open_table(NOT_BEFORE).map_err(io)?;
         let mut not_before = Vec::new();
@@ -126,7 +171,11 @@ impl Db {
             let (k, v) = row.map_err(io)?;
             not_before.push((k.value().to_owned(), v.value()));
         }
-        Ok(Loaded { next_serial, revoked: list, not_before })
+        Ok(Loaded {
+            next_serial,
+            revoked: list,
+            not_before,
+        })
     }
 
     pub(crate) fn handle(&self) -> Arc<redb::Database> {
@@ -137,7 +186,9 @@ impl Db {
     pub(crate) fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
         let rtx = self.db.begin_read().map_err(io)?;
         let t = rtx.open_table(SESSIONS).map_err(io)?;
-        let Some(v) = t.get(id.as_bytes()).map_err(io)? else { return Ok(None) };
+        let Some(v) = t.get(id.as_bytes()).map_err(io)? else {
+            return Ok(None);
+        };
         decode(*id, v.value()).map(Some)
     }
 
@@ -147,7 +198,10 @@ impl Db {
         let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
         let sessions = rtx.open_table(SESSIONS).map_err(io)?;
         let mut out = Vec::new();
-        for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+        for row in idx
+            .range((user, &[0u8; 16])..=(user, &[0xffu8; 16]))
+            .map_err(io)?
+        {
             let (k, _) = row.map_err(io)?;
             let id = SessionId::from_bytes(*k.value().1);
             if let Some(v) = sessions.get(id.as_bytes()).map_err(io)? {
@@ -164,6 +218,26 @@ impl Db {
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Fresh {
+    Yes,
+    No,
+}
+
+/// Decides from the table names and stored format version whether a file is a
+/// new (empty) database, one of ours, or to be refused.
+fn check_format(tables: &[String], format: Option<u64>) -> Result<Fresh, Error> {
+    match format {
+        Some(v) if v > FORMAT_VERSION => {
+            Err(StorageError::new(StorageErrorKind::NewerFormat).into())
+        }
+        Some(_) => Ok(Fresh::No),
+        None if tables.is_empty() => Ok(Fresh::Yes),
+        None => Err(StorageError::new(StorageErrorKind::NotCloakroom).into()),
+    }
+}
+
 pub(crate) fn decode(id: SessionId, bytes: &[u8]) -> Result<Record, Error> {
-    Record::decode(id, bytes).map_err(|e| StorageError::with_source(StorageErrorKind::Corrupt, e).into())
+    Record::decode(id, bytes)
+        .map_err(|e| StorageError::with_source(StorageErrorKind::Corrupt, e).into())
 }

@@ -8,11 +8,13 @@ pub(crate) const FORMAT_VERSION: u64 = 1;
 /// session id → record (see `session.rs` for the layout).
 pub(crate) const SESSIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("sessions");
 /// (user, session id) → () : the per-user index.
-pub(crate) const USER_SESSIONS: TableDefinition<(&str, &[u8; 16]), ()> = TableDefinition::new("user_sessions");
+pub(crate) const USER_SESSIONS: TableDefinition<(&str, &[u8; 16]), ()> =
+    TableDefinition::new("user_sessions");
 /// (deadline ms, session id) → () : the expiry index the sweeper range-scans.
 pub(crate) const EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> = TableDefinition::new("expiry");
-/// revoked session serial → prune-after (ms): when no access token can name it any more.
-pub(crate) const REVOKED: TableDefinition<u64, u64> = TableDefinition::new("revoked");
+/// revoked session serial → (prune-after ms, session id). Kept until no access token
+/// can name the serial any more.
+pub(crate) const REVOKED: TableDefinition<u64, (u64, &[u8; 16])> = TableDefinition::new("revoked");
 /// session id → refresh family state.
 pub(crate) const REFRESH: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("refresh");
 /// user → not-before (ms): tokens issued before it are dead.
@@ -25,5 +27,13 @@ pub(crate) const META_NEXT_SERIAL: &str = "next_serial";
 
 /// Every table, for creation at initialisation.
 pub(crate) fn names() -> [&'static str; 7] {
-    ["sessions", "user_sessions", "expiry", "revoked", "refresh", "not_before", "meta"]
+    [
+        "sessions",
+        "user_sessions",
+        "expiry",
+        "revoked",
+        "refresh",
+        "not_before",
+        "meta",
+    ]
 }

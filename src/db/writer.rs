@@ -19,7 +19,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 use parking_lot::Mutex;
 use redb::{ReadableTable as _, Table};
 
-use super::tables::{EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS};
+use super::tables::{
+    EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
+};
 use super::{decode, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::session::{LAST_SEEN_OFFSET, Record};
@@ -37,13 +39,25 @@ pub(crate) enum Op {
     /// Persist a newer `last_seen` and move the session's expiry row.
     Touch { id: SessionId, last_seen: u64 },
     /// Replace the data; `expected` makes it a compare-and-swap on the version.
-    UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
+    UpdateData {
+        id: SessionId,
+        expected: Option<u64>,
+        data: Box<[u8]>,
+    },
     /// Atomically replace session `old` by `new` and revoke `old`.
-    Rotate { old: SessionId, new: Arc<Record>, prune_after: u64 },
+    Rotate {
+        old: SessionId,
+        new: Arc<Record>,
+        prune_after: u64,
+    },
     /// Delete one session and record its serial as revoked.
     Revoke { id: SessionId, prune_after: u64 },
     /// Revoke all of a user's sessions, except one if given.
-    RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
+    RevokeUser {
+        user: Box<str>,
+        except: Option<SessionId>,
+        prune_after: u64,
+    },
     /// Set a user's not-before cut-off (ms) — kept only if later than the stored one.
     NotBefore { user: Box<str>, at: u64 },
     /// No change; a durable barrier.
@@ -82,8 +96,8 @@ enum Msg {
     Shutdown,
 }
 
-/// Called with the serials an op revokes, before the commit (fail closed).
-pub(crate) type RevokeHook = Arc<dyn Fn(&[u64]) + Send + Sync>;
+/// Called with the (serial, id) pairs an op revokes, before the commit (fail closed).
+pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId)]) + Send + Sync>;
 
 /// Writer counters.
 #[derive(Debug, Default)]
@@ -115,9 +129,22 @@ impl Writer {
         let st = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("cloakroom-writer".into())
-            .spawn(move || Worker { db, hook, flush_interval, stats: st, dirty_since: None }.run(&rx))
+            .spawn(move || {
+                Worker {
+                    db,
+                    hook,
+                    flush_interval,
+                    stats: st,
+                    dirty_since: None,
+                }
+                .run(&rx)
+            })
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
-        Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats })
+        Ok(Writer {
+            tx,
+            thread: Mutex::new(Some(thread)),
+            stats,
+        })
     }
 
     /// Enqueues `op` and waits as `wait` says; returns the op's outcome
@@ -130,7 +157,10 @@ impl Writer {
             let (s, r) = crossbeam_channel::bounded(1);
             (Some(s), Some(r))
         };
-        match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
+        match self
+            .tx
+            .send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT)
+        {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy),
             Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
@@ -145,14 +175,20 @@ impl Writer {
     /// Like [`Self::submit`] with [`Wait::Queued`], but never blocks: if the queue is
     /// full the op is dropped (used for touches, whose loss only shortens a session).
     pub(crate) fn offer(&self, op: Op) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job { op, durable: false, ack: None })) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job {
+            op,
+            durable: false,
+            ack: None,
+        })) {
             self.stats.dropped_touches.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Flushes everything queued durably, stops the thread and joins it. Idempotent.
     pub(crate) fn close(&self) -> Result<(), Error> {
-        let Some(handle) = self.thread.lock().take() else { return Ok(()) };
+        let Some(handle) = self.thread.lock().take() else {
+            return Ok(());
+        };
         let flushed = self.submit(Op::Flush, Wait::Durable).map(|_| ());
         let _ = self.tx.send(Msg::Shutdown);
         let joined = handle.join();
@@ -175,7 +211,7 @@ struct Tables<'t> {
     sessions: Table<'t, &'static [u8; 16], &'static [u8]>,
     users: Table<'t, (&'static str, &'static [u8; 16]), ()>,
     expiry: Table<'t, (u64, &'static [u8; 16]), ()>,
-    revoked: Table<'t, u64, u64>,
+    revoked: Table<'t, u64, (u64, &'static [u8; 16])>,
     refresh: Table<'t, &'static [u8; 16], &'static [u8]>,
     not_before: Table<'t, &'static str, u64>,
     max_serial: u64,
@@ -214,7 +250,9 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let overdue = self.dirty_since.is_some_and(|t| t.elapsed() >= self.flush_interval);
+            let overdue = self
+                .dirty_since
+                .is_some_and(|t| t.elapsed() >= self.flush_interval);
             if !batch.is_empty() || overdue || (shutdown && self.dirty_since.is_some()) {
                 let durable = overdue || shutdown || batch.iter().any(|j| j.durable);
                 self.run_batch(&mut batch, durable);
@@ -228,7 +266,9 @@ impl Worker {
 
     fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
         let result = self.apply_and_commit(batch, durable);
-        self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -261,10 +301,18 @@ impl Worker {
     }
 
     /// Applies every job in one transaction. `Err` means nothing was committed.
-    fn apply_and_commit(&self, batch: &[Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
+    fn apply_and_commit(
+        &self,
+        batch: &[Job],
+        durable: bool,
+    ) -> Result<Vec<Result<Outcome, Error>>, Error> {
         let mut wtx = self.db.begin_write().map_err(io)?;
-        wtx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None })
-            .map_err(io)?;
+        wtx.set_durability(if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(io)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut t = Tables {
@@ -284,11 +332,16 @@ impl Worker {
             }
             if t.max_serial > 0 {
                 let mut meta = wtx.open_table(META).map_err(io)?;
-                let stored = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
-                meta.insert(META_NEXT_SERIAL, stored.max(t.max_serial + 1)).map_err(io)?;
+                let stored = meta
+                    .get(META_NEXT_SERIAL)
+                    .map_err(io)?
+                    .map_or(1, |v| v.value());
+                meta.insert(META_NEXT_SERIAL, stored.max(t.max_serial + 1))
+                    .map_err(io)?;
             }
         }
-        wtx.commit().map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
+        wtx.commit()
+            .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
         Ok(outcomes)
     }
 
@@ -299,7 +352,11 @@ impl Worker {
                 Ok(Outcome::Done)
             }
             Op::Touch { id, last_seen } => {
-                let Some(mut bytes) = t.sessions.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec())
+                let Some(mut bytes) = t
+                    .sessions
+                    .get(id.as_bytes())
+                    .map_err(io)?
+                    .map(|v| v.value().to_vec())
                 else {
                     return Ok(Outcome::Done);
                 };
@@ -307,57 +364,90 @@ impl Worker {
                 if *last_seen <= rec.last_seen {
                     return Ok(Outcome::Done);
                 }
-                bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8].copy_from_slice(&last_seen.to_le_bytes());
-                t.expiry.remove((rec.deadline(rec.last_seen), id.as_bytes())).map_err(io)?;
-                t.expiry.insert((rec.deadline(*last_seen), id.as_bytes()), ()).map_err(io)?;
-                t.sessions.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
+                bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8]
+                    .copy_from_slice(&last_seen.to_le_bytes());
+                t.expiry
+                    .remove((rec.deadline(rec.last_seen), id.as_bytes()))
+                    .map_err(io)?;
+                t.expiry
+                    .insert((rec.deadline(*last_seen), id.as_bytes()), ())
+                    .map_err(io)?;
+                t.sessions
+                    .insert(id.as_bytes(), bytes.as_slice())
+                    .map_err(io)?;
                 self.stats.touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
             Op::UpdateData { id, expected, data } => {
-                let Some(rec) = t.get(id)? else { return Err(Error::NotFound) };
+                let Some(rec) = t.get(id)? else {
+                    return Err(Error::NotFound);
+                };
                 if expected.is_some_and(|v| v != rec.version) {
-                    return Err(Error::Conflict { current: rec.version });
+                    return Err(Error::Conflict {
+                        current: rec.version,
+                    });
                 }
                 let mut new = rec;
                 new.version += 1;
                 new.data = data.clone();
-                t.sessions.insert(id.as_bytes(), new.encode().as_slice()).map_err(io)?;
+                t.sessions
+                    .insert(id.as_bytes(), new.encode().as_slice())
+                    .map_err(io)?;
                 Ok(Outcome::Updated(Arc::new(new)))
             }
-            Op::Rotate { old, new, prune_after } => {
-                let Some(rec) = t.delete(old)? else { return Err(Error::NotFound) };
-                t.revoke(rec.serial, *prune_after)?;
-                (self.hook)(&[rec.serial]);
+            Op::Rotate {
+                old,
+                new,
+                prune_after,
+            } => {
+                let Some(rec) = t.delete(old)? else {
+                    return Err(Error::NotFound);
+                };
+                t.revoke(rec.serial, *old, *prune_after)?;
+                (self.hook)(&[(rec.serial, *old)]);
                 t.put_new(new)?;
                 Ok(Outcome::Revoked(vec![*old]))
             }
             Op::Revoke { id, prune_after } => {
-                let Some(rec) = t.delete(id)? else { return Ok(Outcome::Revoked(Vec::new())) };
-                t.revoke(rec.serial, *prune_after)?;
-                (self.hook)(&[rec.serial]);
+                let Some(rec) = t.delete(id)? else {
+                    return Ok(Outcome::Revoked(Vec::new()));
+                };
+                t.revoke(rec.serial, *id, *prune_after)?;
+                (self.hook)(&[(rec.serial, *id)]);
                 Ok(Outcome::Revoked(vec![*id]))
             }
-            Op::RevokeUser { user, except, prune_after } => {
+            Op::RevokeUser {
+                user,
+                except,
+                prune_after,
+            } => {
                 let mut ids = Vec::new();
-                for row in t.users.range((&**user, &[0u8; 16])..=(&**user, &[0xffu8; 16])).map_err(io)? {
+                for row in t
+                    .users
+                    .range((&**user, &[0u8; 16])..=(&**user, &[0xffu8; 16]))
+                    .map_err(io)?
+                {
                     let id = SessionId::from_bytes(*row.map_err(io)?.0.value().1);
                     if Some(id) != *except {
                         ids.push(id);
                     }
                 }
-                let mut serials = Vec::with_capacity(ids.len());
+                let mut revoked = Vec::with_capacity(ids.len());
                 for id in &ids {
                     if let Some(rec) = t.delete(id)? {
-                        t.revoke(rec.serial, *prune_after)?;
-                        serials.push(rec.serial);
+                        t.revoke(rec.serial, *id, *prune_after)?;
+                        revoked.push((rec.serial, *id));
                     }
                 }
-                (self.hook)(&serials);
+                (self.hook)(&revoked);
                 Ok(Outcome::Revoked(ids))
             }
             Op::NotBefore { user, at } => {
-                let stored = t.not_before.get(&**user).map_err(io)?.map_or(0, |v| v.value());
+                let stored = t
+                    .not_before
+                    .get(&**user)
+                    .map_err(io)?
+                    .map_or(0, |v| v.value());
                 if *at > stored {
                     t.not_before.insert(&**user, *at).map_err(io)?;
                 }
@@ -378,26 +468,36 @@ impl Tables<'_> {
 
     fn put_new(&mut self, rec: &Record) -> Result<(), Error> {
         let id = rec.id.as_bytes();
-        self.sessions.insert(id, rec.encode().as_slice()).map_err(io)?;
+        self.sessions
+            .insert(id, rec.encode().as_slice())
+            .map_err(io)?;
         self.users.insert((&*rec.user, id), ()).map_err(io)?;
-        self.expiry.insert((rec.deadline(rec.last_seen), id), ()).map_err(io)?;
+        self.expiry
+            .insert((rec.deadline(rec.last_seen), id), ())
+            .map_err(io)?;
         self.max_serial = self.max_serial.max(rec.serial);
         Ok(())
     }
 
     /// Deletes a session with its index rows and refresh state; returns what was stored.
     fn delete(&mut self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let Some(rec) = self.get(id)? else { return Ok(None) };
+        let Some(rec) = self.get(id)? else {
+            return Ok(None);
+        };
         let key = id.as_bytes();
         self.sessions.remove(key).map_err(io)?;
         self.users.remove((&*rec.user, key)).map_err(io)?;
-        self.expiry.remove((rec.deadline(rec.last_seen), key)).map_err(io)?;
+        self.expiry
+            .remove((rec.deadline(rec.last_seen), key))
+            .map_err(io)?;
         self.refresh.remove(key).map_err(io)?;
         Ok(Some(rec))
     }
 
-    fn revoke(&mut self, serial: u64, prune_after: u64) -> Result<(), Error> {
-        self.revoked.insert(serial, prune_after).map_err(io)?;
+    fn revoke(&mut self, serial: u64, id: SessionId, prune_after: u64) -> Result<(), Error> {
+        self.revoked
+            .insert(serial, (prune_after, id.as_bytes()))
+            .map_err(io)?;
         Ok(())
     }
 }

@@ -1,0 +1,12 @@
+//! Integration tests, built as one binary (faster to compile and link).
+
+mod api {
+    mod common;
+
+    mod bad_input;
+    mod concurrency;
+    mod expiry;
+    mod lifecycle;
+    mod model;
+    mod persistence;
+}

@@ -1,0 +1,81 @@
+use std::time::Duration;
+
+use cloakroom::{Error, NewSession};
+
+use super::common::{HOUR, MIN, store};
+
+#[test]
+fn absolute_deadline_is_enforced_even_when_active() {
+    let (s, clock) = store();
+    let t = s.create(NewSession::new("u")).unwrap().token.to_string();
+    // Stay active (every 5 min) right up to the hour.
+    for _ in 0..11 {
+        clock.advance(5 * MIN);
+        s.validate(&t).unwrap();
+    }
+    clock.advance(5 * MIN - Duration::from_millis(1));
+    s.validate(&t).unwrap();
+    clock.advance(Duration::from_millis(1));
+    assert!(matches!(s.validate(&t), Err(Error::Expired)));
+}
+
+#[test]
+fn idle_timeout_expires_and_activity_slides_it() {
+    let (s, clock) = store();
+    let t = s.create(NewSession::new("u")).unwrap().token.to_string();
+    clock.advance(9 * MIN);
+    let v = s.validate(&t).unwrap();
+    assert_eq!(v.idle_deadline(), v.last_seen() + 10 * MIN);
+    clock.advance(9 * MIN); // 18 min after creation, 9 after last use
+    s.validate(&t).unwrap();
+    clock.advance(10 * MIN);
+    assert!(matches!(s.validate(&t), Err(Error::Expired)));
+}
+
+#[test]
+fn per_session_ttl_and_no_idle_timeout() {
+    let (s, clock) = store();
+    let t = s
+        .create(NewSession::new("u").ttl(2 * HOUR).without_idle_timeout())
+        .unwrap()
+        .token
+        .to_string();
+    clock.advance(HOUR + 30 * MIN);
+    assert!(s.validate(&t).unwrap().idle_timeout().is_none());
+    clock.advance(30 * MIN);
+    assert!(matches!(s.validate(&t), Err(Error::Expired)));
+}
+
+#[test]
+fn sliding_writes_are_throttled_to_one_per_granularity() {
+    let (s, clock) = store();
+    let t = s.create(NewSession::new("u")).unwrap().token.to_string();
+    s.flush().unwrap();
+    let before = s.stats().touch_writes;
+    // 10 minutes of a hot session: a validate every second.
+    for _ in 0..600 {
+        clock.advance(Duration::from_secs(1));
+        s.validate(&t).unwrap();
+    }
+    s.flush().unwrap();
+    let writes = s.stats().touch_writes - before;
+    // Granularity is 1 minute: 10 writes, never one per validate.
+    assert_eq!(writes, 10, "{writes} last_seen writes for 600 validates");
+}
+
+#[test]
+fn failed_validation_never_slides() {
+    let (s, clock) = store();
+    let issued = s.create(NewSession::new("u")).unwrap();
+    let good = issued.token.to_string();
+    // Same id, wrong secret: rebuild a token with a valid checksum but other secret.
+    let other = s.create(NewSession::new("u")).unwrap().token.to_string();
+    clock.advance(5 * MIN);
+    s.flush().unwrap();
+    let before = s.stats().touch_writes;
+    assert!(s.validate(&other[..10]).is_err());
+    s.flush().unwrap();
+    assert_eq!(s.stats().touch_writes, before);
+    clock.advance(6 * MIN);
+    assert!(matches!(s.validate(&good), Err(Error::Expired)));
+}

@@ -1,0 +1,206 @@
+//! Model-based test: random operation sequences against the store and a simple
+//! reference model; every validate result must match the model's prediction.
+
+use std::time::Duration;
+
+use cloakroom::{Clock as _, Config, Error, ManualClock, NewSession, Scope, Store};
+use proptest::prelude::*;
+
+const USERS: usize = 3;
+const TTL_S: u64 = 3600;
+const IDLE_S: u64 = 600;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create(usize),
+    Validate(usize),
+    Rotate(usize),
+    Revoke(usize),
+    RevokeUser(usize, bool),
+    Advance(u64),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..USERS).prop_map(Op::Create),
+        6 => any::<usize>().prop_map(Op::Validate),
+        1 => any::<usize>().prop_map(Op::Rotate),
+        1 => any::<usize>().prop_map(Op::Revoke),
+        1 => ((0..USERS), any::<bool>()).prop_map(|(u, o)| Op::RevokeUser(u, o)),
+        3 => prop_oneof![0..120u64, 500..700u64, 3000..4000u64].prop_map(Op::Advance),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Want {
+    Ok,
+    Expired,
+    Revoked,
+}
+
+struct M {
+    token: String,
+    id: cloakroom::SessionId,
+    user: usize,
+    expires: u64,
+    last_seen: u64,
+    revoked: bool,
+}
+
+impl M {
+    fn want(&self, now: u64) -> Want {
+        if self.revoked {
+            Want::Revoked
+        } else if now >= self.expires || now >= self.last_seen + IDLE_S * 1000 {
+            Want::Expired
+        } else {
+            Want::Ok
+        }
+    }
+}
+
+fn got(r: &Result<cloakroom::Session, Error>) -> Want {
+    match r {
+        Ok(_) => Want::Ok,
+        Err(Error::Expired) => Want::Expired,
+        Err(Error::Revoked) => Want::Revoked,
+        Err(e) => panic!("unexpected error {e:?}"),
+    }
+}
+
+fn config(clock: &ManualClock) -> Config {
+    Config::builder()
+        .session_ttl(Duration::from_secs(TTL_S))
+        .idle_timeout(Some(Duration::from_secs(IDLE_S)))
+        .touch_granularity(Duration::from_millis(1)) // every move of last_seen persists: exact model
+        .cache_capacity(8)
+        .cache_shards(2) // tiny cache: exercise misses and evictions
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    let clock = ManualClock::fixed();
+    let mut now = clock
+        .now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut store = Store::open(&path, config(&clock)).unwrap();
+    let mut model: Vec<M> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Create(u) => {
+                let i = store.create(NewSession::new(format!("user{u}"))).unwrap();
+                model.push(M {
+                    token: i.token.to_string(),
+                    id: i.session.id(),
+                    user: u,
+                    expires: now + TTL_S * 1000,
+                    last_seen: now,
+                    revoked: false,
+                });
+            }
+            Op::Validate(i) if !model.is_empty() => {
+                let k = i % model.len();
+                let m = &mut model[k];
+                let want = m.want(now);
+                prop_assert_eq!(got(&store.validate(&m.token)), want, "validate {}", m.id);
+                if want == Want::Ok {
+                    m.last_seen = now;
+                }
+            }
+            Op::Rotate(i) if !model.is_empty() => {
+                let k = i % model.len();
+                let want = model[k].want(now);
+                let r = store.rotate(&model[k].token);
+                match (&r, want) {
+                    (Ok(new), Want::Ok) => {
+                        let m = &mut model[k];
+                        m.revoked = true;
+                        let (user, expires) = (m.user, m.expires);
+                        model.push(M {
+                            token: new.token.to_string(),
+                            id: new.session.id(),
+                            user,
+                            expires,
+                            last_seen: now,
+                            revoked: false,
+                        });
+                    }
+                    (Err(Error::Expired), Want::Expired) | (Err(Error::Revoked), Want::Revoked) => {
+                    }
+                    _ => prop_assert!(false, "rotate: got {:?}, want {:?}", r.map(|_| ()), want),
+                }
+            }
+            Op::Revoke(i) if !model.is_empty() => {
+                let k = i % model.len();
+                store.revoke(model[k].id).unwrap();
+                model[k].revoked = true;
+            }
+            Op::RevokeUser(u, others) => {
+                let keep = if others {
+                    model
+                        .iter()
+                        .rev()
+                        .find(|m| m.user == u && !m.revoked)
+                        .map(|m| m.id)
+                } else {
+                    None
+                };
+                let scope = keep.map_or(Scope::All, Scope::Others);
+                let n = store.revoke_user(&format!("user{u}"), scope).unwrap();
+                let mut expect = 0;
+                for m in model
+                    .iter_mut()
+                    .filter(|m| m.user == u && !m.revoked && Some(m.id) != keep)
+                {
+                    m.revoked = true;
+                    expect += 1;
+                }
+                prop_assert_eq!(n, expect);
+            }
+            Op::Advance(s) => {
+                clock.advance(Duration::from_secs(s));
+                now += s * 1000;
+            }
+            Op::Reopen => {
+                store.close().unwrap();
+                drop(store);
+                store = Store::open(&path, config(&clock)).unwrap();
+            }
+            _ => {}
+        }
+        // Invariant: list_user shows exactly the model's live sessions.
+        for u in 0..USERS {
+            let mut listed: Vec<_> = store
+                .list_user(&format!("user{u}"))
+                .unwrap()
+                .iter()
+                .map(|s| s.id())
+                .collect();
+            let mut live: Vec<_> = model
+                .iter()
+                .filter(|m| m.user == u && m.want(now) == Want::Ok)
+                .map(|m| m.id)
+                .collect();
+            listed.sort();
+            live.sort();
+            prop_assert_eq!(listed, live, "list_user(user{})", u);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #[test]
+    fn store_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        run(ops)?;
+    }
+}

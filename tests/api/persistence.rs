@@ -1,0 +1,215 @@
+use cloakroom::{Error, ManualClock, NewSession, Scope, StorageErrorKind, Store};
+
+use super::common::{HOUR, MIN, config};
+
+fn kind(r: Result<Store, Error>) -> StorageErrorKind {
+    match r {
+        Err(Error::Storage(e)) => e.kind(),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
+#[test]
+fn sessions_revocations_and_expiry_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let (live, revoked, rotated_old, rotated_new, short, user_tokens);
+    {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        live = s
+            .create(NewSession::new("a").data(b"keep".to_vec()))
+            .unwrap();
+        revoked = s.create(NewSession::new("a")).unwrap();
+        s.revoke(revoked.session.id()).unwrap();
+        let r = s.create(NewSession::new("b")).unwrap();
+        rotated_old = r.token.to_string();
+        rotated_new = s.rotate(&rotated_old).unwrap().token.to_string();
+        short = s
+            .create(NewSession::new("c").ttl(5 * MIN))
+            .unwrap()
+            .token
+            .to_string();
+        user_tokens = [
+            s.create(NewSession::new("d")).unwrap(),
+            s.create(NewSession::new("d")).unwrap(),
+        ];
+        s.revoke_user("d", Scope::All).unwrap();
+        s.close().unwrap();
+    }
+    clock.advance(6 * MIN);
+    let s = Store::open(&path, config(&clock)).unwrap();
+    let v = s.validate(&live.token.to_string()).unwrap();
+    assert_eq!(
+        (v.user(), v.data(), v.serial()),
+        ("a", &b"keep"[..], live.session.serial())
+    );
+    assert!(matches!(
+        s.validate(&revoked.token.to_string()),
+        Err(Error::Revoked)
+    ));
+    assert!(matches!(s.validate(&rotated_old), Err(Error::Revoked)));
+    assert!(s.validate(&rotated_new).is_ok());
+    assert!(matches!(s.validate(&short), Err(Error::Expired)));
+    for t in &user_tokens {
+        assert!(matches!(
+            s.validate(&t.token.to_string()),
+            Err(Error::Revoked)
+        ));
+    }
+    // Serials keep growing after reopen.
+    let n = s.create(NewSession::new("e")).unwrap();
+    assert!(n.session.serial() > user_tokens[1].session.serial());
+    assert_eq!(s.stats().revoked_serials, 4);
+    drop(s);
+    clock.advance(HOUR);
+    let s = Store::open(&path, config(&clock)).unwrap();
+    assert!(matches!(
+        s.validate(&live.token.to_string()),
+        Err(Error::Expired)
+    ));
+}
+
+#[test]
+fn last_seen_is_persisted_with_granularity() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let t;
+    {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        t = s.create(NewSession::new("a")).unwrap().token.to_string();
+        clock.advance(8 * MIN);
+        s.validate(&t).unwrap(); // moves last_seen by > 1 min: written
+    }
+    // 8 + 9 = 17 min after creation; alive only if the touch at 8 min was persisted.
+    clock.advance(9 * MIN);
+    let s = Store::open(&path, config(&clock)).unwrap();
+    assert!(s.validate(&t).is_ok());
+}
+
+#[test]
+fn eventual_writes_are_durable_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let mut b = cloakroom::Config::builder();
+    b.clock(clock.clone())
+        .durability(cloakroom::Durability::Eventual);
+    let toks: Vec<String> = {
+        let s = Store::open(&path, b.build().unwrap()).unwrap();
+        (0..100)
+            .map(|i| {
+                s.create(NewSession::new(format!("u{i}")))
+                    .unwrap()
+                    .token
+                    .to_string()
+            })
+            .collect()
+    };
+    let s = Store::open(&path, b.build().unwrap()).unwrap();
+    for t in &toks {
+        s.validate(t).unwrap();
+    }
+}
+
+#[test]
+fn second_open_of_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let s = Store::open(&path, config(&clock)).unwrap();
+    assert_eq!(
+        kind(Store::open(&path, config(&clock))),
+        StorageErrorKind::AlreadyOpen
+    );
+    s.close().unwrap();
+    Store::open(&path, config(&clock)).unwrap();
+}
+
+#[test]
+fn non_redb_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    let content: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &content).unwrap();
+    let clock = ManualClock::fixed();
+    let k = kind(Store::open(&path, config(&clock)));
+    assert!(
+        matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io),
+        "{k:?}"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == content,
+        "file was modified"
+    );
+}
+
+#[test]
+fn corrupt_store_file_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        for i in 0..50 {
+            s.create(NewSession::new(format!("u{i}"))).unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Damage the header (magic number and god byte region).
+    for b in &mut bytes[0..64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let k = kind(Store::open(&path, config(&clock)));
+    assert!(
+        matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io),
+        "{k:?}"
+    );
+    assert!(std::fs::read(&path).unwrap() == bytes, "file was modified");
+}
+
+#[test]
+fn foreign_redb_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("orders"))
+            .unwrap()
+            .insert("x", 1)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    assert_eq!(
+        kind(Store::open(&path, config(&ManualClock::fixed()))),
+        StorageErrorKind::NotCloakroom
+    );
+    assert!(std::fs::read(&path).unwrap() == before, "file was modified");
+}
+
+#[test]
+fn newer_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    Store::open(&path, config(&clock)).unwrap().close().unwrap();
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .unwrap()
+            .insert("format_version", 99)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    assert_eq!(
+        kind(Store::open(&path, config(&clock))),
+        StorageErrorKind::NewerFormat
+    );
+}
