@@ -1,1 +1,215 @@
-fn main() {}
+#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+
+//! Store hot paths. Run: `cargo bench --bench store`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloakroom::{Config, Durability, NewSession, Store};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+/// Deterministic xorshift so every run validates the same token sequence.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn fill(store: &Store, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            store
+                .create(NewSession::new(format!("user-{}", i % 1000)).data(vec![7; 64]))
+                .unwrap()
+                .token
+                .to_string()
+        })
+        .collect()
+}
+
+/// `n` uniformly random picks from `tokens`, laid end to end in one string.
+struct TokenStream {
+    all: String,
+    len: usize,
+    n: usize,
+}
+
+impl TokenStream {
+    fn get(&self, i: usize) -> &str {
+        let k = i % self.n;
+        &self.all[k * self.len..(k + 1) * self.len]
+    }
+}
+
+fn token_stream(tokens: &[String], n: usize, rng: &mut Rng) -> TokenStream {
+    let len = tokens[0].len();
+    let mut all = String::with_capacity(n * len);
+    for _ in 0..n {
+        all.push_str(&tokens[(rng.next() % tokens.len() as u64) as usize]);
+    }
+    TokenStream { all, len, n }
+}
+
+fn eventual(cache: usize, shards: usize) -> Config {
+    let mut b = Config::builder();
+    b.durability(Durability::Eventual)
+        .cache_capacity(cache)
+        .cache_shards(shards);
+    b.build().unwrap()
+}
+
+fn validate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("validate");
+    g.throughput(Throughput::Elements(1));
+
+    let store = Store::in_memory(eventual(1_000_000, 64)).unwrap();
+    let tokens = fill(&store, 100_000);
+    store.flush().unwrap();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // A request carries its token in a buffer that is already in CPU cache; a
+    // random pick from a 100k `Vec<String>` would add two DRAM misses of harness
+    // cost. So stream uniformly random picks from one contiguous buffer instead:
+    // the token bytes are prefetched, the session (cache entry) is still random.
+    let stream = token_stream(&tokens, 1 << 20, &mut rng);
+    let mut i = 0usize;
+    g.bench_function("hit", |b| {
+        b.iter(|| {
+            let t = stream.get(i);
+            i = i.wrapping_add(1);
+            black_box(store.validate(black_box(t)).unwrap());
+        });
+    });
+
+    // The same over 100 sessions: everything in CPU cache; shows the compute floor.
+    let small: Vec<String> = tokens[..100].to_vec();
+    g.bench_function("hit/100-hot", |b| {
+        b.iter(|| {
+            let t = &small[(rng.next() % small.len() as u64) as usize];
+            black_box(store.validate(black_box(t)).unwrap());
+        });
+    });
+    g.bench_function("parse-only", |b| {
+        b.iter(|| {
+            let t = &small[(rng.next() % small.len() as u64) as usize];
+            black_box(cloakroom::SessionToken::parse(black_box(t)).unwrap());
+        });
+    });
+
+    // Cache of 4,096 over a 200,000-session table: ~98% of validates miss.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("miss.redb"), eventual(4096, 16)).unwrap();
+    let tokens = fill(&store, 200_000);
+    store.flush().unwrap();
+    let stream = token_stream(&tokens, 1 << 20, &mut rng);
+    g.bench_function("miss", |b| {
+        b.iter(|| {
+            let t = stream.get(i);
+            i = i.wrapping_add(1);
+            black_box(store.validate(black_box(t)).unwrap());
+        });
+    });
+    let st = store.stats();
+    eprintln!(
+        "validate/miss: cache hit rate {:.3}",
+        st.cache_hits as f64 / (st.cache_hits + st.cache_misses) as f64
+    );
+    g.finish();
+}
+
+/// Runs `per_thread` creates on each of `threads` threads; returns the wall time.
+fn parallel_creates(store: &Store, threads: usize, per_thread: usize) -> Duration {
+    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..per_thread {
+                    black_box(
+                        store
+                            .create(NewSession::new(format!("u{t}-{i}")).data(vec![1; 64]))
+                            .unwrap(),
+                    );
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn create(c: &mut Criterion) {
+    let mut g = c.benchmark_group("create");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+
+    let store = Store::open(dir.path().join("c1.redb"), Config::default()).unwrap();
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("immediate/1-thread", |b| {
+        b.iter(|| {
+            black_box(
+                store
+                    .create(NewSession::new("u").data(vec![1; 64]))
+                    .unwrap(),
+            )
+        });
+    });
+    drop(store);
+
+    for (name, durability) in [
+        ("immediate", Durability::Immediate),
+        ("eventual", Durability::Eventual),
+    ] {
+        let mut cfg = Config::builder();
+        cfg.durability(durability);
+        let store = Store::open(
+            dir.path().join(format!("c64-{name}.redb")),
+            cfg.build().unwrap(),
+        )
+        .unwrap();
+        const THREADS: usize = 64;
+        const PER: usize = 100;
+        g.throughput(Throughput::Elements((THREADS * PER) as u64));
+        g.bench_function(format!("{name}/64-threads"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| parallel_creates(&store, THREADS, PER))
+                    .sum()
+            });
+        });
+        let st = store.stats();
+        eprintln!(
+            "create/{name}/64-threads: {} ops in {} commits ({} durable)",
+            st.write_ops, st.commits, st.durable_commits
+        );
+    }
+    g.finish();
+}
+
+fn revoke(c: &mut Criterion) {
+    let mut g = c.benchmark_group("revoke");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(1));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("r.redb"), Config::default()).unwrap();
+    g.bench_function("one/immediate", |b| {
+        b.iter_batched(
+            || store.create(NewSession::new("u")).unwrap().session.id(),
+            |id| store.revoke(id).unwrap(),
+            BatchSize::SmallInput,
+        );
+    });
+    g.finish();
+}
+
+criterion_group!(benches, validate, create, revoke);
+criterion_main!(benches);

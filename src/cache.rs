@@ -35,12 +35,14 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap = HashMap<SessionId, u32, BuildHasherDefault<IdHasher>>;
+type IdMap = HashMap<SessionId, Arc<Record>, BuildHasherDefault<IdHasher>>;
 
+/// One shard: the map answers lookups with one probe straight to the record;
+/// the ring (a second `Arc` to each record) drives CLOCK eviction. Each record
+/// knows its ring position (`Live::slot`), so removal is O(1).
 struct Shard {
     map: IdMap,
-    /// The CLOCK ring. `None` slots are listed in `free`.
-    slots: Vec<Option<Arc<Record>>>,
+    ring: Vec<Option<Arc<Record>>>,
     free: Vec<u32>,
     hand: usize,
     capacity: usize,
@@ -49,15 +51,15 @@ struct Shard {
 impl Shard {
     fn evict_one(&mut self) -> Option<u32> {
         // Each pass clears at most `len` bits, so two passes always find a victim.
-        for _ in 0..self.slots.len() * 2 {
+        for _ in 0..self.ring.len() * 2 {
             let i = self.hand;
-            self.hand = (self.hand + 1) % self.slots.len();
-            if let Some(r) = &self.slots[i] {
+            self.hand = (self.hand + 1) % self.ring.len();
+            if let Some(r) = &self.ring[i] {
                 if r.live.referenced.swap(false, Ordering::Relaxed) {
                     continue;
                 }
                 self.map.remove(&r.id);
-                self.slots[i] = None;
+                self.ring[i] = None;
                 #[allow(clippy::cast_possible_truncation)]
                 // capacity per shard < 2^32 (config check)
                 return Some(i as u32);
@@ -65,6 +67,12 @@ impl Shard {
         }
         None
     }
+}
+
+/// Counts without a locked read-modify-write: concurrent bumps of one shard's
+/// counter may occasionally lose an increment. Statistics only.
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
 /// One shard plus its counters, padded to its own cache lines.
@@ -97,7 +105,7 @@ impl Cache {
             .map(|_| Slot {
                 shard: RwLock::new(Shard {
                     map: IdMap::default(),
-                    slots: Vec::new(),
+                    ring: Vec::new(),
                     free: Vec::new(),
                     hand: 0,
                     capacity: per,
@@ -125,21 +133,16 @@ impl Cache {
         let slot = self.slot(id);
         let found = {
             let shard = slot.shard.read();
-            shard
-                .map
-                .get(id)
-                .and_then(|&i| shard.slots[i as usize].clone())
+            shard.map.get(id).cloned()
         };
         match &found {
             Some(r) => {
                 if !r.live.referenced.load(Ordering::Relaxed) {
                     r.live.referenced.store(true, Ordering::Relaxed);
                 }
-                slot.hits.fetch_add(1, Ordering::Relaxed);
+                bump(&slot.hits);
             }
-            None => {
-                slot.misses.fetch_add(1, Ordering::Relaxed);
-            }
+            None => bump(&slot.misses),
         }
         found
     }
@@ -149,26 +152,27 @@ impl Cache {
     pub(crate) fn insert(&self, rec: Arc<Record>) {
         let slot = self.slot(&rec.id);
         let mut shard = slot.shard.write();
-        if let Some(&i) = shard.map.get(&rec.id) {
-            if let Some(old) = &shard.slots[i as usize] {
-                if old.version > rec.version || old.serial != rec.serial {
-                    return;
-                }
-                rec.live.last_seen.fetch_max(old.seen(), Ordering::Relaxed);
-                rec.live.persisted.fetch_max(
-                    old.live.persisted.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
+        if let Some(old) = shard.map.get(&rec.id) {
+            if old.version > rec.version || old.serial != rec.serial {
+                return;
             }
-            shard.slots[i as usize] = Some(rec);
+            rec.live.last_seen.fetch_max(old.seen(), Ordering::Relaxed);
+            rec.live.persisted.fetch_max(
+                old.live.persisted.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            let i = old.live.slot.load(Ordering::Relaxed);
+            rec.live.slot.store(i, Ordering::Relaxed);
+            shard.ring[i as usize] = Some(Arc::clone(&rec));
+            shard.map.insert(rec.id, rec);
             return;
         }
         let idx = if let Some(i) = shard.free.pop() {
             i
-        } else if shard.slots.len() < shard.capacity {
-            shard.slots.push(None);
+        } else if shard.ring.len() < shard.capacity {
+            shard.ring.push(None);
             #[allow(clippy::cast_possible_truncation)] // capacity per shard < 2^32
-            let i = (shard.slots.len() - 1) as u32;
+            let i = (shard.ring.len() - 1) as u32;
             i
         } else if let Some(i) = shard.evict_one() {
             self.evictions.fetch_add(1, Ordering::Relaxed);
@@ -176,15 +180,17 @@ impl Cache {
         } else {
             return;
         };
-        shard.map.insert(rec.id, idx);
-        shard.slots[idx as usize] = Some(rec);
+        rec.live.slot.store(idx, Ordering::Relaxed);
+        shard.ring[idx as usize] = Some(Arc::clone(&rec));
+        shard.map.insert(rec.id, rec);
     }
 
     /// Drops a session from the cache (revocation, deletion).
     pub(crate) fn remove(&self, id: &SessionId) {
         let mut shard = self.slot(id).shard.write();
-        if let Some(i) = shard.map.remove(id) {
-            shard.slots[i as usize] = None;
+        if let Some(r) = shard.map.remove(id) {
+            let i = r.live.slot.load(Ordering::Relaxed);
+            shard.ring[i as usize] = None;
             shard.free.push(i);
         }
     }

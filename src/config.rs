@@ -127,7 +127,7 @@ impl Default for ConfigBuilder {
             flush_interval: Duration::from_secs(1),
             max_token_len: 4096,
             write_queue: 65_536,
-            db_cache_bytes: 64 << 20,
+            db_cache_bytes: 1 << 30,
             access_ttl: Duration::from_secs(300),
             leeway: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
@@ -189,7 +189,7 @@ impl ConfigBuilder {
         self.write_queue = n;
         self
     }
-    /// Memory redb may use for its page cache. Default: 64 MiB.
+    /// Memory redb may use for its page cache (allocated as pages are used). Default: 1 GiB, as redb.
     pub fn db_cache_bytes(&mut self, n: usize) -> &mut Self {
         self.db_cache_bytes = n;
         self

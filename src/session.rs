@@ -17,7 +17,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::clock::{duration_millis, from_millis};
@@ -166,19 +166,26 @@ pub(crate) struct Live {
     pub(crate) persisted: AtomicU64,
     /// CLOCK reference bit.
     pub(crate) referenced: AtomicBool,
+    /// Position in its cache shard's CLOCK ring (meaningful only while cached).
+    pub(crate) slot: AtomicU32,
 }
 
 /// A stored session as kept in the cache and on disk. Immutable once built apart
 /// from [`Live`]; changes produce a new record.
+///
+/// Field order is fixed (`repr(C)`) for the validate hot path: after the 16-byte
+/// `Arc` header, the secret hash, serial, expiry and idle timeout fill the first
+/// 64 bytes and `live` follows, so a cache hit touches two adjacent cache lines.
+#[repr(C)]
 pub(crate) struct Record {
-    pub(crate) live: Live,
-    pub(crate) id: SessionId,
-    pub(crate) serial: u64,
     pub(crate) secret_hash: SecretHash,
-    pub(crate) created_at: u64,
+    pub(crate) serial: u64,
     pub(crate) expires_at: u64,
     /// Idle timeout in ms; 0 means none.
     pub(crate) idle_timeout: u64,
+    pub(crate) live: Live,
+    pub(crate) id: SessionId,
+    pub(crate) created_at: u64,
     pub(crate) last_seen: u64,
     pub(crate) version: u64,
     pub(crate) user: Box<str>,
@@ -237,6 +244,7 @@ impl Live {
             last_seen: AtomicU64::new(last_seen),
             persisted: AtomicU64::new(persisted),
             referenced: AtomicBool::new(false),
+            slot: AtomicU32::new(0),
         }
     }
 }

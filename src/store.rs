@@ -47,9 +47,9 @@ pub struct Stats {
     pub sessions_stored: Option<u64>,
     /// Sessions held in the cache.
     pub cached_sessions: usize,
-    /// Cache hits since open.
+    /// Cache hits since open (approximate under heavy concurrency).
     pub cache_hits: u64,
-    /// Cache misses since open.
+    /// Cache misses since open (approximate under heavy concurrency).
     pub cache_misses: u64,
     /// Cache evictions since open.
     pub cache_evictions: u64,
@@ -291,9 +291,10 @@ impl Store {
         if now >= rec.deadline(seen) {
             return Err(Error::Expired);
         }
-        // Sliding expiry: remember the visit; write it only once per granularity.
+        // Sliding expiry: remember the visit (a plain store: a racing older value
+        // only shortens the session, fail closed); write it once per granularity.
         if now > seen {
-            rec.live.last_seen.fetch_max(now, Ordering::Relaxed);
+            rec.live.last_seen.store(now, Ordering::Relaxed);
         }
         let persisted = rec.live.persisted.load(Ordering::Relaxed);
         if rec.idle_timeout != 0

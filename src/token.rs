@@ -200,15 +200,25 @@ impl SessionToken {
     }
 }
 
-fn checksum(prefix: &[u8], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
-    // FNV-1a 64, folded to 32 bits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in prefix.iter().chain(payload) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// Typo/truncation check over prefix ‖ payload: a multiply-xorshift mix of
+/// 8-byte words (the payload is 48 bytes), folded to 32 bits. Word-at-a-time so
+/// the hot path pays ~7 multiplies, not one per byte.
+fn checksum(prefix: &[u8; 4], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = u64::from(u32::from_le_bytes(*prefix)) ^ (payload.len() as u64).wrapping_mul(K);
+    let mut chunks = payload.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        h ^= h >> 29;
     }
-    #[allow(clippy::cast_possible_truncation)] // folding 64 bits to 32 on purpose
-    let folded = (h ^ (h >> 32)) as u32;
+    for &b in chunks.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(K);
+    }
+    h ^= h >> 32;
+    #[allow(clippy::cast_possible_truncation)] // folding to 32 bits on purpose
+    let folded = h as u32;
     folded.to_le_bytes()
 }
 
@@ -267,7 +277,7 @@ fn parse_session(s: &[u8]) -> Result<SessionToken, Malformed> {
     check_frame(s, SESSION_PREFIX, SESSION_TOKEN_LEN)?;
     let raw: [u8; SESSION_RAW_LEN] = decode_exact(&s[SESSION_PREFIX.len()..])?;
     let (payload, sum) = raw.split_at(ID_LEN + SECRET_LEN);
-    if checksum(SESSION_PREFIX.as_bytes(), payload) != sum {
+    if checksum(b"crs_", payload) != sum {
         return Err(Malformed::BadChecksum);
     }
     let mut id = [0u8; ID_LEN];
@@ -285,7 +295,7 @@ impl fmt::Display for SessionToken {
         let mut raw = [0u8; SESSION_RAW_LEN];
         raw[..ID_LEN].copy_from_slice(&self.id.0);
         raw[ID_LEN..ID_LEN + SECRET_LEN].copy_from_slice(&self.secret.0);
-        let sum = checksum(SESSION_PREFIX.as_bytes(), &raw[..ID_LEN + SECRET_LEN]);
+        let sum = checksum(b"crs_", &raw[..ID_LEN + SECRET_LEN]);
         raw[ID_LEN + SECRET_LEN..].copy_from_slice(&sum);
         let mut buf = [0u8; 72];
         let n = B64.encode_slice(raw, &mut buf).map_err(|_| fmt::Error)?;
@@ -446,6 +456,12 @@ mod tests {
             let m = String::from_utf8(b).unwrap();
             assert!(SessionToken::parse(&m).is_err(), "mutation at {i} accepted");
         }
+    }
+
+    #[test]
+    fn checksum_is_stable() {
+        // Pinned: changing the checksum invalidates every token in circulation.
+        assert_eq!(checksum(b"crs_", &[0u8; 48]), [44, 13, 126, 101]);
     }
 
     #[test]
