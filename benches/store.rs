@@ -23,11 +23,7 @@ impl Rng {
 fn fill(store: &Store, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
-            store
-                .create(NewSession::new(format!("user-{}", i % 1000)).data(vec![7; 64]))
-                .unwrap()
-                .token
-                .to_string()
+            store.create(NewSession::new(format!("user-{}", i % 1000)).data(vec![7; 64])).unwrap().token.to_string()
         })
         .collect()
 }
@@ -57,9 +53,7 @@ fn token_stream(tokens: &[String], n: usize, rng: &mut Rng) -> TokenStream {
 
 fn eventual(cache: usize, shards: usize) -> Config {
     let mut b = Config::builder();
-    b.durability(Durability::Eventual)
-        .cache_capacity(cache)
-        .cache_shards(shards);
+    b.durability(Durability::Eventual).cache_capacity(cache).cache_shards(shards);
     b.build().unwrap()
 }
 
@@ -114,10 +108,7 @@ fn validate(c: &mut Criterion) {
         });
     });
     let st = store.stats();
-    eprintln!(
-        "validate/miss: cache hit rate {:.3}",
-        st.cache_hits as f64 / (st.cache_hits + st.cache_misses) as f64
-    );
+    eprintln!("validate/miss: cache hit rate {:.3}", st.cache_hits as f64 / (st.cache_hits + st.cache_misses) as f64);
     g.finish();
 }
 
@@ -130,11 +121,7 @@ fn parallel_creates(store: &Store, threads: usize, per_thread: usize) -> Duratio
             std::thread::spawn(move || {
                 barrier.wait();
                 for i in 0..per_thread {
-                    black_box(
-                        store
-                            .create(NewSession::new(format!("u{t}-{i}")).data(vec![1; 64]))
-                            .unwrap(),
-                    );
+                    black_box(store.create(NewSession::new(format!("u{t}-{i}")).data(vec![1; 64])).unwrap());
                 }
             })
         })
@@ -155,36 +142,19 @@ fn create(c: &mut Criterion) {
     let store = Store::open(dir.path().join("c1.redb"), Config::default()).unwrap();
     g.throughput(Throughput::Elements(1));
     g.bench_function("immediate/1-thread", |b| {
-        b.iter(|| {
-            black_box(
-                store
-                    .create(NewSession::new("u").data(vec![1; 64]))
-                    .unwrap(),
-            )
-        });
+        b.iter(|| black_box(store.create(NewSession::new("u").data(vec![1; 64])).unwrap()));
     });
     drop(store);
 
-    for (name, durability) in [
-        ("immediate", Durability::Immediate),
-        ("eventual", Durability::Eventual),
-    ] {
+    for (name, durability) in [("immediate", Durability::Immediate), ("eventual", Durability::Eventual)] {
         let mut cfg = Config::builder();
         cfg.durability(durability);
-        let store = Store::open(
-            dir.path().join(format!("c64-{name}.redb")),
-            cfg.build().unwrap(),
-        )
-        .unwrap();
+        let store = Store::open(dir.path().join(format!("c64-{name}.redb")), cfg.build().unwrap()).unwrap();
         const THREADS: usize = 64;
         const PER: usize = 100;
         g.throughput(Throughput::Elements((THREADS * PER) as u64));
         g.bench_function(format!("{name}/64-threads"), |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| parallel_creates(&store, THREADS, PER))
-                    .sum()
-            });
+            b.iter_custom(|iters| (0..iters).map(|_| parallel_creates(&store, THREADS, PER)).sum());
         });
         let st = store.stats();
         eprintln!(

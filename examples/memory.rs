@@ -9,27 +9,18 @@ use cloakroom::{Config, Durability, NewSession, Store};
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     pages * 4096
 }
 
 fn main() -> Result<(), cloakroom::Error> {
-    let mut args = std::env::args()
-        .skip(1)
-        .map(|a| a.parse::<usize>().unwrap_or(0));
+    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().unwrap_or(0));
     let n = args.next().unwrap_or(1_000_000);
     let cache = args.next().unwrap_or(n).max(64);
     let dir = std::env::temp_dir().join(format!("cloakroom-memory-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|_| cloakroom::Error::Closed)?;
     let mut b = Config::builder();
-    b.durability(Durability::Eventual)
-        .cache_capacity(cache)
-        .cache_shards(64)
-        .db_cache_bytes(1 << 20);
+    b.durability(Durability::Eventual).cache_capacity(cache).cache_shards(64).db_cache_bytes(1 << 20);
     let store = Store::open(dir.join("m.redb"), b.build()?)?;
     let before = rss_bytes();
     for i in 0..n {

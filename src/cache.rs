@@ -115,11 +115,7 @@ impl Cache {
             })
             .collect();
         let mask = (shards.len() as u64).saturating_sub(1);
-        Self {
-            shards,
-            mask,
-            evictions: AtomicU64::new(0),
-        }
+        Self { shards, mask, evictions: AtomicU64::new(0) }
     }
 
     fn slot(&self, id: &SessionId) -> &Slot {
@@ -157,10 +153,7 @@ impl Cache {
                 return;
             }
             rec.live.last_seen.fetch_max(old.seen(), Ordering::Relaxed);
-            rec.live.persisted.fetch_max(
-                old.live.persisted.load(Ordering::Relaxed),
-                Ordering::Relaxed,
-            );
+            rec.live.persisted.fetch_max(old.live.persisted.load(Ordering::Relaxed), Ordering::Relaxed);
             let i = old.live.slot.load(Ordering::Relaxed);
             rec.live.slot.store(i, Ordering::Relaxed);
             shard.ring[i as usize] = Some(Arc::clone(&rec));
@@ -196,10 +189,7 @@ impl Cache {
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let mut s = CacheStats {
-            evictions: self.evictions.load(Ordering::Relaxed),
-            ..CacheStats::default()
-        };
+        let mut s = CacheStats { evictions: self.evictions.load(Ordering::Relaxed), ..CacheStats::default() };
         for slot in &*self.shards {
             s.entries += slot.shard.read().map.len();
             s.hits += slot.hits.load(Ordering::Relaxed);

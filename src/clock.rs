@@ -33,9 +33,7 @@ impl ManualClock {
     /// A clock set to `start`.
     #[must_use]
     pub fn new(start: SystemTime) -> Self {
-        Self {
-            millis: Arc::new(AtomicU64::new(to_millis(start))),
-        }
+        Self { millis: Arc::new(AtomicU64::new(to_millis(start))) }
     }
 
     /// A clock set to a fixed, realistic instant (2026-01-01T00:00:00Z).

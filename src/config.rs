@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
+use crate::events::{Event, EventHandler};
+use crate::jwt::Keyring;
+use crate::refresh::{Reuse, ServerKey};
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +41,12 @@ pub struct Config {
     pub(crate) db_cache_bytes: usize,
     pub(crate) access_ttl: Duration,
     pub(crate) leeway: Duration,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) reuse: Reuse,
+    pub(crate) keyring: Option<Keyring>,
+    pub(crate) server_key: ServerKey,
+    pub(crate) on_event: Option<EventHandler>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -60,6 +69,12 @@ impl fmt::Debug for Config {
             .field("durability", &self.durability)
             .field("flush_interval", &self.flush_interval)
             .field("max_token_len", &self.max_token_len)
+            .field("access_ttl", &self.access_ttl)
+            .field("leeway", &self.leeway)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("reuse", &self.reuse)
+            .field("keyring", &self.keyring)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
@@ -96,7 +111,7 @@ const MAX_DATA_LEN_CAP: usize = 16 << 20; // 16 MiB: a session is not a blob sto
 const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Builder for [`Config`]. Setters document their defaults; [`ConfigBuilder::build`] validates.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConfigBuilder {
     session_ttl: Duration,
     idle_timeout: Option<Duration>,
@@ -111,7 +126,19 @@ pub struct ConfigBuilder {
     db_cache_bytes: usize,
     access_ttl: Duration,
     leeway: Duration,
+    issuer: String,
+    audience: String,
+    reuse: Reuse,
+    keyring: Option<Keyring>,
+    server_key: ServerKey,
+    on_event: Option<EventHandler>,
     clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.unchecked().fmt(f)
+    }
 }
 
 impl Default for ConfigBuilder {
@@ -130,6 +157,12 @@ impl Default for ConfigBuilder {
             db_cache_bytes: 1 << 30,
             access_ttl: Duration::from_secs(300),
             leeway: Duration::from_secs(30),
+            issuer: "cloakroom".to_owned(),
+            audience: "cloakroom".to_owned(),
+            reuse: Reuse::default(),
+            keyring: None,
+            server_key: ServerKey::Default,
+            on_event: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -204,6 +237,57 @@ impl ConfigBuilder {
         self.leeway = d;
         self
     }
+    /// `iss` of access tokens, checked on verify. Default: `"cloakroom"`.
+    pub fn issuer(&mut self, iss: impl Into<String>) -> &mut Self {
+        self.issuer = iss.into();
+        self
+    }
+    /// `aud` of access tokens, checked on verify. Default: `"cloakroom"`.
+    pub fn audience(&mut self, aud: impl Into<String>) -> &mut Self {
+        self.audience = aud.into();
+        self
+    }
+    /// Refresh-token reuse policy. Default: [`Reuse::Grace`] of 10 s.
+    pub fn reuse(&mut self, reuse: Reuse) -> &mut Self {
+        self.reuse = reuse;
+        self
+    }
+    /// Access-token keys. Default: one HS256 key derived from the server key
+    /// (kid `hs256-<fingerprint>`), enough for a single service.
+    pub fn keyring(&mut self, keyring: Keyring) -> &mut Self {
+        self.keyring = Some(keyring);
+        self
+    }
+    /// The server key (at least 32 bytes; longer input is hashed down) from which
+    /// the refresh-token MAC key and the default HS256 key are derived. It is never
+    /// stored in the database. Default: a key file `<db>.key` beside the database,
+    /// created with mode 0600 (a random key for in-memory stores).
+    ///
+    /// # Security
+    /// Anyone holding this key and the database can mint refresh tokens. Keep it
+    /// out of backups of the database file.
+    pub fn server_key(&mut self, key: &[u8]) -> &mut Self {
+        self.server_key = if key.len() < 32 {
+            ServerKey::Env(String::new()) // rejected by build()
+        } else if key.len() == 32 {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(key);
+            ServerKey::Bytes(k)
+        } else {
+            ServerKey::Bytes(*blake3::hash(key).as_bytes())
+        };
+        self
+    }
+    /// Reads the server key, as 64 hex digits, from environment variable `var` at open.
+    pub fn server_key_env(&mut self, var: impl Into<String>) -> &mut Self {
+        self.server_key = ServerKey::Env(var.into());
+        self
+    }
+    /// Receives every [`Event`]. Default: none.
+    pub fn on_event(&mut self, handler: impl Fn(&Event) + Send + Sync + 'static) -> &mut Self {
+        self.on_event = Some(Arc::new(handler));
+        self
+    }
     /// The time source. Default: [`SystemClock`].
     pub fn clock(&mut self, clock: impl Clock) -> &mut Self {
         self.clock = Arc::new(clock);
@@ -212,9 +296,7 @@ impl ConfigBuilder {
 
     fn unchecked(&self) -> Config {
         let touch = self.touch_granularity.unwrap_or_else(|| {
-            self.idle_timeout.map_or(Duration::from_secs(60), |i| {
-                (i / 10).min(Duration::from_secs(60))
-            })
+            self.idle_timeout.map_or(Duration::from_secs(60), |i| (i / 10).min(Duration::from_secs(60)))
         });
         Config {
             session_ttl: self.session_ttl,
@@ -230,6 +312,12 @@ impl ConfigBuilder {
             db_cache_bytes: self.db_cache_bytes,
             access_ttl: self.access_ttl,
             leeway: self.leeway,
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            reuse: self.reuse,
+            keyring: self.keyring.clone(),
+            server_key: self.server_key.clone(),
+            on_event: self.on_event.clone(),
             clock: Arc::clone(&self.clock),
         }
     }
@@ -273,6 +361,22 @@ impl ConfigBuilder {
         if c.leeway > Duration::from_secs(60) {
             return bad("leeway must be at most 60 s");
         }
+        if let ServerKey::Env(v) = &c.server_key {
+            if v.is_empty() {
+                return bad("server_key must be at least 32 bytes (or name a non-empty environment variable)");
+            }
+        }
+        if let Reuse::Grace(w) = c.reuse {
+            if w > Duration::from_secs(300) {
+                return bad("the reuse grace window must be at most 5 minutes");
+            }
+        }
+        if c.issuer.is_empty() || c.audience.is_empty() {
+            return bad("issuer and audience must be non-empty");
+        }
+        if c.keyring.as_ref().is_some_and(Keyring::is_empty) {
+            return bad("keyring has no keys");
+        }
         if c.write_queue == 0 {
             return bad("write_queue must be at least 1");
         }
@@ -298,30 +402,17 @@ mod tests {
 
     #[test]
     fn touch_granularity_defaults_to_a_tenth_of_short_idle() {
-        let c = Config::builder()
-            .idle_timeout(Some(Duration::from_secs(100)))
-            .build()
-            .unwrap();
+        let c = Config::builder().idle_timeout(Some(Duration::from_secs(100))).build().unwrap();
         assert_eq!(c.touch_granularity, Duration::from_secs(10));
     }
 
     #[test]
     fn invalid_settings_are_rejected() {
         assert!(Config::builder().cache_shards(3).build().is_err());
-        assert!(
-            Config::builder()
-                .session_ttl(Duration::ZERO)
-                .build()
-                .is_err()
-        );
+        assert!(Config::builder().session_ttl(Duration::ZERO).build().is_err());
         assert!(Config::builder().max_data_len(17 << 20).build().is_err());
         assert!(Config::builder().cache_capacity(1).build().is_err());
-        assert!(
-            Config::builder()
-                .flush_interval(Duration::ZERO)
-                .build()
-                .is_err()
-        );
+        assert!(Config::builder().flush_interval(Duration::ZERO).build().is_err());
         assert!(
             Config::builder()
                 .idle_timeout(Some(Duration::from_secs(10)))

@@ -118,6 +118,17 @@ pub enum InputError {
         /// Maximum allowed.
         max: usize,
     },
+    /// An application claim uses a name cloakroom sets itself.
+    #[error("claim `{0}` is reserved")]
+    ReservedClaim(String),
+    /// Application claims exceed the cap once serialized.
+    #[error("application claims are {len} bytes, more than {max}")]
+    ClaimsTooLarge {
+        /// Serialized length.
+        len: usize,
+        /// Maximum allowed.
+        max: usize,
+    },
     /// A time-to-live is zero or too large to represent.
     #[error("{0} must be non-zero and below 100 years")]
     Ttl(&'static str),
@@ -181,14 +192,8 @@ impl StorageError {
         Self { kind, source: None }
     }
 
-    pub(crate) fn with_source(
-        kind: StorageErrorKind,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            kind,
-            source: Some(Arc::new(source)),
-        }
+    pub(crate) fn with_source(kind: StorageErrorKind, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { kind, source: Some(Arc::new(source)) }
     }
 
     /// The category of the failure.
@@ -200,10 +205,7 @@ impl StorageError {
 
 impl fmt::Debug for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StorageError")
-            .field("kind", &self.kind)
-            .field("source", &self.source)
-            .finish()
+        f.debug_struct("StorageError").field("kind", &self.kind).field("source", &self.source).finish()
     }
 }
 
@@ -211,18 +213,10 @@ impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
             StorageErrorKind::Io => "I/O error",
-            StorageErrorKind::Corrupt => {
-                "database file is corrupt or not a redb file (left untouched)"
-            }
-            StorageErrorKind::NotCloakroom => {
-                "database file was not written by cloakroom (left untouched)"
-            }
-            StorageErrorKind::NewerFormat => {
-                "database was written by a newer cloakroom format; upgrade cloakroom"
-            }
-            StorageErrorKind::AlreadyOpen => {
-                "database file is already open in another process or Store"
-            }
+            StorageErrorKind::Corrupt => "database file is corrupt or not a redb file (left untouched)",
+            StorageErrorKind::NotCloakroom => "database file was not written by cloakroom (left untouched)",
+            StorageErrorKind::NewerFormat => "database was written by a newer cloakroom format; upgrade cloakroom",
+            StorageErrorKind::AlreadyOpen => "database file is already open in another process or Store",
             StorageErrorKind::Commit => "commit failed; the operation did not take effect",
         };
         match &self.source {
@@ -234,9 +228,7 @@ impl fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -1,10 +1,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 //! # cloakroom
 //!
@@ -71,6 +68,9 @@ mod clock;
 mod config;
 mod db;
 mod error;
+mod events;
+mod jwt;
+mod refresh;
 mod revocation;
 mod session;
 mod store;
@@ -80,13 +80,13 @@ mod token;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, Durability};
 pub use error::{Error, InputError, JwtError, Malformed, Result, StorageError, StorageErrorKind};
-pub use session::{
-    MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session,
-};
-pub use store::{Issued, Scope, Stats, Store};
+pub use events::{Event, EventHandler, RevokeReason};
+pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};
+pub use refresh::Reuse;
+pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
+pub use store::{Issued, Principal, Scope, Source, Stats, Store, TokenPair};
 pub use token::{
-    REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId,
-    SessionToken,
+    REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId, SessionToken,
 };
 
 /// Entry points for fuzz targets. Not part of the API; may change at any time.

@@ -30,12 +30,7 @@ impl Revocation {
     pub(crate) fn load(revoked: &[(u64, u64, SessionId)], not_before: Vec<(String, u64)>) -> Self {
         let r = Self {
             revoked: RwLock::default(),
-            not_before: RwLock::new(
-                not_before
-                    .into_iter()
-                    .map(|(u, t)| (u.into_boxed_str(), t))
-                    .collect(),
-            ),
+            not_before: RwLock::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
         };
         let pairs: Vec<(u64, SessionId)> = revoked.iter().map(|&(s, _, id)| (s, id)).collect();
         r.revoke(&pairs);
@@ -61,15 +56,6 @@ impl Revocation {
         for &(s, id) in pairs {
             r.bits.insert(s);
             r.ids.insert(id, s);
-        }
-    }
-
-    /// Forgets pruned entries.
-    pub(crate) fn forget(&self, pairs: &[(u64, SessionId)]) {
-        let mut r = self.revoked.write();
-        for (s, id) in pairs {
-            r.bits.remove(*s);
-            r.ids.remove(id);
         }
     }
 
@@ -103,8 +89,6 @@ mod tests {
         r.revoke(&[(u64::MAX - 1, id(9)), (7, id(7))]);
         assert!(r.is_revoked(u64::MAX - 1));
         assert_eq!(r.len(), 4);
-        r.forget(&[(5, id(5))]);
-        assert!(!r.is_revoked(5) && !r.is_revoked_id(&id(5)));
     }
 
     #[test]

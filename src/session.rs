@@ -60,28 +60,17 @@ impl Meta {
 
 fn check_len(field: &'static str, v: Option<&str>, max: usize) -> Result<(), InputError> {
     match v {
-        Some(s) if s.len() > max => Err(InputError::MetaTooLong {
-            field,
-            len: s.len(),
-            max,
-        }),
+        Some(s) if s.len() > max => Err(InputError::MetaTooLong { field, len: s.len(), max }),
         _ => Ok(()),
     }
 }
 
-static EMPTY_META: Meta = Meta {
-    ip: None,
-    user_agent: None,
-    label: None,
-};
+static EMPTY_META: Meta = Meta { ip: None, user_agent: None, label: None };
 
 /// Checks a user id: 1..=256 bytes (UTF-8 is guaranteed by `&str`).
 pub(crate) fn check_user(user: &str) -> Result<(), InputError> {
     if user.is_empty() || user.len() > MAX_USER_ID_LEN {
-        return Err(InputError::UserId {
-            len: user.len(),
-            max: MAX_USER_ID_LEN,
-        });
+        return Err(InputError::UserId { len: user.len(), max: MAX_USER_ID_LEN });
     }
     Ok(())
 }
@@ -100,13 +89,7 @@ impl NewSession {
     /// A session for `user` with empty data and the configured lifetimes.
     #[must_use]
     pub fn new(user: impl Into<String>) -> Self {
-        Self {
-            user: user.into(),
-            data: Vec::new(),
-            ttl: None,
-            idle_timeout: None,
-            meta: Meta::default(),
-        }
+        Self { user: user.into(), data: Vec::new(), ttl: None, idle_timeout: None, meta: Meta::default() }
     }
 
     /// Application data stored with the session (at most `Config::max_data_len`).
@@ -216,11 +199,7 @@ pub enum RecordError {
 
 impl Clone for Record {
     fn clone(&self) -> Self {
-        let ls = self
-            .live
-            .last_seen
-            .load(Ordering::Relaxed)
-            .max(self.last_seen);
+        let ls = self.live.last_seen.load(Ordering::Relaxed).max(self.last_seen);
         Record {
             live: Live::new(ls, self.live.persisted.load(Ordering::Relaxed)),
             id: self.id,
@@ -257,11 +236,7 @@ impl Record {
 
     /// The deadline of the idle timeout given a last-seen time; `u64::MAX` if none.
     pub(crate) fn idle_deadline(&self, last_seen: u64) -> u64 {
-        if self.idle_timeout == 0 {
-            u64::MAX
-        } else {
-            last_seen.saturating_add(self.idle_timeout)
-        }
+        if self.idle_timeout == 0 { u64::MAX } else { last_seen.saturating_add(self.idle_timeout) }
     }
 
     /// When this session stops being valid, given a last-seen time: the key of the `expiry` index.
@@ -275,13 +250,7 @@ impl Record {
 
     /// A copy under a new id, serial and secret, seen at `now`: what `rotate` stores.
     /// Keeps the user, data, metadata, creation time and absolute deadline.
-    pub(crate) fn rotated(
-        &self,
-        id: SessionId,
-        serial: u64,
-        secret_hash: SecretHash,
-        now: u64,
-    ) -> Record {
+    pub(crate) fn rotated(&self, id: SessionId, serial: u64, secret_hash: SecretHash, now: u64) -> Record {
         let mut r = self.clone();
         r.live = Live::new(now, now);
         r.id = id;
@@ -298,25 +267,12 @@ impl Record {
         let ua = m.user_agent.as_deref().unwrap_or("");
         let label = m.label.as_deref().unwrap_or("");
         let mut out = Vec::with_capacity(
-            FIXED_LEN
-                + 2 * 4
-                + self.user.len()
-                + ip.len()
-                + ua.len()
-                + label.len()
-                + 4
-                + self.data.len(),
+            FIXED_LEN + 2 * 4 + self.user.len() + ip.len() + ua.len() + label.len() + 4 + self.data.len(),
         );
         out.push(RECORD_FORMAT);
         out.extend_from_slice(&self.serial.to_le_bytes());
         out.extend_from_slice(&self.secret_hash.0);
-        for v in [
-            self.created_at,
-            self.expires_at,
-            self.idle_timeout,
-            self.last_seen,
-            self.version,
-        ] {
+        for v in [self.created_at, self.expires_at, self.idle_timeout, self.last_seen, self.version] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for s in [&*self.user, ip.as_str(), ua, label] {
@@ -348,11 +304,7 @@ impl Record {
             return Err(RecordError::BadUser);
         }
         let ip = r.text()?;
-        let ip = if ip.is_empty() {
-            None
-        } else {
-            Some(ip.parse().map_err(|_| RecordError::BadText)?)
-        };
+        let ip = if ip.is_empty() { None } else { Some(ip.parse().map_err(|_| RecordError::BadText)?) };
         let ua = r.text()?;
         let label = r.text()?;
         let n = u32::from_le_bytes(r.array()?) as usize;
@@ -542,19 +494,8 @@ mod tests {
         a.id == b.id
             && a.serial == b.serial
             && a.secret_hash.0 == b.secret_hash.0
-            && (
-                a.created_at,
-                a.expires_at,
-                a.idle_timeout,
-                a.last_seen,
-                a.version,
-            ) == (
-                b.created_at,
-                b.expires_at,
-                b.idle_timeout,
-                b.last_seen,
-                b.version,
-            )
+            && (a.created_at, a.expires_at, a.idle_timeout, a.last_seen, a.version)
+                == (b.created_at, b.expires_at, b.idle_timeout, b.last_seen, b.version)
             && a.user == b.user
             && a.meta() == b.meta()
             && a.data == b.data
@@ -562,30 +503,17 @@ mod tests {
 
     #[test]
     fn decode_rejects_every_truncation_and_trailing_bytes() {
-        let meta = Meta {
-            ip: Some("10.0.0.1".parse().unwrap()),
-            user_agent: Some("ua".into()),
-            label: None,
-        };
+        let meta = Meta { ip: Some("10.0.0.1".parse().unwrap()), user_agent: Some("ua".into()), label: None };
         let enc = sample("alice", b"hello".to_vec(), meta).encode();
         for i in 0..enc.len() {
-            assert!(
-                Record::decode(SessionId::from_bytes([3; 16]), &enc[..i]).is_err(),
-                "len {i}"
-            );
+            assert!(Record::decode(SessionId::from_bytes([3; 16]), &enc[..i]).is_err(), "len {i}");
         }
         let mut long = enc.clone();
         long.push(0);
-        assert_eq!(
-            Record::decode(SessionId::from_bytes([3; 16]), &long).err(),
-            Some(RecordError::Trailing)
-        );
+        assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &long).err(), Some(RecordError::Trailing));
         let mut newer = enc;
         newer[0] = 2;
-        assert_eq!(
-            Record::decode(SessionId::from_bytes([3; 16]), &newer).err(),
-            Some(RecordError::UnknownFormat(2))
-        );
+        assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &newer).err(), Some(RecordError::UnknownFormat(2)));
     }
 
     #[test]

@@ -1,22 +1,27 @@
 //! [`Store`]: the facade. Every public operation starts here and delegates to the
 //! token parser, cache, revocation set, database and writer.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::RwLock;
 
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
-use crate::db::writer::{Op, Outcome, Wait, Writer};
+use crate::db::writer::{FamilyChange, Op, Outcome, Wait, Writer};
 use crate::db::{Db, Loaded};
-use crate::error::{Error, InputError};
+use crate::error::{Error, InputError, JwtError, Malformed};
+use crate::events::{Event, RevokeReason};
+use crate::jwt::{AccessClaims, Keyring, Policy, RESERVED_CLAIMS};
+use crate::refresh::{Derived, Family, Verdict, decide};
 use crate::revocation::Revocation;
 use crate::session::{NewSession, Record, RecordParts, Session, check_user};
+use crate::token::{REFRESH_PREFIX, RefreshToken, SESSION_PREFIX, looks_like_jwt};
 use crate::token::{SessionId, SessionToken};
 
 /// Which of a user's sessions [`Store::revoke_user`] ends.
@@ -85,6 +90,9 @@ pub(crate) struct Inner {
     writer: Writer,
     cache: Cache,
     pub(crate) revocation: Arc<Revocation>,
+    keyring: Keyring,
+    derived: Derived,
+    policy: Policy,
     next_serial: AtomicU64,
     closed: AtomicBool,
 }
@@ -97,9 +105,7 @@ impl Drop for Inner {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -111,7 +117,8 @@ impl Store {
     /// database, is corrupt, was written by a newer format, or is already open.
     /// The file is never modified in those cases.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, Error> {
-        Self::start(Db::open(path.as_ref(), config.db_cache_bytes)?, config)
+        let key = config.server_key.resolve(Some(path.as_ref()))?;
+        Self::start(Db::open(path.as_ref(), config.db_cache_bytes)?, config, &key)
     }
 
     /// A store backed by memory only (tests, demos). Nothing survives the process.
@@ -119,7 +126,8 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if the in-memory database cannot be initialised.
     pub fn in_memory(config: Config) -> Result<Store, Error> {
-        Self::start(Db::in_memory()?, config)
+        let key = config.server_key.resolve(None)?;
+        Self::start(Db::in_memory()?, config, &key)
     }
 
     /// Opens a store on a custom redb storage backend (fault injection in tests).
@@ -127,14 +135,24 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     #[cfg(feature = "test-util")]
-    pub fn open_with_backend(
-        backend: impl redb::StorageBackend,
-        config: Config,
-    ) -> Result<Store, Error> {
-        Self::start(Db::with_backend(backend)?, config)
+    pub fn open_with_backend(backend: impl redb::StorageBackend, config: Config) -> Result<Store, Error> {
+        let key = config.server_key.resolve(None)?;
+        Self::start(Db::with_backend(backend)?, config, &key)
     }
 
-    fn start((db, loaded): (Db, Loaded), config: Config) -> Result<Store, Error> {
+    fn start((db, loaded): (Db, Loaded), config: Config, server_key: &[u8; 32]) -> Result<Store, Error> {
+        let derived = Derived::new(server_key);
+        let keyring = match &config.keyring {
+            Some(k) => k.clone(),
+            None => {
+                let k = Keyring::new();
+                let fp = blake3::hash(&derived.access_hs256);
+                let kid: String = fp.as_bytes()[..4].iter().map(|b| format!("{b:02x}")).collect();
+                k.add_hs256(&format!("hs256-{kid}"), &derived.access_hs256)?;
+                k
+            }
+        };
+        let policy = Policy { issuer: config.issuer.clone(), audience: config.audience.clone(), leeway: config.leeway };
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
         let writer = Writer::start(
@@ -150,6 +168,9 @@ impl Store {
                 writer,
                 cache,
                 revocation,
+                keyring,
+                derived,
+                policy,
                 next_serial: AtomicU64::new(loaded.next_serial.max(1)),
                 closed: AtomicBool::new(false),
                 config,
@@ -185,11 +206,7 @@ impl Store {
         let cfg = &inner.config;
         check_user(&new.user)?;
         if new.data.len() > cfg.max_data_len {
-            return Err(InputError::DataTooLarge {
-                len: new.data.len(),
-                max: cfg.max_data_len,
-            }
-            .into());
+            return Err(InputError::DataTooLarge { len: new.data.len(), max: cfg.max_data_len }.into());
         }
         new.meta.check()?;
         let ttl = new.ttl.unwrap_or(cfg.session_ttl);
@@ -219,14 +236,9 @@ impl Store {
         };
         inner.writer.submit(Op::Create(Arc::clone(&rec)), wait)?;
         self.fill(Arc::clone(&rec));
+        self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;
-        Ok(Issued {
-            token,
-            session: Session {
-                record: rec,
-                last_seen,
-            },
-        })
+        Ok(Issued { token, session: Session { record: rec, last_seen } })
     }
 
     /// Puts a record in the cache unless it has been revoked meanwhile. Checking the
@@ -273,48 +285,17 @@ impl Store {
     pub(crate) fn check(&self, tok: &SessionToken) -> Result<Session, Error> {
         let inner = &self.inner;
         let Some(rec) = self.lookup(&tok.id())? else {
-            return Err(if inner.revocation.is_revoked_id(&tok.id()) {
-                Error::Revoked
-            } else {
-                Error::NotFound
-            });
+            return Err(if inner.revocation.is_revoked_id(&tok.id()) { Error::Revoked } else { Error::NotFound });
         };
         if !rec.secret_hash.matches(&tok.secret_hash()) {
             return Err(Error::NotFound);
         }
-        if inner.revocation.is_revoked(rec.serial) {
-            inner.cache.remove(&rec.id);
-            return Err(Error::Revoked);
-        }
         let now = self.now_ms();
-        let seen = rec.seen();
-        if now >= rec.deadline(seen) {
-            return Err(Error::Expired);
-        }
-        // Sliding expiry: remember the visit (a plain store: a racing older value
-        // only shortens the session, fail closed); write it once per granularity.
-        if now > seen {
-            rec.live.last_seen.store(now, Ordering::Relaxed);
-        }
-        let persisted = rec.live.persisted.load(Ordering::Relaxed);
-        if rec.idle_timeout != 0
-            && now.saturating_sub(persisted) >= duration_millis(inner.config.touch_granularity)
-            && rec
-                .live
-                .persisted
-                .compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            inner.writer.offer(Op::Touch {
-                id: rec.id,
-                last_seen: now,
-            });
-        }
-        let last_seen = now.max(seen);
-        Ok(Session {
-            record: rec,
-            last_seen,
-        })
+        self.status(&rec, now)?;
+        // Sliding expiry: remember the visit; write it once per granularity.
+        let last_seen = now.max(rec.seen());
+        self.touch(&rec, now);
+        Ok(Session { record: rec, last_seen })
     }
 
     /// Replaces a session by a new one with a new token and serial, and kills
@@ -330,28 +311,14 @@ impl Store {
         let token = SessionToken::generate()?;
         let now = self.now_ms();
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
-        let rec = Arc::new(
-            old.record
-                .rotated(token.id(), serial, token.secret_hash(), now),
-        );
+        let rec = Arc::new(old.record.rotated(token.id(), serial, token.secret_hash(), now));
         let prune_after = self.prune_after(now);
-        inner.writer.submit(
-            Op::Rotate {
-                old: old.id(),
-                new: Arc::clone(&rec),
-                prune_after,
-            },
-            Wait::Durable,
-        )?;
+        inner.writer.submit(Op::Rotate { old: old.id(), new: Arc::clone(&rec), prune_after }, Wait::Durable)?;
         inner.cache.remove(&old.id());
         self.fill(Arc::clone(&rec));
-        Ok(Issued {
-            token,
-            session: Session {
-                record: rec,
-                last_seen: now,
-            },
-        })
+        self.emit(|| Event::Rotated { old: old.id(), new: rec.id });
+        self.emit(|| Event::Revoked { sessions: vec![old.id()], reason: RevokeReason::Rotated });
+        Ok(Issued { token, session: Session { record: rec, last_seen: now } })
     }
 
     /// Replaces a session's data unconditionally; returns the new version.
@@ -371,33 +338,20 @@ impl Store {
     /// # Errors
     /// [`Error::Conflict`] with the current version if another update came first:
     /// re-read and retry. Otherwise as [`Store::update_data`].
-    pub fn update_data_if(
-        &self,
-        id: SessionId,
-        version: u64,
-        data: impl Into<Vec<u8>>,
-    ) -> Result<u64, Error> {
+    pub fn update_data_if(&self, id: SessionId, version: u64, data: impl Into<Vec<u8>>) -> Result<u64, Error> {
         self.update(id, Some(version), data.into())
     }
 
     fn update(&self, id: SessionId, expected: Option<u64>, data: Vec<u8>) -> Result<u64, Error> {
         let inner = self.live()?;
         if data.len() > inner.config.max_data_len {
-            return Err(InputError::DataTooLarge {
-                len: data.len(),
-                max: inner.config.max_data_len,
-            }
-            .into());
+            return Err(InputError::DataTooLarge { len: data.len(), max: inner.config.max_data_len }.into());
         }
         let wait = match inner.config.durability {
             Durability::Eventual => Wait::Applied,
             Durability::Immediate => Wait::Durable,
         };
-        let op = Op::UpdateData {
-            id,
-            expected,
-            data: data.into_boxed_slice(),
-        };
+        let op = Op::UpdateData { id, expected, data: data.into_boxed_slice() };
         match inner.writer.submit(op, wait)? {
             Outcome::Updated(rec) => {
                 let v = rec.version;
@@ -422,7 +376,9 @@ impl Store {
     pub fn revoke(&self, id: SessionId) -> Result<(), Error> {
         let prune_after = self.prune_after(self.now_ms());
         let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
-        debug_assert!(ids.len() <= 1);
+        if !ids.is_empty() {
+            self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::Session });
+        }
         Ok(())
     }
 
@@ -438,13 +394,13 @@ impl Store {
             Scope::Others(id) => Some(id),
         };
         let prune_after = self.prune_after(self.now_ms());
-        Ok(self
-            .revoke_op(Op::RevokeUser {
-                user: user.into(),
-                except,
-                prune_after,
-            })?
-            .len())
+        let ids = self.revoke_op(Op::RevokeUser { user: user.into(), except, prune_after })?;
+        let n = ids.len();
+        if n > 0 {
+            let reason = if except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };
+            self.emit(|| Event::Revoked { sessions: ids, reason });
+        }
+        Ok(n)
     }
 
     pub(crate) fn revoke_op(&self, op: Op) -> Result<Vec<SessionId>, Error> {
@@ -473,21 +429,296 @@ impl Store {
             .list_user(user)?
             .into_iter()
             .map(|rec| {
-                let seen = inner
-                    .cache
-                    .get(&rec.id)
-                    .map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
-                Session {
-                    record: Arc::new(rec),
-                    last_seen: seen,
-                }
+                let seen = inner.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
+                Session { record: Arc::new(rec), last_seen: seen }
             })
-            .filter(|s| {
-                now < s.record.deadline(s.last_seen) && !inner.revocation.is_revoked(s.serial())
-            })
+            .filter(|s| now < s.record.deadline(s.last_seen) && !inner.revocation.is_revoked(s.serial()))
             .collect();
         out.sort_by_key(|s| (s.record.created_at, s.serial()));
         Ok(out)
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(handler) = &self.inner.config.on_event {
+            handler(&event());
+        }
+    }
+
+    /// Revoked → `Revoked`; past the absolute deadline or idle → `Expired`.
+    fn status(&self, rec: &Record, now: u64) -> Result<(), Error> {
+        if self.inner.revocation.is_revoked(rec.serial) {
+            self.inner.cache.remove(&rec.id);
+            return Err(Error::Revoked);
+        }
+        if now >= rec.deadline(rec.seen()) {
+            self.emit(|| Event::Expired { session: rec.id });
+            return Err(Error::Expired);
+        }
+        Ok(())
+    }
+
+    /// Marks activity on a session; writes `last_seen` at most once per granularity.
+    fn touch(&self, rec: &Record, now: u64) {
+        let inner = &self.inner;
+        if now > rec.seen() {
+            // A plain store: a racing older value only shortens the session (fail closed).
+            rec.live.last_seen.store(now, Ordering::Relaxed);
+        }
+        let persisted = rec.live.persisted.load(Ordering::Relaxed);
+        if rec.idle_timeout != 0
+            && now.saturating_sub(persisted) >= duration_millis(inner.config.touch_granularity)
+            && rec.live.persisted.compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            inner.writer.offer(Op::Touch { id: rec.id, last_seen: now });
+        }
+    }
+
+    /// The access-token keyring: add and promote keys, list them, export JWKS.
+    #[must_use]
+    pub fn keyring(&self) -> &Keyring {
+        &self.inner.keyring
+    }
+
+    /// Retires an access-token key: it stops signing and keeps verifying until
+    /// every token it signed has expired (access TTL + leeway from now).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the kid is unknown or still the signing key.
+    pub fn retire_key(&self, kid: &str) -> Result<(), Error> {
+        let until = self.inner.config.clock.now() + self.inner.config.revocation_horizon();
+        self.inner.keyring.retire(kid, until)
+    }
+
+    /// Issues an access token and a refresh token for a valid session.
+    ///
+    /// # Errors
+    /// As [`Store::validate`]; [`Error::Storage`] if the family could not be stored.
+    pub fn issue_tokens(&self, session_token: &str) -> Result<TokenPair, Error> {
+        self.issue_tokens_with(session_token, BTreeMap::new())
+    }
+
+    /// As [`Store::issue_tokens`], with application claims (e.g. `roles`) put in
+    /// every access token of this session, including those minted by `refresh`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] if a claim name is reserved (iss, aud, sub, sid, jti, iat,
+    /// nbf, exp) or the claims exceed 4 KiB; otherwise as [`Store::issue_tokens`].
+    pub fn issue_tokens_with(
+        &self,
+        session_token: &str,
+        claims: BTreeMap<String, serde_json::Value>,
+    ) -> Result<TokenPair, Error> {
+        if let Some(k) = claims.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
+            return Err(InputError::ReservedClaim(k.clone()).into());
+        }
+        let claims_json = serde_json::to_vec(&claims).map_err(|_| InputError::ClaimsTooLarge { len: 0, max: 0 })?;
+        if claims_json.len() > MAX_CLAIMS_LEN {
+            return Err(InputError::ClaimsTooLarge { len: claims_json.len(), max: MAX_CLAIMS_LEN }.into());
+        }
+        let session = self.validate(session_token)?;
+        let now = self.now_ms();
+        let deadline = session.record.expires_at;
+        let f = Box::new(move |stored: Option<&[u8]>| {
+            let generation = stored.and_then(Family::decode).map_or(1, |f| f.generation + 1);
+            let fam = Family { generation, rotated_at: now, deadline, claims: claims_json };
+            let write = Some(fam.encode());
+            FamilyChange {
+                write,
+                revoke_session: false,
+                reply: Box::new(Some((Verdict::Rotated(generation), fam.claims))),
+            }
+        });
+        let (verdict, claims) = self.family_op(session.id(), f)?.ok_or(Error::NotFound)?;
+        let Verdict::Rotated(generation) = verdict else { return Err(Error::NotFound) };
+        self.emit(|| Event::Refreshed { session: session.id(), generation });
+        self.pair(&session.record, generation, &claims, now)
+    }
+
+    fn family_op(&self, id: SessionId, f: crate::db::writer::FamilyFn) -> Result<Option<(Verdict, Vec<u8>)>, Error> {
+        let prune_after = self.prune_after(self.now_ms());
+        match self.live()?.writer.submit(Op::Family { id, prune_after, f: Some(f) }, Wait::Durable)? {
+            Outcome::Family(reply) => Ok(reply.downcast::<Option<(Verdict, Vec<u8>)>>().map_or(None, |b| *b)),
+            _ => Ok(None),
+        }
+    }
+
+    fn pair(&self, rec: &Record, generation: u64, claims_json: &[u8], now_ms: u64) -> Result<TokenPair, Error> {
+        let inner = &self.inner;
+        let now_s = now_ms / 1000;
+        let exp = now_s + inner.config.access_ttl.as_secs();
+        let extra = if claims_json.is_empty() {
+            BTreeMap::new()
+        } else {
+            serde_json::from_slice(claims_json).map_err(|_| Error::Jwt(JwtError::Signing))?
+        };
+        let mut jti = [0u8; 16];
+        crate::token::os_random(&mut jti)?;
+        let claims = AccessClaims {
+            iss: inner.policy.issuer.clone(),
+            aud: inner.policy.audience.clone(),
+            sub: rec.user.to_string(),
+            sid: rec.serial,
+            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            iat: now_s,
+            nbf: now_s,
+            exp,
+            extra,
+        };
+        Ok(TokenPair {
+            access: inner.keyring.sign(&claims)?,
+            refresh: inner.derived.mint(rec.id, generation),
+            access_expires_at: std::time::UNIX_EPOCH + Duration::from_secs(exp),
+            refresh_expires_at: crate::clock::from_millis(rec.expires_at),
+        })
+    }
+
+    /// Rotates a refresh token: returns a new access token and a new refresh
+    /// token, and retires the presented one. Re-checks the session (revoked,
+    /// expired, idle, user not-before) and counts as activity. Always durable.
+    ///
+    /// Replaying an older generation revokes the session (see [`crate::Reuse`]);
+    /// concurrent refreshes with the same token rotate exactly once.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`]; [`Error::NotFound`] for a token this store did not
+    /// mint (bad MAC, unknown session, or a generation ahead of the stored one);
+    /// [`Error::Revoked`]; [`Error::Expired`]; [`Error::ReuseDetected`] (the
+    /// session is now revoked); [`Error::Storage`].
+    pub fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
+        let t = RefreshToken::parse(refresh_token)?;
+        let inner = self.live()?;
+        if !inner.derived.authentic(&t) {
+            return Err(Error::NotFound);
+        }
+        let Some(rec) = self.lookup(&t.id)? else {
+            return Err(if inner.revocation.is_revoked_id(&t.id) { Error::Revoked } else { Error::NotFound });
+        };
+        let now = self.now_ms();
+        self.status(&rec, now)?;
+        if inner.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
+            return Err(Error::Revoked);
+        }
+        let (presented, reuse) = (t.generation, inner.config.reuse);
+        let f = Box::new(move |stored: Option<&[u8]>| {
+            let Some(fam) = stored.and_then(Family::decode) else {
+                return FamilyChange {
+                    write: None,
+                    revoke_session: false,
+                    reply: Box::new(None::<(Verdict, Vec<u8>)>),
+                };
+            };
+            let verdict = decide(&fam, presented, now, reuse);
+            let write = match verdict {
+                Verdict::Rotated(generation) => Some(Family { generation, rotated_at: now, ..fam.clone() }.encode()),
+                _ => None,
+            };
+            let revoke_session = matches!(verdict, Verdict::Reuse { .. });
+            FamilyChange { write, revoke_session, reply: Box::new(Some((verdict, fam.claims))) }
+        });
+        let (verdict, claims) = self.family_op(t.id, f)?.ok_or(Error::NotFound)?;
+        match verdict {
+            Verdict::Rotated(generation) | Verdict::Current(generation) => {
+                self.touch(&rec, now);
+                if matches!(verdict, Verdict::Rotated(_)) {
+                    self.emit(|| Event::Refreshed { session: rec.id, generation });
+                }
+                self.pair(&rec, generation, &claims, now)
+            }
+            Verdict::Reuse { current } => {
+                inner.cache.remove(&rec.id);
+                self.emit(|| Event::ReuseDetected { session: rec.id, user: rec.user.to_string(), presented, current });
+                self.emit(|| Event::Revoked { sessions: vec![rec.id], reason: RevokeReason::ReuseDetected });
+                Err(Error::ReuseDetected)
+            }
+            Verdict::Ahead => Err(Error::NotFound),
+        }
+    }
+
+    /// Verifies an access token: length cap, compact JWS, header, signature,
+    /// claims and time (with leeway), then the session's revocation bit by `sid`
+    /// and the user's not-before by `iat`. No I/O.
+    ///
+    /// # Errors
+    /// [`Error::Jwt`] with the reason, or [`Error::Revoked`].
+    pub fn verify_access(&self, jwt: &str) -> Result<AccessClaims, Error> {
+        let inner = &self.inner;
+        if jwt.len() > inner.config.max_token_len {
+            return Err(JwtError::Malformed.into());
+        }
+        self.live()?;
+        let c = inner.keyring.verify(jwt, &inner.policy, inner.config.clock.now())?;
+        if inner.revocation.is_revoked(c.sid) {
+            return Err(Error::Revoked);
+        }
+        // Second resolution: tokens issued in the cut-off second pass this check,
+        // but their sessions were revoked by serial in the same logout.
+        if inner.revocation.not_before(&c.sub).is_some_and(|nb| c.iat < nb / 1000) {
+            return Err(Error::Revoked);
+        }
+        Ok(c)
+    }
+
+    /// Authenticates a bearer credential: an access JWT or an opaque session
+    /// token, with or without a `Bearer ` prefix. The common hybrid pattern
+    /// (JWT first, session-table fallback) in one call.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] (`WrongKind` for a refresh token, which is never
+    /// accepted here); otherwise as [`Store::validate`] or [`Store::verify_access`].
+    pub fn authenticate(&self, bearer: &str) -> Result<Principal, Error> {
+        if bearer.len() > self.inner.config.max_token_len {
+            return Err(Malformed::TooLong.into());
+        }
+        let cred = match bearer.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("bearer ") => &bearer[7..],
+            _ => bearer,
+        };
+        if cred.starts_with(REFRESH_PREFIX) {
+            return Err(Malformed::WrongKind.into());
+        }
+        if cred.starts_with(SESSION_PREFIX) {
+            let s = self.validate(cred)?;
+            return Ok(Principal {
+                user: s.user().to_owned(),
+                serial: s.serial(),
+                session: Some(s.id()),
+                source: Source::Session,
+                claims: None,
+            });
+        }
+        if looks_like_jwt(cred.as_bytes()) {
+            let c = self.verify_access(cred)?;
+            return Ok(Principal {
+                user: c.sub.clone(),
+                serial: c.sid,
+                session: None,
+                source: Source::AccessToken,
+                claims: Some(c),
+            });
+        }
+        Err(if cred.trim().is_empty() { Malformed::Empty } else { Malformed::WrongPrefix }.into())
+    }
+
+    /// Logs a user out everywhere: revokes all their sessions (and with them
+    /// their refresh families and live access tokens) and sets a persisted
+    /// not-before, so access tokens issued before now fail `verify_access` at
+    /// once. Durable. Returns how many sessions were revoked.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for an invalid user id; [`Error::Storage`] (the cut-off
+    /// still applies in this process: fail closed; retry to persist it).
+    pub fn logout_everywhere(&self, user: &str) -> Result<usize, Error> {
+        check_user(user)?;
+        let now = self.now_ms();
+        self.live()?.revocation.set_not_before(user, now);
+        let prune_after = self.prune_after(now);
+        let ids = self.revoke_op(Op::LogoutEverywhere { user: user.into(), at: now, prune_after })?;
+        let n = ids.len();
+        self.emit(|| Event::LogoutEverywhere { user: user.to_owned(), sessions: n });
+        if n > 0 {
+            self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::LogoutEverywhere });
+        }
+        Ok(n)
     }
 
     /// Counters: sizes, cache hit rate, writer activity.
@@ -496,11 +727,7 @@ impl Store {
         let inner = &self.inner;
         let c = inner.cache.stats();
         let w = &inner.writer.stats;
-        let sessions_stored = inner
-            .db
-            .read()
-            .clone()
-            .and_then(|db| db.session_count().ok());
+        let sessions_stored = inner.db.read().clone().and_then(|db| db.session_count().ok());
         Stats {
             sessions_stored,
             cached_sessions: c.entries,
@@ -523,10 +750,7 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if the commit failed; [`Error::Closed`].
     pub fn flush(&self) -> Result<(), Error> {
-        self.live()?
-            .writer
-            .submit(Op::Flush, Wait::Durable)
-            .map(|_| ())
+        self.live()?.writer.submit(Op::Flush, Wait::Durable).map(|_| ())
     }
 
     /// Flushes everything, stops the writer thread and releases the file. Every
@@ -543,6 +767,58 @@ impl Store {
         r
     }
 }
+
+/// A pair of tokens for one session: a short-lived access JWT and a refresh token.
+#[derive(Clone)]
+pub struct TokenPair {
+    /// The access token (compact JWS, `typ: at+jwt`).
+    pub access: String,
+    /// The refresh token (`crr_…`). Rotates on every use.
+    pub refresh: RefreshToken,
+    /// When the access token expires.
+    pub access_expires_at: SystemTime,
+    /// When the refresh token stops working (the session's absolute deadline).
+    pub refresh_expires_at: SystemTime,
+}
+
+impl fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access", &"<redacted>")
+            .field("refresh", &self.refresh)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish()
+    }
+}
+
+/// What kind of bearer credential authenticated a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// An opaque session token (`crs_…`), checked against the session table.
+    Session,
+    /// An access JWT, checked by signature, claims and revocation.
+    AccessToken,
+}
+
+/// Who is calling, as established by [`Store::authenticate`].
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user id.
+    pub user: String,
+    /// The session serial (the JWT `sid`).
+    pub serial: u64,
+    /// The session id, when the credential was a session token.
+    pub session: Option<SessionId>,
+    /// Which credential was presented.
+    pub source: Source,
+    /// The verified claims, when the credential was an access token.
+    pub claims: Option<AccessClaims>,
+}
+
+/// Largest accepted application-claims object, serialized.
+const MAX_CLAIMS_LEN: usize = 4096;
 
 fn check_lifetime(what: &'static str, d: Duration) -> Result<(), Error> {
     if d.is_zero() || d > Duration::from_secs(100 * 365 * 24 * 3600) {

@@ -47,9 +47,7 @@ const MAX_OPAQUE_LEN: usize = 4096;
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), Error> {
-    rand::rngs::SysRng
-        .try_fill_bytes(buf)
-        .map_err(|_| Error::Entropy)
+    rand::rngs::SysRng.try_fill_bytes(buf).map_err(|_| Error::Entropy)
 }
 
 /// The public, non-secret identifier of a session (16 random bytes).
@@ -119,9 +117,7 @@ impl FromStr for SessionId {
             return Err(Malformed::WrongLength.into());
         }
         let mut buf = [0u8; 18];
-        let n = B64
-            .decode_slice(s, &mut buf)
-            .map_err(|_| Malformed::BadEncoding)?;
+        let n = B64.decode_slice(s, &mut buf).map_err(|_| Malformed::BadEncoding)?;
         if n != ID_LEN {
             return Err(Malformed::WrongLength.into());
         }
@@ -174,10 +170,7 @@ impl SessionToken {
         let id = SessionId::random()?;
         let mut s = [0u8; SECRET_LEN];
         os_random(&mut s)?;
-        Ok(Self {
-            id,
-            secret: Secret(s),
-        })
+        Ok(Self { id, secret: Secret(s) })
     }
 
     /// The session id (not secret).
@@ -231,11 +224,7 @@ fn check_frame(s: &[u8], prefix: &str, len: usize) -> Result<(), Malformed> {
     if s.iter().all(u8::is_ascii_whitespace) {
         return Err(Malformed::Empty);
     }
-    let other = if prefix == SESSION_PREFIX {
-        REFRESH_PREFIX
-    } else {
-        SESSION_PREFIX
-    };
+    let other = if prefix == SESSION_PREFIX { REFRESH_PREFIX } else { SESSION_PREFIX };
     if s.starts_with(other.as_bytes()) {
         return Err(Malformed::WrongKind);
     }
@@ -246,11 +235,7 @@ fn check_frame(s: &[u8], prefix: &str, len: usize) -> Result<(), Malformed> {
         return Err(Malformed::WrongPrefix);
     }
     if s.len() != len {
-        return Err(if s.len() > len {
-            Malformed::TooLong
-        } else {
-            Malformed::WrongLength
-        });
+        return Err(if s.len() > len { Malformed::TooLong } else { Malformed::WrongLength });
     }
     Ok(())
 }
@@ -262,9 +247,7 @@ pub(crate) fn looks_like_jwt(s: &[u8]) -> bool {
 
 fn decode_exact<const N: usize>(b64: &[u8]) -> Result<[u8; N], Malformed> {
     let mut buf = [0u8; 64];
-    let n = B64
-        .decode_slice(b64, &mut buf)
-        .map_err(|_| Malformed::BadEncoding)?;
+    let n = B64.decode_slice(b64, &mut buf).map_err(|_| Malformed::BadEncoding)?;
     if n != N {
         return Err(Malformed::WrongLength);
     }
@@ -284,10 +267,7 @@ fn parse_session(s: &[u8]) -> Result<SessionToken, Malformed> {
     id.copy_from_slice(&payload[..ID_LEN]);
     let mut secret = [0u8; SECRET_LEN];
     secret.copy_from_slice(&payload[ID_LEN..]);
-    Ok(SessionToken {
-        id: SessionId(id),
-        secret: Secret(secret),
-    })
+    Ok(SessionToken { id: SessionId(id), secret: Secret(secret) })
 }
 
 impl fmt::Display for SessionToken {
@@ -306,10 +286,7 @@ impl fmt::Display for SessionToken {
 
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionToken")
-            .field("id", &self.id)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("SessionToken").field("id", &self.id).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -379,12 +356,7 @@ fn parse_refresh(s: &[u8]) -> Result<RefreshToken, Malformed> {
     k.copy_from_slice(&raw[24..28]);
     let mut mac = [0u8; MAC_LEN];
     mac.copy_from_slice(&raw[28..]);
-    Ok(RefreshToken {
-        id: SessionId(id),
-        generation: u64::from_le_bytes(g),
-        key_id: u32::from_le_bytes(k),
-        mac,
-    })
+    Ok(RefreshToken { id: SessionId(id), generation: u64::from_le_bytes(g), key_id: u32::from_le_bytes(k), mac })
 }
 
 impl fmt::Display for RefreshToken {
@@ -440,10 +412,7 @@ mod tests {
     fn every_truncation_is_rejected() {
         let s = SessionToken::generate().unwrap().to_string();
         for i in 0..s.len() {
-            assert!(
-                SessionToken::parse(&s[..i]).is_err(),
-                "prefix of len {i} accepted"
-            );
+            assert!(SessionToken::parse(&s[..i]).is_err(), "prefix of len {i} accepted");
         }
     }
 
@@ -466,12 +435,7 @@ mod tests {
 
     #[test]
     fn refresh_token_round_trips() {
-        let t = RefreshToken {
-            id: SessionId([7; 16]),
-            generation: 9,
-            key_id: 3,
-            mac: [1; 32],
-        };
+        let t = RefreshToken { id: SessionId([7; 16]), generation: 9, key_id: 3, mac: [1; 32] };
         let s = t.to_string();
         assert_eq!(s.len(), REFRESH_TOKEN_LEN);
         let p = RefreshToken::parse(&s).unwrap();

@@ -13,11 +13,7 @@ use clap::{Parser, Subcommand};
 use cloakroom::{Config, Error, Meta, NewSession, Scope, Store};
 
 #[derive(Parser)]
-#[command(
-    name = "cloakroom",
-    version,
-    about = "Embedded session and token store"
-)]
+#[command(name = "cloakroom", version, about = "Embedded session and token store")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,35 +66,22 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     println!("cloakroom demo — database: {}", path.display());
     println!("\n[1] sessions (durability: Immediate, one fsync per commit)");
-    let store = step("open (create) store", || {
-        Store::open(path, Config::default())
-    })?;
+    let store = step("open (create) store", || Store::open(path, Config::default()))?;
     let users = ["alice", "bob", "carol"];
     let mut issued = Vec::new();
     for (i, u) in users.iter().enumerate() {
         for device in ["laptop", "phone"] {
             let meta = Meta {
-                ip: Some(
-                    format!("192.0.2.{}", 10 + i)
-                        .parse()
-                        .map_err(|_| Error::Closed)?,
-                ),
+                ip: Some(format!("192.0.2.{}", 10 + i).parse().map_err(|_| Error::Closed)?),
                 user_agent: Some(format!("demo-{device}/1.0")),
                 label: Some(device.to_string()),
             };
-            let new = NewSession::new(*u)
-                .data(format!("{{\"theme\":\"dark\",\"user\":\"{u}\"}}"))
-                .meta(meta);
-            issued.push(step(&format!("create session for {u} ({device})"), || {
-                store.create(new)
-            })?);
+            let new = NewSession::new(*u).data(format!("{{\"theme\":\"dark\",\"user\":\"{u}\"}}")).meta(meta);
+            issued.push(step(&format!("create session for {u} ({device})"), || store.create(new))?);
         }
     }
     let alice = issued[0].token.to_string();
-    println!(
-        "  issued token (shown once, as a client would get it): {}…",
-        &alice[..12]
-    );
+    println!("  issued token (shown once, as a client would get it): {}…", &alice[..12]);
 
     println!("\n[2] validate (hot path)");
     step("validate alice/laptop (first)", || store.validate(&alice))?;
@@ -107,16 +90,10 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
     for _ in 0..n {
         store.validate(&alice)?;
     }
-    println!(
-        "  {:<52} {:>10}",
-        format!("validate ×{n}, mean per call"),
-        fmt(t.elapsed() / n)
-    );
+    println!("  {:<52} {:>10}", format!("validate ×{n}, mean per call"), fmt(t.elapsed() / n));
 
     println!("\n[3] rotate, update, revoke");
-    let rotated = step("rotate alice/laptop (privilege change)", || {
-        store.rotate(&alice)
-    })?;
+    let rotated = step("rotate alice/laptop (privilege change)", || store.rotate(&alice))?;
     match store.validate(&alice) {
         Err(e) => println!("  old token after rotate -> {e}"),
         Ok(_) => println!("  UNEXPECTED: old token still valid"),
@@ -126,10 +103,7 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
         store.update_data_if(s.id(), s.version(), b"{\"theme\":\"light\"}".to_vec())
     })?;
     match store.update_data_if(s.id(), s.version(), b"stale".to_vec()) {
-        Err(e) => println!(
-            "  stale update (version {}) -> {e}; current is {v}",
-            s.version()
-        ),
+        Err(e) => println!("  stale update (version {}) -> {e}; current is {v}", s.version()),
         Ok(_) => println!("  UNEXPECTED: stale update accepted"),
     }
     let bob_phone = issued[3].session.id();
@@ -138,9 +112,7 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
         Err(e) => println!("  bob/phone after revoke -> {e}"),
         Ok(_) => println!("  UNEXPECTED: revoked session valid"),
     }
-    let n = step("revoke_user(carol, All)", || {
-        store.revoke_user("carol", Scope::All)
-    })?;
+    let n = step("revoke_user(carol, All)", || store.revoke_user("carol", Scope::All))?;
     println!("  carol: {n} sessions revoked");
 
     println!("\n[4] devices page for alice");
@@ -158,17 +130,9 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
 
     println!("\n[5] reopen: persistence");
     let store = step("reopen store", || Store::open(path, Config::default()))?;
-    let s = step("validate rotated alice token (cache miss -> disk)", || {
-        store.validate(&rotated.token.to_string())
-    })?;
-    println!(
-        "  alice data after reopen: {}",
-        String::from_utf8_lossy(s.data())
-    );
-    for (label, tok) in [
-        ("bob/phone (revoked)", &issued[3]),
-        ("carol/laptop (revoked)", &issued[4]),
-    ] {
+    let s = step("validate rotated alice token (cache miss -> disk)", || store.validate(&rotated.token.to_string()))?;
+    println!("  alice data after reopen: {}", String::from_utf8_lossy(s.data()));
+    for (label, tok) in [("bob/phone (revoked)", &issued[3]), ("carol/laptop (revoked)", &issued[4])] {
         match store.validate(&tok.token.to_string()) {
             Err(e) => println!("  {label} after reopen -> {e}"),
             Ok(_) => println!("  UNEXPECTED: {label} valid after reopen"),

@@ -8,16 +8,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{
-    ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableHandle as _,
-};
+use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableHandle as _};
 
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::session::Record;
 use crate::token::SessionId;
 use tables::{
-    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED,
-    SESSIONS, USER_SESSIONS,
+    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
 };
 
 /// Read access to the database. Cheap to clone.
@@ -51,8 +48,7 @@ fn io<E: Into<redb::Error>>(e: E) -> Error {
 
 /// A panic inside redb while opening a damaged file becomes a `Corrupt` error.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
 }
 
 impl Db {
@@ -81,17 +77,9 @@ impl Db {
             Err(e) => return Err(io(e)),
         };
         let rtx = ro.begin_read().map_err(io)?;
-        let names: Vec<String> = rtx
-            .list_tables()
-            .map_err(io)?
-            .map(|t| t.name().to_owned())
-            .collect();
+        let names: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
         let format = if names.iter().any(|n| n == "meta") {
-            rtx.open_table(META)
-                .map_err(io)?
-                .get(META_FORMAT)
-                .map_err(io)?
-                .map(|v| v.value())
+            rtx.open_table(META).map_err(io)?.get(META_FORMAT).map_err(io)?.map(|v| v.value())
         } else {
             None
         };
@@ -105,22 +93,12 @@ impl Db {
 
     /// Opens a database on a custom redb backend (fault-injection tests).
     pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<(Db, Loaded), Error> {
-        guarded(|| {
-            Self::init(
-                redb::Database::builder()
-                    .create_with_backend(backend)
-                    .map_err(io)?,
-            )
-        })
+        guarded(|| Self::init(redb::Database::builder().create_with_backend(backend).map_err(io)?))
     }
 
     fn init(db: redb::Database) -> Result<(Db, Loaded), Error> {
         let rtx = db.begin_read().map_err(io)?;
-        let existing: Vec<String> = rtx
-            .list_tables()
-            .map_err(io)?
-            .map(|t| t.name().to_owned())
-            .collect();
+        let existing: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
         let format = if existing.iter().any(|n| n == "meta") {
             let meta = rtx.open_table(META).map_err(io)?;
             meta.get(META_FORMAT).map_err(io)?.map(|v| v.value())
@@ -154,10 +132,7 @@ impl Db {
     fn load(&self) -> Result<Loaded, Error> {
         let rtx = self.db.begin_read().map_err(io)?;
         let meta = rtx.open_table(META).map_err(io)?;
-        let next_serial = meta
-            .get(META_NEXT_SERIAL)
-            .map_err(io)?
-            .map_or(1, |v| v.value());
+        let next_serial = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
         let revoked = rtx.open_table(REVOKED).map_err(io)?;
         let mut list = Vec::with_capacity(usize::try_from(revoked.len().map_err(io)?).unwrap_or(0));
         for row in revoked.iter().map_err(io)? {
@@ -171,11 +146,7 @@ impl Db {
             let (k, v) = row.map_err(io)?;
             not_before.push((k.value().to_owned(), v.value()));
         }
-        Ok(Loaded {
-            next_serial,
-            revoked: list,
-            not_before,
-        })
+        Ok(Loaded { next_serial, revoked: list, not_before })
     }
 
     pub(crate) fn handle(&self) -> Arc<redb::Database> {
@@ -198,10 +169,7 @@ impl Db {
         let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
         let sessions = rtx.open_table(SESSIONS).map_err(io)?;
         let mut out = Vec::new();
-        for row in idx
-            .range((user, &[0u8; 16])..=(user, &[0xffu8; 16]))
-            .map_err(io)?
-        {
+        for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
             let (k, _) = row.map_err(io)?;
             let id = SessionId::from_bytes(*k.value().1);
             if let Some(v) = sessions.get(id.as_bytes()).map_err(io)? {
@@ -228,9 +196,7 @@ enum Fresh {
 /// new (empty) database, one of ours, or to be refused.
 fn check_format(tables: &[String], format: Option<u64>) -> Result<Fresh, Error> {
     match format {
-        Some(v) if v > FORMAT_VERSION => {
-            Err(StorageError::new(StorageErrorKind::NewerFormat).into())
-        }
+        Some(v) if v > FORMAT_VERSION => Err(StorageError::new(StorageErrorKind::NewerFormat).into()),
         Some(_) => Ok(Fresh::No),
         None if tables.is_empty() => Ok(Fresh::Yes),
         None => Err(StorageError::new(StorageErrorKind::NotCloakroom).into()),
@@ -238,6 +204,5 @@ fn check_format(tables: &[String], format: Option<u64>) -> Result<Fresh, Error> 
 }
 
 pub(crate) fn decode(id: SessionId, bytes: &[u8]) -> Result<Record, Error> {
-    Record::decode(id, bytes)
-        .map_err(|e| StorageError::with_source(StorageErrorKind::Corrupt, e).into())
+    Record::decode(id, bytes).map_err(|e| StorageError::with_source(StorageErrorKind::Corrupt, e).into())
 }

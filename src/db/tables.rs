@@ -8,8 +8,7 @@ pub(crate) const FORMAT_VERSION: u64 = 1;
 /// session id → record (see `session.rs` for the layout).
 pub(crate) const SESSIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("sessions");
 /// (user, session id) → () : the per-user index.
-pub(crate) const USER_SESSIONS: TableDefinition<(&str, &[u8; 16]), ()> =
-    TableDefinition::new("user_sessions");
+pub(crate) const USER_SESSIONS: TableDefinition<(&str, &[u8; 16]), ()> = TableDefinition::new("user_sessions");
 /// (deadline ms, session id) → () : the expiry index the sweeper range-scans.
 pub(crate) const EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> = TableDefinition::new("expiry");
 /// revoked session serial → (prune-after ms, session id). Kept until no access token
@@ -27,13 +26,5 @@ pub(crate) const META_NEXT_SERIAL: &str = "next_serial";
 
 /// Every table, for creation at initialisation.
 pub(crate) fn names() -> [&'static str; 7] {
-    [
-        "sessions",
-        "user_sessions",
-        "expiry",
-        "revoked",
-        "refresh",
-        "not_before",
-        "meta",
-    ]
+    ["sessions", "user_sessions", "expiry", "revoked", "refresh", "not_before", "meta"]
 }

@@ -19,9 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 use parking_lot::Mutex;
 use redb::{ReadableTable as _, Table};
 
-use super::tables::{
-    EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
-};
+use super::tables::{EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS};
 use super::{decode, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::session::{LAST_SEEN_OFFSET, Record};
@@ -39,27 +37,19 @@ pub(crate) enum Op {
     /// Persist a newer `last_seen` and move the session's expiry row.
     Touch { id: SessionId, last_seen: u64 },
     /// Replace the data; `expected` makes it a compare-and-swap on the version.
-    UpdateData {
-        id: SessionId,
-        expected: Option<u64>,
-        data: Box<[u8]>,
-    },
+    UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
     /// Atomically replace session `old` by `new` and revoke `old`.
-    Rotate {
-        old: SessionId,
-        new: Arc<Record>,
-        prune_after: u64,
-    },
+    Rotate { old: SessionId, new: Arc<Record>, prune_after: u64 },
     /// Delete one session and record its serial as revoked.
     Revoke { id: SessionId, prune_after: u64 },
     /// Revoke all of a user's sessions, except one if given.
-    RevokeUser {
-        user: Box<str>,
-        except: Option<SessionId>,
-        prune_after: u64,
-    },
-    /// Set a user's not-before cut-off (ms) — kept only if later than the stored one.
-    NotBefore { user: Box<str>, at: u64 },
+    RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
+    /// Raise a user's not-before cut-off to `at` (ms) and revoke all their sessions.
+    LogoutEverywhere { user: Box<str>, at: u64, prune_after: u64 },
+    /// Read-modify-write of a session's refresh family: `f` sees the stored bytes
+    /// (`None` if absent) and decides. `NotFound` if the session is gone. (`Option`
+    /// so the writer can take the `FnOnce` out.)
+    Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
     /// No change; a durable barrier.
     Flush,
 }
@@ -70,6 +60,21 @@ pub(crate) enum Outcome {
     Updated(Arc<Record>),
     /// Ids of the sessions deleted and revoked.
     Revoked(Vec<SessionId>),
+    /// What a `Family` closure returned.
+    Family(Box<dyn std::any::Any + Send>),
+}
+
+/// A refresh-family decision, run inside the write transaction.
+pub(crate) type FamilyFn = Box<dyn FnOnce(Option<&[u8]>) -> FamilyChange + Send>;
+
+/// What a [`FamilyFn`] wants done.
+pub(crate) struct FamilyChange {
+    /// New family bytes to store, if any.
+    pub(crate) write: Option<Vec<u8>>,
+    /// Revoke the session (and with it the family).
+    pub(crate) revoke_session: bool,
+    /// Handed back to the caller as `Outcome::Family`.
+    pub(crate) reply: Box<dyn std::any::Any + Send>,
 }
 
 /// How long `submit` waits.
@@ -129,22 +134,9 @@ impl Writer {
         let st = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("cloakroom-writer".into())
-            .spawn(move || {
-                Worker {
-                    db,
-                    hook,
-                    flush_interval,
-                    stats: st,
-                    dirty_since: None,
-                }
-                .run(&rx)
-            })
+            .spawn(move || Worker { db, hook, flush_interval, stats: st, dirty_since: None }.run(&rx))
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
-        Ok(Writer {
-            tx,
-            thread: Mutex::new(Some(thread)),
-            stats,
-        })
+        Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats })
     }
 
     /// Enqueues `op` and waits as `wait` says; returns the op's outcome
@@ -157,10 +149,7 @@ impl Writer {
             let (s, r) = crossbeam_channel::bounded(1);
             (Some(s), Some(r))
         };
-        match self
-            .tx
-            .send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT)
-        {
+        match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
             Ok(()) => {}
             Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy),
             Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
@@ -175,11 +164,7 @@ impl Writer {
     /// Like [`Self::submit`] with [`Wait::Queued`], but never blocks: if the queue is
     /// full the op is dropped (used for touches, whose loss only shortens a session).
     pub(crate) fn offer(&self, op: Op) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job {
-            op,
-            durable: false,
-            ack: None,
-        })) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job { op, durable: false, ack: None })) {
             self.stats.dropped_touches.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -250,9 +235,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let overdue = self
-                .dirty_since
-                .is_some_and(|t| t.elapsed() >= self.flush_interval);
+            let overdue = self.dirty_since.is_some_and(|t| t.elapsed() >= self.flush_interval);
             if !batch.is_empty() || overdue || (shutdown && self.dirty_since.is_some()) {
                 let durable = overdue || shutdown || batch.iter().any(|j| j.durable);
                 self.run_batch(&mut batch, durable);
@@ -266,9 +249,7 @@ impl Worker {
 
     fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
         let result = self.apply_and_commit(batch, durable);
-        self.stats
-            .ops
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -301,18 +282,9 @@ impl Worker {
     }
 
     /// Applies every job in one transaction. `Err` means nothing was committed.
-    fn apply_and_commit(
-        &self,
-        batch: &[Job],
-        durable: bool,
-    ) -> Result<Vec<Result<Outcome, Error>>, Error> {
+    fn apply_and_commit(&self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
         let mut wtx = self.db.begin_write().map_err(io)?;
-        wtx.set_durability(if durable {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        })
-        .map_err(io)?;
+        wtx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None }).map_err(io)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut t = Tables {
@@ -324,57 +296,40 @@ impl Worker {
                 not_before: wtx.open_table(NOT_BEFORE).map_err(io)?,
                 max_serial: 0,
             };
-            for job in batch {
-                match self.apply(&mut t, &job.op) {
+            for job in batch.iter_mut() {
+                match self.apply(&mut t, &mut job.op) {
                     Err(Error::Storage(e)) => return Err(Error::Storage(e)),
                     other => outcomes.push(other),
                 }
             }
             if t.max_serial > 0 {
                 let mut meta = wtx.open_table(META).map_err(io)?;
-                let stored = meta
-                    .get(META_NEXT_SERIAL)
-                    .map_err(io)?
-                    .map_or(1, |v| v.value());
-                meta.insert(META_NEXT_SERIAL, stored.max(t.max_serial + 1))
-                    .map_err(io)?;
+                let stored = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
+                meta.insert(META_NEXT_SERIAL, stored.max(t.max_serial + 1)).map_err(io)?;
             }
         }
-        wtx.commit()
-            .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
+        wtx.commit().map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
         Ok(outcomes)
     }
 
-    fn apply(&self, t: &mut Tables<'_>, op: &Op) -> Result<Outcome, Error> {
+    fn apply(&self, t: &mut Tables<'_>, op: &mut Op) -> Result<Outcome, Error> {
         match op {
             Op::Create(rec) => {
                 t.put_new(rec)?;
                 Ok(Outcome::Done)
             }
             Op::Touch { id, last_seen } => {
-                let Some(mut bytes) = t
-                    .sessions
-                    .get(id.as_bytes())
-                    .map_err(io)?
-                    .map(|v| v.value().to_vec())
-                else {
+                let Some(mut bytes) = t.sessions.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec()) else {
                     return Ok(Outcome::Done);
                 };
                 let rec = decode(*id, &bytes)?;
                 if *last_seen <= rec.last_seen {
                     return Ok(Outcome::Done);
                 }
-                bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8]
-                    .copy_from_slice(&last_seen.to_le_bytes());
-                t.expiry
-                    .remove((rec.deadline(rec.last_seen), id.as_bytes()))
-                    .map_err(io)?;
-                t.expiry
-                    .insert((rec.deadline(*last_seen), id.as_bytes()), ())
-                    .map_err(io)?;
-                t.sessions
-                    .insert(id.as_bytes(), bytes.as_slice())
-                    .map_err(io)?;
+                bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8].copy_from_slice(&last_seen.to_le_bytes());
+                t.expiry.remove((rec.deadline(rec.last_seen), id.as_bytes())).map_err(io)?;
+                t.expiry.insert((rec.deadline(*last_seen), id.as_bytes()), ()).map_err(io)?;
+                t.sessions.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
                 self.stats.touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
@@ -383,23 +338,15 @@ impl Worker {
                     return Err(Error::NotFound);
                 };
                 if expected.is_some_and(|v| v != rec.version) {
-                    return Err(Error::Conflict {
-                        current: rec.version,
-                    });
+                    return Err(Error::Conflict { current: rec.version });
                 }
                 let mut new = rec;
                 new.version += 1;
                 new.data = data.clone();
-                t.sessions
-                    .insert(id.as_bytes(), new.encode().as_slice())
-                    .map_err(io)?;
+                t.sessions.insert(id.as_bytes(), new.encode().as_slice()).map_err(io)?;
                 Ok(Outcome::Updated(Arc::new(new)))
             }
-            Op::Rotate {
-                old,
-                new,
-                prune_after,
-            } => {
+            Op::Rotate { old, new, prune_after } => {
                 let Some(rec) = t.delete(old)? else {
                     return Err(Error::NotFound);
                 };
@@ -416,42 +363,36 @@ impl Worker {
                 (self.hook)(&[(rec.serial, *id)]);
                 Ok(Outcome::Revoked(vec![*id]))
             }
-            Op::RevokeUser {
-                user,
-                except,
-                prune_after,
-            } => {
-                let mut ids = Vec::new();
-                for row in t
-                    .users
-                    .range((&**user, &[0u8; 16])..=(&**user, &[0xffu8; 16]))
-                    .map_err(io)?
-                {
-                    let id = SessionId::from_bytes(*row.map_err(io)?.0.value().1);
-                    if Some(id) != *except {
-                        ids.push(id);
-                    }
-                }
-                let mut revoked = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    if let Some(rec) = t.delete(id)? {
-                        t.revoke(rec.serial, *id, *prune_after)?;
-                        revoked.push((rec.serial, *id));
-                    }
-                }
+            Op::RevokeUser { user, except, prune_after } => {
+                let revoked = t.revoke_user(user, *except, *prune_after)?;
                 (self.hook)(&revoked);
-                Ok(Outcome::Revoked(ids))
+                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id)| id).collect()))
             }
-            Op::NotBefore { user, at } => {
-                let stored = t
-                    .not_before
-                    .get(&**user)
-                    .map_err(io)?
-                    .map_or(0, |v| v.value());
+            Op::LogoutEverywhere { user, at, prune_after } => {
+                let stored = t.not_before.get(&**user).map_err(io)?.map_or(0, |v| v.value());
                 if *at > stored {
                     t.not_before.insert(&**user, *at).map_err(io)?;
                 }
-                Ok(Outcome::Done)
+                let revoked = t.revoke_user(user, None, *prune_after)?;
+                (self.hook)(&revoked);
+                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id)| id).collect()))
+            }
+            Op::Family { id, prune_after, f } => {
+                let Some(f) = f.take() else { return Err(Error::NotFound) };
+                if t.sessions.get(id.as_bytes()).map_err(io)?.is_none() {
+                    return Err(Error::NotFound);
+                }
+                let stored = t.refresh.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec());
+                let change = f(stored.as_deref());
+                if change.revoke_session {
+                    if let Some(rec) = t.delete(id)? {
+                        t.revoke(rec.serial, *id, *prune_after)?;
+                        (self.hook)(&[(rec.serial, *id)]);
+                    }
+                } else if let Some(bytes) = change.write {
+                    t.refresh.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
+                }
+                Ok(Outcome::Family(change.reply))
             }
             Op::Flush => Ok(Outcome::Done),
         }
@@ -468,13 +409,9 @@ impl Tables<'_> {
 
     fn put_new(&mut self, rec: &Record) -> Result<(), Error> {
         let id = rec.id.as_bytes();
-        self.sessions
-            .insert(id, rec.encode().as_slice())
-            .map_err(io)?;
+        self.sessions.insert(id, rec.encode().as_slice()).map_err(io)?;
         self.users.insert((&*rec.user, id), ()).map_err(io)?;
-        self.expiry
-            .insert((rec.deadline(rec.last_seen), id), ())
-            .map_err(io)?;
+        self.expiry.insert((rec.deadline(rec.last_seen), id), ()).map_err(io)?;
         self.max_serial = self.max_serial.max(rec.serial);
         Ok(())
     }
@@ -487,17 +424,37 @@ impl Tables<'_> {
         let key = id.as_bytes();
         self.sessions.remove(key).map_err(io)?;
         self.users.remove((&*rec.user, key)).map_err(io)?;
-        self.expiry
-            .remove((rec.deadline(rec.last_seen), key))
-            .map_err(io)?;
+        self.expiry.remove((rec.deadline(rec.last_seen), key)).map_err(io)?;
         self.refresh.remove(key).map_err(io)?;
         Ok(Some(rec))
     }
 
+    /// Deletes and revokes a user's sessions (all, or all but `except`).
+    fn revoke_user(
+        &mut self,
+        user: &str,
+        except: Option<SessionId>,
+        prune_after: u64,
+    ) -> Result<Vec<(u64, SessionId)>, Error> {
+        let mut ids = Vec::new();
+        for row in self.users.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+            let id = SessionId::from_bytes(*row.map_err(io)?.0.value().1);
+            if Some(id) != except {
+                ids.push(id);
+            }
+        }
+        let mut revoked = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = self.delete(&id)? {
+                self.revoke(rec.serial, id, prune_after)?;
+                revoked.push((rec.serial, id));
+            }
+        }
+        Ok(revoked)
+    }
+
     fn revoke(&mut self, serial: u64, id: SessionId, prune_after: u64) -> Result<(), Error> {
-        self.revoked
-            .insert(serial, (prune_after, id.as_bytes()))
-            .map_err(io)?;
+        self.revoked.insert(serial, (prune_after, id.as_bytes())).map_err(io)?;
         Ok(())
     }
 }

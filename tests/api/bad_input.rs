@@ -43,10 +43,7 @@ fn bad_session_tokens_are_refused_before_any_lookup() {
         (format!("crs_{}\u{e9}", &body[..68]), BadEncoding),
         (format!("crs_{}\0", &body[..69]), BadEncoding),
         (format!("crs_{}{}", &body[..68], "_B"), BadEncoding), // non-canonical tail: trailing bits set
-        (
-            flip_last(&good[..good.len() - 2]) + &good[good.len() - 2..],
-            BadChecksum,
-        ),
+        (flip_last(&good[..good.len() - 2]) + &good[good.len() - 2..], BadChecksum),
         (format!("crs_{}", "A".repeat(70)), BadChecksum),
         (format!("{REFRESH_PREFIX}{}", "A".repeat(80)), WrongKind),
         ("eyJhbGciOiJIUzI1NiJ9.e30.sig".into(), WrongKind),
@@ -61,18 +58,11 @@ fn bad_session_tokens_are_refused_before_any_lookup() {
             Err(Error::Malformed(got)) => {
                 assert_eq!(got, *want, "input {:?}", &input[..input.len().min(80)])
             }
-            other => panic!(
-                "input {:?}: expected Malformed({want:?}), got {other:?}",
-                &input[..input.len().min(80)]
-            ),
+            other => panic!("input {:?}: expected Malformed({want:?}), got {other:?}", &input[..input.len().min(80)]),
         }
     }
     let st = s.stats();
-    assert_eq!(
-        (st.cache_misses, st.cache_hits),
-        (misses_before, hits_before),
-        "a malformed token reached the cache"
-    );
+    assert_eq!((st.cache_misses, st.cache_hits), (misses_before, hits_before), "a malformed token reached the cache");
     s.validate(&good).unwrap();
 }
 
@@ -82,11 +72,7 @@ fn well_formed_but_unknown_or_wrong_secret_is_not_found() {
     s.create(NewSession::new("u")).unwrap();
     // A well-formed token this store never issued (from another store).
     let (other, _) = store();
-    let never = other
-        .create(NewSession::new("u"))
-        .unwrap()
-        .token
-        .to_string();
+    let never = other.create(NewSession::new("u")).unwrap().token.to_string();
     assert!(matches!(s.validate(&never), Err(Error::NotFound)));
 }
 
@@ -97,12 +83,15 @@ fn forge_secret(good: &str) -> String {
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut raw = e.decode(&good[4..]).unwrap();
     raw[16..48].iter_mut().for_each(|b| *b ^= 0xff);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in b"crs_".iter().chain(&raw[..48]) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    // The checksum of src/token.rs: multiply-xorshift over 8-byte words.
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = u64::from(u32::from_le_bytes(*b"crs_")) ^ 48u64.wrapping_mul(K);
+    for c in raw[..48].chunks_exact(8) {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(K);
+        h ^= h >> 29;
     }
-    raw[48..].copy_from_slice(&((h ^ (h >> 32)) as u32).to_le_bytes());
+    h ^= h >> 32;
+    raw[48..].copy_from_slice(&(h as u32).to_le_bytes());
     format!("crs_{}", e.encode(raw))
 }
 
@@ -111,10 +100,7 @@ fn right_id_wrong_secret_is_not_found() {
     let (s, _) = store();
     let good = s.create(NewSession::new("u")).unwrap().token.to_string();
     let forged = forge_secret(&good);
-    assert!(
-        cloakroom::SessionToken::parse(&forged).is_ok(),
-        "forgery must pass the format check"
-    );
+    assert!(cloakroom::SessionToken::parse(&forged).is_ok(), "forgery must pass the format check");
     assert!(matches!(s.validate(&forged), Err(Error::NotFound)));
     assert!(matches!(s.rotate(&forged), Err(Error::NotFound)));
     s.validate(&good).unwrap();

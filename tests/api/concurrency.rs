@@ -54,11 +54,7 @@ fn concurrent_creates_are_all_stored_and_share_commits() {
             let tokens = &tokens;
             sc.spawn(move || {
                 for i in 0..50 {
-                    let tok = store
-                        .create(NewSession::new(format!("t{t}-{i}")))
-                        .unwrap()
-                        .token
-                        .to_string();
+                    let tok = store.create(NewSession::new(format!("t{t}-{i}"))).unwrap().token.to_string();
                     tokens.lock().unwrap().push(tok);
                 }
             });
@@ -66,11 +62,7 @@ fn concurrent_creates_are_all_stored_and_share_commits() {
     });
     let st = store.stats();
     assert_eq!(st.sessions_stored, Some(800));
-    assert!(
-        st.durable_commits < 800,
-        "expected group commit, got {} commits for 800 creates",
-        st.durable_commits
-    );
+    assert!(st.durable_commits < 800, "expected group commit, got {} commits for 800 creates", st.durable_commits);
     for t in tokens.lock().unwrap().iter() {
         store.validate(t).unwrap();
     }
@@ -87,11 +79,7 @@ fn eventual_creates_from_many_threads() {
             let store = &store;
             sc.spawn(move || {
                 for i in 0..100 {
-                    let tok = store
-                        .create(NewSession::new(format!("t{t}-{i}")))
-                        .unwrap()
-                        .token
-                        .to_string();
+                    let tok = store.create(NewSession::new(format!("t{t}-{i}"))).unwrap().token.to_string();
                     store.validate(&tok).unwrap();
                 }
             });

@@ -35,11 +35,7 @@ fn idle_timeout_expires_and_activity_slides_it() {
 #[test]
 fn per_session_ttl_and_no_idle_timeout() {
     let (s, clock) = store();
-    let t = s
-        .create(NewSession::new("u").ttl(2 * HOUR).without_idle_timeout())
-        .unwrap()
-        .token
-        .to_string();
+    let t = s.create(NewSession::new("u").ttl(2 * HOUR).without_idle_timeout()).unwrap().token.to_string();
     clock.advance(HOUR + 30 * MIN);
     assert!(s.validate(&t).unwrap().idle_timeout().is_none());
     clock.advance(30 * MIN);

@@ -5,24 +5,11 @@ use super::common::store;
 #[test]
 fn create_validate_update_rotate_revoke() {
     let (s, _) = store();
-    let meta = Meta {
-        ip: Some("192.0.2.7".parse().unwrap()),
-        user_agent: Some("curl/8".into()),
-        label: None,
-    };
-    let issued = s
-        .create(
-            NewSession::new("alice")
-                .data(b"v1".to_vec())
-                .meta(meta.clone()),
-        )
-        .unwrap();
+    let meta = Meta { ip: Some("192.0.2.7".parse().unwrap()), user_agent: Some("curl/8".into()), label: None };
+    let issued = s.create(NewSession::new("alice").data(b"v1".to_vec()).meta(meta.clone())).unwrap();
     let tok = issued.token.to_string();
     let v = s.validate(&tok).unwrap();
-    assert_eq!(
-        (v.user(), v.data(), v.version(), v.meta()),
-        ("alice", &b"v1"[..], 1, &meta)
-    );
+    assert_eq!((v.user(), v.data(), v.version(), v.meta()), ("alice", &b"v1"[..], 1, &meta));
     assert_eq!(v.id(), issued.session.id());
 
     assert_eq!(s.update_data(v.id(), b"v2".to_vec()).unwrap(), 2);
@@ -32,17 +19,10 @@ fn create_validate_update_rotate_revoke() {
     let rtok = rotated.token.to_string();
     assert_ne!(rotated.session.id(), v.id());
     assert_ne!(rotated.session.serial(), v.serial());
-    assert!(
-        matches!(s.validate(&tok), Err(Error::Revoked)),
-        "old token must die on rotate"
-    );
+    assert!(matches!(s.validate(&tok), Err(Error::Revoked)), "old token must die on rotate");
     let r = s.validate(&rtok).unwrap();
     assert_eq!((r.user(), r.data(), r.meta()), ("alice", &b"v2"[..], &meta));
-    assert_eq!(
-        r.expires_at(),
-        v.expires_at(),
-        "rotate keeps the absolute deadline"
-    );
+    assert_eq!(r.expires_at(), v.expires_at(), "rotate keeps the absolute deadline");
 
     s.revoke(r.id()).unwrap();
     assert!(matches!(s.validate(&rtok), Err(Error::Revoked)));
@@ -61,20 +41,13 @@ fn update_data_if_detects_stale_versions() {
         other => panic!("expected conflict, got {other:?}"),
     }
     assert_eq!(s.update_data_if(id, 2, b"c".to_vec()).unwrap(), 3);
-    assert!(matches!(
-        s.update_data_if("AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(), 1, vec![]),
-        Err(Error::NotFound)
-    ));
+    assert!(matches!(s.update_data_if("AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap(), 1, vec![]), Err(Error::NotFound)));
 }
 
 #[test]
 fn concurrent_compare_and_swap_loses_no_update() {
     let (s, _) = store();
-    let id = s
-        .create(NewSession::new("carol").data(0u64.to_le_bytes().to_vec()))
-        .unwrap()
-        .session
-        .id();
+    let id = s.create(NewSession::new("carol").data(0u64.to_le_bytes().to_vec())).unwrap().session.id();
     let tok = {
         // Re-read through list_user, as a handler would through validate.
         s.list_user("carol").unwrap()[0].id()
@@ -105,9 +78,7 @@ fn concurrent_compare_and_swap_loses_no_update() {
 #[test]
 fn revoke_user_scopes_and_list_user() {
     let (s, _) = store();
-    let toks: Vec<_> = (0..3)
-        .map(|_| s.create(NewSession::new("dave")).unwrap())
-        .collect();
+    let toks: Vec<_> = (0..3).map(|_| s.create(NewSession::new("dave")).unwrap()).collect();
     let other = s.create(NewSession::new("erin")).unwrap();
     let listed = s.list_user("dave").unwrap();
     assert_eq!(listed.len(), 3);
@@ -126,58 +97,32 @@ fn revoke_user_scopes_and_list_user() {
     assert_eq!(s.revoke_user("dave", Scope::All).unwrap(), 1);
     assert!(s.validate(&toks[1].token.to_string()).is_err());
     assert!(s.list_user("dave").unwrap().is_empty());
-    assert!(
-        s.validate(&other.token.to_string()).is_ok(),
-        "other users untouched"
-    );
+    assert!(s.validate(&other.token.to_string()).is_ok(), "other users untouched");
     assert_eq!(s.revoke_user("nobody", Scope::All).unwrap(), 0);
 }
 
 #[test]
 fn user_id_and_data_limits() {
     let (s, _) = store();
-    assert!(matches!(
-        s.create(NewSession::new("")),
-        Err(Error::Input(InputError::UserId { len: 0, .. }))
-    ));
+    assert!(matches!(s.create(NewSession::new("")), Err(Error::Input(InputError::UserId { len: 0, .. }))));
     assert!(s.create(NewSession::new("u".repeat(256))).is_ok());
     assert!(matches!(
         s.create(NewSession::new("u".repeat(257))),
         Err(Error::Input(InputError::UserId { len: 257, .. }))
     ));
     // Odd Unicode is fine as long as it fits.
-    let odd = s
-        .create(NewSession::new("Zoë\u{200d}\u{1F600}\u{202E}x"))
-        .unwrap();
-    assert_eq!(
-        s.validate(&odd.token.to_string()).unwrap().user(),
-        "Zoë\u{200d}\u{1F600}\u{202E}x"
-    );
+    let odd = s.create(NewSession::new("Zoë\u{200d}\u{1F600}\u{202E}x")).unwrap();
+    assert_eq!(s.validate(&odd.token.to_string()).unwrap().user(), "Zoë\u{200d}\u{1F600}\u{202E}x");
 
-    assert!(
-        s.create(NewSession::new("u").data(vec![0; 64 * 1024]))
-            .is_ok()
-    );
+    assert!(s.create(NewSession::new("u").data(vec![0; 64 * 1024])).is_ok());
     assert!(matches!(
         s.create(NewSession::new("u").data(vec![0; 64 * 1024 + 1])),
-        Err(Error::Input(InputError::DataTooLarge {
-            len: 65_537,
-            max: 65_536
-        }))
+        Err(Error::Input(InputError::DataTooLarge { len: 65_537, max: 65_536 }))
     ));
     let id = odd.session.id();
-    assert!(matches!(
-        s.update_data(id, vec![0; 64 * 1024 + 1]),
-        Err(Error::Input(InputError::DataTooLarge { .. }))
-    ));
-    let long_ua = Meta {
-        user_agent: Some("a".repeat(513)),
-        ..Meta::default()
-    };
-    assert!(matches!(
-        s.create(NewSession::new("u").meta(long_ua)),
-        Err(Error::Input(InputError::MetaTooLong { .. }))
-    ));
+    assert!(matches!(s.update_data(id, vec![0; 64 * 1024 + 1]), Err(Error::Input(InputError::DataTooLarge { .. }))));
+    let long_ua = Meta { user_agent: Some("a".repeat(513)), ..Meta::default() };
+    assert!(matches!(s.create(NewSession::new("u").meta(long_ua)), Err(Error::Input(InputError::MetaTooLong { .. }))));
     assert!(matches!(
         s.create(NewSession::new("u").ttl(std::time::Duration::ZERO)),
         Err(Error::Input(InputError::Ttl(_)))
@@ -191,10 +136,7 @@ fn closed_store_refuses_calls() {
     let clone = s.clone();
     s.close().unwrap();
     assert!(matches!(clone.validate(&t), Err(Error::Closed)));
-    assert!(matches!(
-        clone.create(NewSession::new("u")),
-        Err(Error::Closed)
-    ));
+    assert!(matches!(clone.create(NewSession::new("u")), Err(Error::Closed)));
     s.close().unwrap(); // idempotent
 }
 

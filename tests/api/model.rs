@@ -86,11 +86,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.redb");
     let clock = ManualClock::fixed();
-    let mut now = clock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let mut now = clock.now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut store = Store::open(&path, config(&clock)).unwrap();
     let mut model: Vec<M> = Vec::new();
     for op in ops {
@@ -133,8 +129,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             revoked: false,
                         });
                     }
-                    (Err(Error::Expired), Want::Expired) | (Err(Error::Revoked), Want::Revoked) => {
-                    }
+                    (Err(Error::Expired), Want::Expired) | (Err(Error::Revoked), Want::Revoked) => {}
                     _ => prop_assert!(false, "rotate: got {:?}, want {:?}", r.map(|_| ()), want),
                 }
             }
@@ -144,22 +139,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model[k].revoked = true;
             }
             Op::RevokeUser(u, others) => {
-                let keep = if others {
-                    model
-                        .iter()
-                        .rev()
-                        .find(|m| m.user == u && !m.revoked)
-                        .map(|m| m.id)
-                } else {
-                    None
-                };
+                let keep =
+                    if others { model.iter().rev().find(|m| m.user == u && !m.revoked).map(|m| m.id) } else { None };
                 let scope = keep.map_or(Scope::All, Scope::Others);
                 let n = store.revoke_user(&format!("user{u}"), scope).unwrap();
                 let mut expect = 0;
-                for m in model
-                    .iter_mut()
-                    .filter(|m| m.user == u && !m.revoked && Some(m.id) != keep)
-                {
+                for m in model.iter_mut().filter(|m| m.user == u && !m.revoked && Some(m.id) != keep) {
                     m.revoked = true;
                     expect += 1;
                 }
@@ -178,17 +163,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
         // Invariant: list_user shows exactly the model's live sessions.
         for u in 0..USERS {
-            let mut listed: Vec<_> = store
-                .list_user(&format!("user{u}"))
-                .unwrap()
-                .iter()
-                .map(|s| s.id())
-                .collect();
-            let mut live: Vec<_> = model
-                .iter()
-                .filter(|m| m.user == u && m.want(now) == Want::Ok)
-                .map(|m| m.id)
-                .collect();
+            let mut listed: Vec<_> = store.list_user(&format!("user{u}")).unwrap().iter().map(|s| s.id()).collect();
+            let mut live: Vec<_> =
+                model.iter().filter(|m| m.user == u && m.want(now) == Want::Ok).map(|m| m.id).collect();
             listed.sort();
             live.sort();
             prop_assert_eq!(listed, live, "list_user(user{})", u);

@@ -17,45 +17,27 @@ fn sessions_revocations_and_expiry_survive_reopen() {
     let (live, revoked, rotated_old, rotated_new, short, user_tokens);
     {
         let s = Store::open(&path, config(&clock)).unwrap();
-        live = s
-            .create(NewSession::new("a").data(b"keep".to_vec()))
-            .unwrap();
+        live = s.create(NewSession::new("a").data(b"keep".to_vec())).unwrap();
         revoked = s.create(NewSession::new("a")).unwrap();
         s.revoke(revoked.session.id()).unwrap();
         let r = s.create(NewSession::new("b")).unwrap();
         rotated_old = r.token.to_string();
         rotated_new = s.rotate(&rotated_old).unwrap().token.to_string();
-        short = s
-            .create(NewSession::new("c").ttl(5 * MIN))
-            .unwrap()
-            .token
-            .to_string();
-        user_tokens = [
-            s.create(NewSession::new("d")).unwrap(),
-            s.create(NewSession::new("d")).unwrap(),
-        ];
+        short = s.create(NewSession::new("c").ttl(5 * MIN)).unwrap().token.to_string();
+        user_tokens = [s.create(NewSession::new("d")).unwrap(), s.create(NewSession::new("d")).unwrap()];
         s.revoke_user("d", Scope::All).unwrap();
         s.close().unwrap();
     }
     clock.advance(6 * MIN);
     let s = Store::open(&path, config(&clock)).unwrap();
     let v = s.validate(&live.token.to_string()).unwrap();
-    assert_eq!(
-        (v.user(), v.data(), v.serial()),
-        ("a", &b"keep"[..], live.session.serial())
-    );
-    assert!(matches!(
-        s.validate(&revoked.token.to_string()),
-        Err(Error::Revoked)
-    ));
+    assert_eq!((v.user(), v.data(), v.serial()), ("a", &b"keep"[..], live.session.serial()));
+    assert!(matches!(s.validate(&revoked.token.to_string()), Err(Error::Revoked)));
     assert!(matches!(s.validate(&rotated_old), Err(Error::Revoked)));
     assert!(s.validate(&rotated_new).is_ok());
     assert!(matches!(s.validate(&short), Err(Error::Expired)));
     for t in &user_tokens {
-        assert!(matches!(
-            s.validate(&t.token.to_string()),
-            Err(Error::Revoked)
-        ));
+        assert!(matches!(s.validate(&t.token.to_string()), Err(Error::Revoked)));
     }
     // Serials keep growing after reopen.
     let n = s.create(NewSession::new("e")).unwrap();
@@ -64,10 +46,7 @@ fn sessions_revocations_and_expiry_survive_reopen() {
     drop(s);
     clock.advance(HOUR);
     let s = Store::open(&path, config(&clock)).unwrap();
-    assert!(matches!(
-        s.validate(&live.token.to_string()),
-        Err(Error::Expired)
-    ));
+    assert!(matches!(s.validate(&live.token.to_string()), Err(Error::Expired)));
 }
 
 #[test]
@@ -94,18 +73,10 @@ fn eventual_writes_are_durable_after_close() {
     let path = dir.path().join("s.redb");
     let clock = ManualClock::fixed();
     let mut b = cloakroom::Config::builder();
-    b.clock(clock.clone())
-        .durability(cloakroom::Durability::Eventual);
+    b.clock(clock.clone()).durability(cloakroom::Durability::Eventual);
     let toks: Vec<String> = {
         let s = Store::open(&path, b.build().unwrap()).unwrap();
-        (0..100)
-            .map(|i| {
-                s.create(NewSession::new(format!("u{i}")))
-                    .unwrap()
-                    .token
-                    .to_string()
-            })
-            .collect()
+        (0..100).map(|i| s.create(NewSession::new(format!("u{i}"))).unwrap().token.to_string()).collect()
     };
     let s = Store::open(&path, b.build().unwrap()).unwrap();
     for t in &toks {
@@ -119,10 +90,7 @@ fn second_open_of_the_same_file_is_refused() {
     let path = dir.path().join("s.redb");
     let clock = ManualClock::fixed();
     let s = Store::open(&path, config(&clock)).unwrap();
-    assert_eq!(
-        kind(Store::open(&path, config(&clock))),
-        StorageErrorKind::AlreadyOpen
-    );
+    assert_eq!(kind(Store::open(&path, config(&clock))), StorageErrorKind::AlreadyOpen);
     s.close().unwrap();
     Store::open(&path, config(&clock)).unwrap();
 }
@@ -131,20 +99,12 @@ fn second_open_of_the_same_file_is_refused() {
 fn non_redb_file_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
-    let content: Vec<u8> = (0..100_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&path, &content).unwrap();
     let clock = ManualClock::fixed();
     let k = kind(Store::open(&path, config(&clock)));
-    assert!(
-        matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io),
-        "{k:?}"
-    );
-    assert!(
-        std::fs::read(&path).unwrap() == content,
-        "file was modified"
-    );
+    assert!(matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io), "{k:?}");
+    assert!(std::fs::read(&path).unwrap() == content, "file was modified");
 }
 
 #[test]
@@ -165,10 +125,7 @@ fn corrupt_store_file_is_refused_and_left_untouched() {
     }
     std::fs::write(&path, &bytes).unwrap();
     let k = kind(Store::open(&path, config(&clock)));
-    assert!(
-        matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io),
-        "{k:?}"
-    );
+    assert!(matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io), "{k:?}");
     assert!(std::fs::read(&path).unwrap() == bytes, "file was modified");
 }
 
@@ -179,17 +136,11 @@ fn foreign_redb_file_is_refused() {
     {
         let db = redb::Database::create(&path).unwrap();
         let w = db.begin_write().unwrap();
-        w.open_table(redb::TableDefinition::<&str, u64>::new("orders"))
-            .unwrap()
-            .insert("x", 1)
-            .unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("orders")).unwrap().insert("x", 1).unwrap();
         w.commit().unwrap();
     }
     let before = std::fs::read(&path).unwrap();
-    assert_eq!(
-        kind(Store::open(&path, config(&ManualClock::fixed()))),
-        StorageErrorKind::NotCloakroom
-    );
+    assert_eq!(kind(Store::open(&path, config(&ManualClock::fixed()))), StorageErrorKind::NotCloakroom);
     assert!(std::fs::read(&path).unwrap() == before, "file was modified");
 }
 
@@ -202,14 +153,8 @@ fn newer_format_version_is_refused() {
     {
         let db = redb::Database::create(&path).unwrap();
         let w = db.begin_write().unwrap();
-        w.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-            .unwrap()
-            .insert("format_version", 99)
-            .unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap().insert("format_version", 99).unwrap();
         w.commit().unwrap();
     }
-    assert_eq!(
-        kind(Store::open(&path, config(&clock))),
-        StorageErrorKind::NewerFormat
-    );
+    assert_eq!(kind(Store::open(&path, config(&clock))), StorageErrorKind::NewerFormat);
 }

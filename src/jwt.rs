@@ -1,0 +1,504 @@
+//! Access tokens: the [`Keyring`], [`AccessClaims`], issue and verify.
+//! The only file that names `jsonwebtoken`.
+//!
+//! Verification order (RFC 8725): length cap → compact JWS shape with strict,
+//! canonical base64url → header (`typ` = `at+jwt`, no `crit`, no `enc`, a `kid`
+//! that exactly names a live key, `alg` equal to that key's one algorithm) →
+//! signature → claims (iss, aud, sub, sid, jti, iat, nbf, exp) → time with
+//! leeway. Header-embedded keys (`jwk`, `jku`, `x5u`, `x5c`) are never used:
+//! the key always comes from the keyring.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::to_millis;
+use crate::error::{Error, JwtError};
+
+/// A signature algorithm. Each key is bound to exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// HMAC-SHA256 with a shared secret (≥ 32 bytes).
+    HS256,
+    /// Ed25519 signatures (public keys exportable as JWKS).
+    EdDSA,
+}
+
+impl Algorithm {
+    fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+
+    /// The JOSE name ("HS256", "EdDSA").
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Signs new tokens (exactly one key) and verifies.
+    Signing,
+    /// Verifies only.
+    Verifying,
+    /// Verifies tokens until `until` (the longest access TTL plus leeway after
+    /// retirement), then is dropped.
+    Retired {
+        /// When the key stops verifying.
+        until: SystemTime,
+    },
+}
+
+/// A description of one key (no key material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key id (`kid`).
+    pub kid: String,
+    /// Its algorithm.
+    pub algorithm: Algorithm,
+    /// Its state.
+    pub state: KeyState,
+}
+
+struct Key {
+    kid: String,
+    alg: Algorithm,
+    encoding: Option<EncodingKey>,
+    decoding: DecodingKey,
+    state: KeyState,
+    /// Ed25519 public key bytes, for JWKS export.
+    public: Option<[u8; 32]>,
+}
+
+/// The access-token keys: `kid` → (algorithm, key). One key signs; any number
+/// verify. Share one keyring between processes that must verify each other's
+/// tokens. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct Keyring {
+    keys: Arc<RwLock<Vec<Key>>>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.keys()).finish()
+    }
+}
+
+const MIN_HMAC_KEY: usize = 32;
+
+fn key_error(what: &str) -> Error {
+    Error::Config(format!("keyring: {what}"))
+}
+
+/// The 32 raw bytes of an Ed25519 SubjectPublicKeyInfo PEM.
+fn ed25519_public_from_pem(pem: &[u8]) -> Result<[u8; 32], Error> {
+    let text = std::str::from_utf8(pem).map_err(|_| key_error("public key PEM is not UTF-8"))?;
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    let der =
+        base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| key_error("public key PEM is not base64"))?;
+    // SPKI for Ed25519: 30 2a 30 05 06 03 2b 65 70 03 21 00 ‖ 32-byte key.
+    const PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    if der.len() != 44 || der[..12] != PREFIX {
+        return Err(key_error("not an Ed25519 public key (SPKI PEM)"));
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&der[12..]);
+    Ok(out)
+}
+
+impl Keyring {
+    /// An empty keyring.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&self, key: Key) -> Result<(), Error> {
+        if key.kid.is_empty() || key.kid.len() > 64 || !key.kid.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(key_error("kid must be 1 to 64 printable ASCII characters"));
+        }
+        let mut keys = self.keys.write();
+        if keys.iter().any(|k| k.kid == key.kid) {
+            return Err(key_error("duplicate kid"));
+        }
+        let mut key = key;
+        if key.encoding.is_some() && !keys.iter().any(|k| k.state == KeyState::Signing) {
+            key.state = KeyState::Signing;
+        }
+        keys.push(key);
+        Ok(())
+    }
+
+    /// Adds an HS256 key (secret of at least 32 bytes). It signs if no key signs yet.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a short secret, a bad or duplicate kid.
+    pub fn add_hs256(&self, kid: &str, secret: &[u8]) -> Result<(), Error> {
+        if secret.len() < MIN_HMAC_KEY {
+            return Err(key_error("HS256 secret must be at least 32 bytes"));
+        }
+        self.add(Key {
+            kid: kid.to_owned(),
+            alg: Algorithm::HS256,
+            encoding: Some(EncodingKey::from_secret(secret)),
+            decoding: DecodingKey::from_secret(secret),
+            state: KeyState::Verifying,
+            public: None,
+        })
+    }
+
+    /// Adds an Ed25519 signing key from PKCS#8 and SPKI PEM. It signs if no key signs yet.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for unparsable keys, a bad or duplicate kid.
+    pub fn add_eddsa(&self, kid: &str, private_pem: &[u8], public_pem: &[u8]) -> Result<(), Error> {
+        let encoding = EncodingKey::from_ed_pem(private_pem).map_err(|_| key_error("bad Ed25519 private key PEM"))?;
+        let public = ed25519_public_from_pem(public_pem)?;
+        let decoding = DecodingKey::from_ed_der(&public);
+        // Refuse a mismatched pair: sign a probe and verify it.
+        let probe =
+            jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::EdDSA), &serde_json::json!({}), &encoding)
+                .map_err(|_| key_error("Ed25519 key cannot sign"))?;
+        let mut v = Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        jsonwebtoken::decode::<serde_json::Value>(&probe, &decoding, &v)
+            .map_err(|_| key_error("Ed25519 private and public keys do not match"))?;
+        self.add(Key {
+            kid: kid.to_owned(),
+            alg: Algorithm::EdDSA,
+            encoding: Some(encoding),
+            decoding,
+            state: KeyState::Verifying,
+            public: Some(public),
+        })
+    }
+
+    /// Adds an Ed25519 verify-only key (e.g. another service's) from SPKI PEM.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unparsable key, a bad or duplicate kid.
+    pub fn add_eddsa_public(&self, kid: &str, public_pem: &[u8]) -> Result<(), Error> {
+        let public = ed25519_public_from_pem(public_pem)?;
+        self.add(Key {
+            kid: kid.to_owned(),
+            alg: Algorithm::EdDSA,
+            encoding: None,
+            decoding: DecodingKey::from_ed_der(&public),
+            state: KeyState::Verifying,
+            public: Some(public),
+        })
+    }
+
+    /// Makes `kid` the signing key; the previous signing key keeps verifying.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the kid is unknown, retired, or has no private key.
+    pub fn promote(&self, kid: &str) -> Result<(), Error> {
+        let mut keys = self.keys.write();
+        let Some(i) = keys.iter().position(|k| k.kid == kid) else { return Err(key_error("unknown kid")) };
+        if keys[i].encoding.is_none() || matches!(keys[i].state, KeyState::Retired { .. }) {
+            return Err(key_error("key cannot sign (verify-only or retired)"));
+        }
+        for k in keys.iter_mut().filter(|k| k.state == KeyState::Signing) {
+            k.state = KeyState::Verifying;
+        }
+        keys[i].state = KeyState::Signing;
+        Ok(())
+    }
+
+    /// Retires `kid`: it stops signing at once and verifies until `until`.
+    /// Use `Store::retire_key`, which computes `until` from the access TTL and leeway.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the kid is unknown or is the signing key (promote another first).
+    pub fn retire(&self, kid: &str, until: SystemTime) -> Result<(), Error> {
+        let mut keys = self.keys.write();
+        let Some(k) = keys.iter_mut().find(|k| k.kid == kid) else { return Err(key_error("unknown kid")) };
+        if k.state == KeyState::Signing {
+            return Err(key_error("cannot retire the signing key; promote another key first"));
+        }
+        k.state = KeyState::Retired { until };
+        Ok(())
+    }
+
+    /// Drops retired keys whose verification window has passed; returns how many.
+    pub fn prune(&self, now: SystemTime) -> usize {
+        let mut keys = self.keys.write();
+        let before = keys.len();
+        keys.retain(|k| !matches!(k.state, KeyState::Retired { until } if until <= now));
+        before - keys.len()
+    }
+
+    /// Every key's id, algorithm and state.
+    #[must_use]
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        self.keys.read().iter().map(|k| KeyInfo { kid: k.kid.clone(), algorithm: k.alg, state: k.state }).collect()
+    }
+
+    /// The public keys of the EdDSA keys as a JWKS document (RFC 7517), for
+    /// other services to verify our access tokens. HS256 keys are never exported.
+    #[must_use]
+    pub fn jwks(&self) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .read()
+            .iter()
+            .filter_map(|k| {
+                k.public.map(|x| {
+                    serde_json::json!({
+                        "kty": "OKP", "crv": "Ed25519", "x": b64.encode(x),
+                        "kid": k.kid, "alg": "EdDSA", "use": "sig",
+                    })
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.read().is_empty()
+    }
+
+    /// Signs `claims` with the signing key.
+    pub(crate) fn sign(&self, claims: &AccessClaims) -> Result<String, Error> {
+        let keys = self.keys.read();
+        let key = keys.iter().find(|k| k.state == KeyState::Signing).ok_or_else(|| key_error("no signing key"))?;
+        let enc = key.encoding.as_ref().ok_or(Error::Jwt(JwtError::Signing))?;
+        let mut header = Header::new(key.alg.jwt());
+        header.typ = Some(ACCESS_TYP.to_owned());
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, enc).map_err(|_| Error::Jwt(JwtError::Signing))
+    }
+
+    /// Verifies an access token's shape, header, signature and claims (not revocation).
+    pub(crate) fn verify(&self, token: &str, policy: &Policy, now: SystemTime) -> Result<AccessClaims, JwtError> {
+        check_compact(token)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(JwtError::Header("crit is not supported"));
+        }
+        if header.enc.is_some() || header.zip.is_some() {
+            return Err(JwtError::Header("JWE is not accepted"));
+        }
+        if header.typ.as_deref() != Some(ACCESS_TYP) {
+            return Err(JwtError::Header("typ must be at+jwt"));
+        }
+        let kid = header.kid.as_deref().ok_or(JwtError::Header("kid missing"))?;
+        let keys = self.keys.read();
+        let key = keys
+            .iter()
+            .find(|k| k.kid == kid && !matches!(k.state, KeyState::Retired { until } if until <= now))
+            .ok_or(JwtError::Header("unknown kid"))?;
+        if header.alg != key.alg.jwt() {
+            return Err(JwtError::Header("alg not allowed for this kid"));
+        }
+        let mut v = Validation::new(key.alg.jwt());
+        v.leeway = 0;
+        v.validate_exp = false; // time is checked below against our Clock
+        v.validate_nbf = false;
+        v.set_issuer(&[&policy.issuer]);
+        v.set_audience(&[&policy.audience]);
+        v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &v).map_err(map_error)?;
+        drop(keys);
+        let c = data.claims;
+        if c.sub.is_empty() {
+            return Err(JwtError::Claim("sub"));
+        }
+        if c.jti.is_empty() {
+            return Err(JwtError::Claim("jti"));
+        }
+        let now_s = to_millis(now) / 1000;
+        let leeway = policy.leeway.as_secs();
+        if now_s >= c.exp.saturating_add(leeway) {
+            return Err(JwtError::Expired);
+        }
+        if c.nbf > now_s.saturating_add(leeway) || c.iat > now_s.saturating_add(leeway) {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(c)
+    }
+
+    /// Verifies only the signature and `alg` of a compact JWS against key `kid`,
+    /// and `exp` if present (with `leeway`), returning the claims. For interop
+    /// with tokens that are not cloakroom access tokens; use
+    /// `Store::verify_access` for ours.
+    ///
+    /// # Errors
+    /// [`Error::Jwt`] with the reason.
+    pub fn verify_signature(
+        &self,
+        token: &str,
+        kid: &str,
+        now: SystemTime,
+        leeway: Duration,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        check_compact(token)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(JwtError::Header("crit is not supported").into());
+        }
+        let keys = self.keys.read();
+        let key = keys.iter().find(|k| k.kid == kid).ok_or(JwtError::Header("unknown kid"))?;
+        if header.alg != key.alg.jwt() {
+            return Err(JwtError::Header("alg not allowed for this kid").into());
+        }
+        let mut v = Validation::new(key.alg.jwt());
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.decoding, &v)
+            .map_err(map_error)?
+            .claims;
+        if let Some(exp) = claims.get("exp") {
+            let exp = exp.as_u64().ok_or(JwtError::Claim("exp"))?;
+            if to_millis(now) / 1000 >= exp.saturating_add(leeway.as_secs()) {
+                return Err(JwtError::Expired.into());
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// The `typ` header of access tokens (RFC 9068).
+pub(crate) const ACCESS_TYP: &str = "at+jwt";
+
+/// What verification checks claims against.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) leeway: Duration,
+}
+
+/// Compact JWS only: three non-empty segments of strict, canonical base64url.
+fn check_compact(token: &str) -> Result<(), JwtError> {
+    let mut n = 0;
+    for seg in token.split('.') {
+        n += 1;
+        if n > 3 || seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(JwtError::Malformed);
+        }
+        // Canonical: the unused low bits of the last character must be zero.
+        let last = seg.as_bytes()[seg.len() - 1];
+        let v = match last {
+            b'A'..=b'Z' => last - b'A',
+            b'a'..=b'z' => last - b'a' + 26,
+            b'0'..=b'9' => last - b'0' + 52,
+            b'-' => 62,
+            _ => 63,
+        };
+        let ok = match seg.len() % 4 {
+            0 => true,
+            2 => v & 0x0f == 0,
+            3 => v & 0x03 == 0,
+            _ => false,
+        };
+        if !ok {
+            return Err(JwtError::Malformed);
+        }
+    }
+    if n != 3 {
+        return Err(JwtError::Malformed);
+    }
+    Ok(())
+}
+
+fn map_error(e: jsonwebtoken::errors::Error) -> JwtError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => JwtError::Signature,
+        K::ExpiredSignature => JwtError::Expired,
+        K::ImmatureSignature => JwtError::NotYetValid,
+        K::InvalidIssuer => JwtError::Claim("iss"),
+        K::InvalidAudience => JwtError::Claim("aud"),
+        K::InvalidSubject => JwtError::Claim("sub"),
+        K::MissingRequiredClaim(_) => JwtError::Claim("missing required claim"),
+        K::InvalidClaimFormat(_) | K::Json(_) => JwtError::Claim("wrong type or missing"),
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => JwtError::Header("alg"),
+        _ => JwtError::Malformed,
+    }
+}
+
+/// The claims of a cloakroom access token (RFC 9068 profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer (`Config::issuer`).
+    pub iss: String,
+    /// Audience (`Config::audience`).
+    pub aud: String,
+    /// Subject: the user id.
+    pub sub: String,
+    /// The session serial the token is bound to; revocation is keyed on it.
+    pub sid: u64,
+    /// Unique token id.
+    pub jti: String,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Not before (Unix seconds).
+    pub nbf: u64,
+    /// Expires (Unix seconds).
+    pub exp: u64,
+    /// Application claims given at issue time (e.g. `roles`).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Claim names the application may not set.
+pub(crate) const RESERVED_CLAIMS: [&str; 8] = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_shape_checks() {
+        assert!(check_compact("YWJj.YWJj.YWJj").is_ok()); // "abc"
+        assert!(check_compact("YWI.YWI.YWI").is_ok()); // "ab", canonical
+        for bad in [
+            "",
+            "a.b",
+            "YWJj.YWJj",
+            "YWJj.YWJj.YWJj.YWJj",
+            "YWJj..YWJj",
+            "YWJj.YWJj.YWI=",
+            "YWJj.YWJj.YW+j",
+            "YWJj.YWJj.YW/j",
+            "YW Jj.YWJj.YWJj",
+            "YWJj.YWJj.YWJjY",
+        ] {
+            assert!(check_compact(bad).is_err(), "{bad:?}");
+        }
+        // "YWJ" decodes like "YWI" but with a non-zero trailing bit: non-canonical.
+        assert!(check_compact("YWJj.YWJj.YWJ").is_err());
+    }
+
+    #[test]
+    fn hs256_keys_must_be_long_and_kids_unique() {
+        let k = Keyring::new();
+        assert!(k.add_hs256("a", &[1; 31]).is_err());
+        k.add_hs256("a", &[1; 32]).unwrap();
+        assert!(k.add_hs256("a", &[2; 32]).is_err());
+        assert!(k.add_hs256("bad kid", &[2; 32]).is_err());
+        assert_eq!(k.keys()[0].state, KeyState::Signing);
+    }
+}
