@@ -59,6 +59,15 @@ impl Revocation {
         }
     }
 
+    /// Forgets pruned entries.
+    pub(crate) fn forget(&self, pairs: &[(u64, SessionId)]) {
+        let mut r = self.revoked.write();
+        for (s, id) in pairs {
+            r.bits.remove(*s);
+            r.ids.remove(id);
+        }
+    }
+
     /// How many serials are held.
     pub(crate) fn len(&self) -> u64 {
         self.revoked.read().bits.len()

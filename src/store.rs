@@ -721,6 +721,28 @@ impl Store {
         Ok(n)
     }
 
+    /// Drops revocation entries that no access token can name any more (revoked
+    /// longer ago than the access TTL plus leeway) and retired keys past their
+    /// window. Keeps the revocation set proportional to recent revocations.
+    /// Returns (revocation entries pruned, keys pruned).
+    ///
+    /// A session whose entry is pruned stays dead: its row was deleted when it
+    /// was revoked, so its token reads as `NotFound`.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; nothing is forgotten in memory unless the commit succeeded.
+    pub fn prune_revocations(&self) -> Result<(usize, usize), Error> {
+        let inner = self.live()?;
+        let now = self.now_ms();
+        let pruned = match inner.writer.submit(Op::PruneRevoked { now }, Wait::Durable)? {
+            Outcome::Pruned(p) => p,
+            _ => Vec::new(),
+        };
+        inner.revocation.forget(&pruned);
+        let keys = inner.keyring.prune(inner.config.clock.now());
+        Ok((pruned.len(), keys))
+    }
+
     /// Counters: sizes, cache hit rate, writer activity.
     #[must_use]
     pub fn stats(&self) -> Stats {

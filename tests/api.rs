@@ -9,4 +9,5 @@ mod api {
     mod lifecycle;
     mod model;
     mod persistence;
+    mod tokens;
 }

@@ -50,6 +50,8 @@ pub(crate) enum Op {
     /// (`None` if absent) and decides. `NotFound` if the session is gone. (`Option`
     /// so the writer can take the `FnOnce` out.)
     Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
+    /// Drop revocation entries whose prune-after time is at or before `now`.
+    PruneRevoked { now: u64 },
     /// No change; a durable barrier.
     Flush,
 }
@@ -62,6 +64,8 @@ pub(crate) enum Outcome {
     Revoked(Vec<SessionId>),
     /// What a `Family` closure returned.
     Family(Box<dyn std::any::Any + Send>),
+    /// (serial, id) of the revocation entries pruned.
+    Pruned(Vec<(u64, SessionId)>),
 }
 
 /// A refresh-family decision, run inside the write transaction.
@@ -393,6 +397,22 @@ impl Worker {
                     t.refresh.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
                 }
                 Ok(Outcome::Family(change.reply))
+            }
+            Op::PruneRevoked { now } => {
+                // The table holds only revocations of the last horizon (access TTL +
+                // leeway) once pruning runs, so a scan is bounded by recent revocations.
+                let mut pruned = Vec::new();
+                for row in t.revoked.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    let (prune_after, id) = v.value();
+                    if prune_after <= *now {
+                        pruned.push((k.value(), SessionId::from_bytes(*id)));
+                    }
+                }
+                for (serial, _) in &pruned {
+                    t.revoked.remove(*serial).map_err(io)?;
+                }
+                Ok(Outcome::Pruned(pruned))
             }
             Op::Flush => Ok(Outcome::Done),
         }
