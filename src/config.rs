@@ -413,6 +413,13 @@ mod tests {
         assert!(Config::builder().max_data_len(17 << 20).build().is_err());
         assert!(Config::builder().cache_capacity(1).build().is_err());
         assert!(Config::builder().flush_interval(Duration::ZERO).build().is_err());
+        // L4: the clock leeway is small.
+        assert!(Config::builder().leeway(Duration::from_secs(60)).build().is_ok());
+        assert!(Config::builder().leeway(Duration::from_secs(61)).build().is_err());
+        // L3: access tokens are short-lived, 5 minutes by default.
+        assert_eq!(Config::default().access_ttl, Duration::from_secs(300));
+        assert!(Config::builder().access_ttl(Duration::from_secs(3601)).build().is_err());
+        assert!(Config::builder().server_key(&[0; 31]).build().is_err());
         assert!(
             Config::builder()
                 .idle_timeout(Some(Duration::from_secs(10)))

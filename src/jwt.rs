@@ -291,7 +291,8 @@ impl Keyring {
     /// Verifies an access token's shape, header, signature and claims (not revocation).
     pub(crate) fn verify(&self, token: &str, policy: &Policy, now: SystemTime) -> Result<AccessClaims, JwtError> {
         check_compact(token)?;
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        let json = header_json(token)?;
+        let header = RawHeader::parse(&json)?;
         if header.crit.is_some() {
             return Err(JwtError::Header("crit is not supported"));
         }
@@ -307,17 +308,12 @@ impl Keyring {
             .iter()
             .find(|k| k.kid == kid && !matches!(k.state, KeyState::Retired { until } if until <= now))
             .ok_or(JwtError::Header("unknown kid"))?;
-        if header.alg != key.alg.jwt() {
+        // The allow-list: the kid's one algorithm, compared as an exact string.
+        if header.alg != key.alg.name() {
             return Err(JwtError::Header("alg not allowed for this kid"));
         }
-        let mut v = Validation::new(key.alg.jwt());
-        v.leeway = 0;
-        v.validate_exp = false; // time is checked below against our Clock
-        v.validate_nbf = false;
-        v.set_issuer(&[&policy.issuer]);
-        v.set_audience(&[&policy.audience]);
-        v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, &v).map_err(map_error)?;
+        let v = policy.validation(key.alg);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.decoding, v).map_err(map_error)?;
         drop(keys);
         let c = data.claims;
         if c.sub.is_empty() {
@@ -352,13 +348,14 @@ impl Keyring {
         leeway: Duration,
     ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
         check_compact(token)?;
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        let json = header_json(token)?;
+        let header = RawHeader::parse(&json)?;
         if header.crit.is_some() {
             return Err(JwtError::Header("crit is not supported").into());
         }
         let keys = self.keys.read();
         let key = keys.iter().find(|k| k.kid == kid).ok_or(JwtError::Header("unknown kid"))?;
-        if header.alg != key.alg.jwt() {
+        if header.alg != key.alg.name() {
             return Err(JwtError::Header("alg not allowed for this kid").into());
         }
         let mut v = Validation::new(key.alg.jwt());
@@ -379,45 +376,122 @@ impl Keyring {
     }
 }
 
+/// The header fields verification looks at. Duplicate fields are a parse error;
+/// unknown fields (including `jwk`, `jku`, `x5u`, `x5c`) are ignored, never used.
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow)]
+    alg: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    typ: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+    crit: Option<serde::de::IgnoredAny>,
+    enc: Option<serde::de::IgnoredAny>,
+    zip: Option<serde::de::IgnoredAny>,
+}
+
+impl<'a> RawHeader<'a> {
+    /// Parses the decoded first segment of a token that passed [`check_compact`].
+    fn parse(json: &'a [u8]) -> Result<RawHeader<'a>, JwtError> {
+        serde_json::from_slice(json).map_err(|_| JwtError::Malformed)
+    }
+}
+
+/// Base64url-decodes a token's header segment (capped at 1 KiB).
+fn header_json(token: &str) -> Result<Vec<u8>, JwtError> {
+    let seg = token.split('.').next().ok_or(JwtError::Malformed)?;
+    if seg.len() > 1024 {
+        return Err(JwtError::Malformed);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg).map_err(|_| JwtError::Malformed)
+}
+
 /// The `typ` header of access tokens (RFC 9068).
 pub(crate) const ACCESS_TYP: &str = "at+jwt";
 
-/// What verification checks claims against.
+/// What verification checks claims against, with the `jsonwebtoken` validation
+/// for each algorithm built once (building one allocates several sets).
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
     pub(crate) issuer: String,
     pub(crate) audience: String,
     pub(crate) leeway: Duration,
+    hs256: Validation,
+    eddsa: Validation,
 }
+
+impl Policy {
+    pub(crate) fn new(issuer: String, audience: String, leeway: Duration) -> Self {
+        let build = |alg: Algorithm| {
+            let mut v = Validation::new(alg.jwt());
+            v.leeway = 0;
+            v.validate_exp = false; // time is checked against our Clock, after the signature
+            v.validate_nbf = false;
+            v.set_issuer(&[&issuer]);
+            v.set_audience(&[&audience]);
+            v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+            v
+        };
+        let (hs256, eddsa) = (build(Algorithm::HS256), build(Algorithm::EdDSA));
+        Self { issuer, audience, leeway, hs256, eddsa }
+    }
+
+    fn validation(&self, alg: Algorithm) -> &Validation {
+        match alg {
+            Algorithm::HS256 => &self.hs256,
+            Algorithm::EdDSA => &self.eddsa,
+        }
+    }
+}
+
+/// base64url alphabet value of each byte, or 0xff (0xfe for '.').
+const B64URL: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 26 {
+        t[b'A' as usize + i] = i as u8;
+        t[b'a' as usize + i] = 26 + i as u8;
+        i += 1;
+    }
+    let mut d = 0;
+    while d < 10 {
+        t[b'0' as usize + d] = 52 + d as u8;
+        d += 1;
+    }
+    t[b'-' as usize] = 62;
+    t[b'_' as usize] = 63;
+    t[b'.' as usize] = 0xfe;
+    t
+};
 
 /// Compact JWS only: three non-empty segments of strict, canonical base64url.
 fn check_compact(token: &str) -> Result<(), JwtError> {
-    let mut n = 0;
-    for seg in token.split('.') {
-        n += 1;
-        if n > 3 || seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    let b = token.as_bytes();
+    let (mut dots, mut start) = (0usize, 0usize);
+    for i in 0..=b.len() {
+        let v = if i == b.len() { 0xfe } else { B64URL[b[i] as usize] };
+        if v == 0xff {
             return Err(JwtError::Malformed);
         }
-        // Canonical: the unused low bits of the last character must be zero.
-        let last = seg.as_bytes()[seg.len() - 1];
-        let v = match last {
-            b'A'..=b'Z' => last - b'A',
-            b'a'..=b'z' => last - b'a' + 26,
-            b'0'..=b'9' => last - b'0' + 52,
-            b'-' => 62,
-            _ => 63,
-        };
-        let ok = match seg.len() % 4 {
-            0 => true,
-            2 => v & 0x0f == 0,
-            3 => v & 0x03 == 0,
-            _ => false,
-        };
-        if !ok {
-            return Err(JwtError::Malformed);
+        if v == 0xfe {
+            dots += usize::from(i < b.len());
+            let len = i - start;
+            // Canonical: no 1-char remainder; unused low bits of the last character zero.
+            let ok = len > 0
+                && match len % 4 {
+                    0 => true,
+                    2 => B64URL[b[i - 1] as usize] & 0x0f == 0,
+                    3 => B64URL[b[i - 1] as usize] & 0x03 == 0,
+                    _ => false,
+                };
+            if !ok || dots > 2 {
+                return Err(JwtError::Malformed);
+            }
+            start = i + 1;
         }
     }
-    if n != 3 {
+    if dots != 2 {
         return Err(JwtError::Malformed);
     }
     Ok(())
@@ -440,7 +514,9 @@ fn map_error(e: jsonwebtoken::errors::Error) -> JwtError {
 }
 
 /// The claims of a cloakroom access token (RFC 9068 profile).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialization is single-pass and rejects duplicate registered claims.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessClaims {
     /// Issuer (`Config::issuer`).
     pub iss: String,
@@ -461,6 +537,61 @@ pub struct AccessClaims {
     /// Application claims given at issue time (e.g. `roles`).
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for AccessClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, MapAccess, Visitor};
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AccessClaims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JWT claims object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<AccessClaims, A::Error> {
+                fn set<T, E: serde::de::Error>(slot: &mut Option<T>, v: T, name: &'static str) -> Result<(), E> {
+                    if slot.replace(v).is_some() {
+                        return Err(E::duplicate_field(name));
+                    }
+                    Ok(())
+                }
+                let (mut iss, mut aud, mut sub, mut jti) = (None, None, None, None);
+                let (mut sid, mut iat, mut nbf, mut exp) = (None, None, None, None);
+                let mut extra = BTreeMap::new();
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*k {
+                        "iss" => set(&mut iss, m.next_value::<String>()?, "iss")?,
+                        "aud" => set(&mut aud, m.next_value::<String>()?, "aud")?,
+                        "sub" => set(&mut sub, m.next_value::<String>()?, "sub")?,
+                        "jti" => set(&mut jti, m.next_value::<String>()?, "jti")?,
+                        "sid" => set(&mut sid, m.next_value::<u64>()?, "sid")?,
+                        "iat" => set(&mut iat, m.next_value::<u64>()?, "iat")?,
+                        "nbf" => set(&mut nbf, m.next_value::<u64>()?, "nbf")?,
+                        "exp" => set(&mut exp, m.next_value::<u64>()?, "exp")?,
+                        _ => {
+                            let v = m.next_value::<serde_json::Value>()?;
+                            if extra.insert(k.into_owned(), v).is_some() {
+                                return Err(A::Error::custom("duplicate claim"));
+                            }
+                        }
+                    }
+                }
+                Ok(AccessClaims {
+                    iss: iss.ok_or_else(|| A::Error::missing_field("iss"))?,
+                    aud: aud.ok_or_else(|| A::Error::missing_field("aud"))?,
+                    sub: sub.ok_or_else(|| A::Error::missing_field("sub"))?,
+                    sid: sid.ok_or_else(|| A::Error::missing_field("sid"))?,
+                    jti: jti.ok_or_else(|| A::Error::missing_field("jti"))?,
+                    iat: iat.ok_or_else(|| A::Error::missing_field("iat"))?,
+                    nbf: nbf.ok_or_else(|| A::Error::missing_field("nbf"))?,
+                    exp: exp.ok_or_else(|| A::Error::missing_field("exp"))?,
+                    extra,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Claim names the application may not set.

@@ -152,7 +152,7 @@ impl Store {
                 k
             }
         };
-        let policy = Policy { issuer: config.issuer.clone(), audience: config.audience.clone(), leeway: config.leeway };
+        let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
         let writer = Writer::start(

@@ -19,6 +19,11 @@ enum Op {
     RevokeUser(usize, bool),
     Advance(u64),
     Reopen,
+    Issue(usize),
+    /// Refresh with the family's token `back` generations behind the current one.
+    Refresh(usize, u8),
+    Verify(usize),
+    LogoutEverywhere(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -30,6 +35,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => ((0..USERS), any::<bool>()).prop_map(|(u, o)| Op::RevokeUser(u, o)),
         3 => prop_oneof![0..120u64, 500..700u64, 3000..4000u64].prop_map(Op::Advance),
         1 => Just(Op::Reopen),
+        2 => any::<usize>().prop_map(Op::Issue),
+        4 => (any::<usize>(), prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)]).prop_map(|(i, b)| Op::Refresh(i, b)),
+        3 => any::<usize>().prop_map(Op::Verify),
+        1 => (0..USERS).prop_map(Op::LogoutEverywhere),
     ]
 }
 
@@ -47,6 +56,11 @@ struct M {
     expires: u64,
     last_seen: u64,
     revoked: bool,
+    /// Refresh tokens by generation (index 0 = generation 1).
+    refresh: Vec<String>,
+    rotated_at: u64,
+    /// Access tokens: (jwt, exp in seconds).
+    access: Vec<(String, u64)>,
 }
 
 impl M {
@@ -61,14 +75,18 @@ impl M {
     }
 }
 
-fn got(r: &Result<cloakroom::Session, Error>) -> Want {
+fn got<T>(r: &Result<T, Error>) -> Want {
     match r {
         Ok(_) => Want::Ok,
-        Err(Error::Expired) => Want::Expired,
+        Err(Error::Expired | Error::Jwt(cloakroom::JwtError::Expired)) => Want::Expired,
         Err(Error::Revoked) => Want::Revoked,
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
+
+const GRACE_MS: u64 = 10_000;
+const ACCESS_TTL_S: u64 = 300;
+const LEEWAY_S: u64 = 30;
 
 fn config(clock: &ManualClock) -> Config {
     Config::builder()
@@ -100,6 +118,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     expires: now + TTL_S * 1000,
                     last_seen: now,
                     revoked: false,
+                    refresh: Vec::new(),
+                    rotated_at: 0,
+                    access: Vec::new(),
                 });
             }
             Op::Validate(i) if !model.is_empty() => {
@@ -127,6 +148,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             expires,
                             last_seen: now,
                             revoked: false,
+                            refresh: Vec::new(),
+                            rotated_at: 0,
+                            access: Vec::new(),
                         });
                     }
                     (Err(Error::Expired), Want::Expired) | (Err(Error::Revoked), Want::Revoked) => {}
@@ -145,6 +169,77 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let n = store.revoke_user(&format!("user{u}"), scope).unwrap();
                 let mut expect = 0;
                 for m in model.iter_mut().filter(|m| m.user == u && !m.revoked && Some(m.id) != keep) {
+                    m.revoked = true;
+                    expect += 1;
+                }
+                prop_assert_eq!(n, expect);
+            }
+            Op::Issue(i) if !model.is_empty() => {
+                let k = i % model.len();
+                let m = &mut model[k];
+                let want = m.want(now);
+                let r = store.issue_tokens(&m.token);
+                prop_assert_eq!(got(&r), want, "issue_tokens {}", m.id);
+                if let Ok(p) = r {
+                    m.last_seen = now;
+                    m.rotated_at = now;
+                    prop_assert_eq!(p.refresh.generation(), m.refresh.len() as u64 + 1);
+                    m.refresh.push(p.refresh.to_string());
+                    m.access.push((p.access, now / 1000 + ACCESS_TTL_S));
+                }
+            }
+            Op::Refresh(i, back) if !model.is_empty() => {
+                let k = i % model.len();
+                let m = &mut model[k];
+                let cur = m.refresh.len();
+                if cur == 0 || (back as usize) >= cur {
+                    continue;
+                }
+                let presented = cur - back as usize; // generation
+                let r = store.refresh(&m.refresh[presented - 1]);
+                match m.want(now) {
+                    Want::Ok => {
+                        if back == 0 || (back == 1 && now - m.rotated_at <= GRACE_MS) {
+                            let p = r.map_err(|e| TestCaseError::fail(format!("refresh {back} behind: {e:?}")))?;
+                            m.last_seen = now;
+                            if back == 0 {
+                                m.rotated_at = now;
+                                prop_assert_eq!(p.refresh.generation(), cur as u64 + 1);
+                                m.refresh.push(p.refresh.to_string());
+                            } else {
+                                prop_assert_eq!(
+                                    p.refresh.to_string(),
+                                    m.refresh[cur - 1].clone(),
+                                    "grace returns current"
+                                );
+                            }
+                            m.access.push((p.access, now / 1000 + ACCESS_TTL_S));
+                        } else {
+                            prop_assert!(matches!(r, Err(Error::ReuseDetected)), "reuse: {:?}", r.map(|_| ()));
+                            m.revoked = true;
+                        }
+                    }
+                    want => prop_assert_eq!(got(&r), want, "refresh of a dead session"),
+                }
+            }
+            Op::Verify(i) if !model.is_empty() => {
+                let k = i % model.len();
+                let m = &model[k];
+                if let Some((jwt, exp)) = m.access.last() {
+                    let want = if now / 1000 >= exp + LEEWAY_S {
+                        Want::Expired
+                    } else if m.revoked {
+                        Want::Revoked
+                    } else {
+                        Want::Ok
+                    };
+                    prop_assert_eq!(got(&store.verify_access(jwt)), want, "verify_access");
+                }
+            }
+            Op::LogoutEverywhere(u) => {
+                let n = store.logout_everywhere(&format!("user{u}")).unwrap();
+                let mut expect = 0;
+                for m in model.iter_mut().filter(|m| m.user == u && !m.revoked) {
                     m.revoked = true;
                     expect += 1;
                 }

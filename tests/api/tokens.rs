@@ -127,6 +127,23 @@ fn s2_database_file_alone_holds_no_token_material() {
 }
 
 #[test]
+fn s4_ids_and_tokens_carry_no_meaning() {
+    let t = setup();
+    let user = "alice@example.com";
+    let a = t.store.create(NewSession::new(user).data(b"secret-data".to_vec())).unwrap();
+    let b = t.store.create(NewSession::new(user)).unwrap();
+    let p = t.store.issue_tokens(&a.token.to_string()).unwrap();
+    for tok in [a.token.to_string(), b.token.to_string(), p.refresh.to_string()] {
+        let raw = B64.decode(&tok[4..]).unwrap();
+        for needle in [user.as_bytes(), b"secret-data", b"alice"] {
+            assert!(!raw.windows(needle.len()).any(|w| w == needle), "token carries user data");
+        }
+    }
+    // Consecutive sessions of one user share no id prefix (ids are random, not counters).
+    assert_ne!(a.session.id().as_bytes()[..4], b.session.id().as_bytes()[..4]);
+}
+
+#[test]
 fn s3_wrong_mac_is_refused() {
     let t = setup();
     let pair = t.store.issue_tokens(&login(&t, "alice")).unwrap();

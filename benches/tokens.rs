@@ -1,0 +1,108 @@
+#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+//! Access and refresh tokens. Run: `cargo bench --bench tokens`.
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use cloakroom::{Config, Keyring, NewSession, Store};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+const HS_SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINK3rDVMdT8c+IWEHXhnitKIa1iVl6aYQLEzc0c7NO8N\n-----END PRIVATE KEY-----\n";
+const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAO9CVgYCFccdNBJb/5+7GMYxji1TY5ZmONOOUlOFb5N0=\n-----END PUBLIC KEY-----\n";
+
+fn store(signer: &str) -> Store {
+    let k = Keyring::new();
+    k.add_hs256("hs", HS_SECRET).unwrap();
+    k.add_eddsa("ed", ED_PRIVATE.as_bytes(), ED_PUBLIC.as_bytes()).unwrap();
+    k.promote(signer).unwrap();
+    Store::in_memory(Config::builder().keyring(k).build().unwrap()).unwrap()
+}
+
+/// What a careful bare `jsonwebtoken::decode` checks for the same token.
+fn bare_validation(alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_issuer(&["cloakroom"]);
+    v.set_audience(&["cloakroom"]);
+    v.leeway = 30;
+    v.set_required_spec_claims(&["exp", "iat", "nbf", "iss", "aud", "sub"]);
+    v
+}
+
+fn verify(c: &mut Criterion) {
+    let mut g = c.benchmark_group("verify_access");
+    g.throughput(Throughput::Elements(1));
+    for (name, alg, key) in [
+        ("HS256", Algorithm::HS256, DecodingKey::from_secret(HS_SECRET)),
+        ("EdDSA", Algorithm::EdDSA, DecodingKey::from_ed_pem(ED_PUBLIC.as_bytes()).unwrap()),
+    ] {
+        let s = store(if name == "HS256" { "hs" } else { "ed" });
+        let tok = s.create(NewSession::new("user-42")).unwrap().token.to_string();
+        let jwt = s.issue_tokens(&tok).unwrap().access;
+        let v = bare_validation(alg);
+        g.bench_function(format!("{name}/cloakroom"), |b| {
+            b.iter(|| black_box(s.verify_access(black_box(&jwt)).unwrap()))
+        });
+        g.bench_function(format!("{name}/bare-jsonwebtoken-decode"), |b| {
+            b.iter(|| black_box(jsonwebtoken::decode::<serde_json::Value>(black_box(&jwt), &key, &v).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+fn issue_and_authenticate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tokens");
+    g.throughput(Throughput::Elements(1));
+    let s = store("hs");
+    let tok = s.create(NewSession::new("user-42")).unwrap().token.to_string();
+    g.bench_function("issue_tokens/HS256/in-memory", |b| b.iter(|| black_box(s.issue_tokens(&tok).unwrap())));
+    let jwt = s.issue_tokens(&tok).unwrap().access;
+    g.bench_function("authenticate/session-token", |b| b.iter(|| black_box(s.authenticate(black_box(&tok)).unwrap())));
+    g.bench_function("authenticate/access-jwt", |b| b.iter(|| black_box(s.authenticate(black_box(&jwt)).unwrap())));
+    g.finish();
+}
+
+/// `threads` threads each refresh their own session `per` times; returns wall time.
+fn parallel_refresh(s: &Store, tokens: &mut [String], per: usize) -> Duration {
+    let barrier = Arc::new(Barrier::new(tokens.len() + 1));
+    let start = std::thread::scope(|sc| {
+        for t in tokens.iter_mut() {
+            let barrier = Arc::clone(&barrier);
+            sc.spawn(move || {
+                barrier.wait();
+                for _ in 0..per {
+                    *t = s.refresh(t).unwrap().refresh.to_string();
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    });
+    start.elapsed()
+}
+
+fn refresh(c: &mut Criterion) {
+    let mut g = c.benchmark_group("refresh");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("r.redb"), Config::default()).unwrap();
+    for threads in [1usize, 64] {
+        let mut tokens: Vec<String> = (0..threads)
+            .map(|i| {
+                let t = s.create(NewSession::new(format!("user-{i}"))).unwrap().token.to_string();
+                s.issue_tokens(&t).unwrap().refresh.to_string()
+            })
+            .collect();
+        let per = if threads == 1 { 20 } else { 50 };
+        g.throughput(Throughput::Elements((threads * per) as u64));
+        g.bench_function(format!("durable/{threads}-threads"), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| parallel_refresh(&s, &mut tokens, per)).sum());
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, verify, issue_and_authenticate, refresh);
+criterion_main!(benches);
