@@ -64,6 +64,9 @@ fn fmt(d: Duration) -> String {
 
 fn demo(path: &std::path::Path) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
+    let mut key = path.as_os_str().to_owned();
+    key.push(".key");
+    let _ = std::fs::remove_file(&key);
     println!("cloakroom demo — database: {}", path.display());
     println!("\n[1] sessions (durability: Immediate, one fsync per commit)");
     let store = step("open (create) store", || Store::open(path, Config::default()))?;
@@ -115,7 +118,41 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
     let n = step("revoke_user(carol, All)", || store.revoke_user("carol", Scope::All))?;
     println!("  carol: {n} sessions revoked");
 
-    println!("\n[4] devices page for alice");
+    println!("\n[4] access + refresh tokens");
+    let dave = step("create session for dave", || store.create(NewSession::new("dave")))?.token.to_string();
+    let pair = step("issue_tokens (JWT + refresh, durable)", || store.issue_tokens(&dave))?;
+    let claims = step("verify_access (HS256)", || store.verify_access(&pair.access))?;
+    println!("  access token: sub={} sid={} exp-iat={}s kid={}", claims.sub, claims.sid, claims.exp - claims.iat,
+        store.keyring().keys().first().map(|k| k.kid.clone()).unwrap_or_default());
+    let n = 10_000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        store.verify_access(&pair.access)?;
+    }
+    println!("  {:<52} {:>10}", format!("verify_access ×{n}, mean per call"), fmt(t.elapsed() / n));
+    let who = step("authenticate(\"Bearer <jwt>\")", || store.authenticate(&format!("Bearer {}", pair.access)))?;
+    println!("  principal: user={} source={:?}", who.user, who.source);
+    let pair2 = step("refresh (rotate: generation 1 -> 2)", || store.refresh(&pair.refresh.to_string()))?;
+    println!("  refresh generation now {}", pair2.refresh.generation());
+    let strict_note = "replay of generation 1 after a newer rotation";
+    let pair3 = store.refresh(&pair2.refresh.to_string())?;
+    match store.refresh(&pair.refresh.to_string()) {
+        Err(e) => println!("  {strict_note} -> {e}"),
+        Ok(_) => println!("  UNEXPECTED: replay accepted"),
+    }
+    match store.verify_access(&pair3.access) {
+        Err(e) => println!("  dave's newest access token after reuse detection -> {e}"),
+        Ok(_) => println!("  UNEXPECTED: access token still valid"),
+    }
+    let eve = store.create(NewSession::new("eve"))?.token.to_string();
+    let eve_pair = store.issue_tokens(&eve)?;
+    let n = step("logout_everywhere(eve)", || store.logout_everywhere("eve"))?;
+    match store.verify_access(&eve_pair.access) {
+        Err(e) => println!("  eve: {n} session(s) revoked; her live access token -> {e}"),
+        Ok(_) => println!("  UNEXPECTED: access token survived logout_everywhere"),
+    }
+
+    println!("\n[5] devices page for alice");
     for s in store.list_user("alice")? {
         let m = s.meta();
         println!(
@@ -128,7 +165,7 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
     }
     step("close (flush, join writer)", || store.close())?;
 
-    println!("\n[5] reopen: persistence");
+    println!("\n[6] reopen: persistence");
     let store = step("reopen store", || Store::open(path, Config::default()))?;
     let s = step("validate rotated alice token (cache miss -> disk)", || store.validate(&rotated.token.to_string()))?;
     println!("  alice data after reopen: {}", String::from_utf8_lossy(s.data()));
@@ -137,6 +174,14 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
             Err(e) => println!("  {label} after reopen -> {e}"),
             Ok(_) => println!("  UNEXPECTED: {label} valid after reopen"),
         }
+    }
+    match store.verify_access(&eve_pair.access) {
+        Err(e) => println!("  eve's access token after reopen -> {e}"),
+        Ok(_) => println!("  UNEXPECTED: eve's access token valid after reopen"),
+    }
+    match store.refresh(&pair3.refresh.to_string()) {
+        Err(e) => println!("  dave's refresh token after reopen -> {e}"),
+        Ok(_) => println!("  UNEXPECTED: dave's refresh token valid after reopen"),
     }
     let st = store.stats();
     println!(
