@@ -143,6 +143,11 @@ impl Cache {
         found
     }
 
+    /// Looks up a session without marking it used or counting (maintenance reads).
+    pub(crate) fn peek(&self, id: &SessionId) -> Option<Arc<Record>> {
+        self.slot(id).shard.read().map.get(id).cloned()
+    }
+
     /// Inserts or replaces a record. A replacement with an older data version
     /// (a racing writer's stale result) is ignored; the newest `last_seen` is kept.
     pub(crate) fn insert(&self, rec: Arc<Record>) {

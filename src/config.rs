@@ -47,6 +47,7 @@ pub struct Config {
     pub(crate) keyring: Option<Keyring>,
     pub(crate) server_key: ServerKey,
     pub(crate) on_event: Option<EventHandler>,
+    pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -132,6 +133,7 @@ pub struct ConfigBuilder {
     keyring: Option<Keyring>,
     server_key: ServerKey,
     on_event: Option<EventHandler>,
+    sweep_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
 }
 
@@ -163,6 +165,7 @@ impl Default for ConfigBuilder {
             keyring: None,
             server_key: ServerKey::Default,
             on_event: None,
+            sweep_interval: Some(Duration::from_secs(30)),
             clock: Arc::new(SystemClock),
         }
     }
@@ -283,6 +286,13 @@ impl ConfigBuilder {
         self.server_key = ServerKey::Env(var.into());
         self
     }
+    /// How often the background sweeper removes expired sessions and prunes the
+    /// revocation set (real time); `None` disables the thread (call
+    /// `Store::sweep` yourself). Default: 30 s.
+    pub fn sweep_interval(&mut self, every: Option<Duration>) -> &mut Self {
+        self.sweep_interval = every;
+        self
+    }
     /// Receives every [`Event`]. Default: none.
     pub fn on_event(&mut self, handler: impl Fn(&Event) + Send + Sync + 'static) -> &mut Self {
         self.on_event = Some(Arc::new(handler));
@@ -318,6 +328,7 @@ impl ConfigBuilder {
             keyring: self.keyring.clone(),
             server_key: self.server_key.clone(),
             on_event: self.on_event.clone(),
+            sweep_interval: self.sweep_interval,
             clock: Arc::clone(&self.clock),
         }
     }
@@ -376,6 +387,9 @@ impl ConfigBuilder {
         }
         if c.keyring.as_ref().is_some_and(Keyring::is_empty) {
             return bad("keyring has no keys");
+        }
+        if c.sweep_interval.is_some_and(|d| d.is_zero()) {
+            return bad("sweep_interval must be non-zero (use None to disable)");
         }
         if c.write_queue == 0 {
             return bad("write_queue must be at least 1");

@@ -74,6 +74,7 @@ mod refresh;
 mod revocation;
 mod session;
 mod store;
+mod sweeper;
 mod token;
 
 /// The README's examples compile and run as doctests.
@@ -90,6 +91,7 @@ pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};
 pub use refresh::Reuse;
 pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
 pub use store::{Issued, Principal, Scope, Source, Stats, Store, TokenPair};
+pub use sweeper::SweepReport;
 pub use token::{
     REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId, SessionToken,
 };

@@ -21,6 +21,7 @@ use crate::jwt::{AccessClaims, Keyring, Policy, RESERVED_CLAIMS};
 use crate::refresh::{Derived, Family, Verdict, decide};
 use crate::revocation::Revocation;
 use crate::session::{NewSession, Record, RecordParts, Session, check_user};
+use crate::sweeper::{BATCH, SweepReport, Sweeper};
 use crate::token::{REFRESH_PREFIX, RefreshToken, SESSION_PREFIX, looks_like_jwt};
 use crate::token::{SessionId, SessionToken};
 
@@ -95,10 +96,14 @@ pub(crate) struct Inner {
     policy: Policy,
     next_serial: AtomicU64,
     closed: AtomicBool,
+    sweeper: Option<Sweeper>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(s) = &self.sweeper {
+            s.stop();
+        }
         let _ = self.writer.close();
     }
 }
@@ -162,20 +167,25 @@ impl Store {
             config.write_queue,
         )?;
         let cache = Cache::new(config.cache_capacity, config.cache_shards);
-        Ok(Store {
-            inner: Arc::new(Inner {
-                db: RwLock::new(Some(db)),
-                writer,
-                cache,
-                revocation,
-                keyring,
-                derived,
-                policy,
-                next_serial: AtomicU64::new(loaded.next_serial.max(1)),
-                closed: AtomicBool::new(false),
-                config,
+        let interval = config.sweep_interval;
+        let inner = Arc::new_cyclic(|weak| Inner {
+            db: RwLock::new(Some(db)),
+            writer,
+            cache,
+            revocation,
+            keyring,
+            derived,
+            policy,
+            next_serial: AtomicU64::new(loaded.next_serial.max(1)),
+            closed: AtomicBool::new(false),
+            sweeper: interval.and_then(|every| {
+                Sweeper::start(weak.clone(), every, |inner| {
+                    let _ = Store { inner: Arc::clone(inner) }.sweep();
+                })
             }),
-        })
+            config,
+        });
+        Ok(Store { inner })
     }
 
     fn live(&self) -> Result<&Inner, Error> {
@@ -721,6 +731,66 @@ impl Store {
         Ok(n)
     }
 
+    /// Removes expired sessions (absolute deadline or idle timeout passed) with
+    /// their index rows, refresh families and cache entries, then prunes the
+    /// revocation set and retired keys. Runs in bounded batches through the
+    /// writer; its cost follows the number of expired rows, not the table size.
+    /// The background sweeper calls this every `sweep_interval`.
+    ///
+    /// A session the cache saw active more recently than its persisted
+    /// `last_seen` is kept, and its touch is written.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; batches already applied stay applied.
+    #[allow(clippy::disallowed_methods)] // the report's duration is wall time
+    pub fn sweep(&self) -> Result<SweepReport, Error> {
+        let started = std::time::Instant::now();
+        let inner = self.live()?;
+        let now = self.now_ms();
+        let db = inner.db.read().clone().ok_or(Error::Closed)?;
+        let mut report = SweepReport::default();
+        let mut after = None;
+        loop {
+            let rows = db.expired(now, after, BATCH)?;
+            let full = rows.len() == BATCH;
+            report.rows_scanned += rows.len();
+            after = rows.last().copied();
+            let mut doomed = Vec::with_capacity(rows.len());
+            for (deadline, id) in rows {
+                if let Some(c) = inner.cache.peek(&id) {
+                    let seen = c.seen();
+                    if now < c.deadline(seen) {
+                        // Alive by a visit not yet written: write it, keep the session.
+                        inner.writer.offer(Op::Touch { id, last_seen: seen });
+                        continue;
+                    }
+                }
+                doomed.push((deadline, id));
+            }
+            if !doomed.is_empty() {
+                report.batches += 1;
+                if let Outcome::Swept(sw) = inner.writer.submit(Op::Sweep { rows: doomed, now }, Wait::Applied)? {
+                    for id in sw.absolute.iter().chain(&sw.idle) {
+                        inner.cache.remove(id);
+                        self.emit(|| Event::Expired { session: *id });
+                    }
+                    report.expired_absolute += sw.absolute.len();
+                    report.expired_idle += sw.idle.len();
+                    report.refresh_families += sw.families;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        // Durable: also makes the sweep batches above durable.
+        let (revocations, keys) = self.prune_revocations()?;
+        report.revocations_pruned = revocations;
+        report.keys_pruned = keys;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
     /// Drops revocation entries that no access token can name any more (revoked
     /// longer ago than the access TTL plus leeway) and retired keys past their
     /// window. Keeps the revocation set proportional to recent revocations.
@@ -784,6 +854,9 @@ impl Store {
     pub fn close(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::Release);
+        if let Some(s) = &inner.sweeper {
+            s.stop();
+        }
         let r = inner.writer.close();
         inner.db.write().take();
         r

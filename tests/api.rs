@@ -9,5 +9,6 @@ mod api {
     mod lifecycle;
     mod model;
     mod persistence;
+    mod sweep;
     mod tokens;
 }

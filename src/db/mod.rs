@@ -179,6 +179,31 @@ impl Db {
         Ok(out)
     }
 
+    /// Up to `limit` rows of the expiry index with deadline ≤ `now`, after `after`.
+    pub(crate) fn expired(
+        &self,
+        now: u64,
+        after: Option<(u64, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, SessionId)>, Error> {
+        use std::ops::Bound;
+        let rtx = self.db.begin_read().map_err(io)?;
+        let t = rtx.open_table(EXPIRY).map_err(io)?;
+        let after_key = after.map(|(d, id)| (d, *id.as_bytes()));
+        let lo = match &after_key {
+            Some((d, id)) => Bound::Excluded((*d, id)),
+            None => Bound::Unbounded,
+        };
+        let hi = Bound::Included((now, &[0xffu8; 16]));
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for row in t.range::<(u64, &[u8; 16])>((lo, hi)).map_err(io)?.take(limit) {
+            let (k, _) = row.map_err(io)?;
+            let (d, id) = k.value();
+            out.push((d, SessionId::from_bytes(*id)));
+        }
+        Ok(out)
+    }
+
     /// Number of stored sessions.
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
         let rtx = self.db.begin_read().map_err(io)?;

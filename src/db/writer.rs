@@ -50,6 +50,8 @@ pub(crate) enum Op {
     /// (`None` if absent) and decides. `NotFound` if the session is gone. (`Option`
     /// so the writer can take the `FnOnce` out.)
     Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
+    /// Delete the sessions of these expiry rows that are still expired at `now`.
+    Sweep { rows: Vec<(u64, SessionId)>, now: u64 },
     /// Drop revocation entries whose prune-after time is at or before `now`.
     PruneRevoked { now: u64 },
     /// No change; a durable barrier.
@@ -66,6 +68,16 @@ pub(crate) enum Outcome {
     Family(Box<dyn std::any::Any + Send>),
     /// (serial, id) of the revocation entries pruned.
     Pruned(Vec<(u64, SessionId)>),
+    /// What a sweep batch removed.
+    Swept(Swept),
+}
+
+/// Counts of one sweep batch.
+#[derive(Debug, Default)]
+pub(crate) struct Swept {
+    pub(crate) absolute: Vec<SessionId>,
+    pub(crate) idle: Vec<SessionId>,
+    pub(crate) families: usize,
 }
 
 /// A refresh-family decision, run inside the write transaction.
@@ -397,6 +409,29 @@ impl Worker {
                     t.refresh.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
                 }
                 Ok(Outcome::Family(change.reply))
+            }
+            Op::Sweep { rows, now } => {
+                let mut out = Swept::default();
+                for (deadline, id) in rows.iter() {
+                    let key = (*deadline, id.as_bytes());
+                    let Some(rec) = t.get(id)? else {
+                        t.expiry.remove(key).map_err(io)?; // stale index row
+                        continue;
+                    };
+                    let current = rec.deadline(rec.last_seen);
+                    if current != *deadline {
+                        t.expiry.remove(key).map_err(io)?; // superseded index row
+                    }
+                    if current > *now {
+                        continue; // touched since the scan
+                    }
+                    if t.refresh.get(id.as_bytes()).map_err(io)?.is_some() {
+                        out.families += 1;
+                    }
+                    t.delete(id)?;
+                    if *now >= rec.expires_at { out.absolute.push(*id) } else { out.idle.push(*id) }
+                }
+                Ok(Outcome::Swept(out))
             }
             Op::PruneRevoked { now } => {
                 // The table holds only revocations of the last horizon (access TTL +
