@@ -746,6 +746,8 @@ impl Store {
     pub fn sweep(&self) -> Result<SweepReport, Error> {
         let started = std::time::Instant::now();
         let inner = self.live()?;
+        // Barrier: everything queued before the sweep is applied (not necessarily synced).
+        inner.writer.submit(Op::Flush, Wait::Applied)?;
         let now = self.now_ms();
         let db = inner.db.read().clone().ok_or(Error::Closed)?;
         let mut report = SweepReport::default();

@@ -122,8 +122,13 @@ fn demo(path: &std::path::Path) -> Result<(), Error> {
     let dave = step("create session for dave", || store.create(NewSession::new("dave")))?.token.to_string();
     let pair = step("issue_tokens (JWT + refresh, durable)", || store.issue_tokens(&dave))?;
     let claims = step("verify_access (HS256)", || store.verify_access(&pair.access))?;
-    println!("  access token: sub={} sid={} exp-iat={}s kid={}", claims.sub, claims.sid, claims.exp - claims.iat,
-        store.keyring().keys().first().map(|k| k.kid.clone()).unwrap_or_default());
+    println!(
+        "  access token: sub={} sid={} exp-iat={}s kid={}",
+        claims.sub,
+        claims.sid,
+        claims.exp - claims.iat,
+        store.keyring().keys().first().map(|k| k.kid.clone()).unwrap_or_default()
+    );
     let n = 10_000u32;
     let t = Instant::now();
     for _ in 0..n {
