@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use parking_lot::RwLock;
-
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
@@ -87,7 +85,7 @@ pub struct Store {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    db: RwLock<Option<Db>>,
+    db: Db,
     writer: Writer,
     cache: Cache,
     pub(crate) revocation: Arc<Revocation>,
@@ -140,9 +138,16 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     #[cfg(feature = "test-util")]
-    pub fn open_with_backend(backend: impl redb::StorageBackend, config: Config) -> Result<Store, Error> {
+    ///
+    /// `make` builds the backend: once now, and again whenever the store reopens
+    /// the database after an I/O failure (so it must return a backend over the
+    /// same underlying storage).
+    pub fn open_with_backend<B: redb::StorageBackend>(
+        make: impl Fn() -> B + Send + Sync + 'static,
+        config: Config,
+    ) -> Result<Store, Error> {
         let key = config.server_key.resolve(None)?;
-        Self::start(Db::with_backend(backend)?, config, &key)
+        Self::start(Db::with_backend(make)?, config, &key)
     }
 
     fn start((db, loaded): (Db, Loaded), config: Config, server_key: &[u8; 32]) -> Result<Store, Error> {
@@ -161,7 +166,7 @@ impl Store {
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
         let writer = Writer::start(
-            db.handle(),
+            db.clone(),
             Arc::new(move |pairs: &[(u64, SessionId)]| hook_rev.revoke(pairs)),
             config.flush_interval,
             config.write_queue,
@@ -169,7 +174,7 @@ impl Store {
         let cache = Cache::new(config.cache_capacity, config.cache_shards);
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
-            db: RwLock::new(Some(db)),
+            db,
             writer,
             cache,
             revocation,
@@ -268,7 +273,7 @@ impl Store {
         if let Some(r) = self.inner.cache.get(id) {
             return Ok(Some(r));
         }
-        let db = self.inner.db.read().clone().ok_or(Error::Closed)?;
+        let db = &self.inner.db;
         let Some(rec) = db.get(id)? else {
             return Ok(None);
         };
@@ -385,6 +390,11 @@ impl Store {
     /// this process (fail closed), but retry so the revocation is persisted.
     pub fn revoke(&self, id: SessionId) -> Result<(), Error> {
         let prune_after = self.prune_after(self.now_ms());
+        // Fail closed even if the writer never reaches the op (e.g. the database
+        // cannot be reopened): refuse the session in memory first.
+        if let Ok(Some(rec)) = self.lookup(&id) {
+            self.inner.revocation.revoke(&[(rec.serial, id)]);
+        }
         let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
         if !ids.is_empty() {
             self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::Session });
@@ -404,6 +414,7 @@ impl Store {
             Scope::Others(id) => Some(id),
         };
         let prune_after = self.prune_after(self.now_ms());
+        self.revoke_in_memory(user, except);
         let ids = self.revoke_op(Op::RevokeUser { user: user.into(), except, prune_after })?;
         let n = ids.len();
         if n > 0 {
@@ -411,6 +422,16 @@ impl Store {
             self.emit(|| Event::Revoked { sessions: ids, reason });
         }
         Ok(n)
+    }
+
+    /// Best effort, before a user-wide revocation is submitted: refuse the user's
+    /// stored sessions in memory, so a failed commit still fails closed.
+    fn revoke_in_memory(&self, user: &str, except: Option<SessionId>) {
+        if let Ok(recs) = self.inner.db.list_user(user) {
+            let pairs: Vec<(u64, SessionId)> =
+                recs.iter().filter(|r| Some(r.id) != except).map(|r| (r.serial, r.id)).collect();
+            self.inner.revocation.revoke(&pairs);
+        }
     }
 
     pub(crate) fn revoke_op(&self, op: Op) -> Result<Vec<SessionId>, Error> {
@@ -433,7 +454,7 @@ impl Store {
     pub fn list_user(&self, user: &str) -> Result<Vec<Session>, Error> {
         check_user(user)?;
         let inner = self.live()?;
-        let db = inner.db.read().clone().ok_or(Error::Closed)?;
+        let db = &inner.db;
         let now = self.now_ms();
         let mut out: Vec<Session> = db
             .list_user(user)?
@@ -721,6 +742,7 @@ impl Store {
         check_user(user)?;
         let now = self.now_ms();
         self.live()?.revocation.set_not_before(user, now);
+        self.revoke_in_memory(user, None);
         let prune_after = self.prune_after(now);
         let ids = self.revoke_op(Op::LogoutEverywhere { user: user.into(), at: now, prune_after })?;
         let n = ids.len();
@@ -749,7 +771,7 @@ impl Store {
         // Barrier: everything queued before the sweep is applied (not necessarily synced).
         inner.writer.submit(Op::Flush, Wait::Applied)?;
         let now = self.now_ms();
-        let db = inner.db.read().clone().ok_or(Error::Closed)?;
+        let db = &inner.db;
         let mut report = SweepReport::default();
         let mut after = None;
         loop {
@@ -821,7 +843,7 @@ impl Store {
         let inner = &self.inner;
         let c = inner.cache.stats();
         let w = &inner.writer.stats;
-        let sessions_stored = inner.db.read().clone().and_then(|db| db.session_count().ok());
+        let sessions_stored = inner.db.session_count().ok();
         Stats {
             sessions_stored,
             cached_sessions: c.entries,
@@ -860,7 +882,7 @@ impl Store {
             s.stop();
         }
         let r = inner.writer.close();
-        inner.db.write().take();
+        inner.db.close();
         r
     }
 }

@@ -6,6 +6,7 @@ mod api {
     mod bad_input;
     mod concurrency;
     mod expiry;
+    mod faults;
     mod lifecycle;
     mod model;
     mod persistence;

@@ -17,10 +17,23 @@ use tables::{
     EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
 };
 
-/// Read access to the database. Cheap to clone.
+/// Reopens the database file after an I/O failure (redb refuses every operation
+/// on a handle that saw one). `None` for in-memory databases, which have no file.
+type Opener = Box<dyn Fn() -> Result<redb::Database, Error> + Send + Sync>;
+
+/// The database handle shared by readers and the writer. Cheap to clone.
+///
+/// After a failed write the writer calls [`Db::reset`]; the next batch calls
+/// [`Db::reopen`], so the store recovers once the fault clears.
 #[derive(Clone)]
 pub(crate) struct Db {
-    db: Arc<redb::Database>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    current: parking_lot::RwLock<Option<Arc<redb::Database>>>,
+    opener: Option<Opener>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// What `open` learned from the file.
@@ -62,7 +75,13 @@ impl Db {
                 Self::inspect(&b, path)?;
             }
             let db = b.create(path).map_err(io)?;
-            Self::init(db)
+            let path = path.to_owned();
+            let opener: Opener = Box::new(move || {
+                let mut b = redb::Database::builder();
+                b.set_cache_size(cache_bytes);
+                guarded(|| b.create(&path).map_err(io))
+            });
+            Self::init(db, Some(opener))
         })
     }
 
@@ -88,15 +107,66 @@ impl Db {
 
     /// An in-memory database (tests, demos).
     pub(crate) fn in_memory() -> Result<(Db, Loaded), Error> {
-        Self::with_backend(redb::backends::InMemoryBackend::new())
+        guarded(|| {
+            let db =
+                redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(io)?;
+            Self::init(db, None)
+        })
     }
 
-    /// Opens a database on a custom redb backend (fault-injection tests).
-    pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<(Db, Loaded), Error> {
-        guarded(|| Self::init(redb::Database::builder().create_with_backend(backend).map_err(io)?))
+    /// Opens a database on backends made by `make` (fault-injection tests): one
+    /// now, and a fresh one for each reopen after an I/O failure.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn with_backend<B: redb::StorageBackend>(
+        make: impl Fn() -> B + Send + Sync + 'static,
+    ) -> Result<(Db, Loaded), Error> {
+        guarded(|| {
+            let db = redb::Database::builder().create_with_backend(make()).map_err(io)?;
+            let opener: Opener =
+                Box::new(move || guarded(|| redb::Database::builder().create_with_backend(make()).map_err(io)));
+            Self::init(db, Some(opener))
+        })
     }
 
-    fn init(db: redb::Database) -> Result<(Db, Loaded), Error> {
+    /// The live handle.
+    pub(crate) fn handle(&self) -> Result<Arc<redb::Database>, Error> {
+        if let Some(db) = &*self.shared.current.read() {
+            return Ok(Arc::clone(db));
+        }
+        if self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.reopen()?;
+        self.shared.current.read().clone().ok_or_else(|| StorageError::new(StorageErrorKind::Io).into())
+    }
+
+    /// Drops the handle after a failed write, so the next [`Db::reopen`] starts
+    /// clean. In-memory databases cannot be reopened and keep their handle.
+    pub(crate) fn reset(&self) {
+        if self.shared.opener.is_some() {
+            self.shared.current.write().take();
+        }
+    }
+
+    /// Reopens the file if the handle was reset. Fails (to be retried) while a
+    /// reader still holds the old handle or the fault persists.
+    pub(crate) fn reopen(&self) -> Result<(), Error> {
+        let mut cur = self.shared.current.write();
+        if cur.is_some() || self.shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let open = self.shared.opener.as_ref().ok_or(Error::Closed)?;
+        *cur = Some(Arc::new(open()?));
+        Ok(())
+    }
+
+    /// Releases the handle for good (after the writer has stopped).
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.shared.current.write().take();
+    }
+
+    fn init(db: redb::Database, opener: Option<Opener>) -> Result<(Db, Loaded), Error> {
         let rtx = db.begin_read().map_err(io)?;
         let existing: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
         let format = if existing.iter().any(|n| n == "meta") {
@@ -124,13 +194,19 @@ impl Db {
                 wtx.commit().map_err(io)?;
             }
         }
-        let db = Db { db: Arc::new(db) };
+        let db = Db {
+            shared: Arc::new(Shared {
+                current: parking_lot::RwLock::new(Some(Arc::new(db))),
+                opener,
+                closed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
         let loaded = db.load()?;
         Ok((db, loaded))
     }
 
     fn load(&self) -> Result<Loaded, Error> {
-        let rtx = self.db.begin_read().map_err(io)?;
+        let rtx = self.handle()?.begin_read().map_err(io)?;
         let meta = rtx.open_table(META).map_err(io)?;
         let next_serial = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
         let revoked = rtx.open_table(REVOKED).map_err(io)?;
@@ -149,13 +225,9 @@ impl Db {
         Ok(Loaded { next_serial, revoked: list, not_before })
     }
 
-    pub(crate) fn handle(&self) -> Arc<redb::Database> {
-        Arc::clone(&self.db)
-    }
-
     /// Reads one session.
     pub(crate) fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let rtx = self.db.begin_read().map_err(io)?;
+        let rtx = self.handle()?.begin_read().map_err(io)?;
         let t = rtx.open_table(SESSIONS).map_err(io)?;
         let Some(v) = t.get(id.as_bytes()).map_err(io)? else {
             return Ok(None);
@@ -165,7 +237,7 @@ impl Db {
 
     /// Reads every session of `user`.
     pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
-        let rtx = self.db.begin_read().map_err(io)?;
+        let rtx = self.handle()?.begin_read().map_err(io)?;
         let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
         let sessions = rtx.open_table(SESSIONS).map_err(io)?;
         let mut out = Vec::new();
@@ -187,7 +259,7 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<(u64, SessionId)>, Error> {
         use std::ops::Bound;
-        let rtx = self.db.begin_read().map_err(io)?;
+        let rtx = self.handle()?.begin_read().map_err(io)?;
         let t = rtx.open_table(EXPIRY).map_err(io)?;
         let after_key = after.map(|(d, id)| (d, *id.as_bytes()));
         let lo = match &after_key {
@@ -206,7 +278,7 @@ impl Db {
 
     /// Number of stored sessions.
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
-        let rtx = self.db.begin_read().map_err(io)?;
+        let rtx = self.handle()?.begin_read().map_err(io)?;
         rtx.open_table(SESSIONS).map_err(io)?.len().map_err(io)
     }
 }

@@ -140,7 +140,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn start(
-        db: Arc<redb::Database>,
+        db: super::Db,
         hook: RevokeHook,
         flush_interval: Duration,
         queue: usize,
@@ -199,7 +199,7 @@ impl Writer {
 }
 
 struct Worker {
-    db: Arc<redb::Database>,
+    db: super::Db,
     hook: RevokeHook,
     flush_interval: Duration,
     stats: Arc<WriterStats>,
@@ -282,6 +282,8 @@ impl Worker {
                 }
             }
             Err(e) => {
+                // redb refuses every later operation on a handle that saw an I/O error.
+                self.db.reset();
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 for job in batch.drain(..) {
                     match job.ack {
@@ -299,7 +301,9 @@ impl Worker {
 
     /// Applies every job in one transaction. `Err` means nothing was committed.
     fn apply_and_commit(&self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
-        let mut wtx = self.db.begin_write().map_err(io)?;
+        self.db.reopen()?;
+        let db = self.db.handle()?;
+        let mut wtx = db.begin_write().map_err(io)?;
         wtx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None }).map_err(io)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
