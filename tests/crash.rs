@@ -1,0 +1,224 @@
+//! Crash safety under SIGKILL.
+//!
+//! The parent re-runs this test binary as a child (`child_process`, active only
+//! with `CLOAKROOM_CRASH_CHILD` set). The child runs a random mix of durable
+//! operations on one store file and prints each operation to stdout only after
+//! the call returned. The parent reads that log, kills the child with SIGKILL at
+//! a random moment, drains the rest of the log, reopens the file and checks:
+//! it opens; every acknowledged create is there; every acknowledged revocation
+//! holds for sessions, refresh families and access tokens; refresh generations
+//! on disk never go backwards. Then the next cycle continues on the same file.
+//!
+//! `CLOAKROOM_CRASH_CYCLES` (default 20) sets the number of kill cycles;
+//! `CLOAKROOM_CRASH_SEED` replays a run.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use cloakroom::{Config, Error, NewSession, Scope, SessionId, Store};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const USERS: u64 = 4;
+
+fn config() -> Config {
+    Config::builder().sweep_interval(None).build().unwrap()
+}
+
+/// The child: random durable operations, each logged after it returned.
+#[test]
+fn child_process() {
+    let Ok(path) = std::env::var("CLOAKROOM_CRASH_CHILD") else { return };
+    let seed: u64 = std::env::var("CLOAKROOM_CRASH_CHILD_SEED").unwrap().parse().unwrap();
+    let mut rng = Rng(seed | 1);
+    let store = Store::open(&path, config()).unwrap();
+    let mut out = std::io::stdout().lock();
+    // (token, id, user, refresh token, access token) of sessions made in this run.
+    let mut mine: Vec<(String, SessionId, u64, Option<String>, Option<String>)> = Vec::new();
+    loop {
+        let op = rng.below(10);
+        let user = rng.below(USERS);
+        match op {
+            0..=3 => {
+                let i = store.create(NewSession::new(format!("u{user}"))).unwrap();
+                let tok = i.token.to_string();
+                writeln!(out, "@@ C {tok} {} {user}", i.session.id()).unwrap();
+                mine.push((tok, i.session.id(), user, None, None));
+            }
+            4..=5 if !mine.is_empty() => {
+                let k = rng.below(mine.len() as u64) as usize;
+                let m = &mut mine[k];
+                let r = match &m.3 {
+                    None => store.issue_tokens(&m.0),
+                    Some(rt) => store.refresh(rt),
+                };
+                if let Ok(p) = r {
+                    let rt = p.refresh.to_string();
+                    writeln!(out, "@@ F {} {} {rt} {}", m.1, p.refresh.generation(), p.access).unwrap();
+                    m.3 = Some(rt);
+                    m.4 = Some(p.access);
+                }
+            }
+            6..=7 if !mine.is_empty() => {
+                let k = rng.below(mine.len() as u64) as usize;
+                let id = mine[k].1;
+                store.revoke(id).unwrap();
+                writeln!(out, "@@ R {id}").unwrap();
+            }
+            8 => {
+                store.revoke_user(&format!("u{user}"), Scope::All).unwrap();
+                writeln!(out, "@@ U {user}").unwrap();
+            }
+            9 => {
+                store.logout_everywhere(&format!("u{user}")).unwrap();
+                writeln!(out, "@@ L {user}").unwrap();
+            }
+            _ => continue,
+        }
+        out.flush().unwrap();
+    }
+}
+
+/// The acknowledged operation on a complete log line (libtest may prefix the
+/// first line with its own output); `None` for other lines and a cut-off tail.
+fn ack(line: &str) -> Option<&str> {
+    let l = line.strip_suffix('\n')?;
+    Some(&l[l.find("@@ ")? + 3..])
+}
+
+#[derive(Default)]
+struct Known {
+    token: String,
+    user: u64,
+    revoked: bool,
+    /// Latest acknowledged (generation, refresh token, access token).
+    family: Option<(u64, String, String)>,
+}
+
+fn apply(line: &str, model: &mut HashMap<SessionId, Known>) {
+    let f: Vec<&str> = line.split(' ').collect();
+    match f.as_slice() {
+        ["C", tok, id, user] => {
+            model.insert(
+                id.parse().unwrap(),
+                Known { token: (*tok).into(), user: user.parse().unwrap(), ..Known::default() },
+            );
+        }
+        ["F", id, generation, rt, at] => {
+            let k = model.get_mut(&id.parse().unwrap()).unwrap();
+            k.family = Some((generation.parse().unwrap(), (*rt).into(), (*at).into()));
+        }
+        ["R", id] => {
+            if let Some(k) = model.get_mut(&id.parse().unwrap()) {
+                k.revoked = true;
+            }
+        }
+        ["U", user] | ["L", user] => {
+            let user: u64 = user.parse().unwrap();
+            for k in model.values_mut().filter(|k| k.user == user) {
+                k.revoked = true;
+            }
+        }
+        _ => panic!("bad log line {line:?}"),
+    }
+}
+
+/// Refresh generation stored on disk for a session (white-box: the `refresh` table).
+fn disk_generation(path: &Path, id: &SessionId) -> Option<u64> {
+    let db = redb::Database::open(path).unwrap();
+    let rtx = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let t = rtx.open_table(redb::TableDefinition::<&[u8; 16], &[u8]>::new("refresh")).unwrap();
+    let v = redb::ReadableTable::get(&t, id.as_bytes()).unwrap()?;
+    let b = v.value();
+    Some(u64::from_le_bytes(b[1..9].try_into().unwrap()))
+}
+
+#[test]
+fn kill_9_never_loses_acknowledged_work() {
+    let cycles: usize = std::env::var("CLOAKROOM_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let seed: u64 = std::env::var("CLOAKROOM_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_nanos() as u64).unwrap_or(1));
+    eprintln!("crash test: {cycles} cycles, CLOAKROOM_CRASH_SEED={seed}");
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.redb");
+    let mut model: HashMap<SessionId, Known> = HashMap::new();
+    let exe = std::env::current_exe().unwrap();
+    let mut total_acks = 0usize;
+    for cycle in 0..cycles {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "child_process", "--nocapture", "--test-threads", "1"])
+            .env("CLOAKROOM_CRASH_CHILD", &path)
+            .env("CLOAKROOM_CRASH_CHILD_SEED", rng.next().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let kill_after = 1 + rng.below(40) as usize;
+        let mut acks = 0;
+        let mut line = String::new();
+        while acks < kill_after {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("child exited early in cycle {cycle}");
+            }
+            if let Some(l) = ack(&line) {
+                apply(l, &mut model);
+                acks += 1;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Everything the child printed before dying was acknowledged.
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).unwrap();
+        for l in rest.split_inclusive('\n').filter_map(ack) {
+            apply(l, &mut model);
+            acks += 1;
+        }
+        total_acks += acks;
+
+        // Generations on disk never go backwards (checked before the store may rotate anything).
+        for (id, k) in &model {
+            if let (Some((g, ..)), false) = (&k.family, k.revoked) {
+                let disk = disk_generation(&path, id);
+                assert!(disk.is_some_and(|d| d >= *g), "cycle {cycle}: generation of {id} went back: {disk:?} < {g}");
+            }
+        }
+        let store = Store::open(&path, config()).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+        for (id, k) in &model {
+            let v = store.validate(&k.token);
+            if k.revoked {
+                assert!(
+                    matches!(v, Err(Error::Revoked | Error::NotFound)),
+                    "cycle {cycle}: revoked {id} came back: {v:?}"
+                );
+                if let Some((_, rt, at)) = &k.family {
+                    assert!(store.refresh(rt).is_err(), "cycle {cycle}: revoked family of {id} refreshed");
+                    assert!(store.verify_access(at).is_err(), "cycle {cycle}: access token of revoked {id} verified");
+                }
+            } else {
+                assert!(v.is_ok(), "cycle {cycle}: acknowledged session {id} lost: {v:?}");
+            }
+        }
+        store.close().unwrap();
+    }
+    eprintln!("crash test: {cycles} cycles, {total_acks} acknowledged ops, {} sessions checked", model.len());
+    assert!(total_acks >= cycles);
+}
