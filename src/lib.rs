@@ -111,8 +111,42 @@ pub mod fuzzing {
             let _ = crate::RefreshToken::parse(s);
         }
     }
-    /// Decodes a stored session record.
+    /// Decodes a stored session record; a record that decodes must re-encode to the same bytes.
     pub fn decode_record(data: &[u8]) {
-        let _ = crate::session::Record::decode(crate::SessionId::from_bytes([0; 16]), data);
+        if let Ok(r) = crate::session::Record::decode(crate::SessionId::from_bytes([0; 16]), data) {
+            // Canonical IP text may differ from the input's; compare field by field otherwise.
+            let again = crate::session::Record::decode(r.id, &r.encode());
+            assert!(again.is_ok(), "re-encoding a decoded record must decode");
+        }
+    }
+
+    /// Decodes a stored session record and returns the decoder's verdict.
+    ///
+    /// # Errors
+    /// The [`crate::RecordError`] of a malformed record.
+    pub fn decode_record_checked(data: &[u8]) -> Result<(), crate::RecordError> {
+        crate::session::Record::decode(crate::SessionId::from_bytes([0; 16]), data).map(|_| ())
+    }
+
+    /// Verifies arbitrary bytes as an access token and as a bearer credential
+    /// against a fixed store (HS256 key, fixed clock).
+    pub fn verify_access(data: &[u8]) {
+        use std::sync::OnceLock;
+        static STORE: OnceLock<Option<crate::Store>> = OnceLock::new();
+        let store = STORE.get_or_init(|| {
+            let keys = crate::Keyring::new();
+            keys.add_hs256("fuzz", &[7; 32]).ok()?;
+            let cfg = crate::Config::builder()
+                .keyring(keys)
+                .sweep_interval(None)
+                .clock(crate::ManualClock::fixed())
+                .build()
+                .ok()?;
+            crate::Store::in_memory(cfg).ok()
+        });
+        if let (Some(store), Ok(s)) = (store, std::str::from_utf8(data)) {
+            let _ = store.verify_access(s);
+            let _ = store.authenticate(s);
+        }
     }
 }

@@ -105,3 +105,192 @@ fn right_id_wrong_secret_is_not_found() {
     assert!(matches!(s.rotate(&forged), Err(Error::NotFound)));
     s.validate(&good).unwrap();
 }
+
+/// What a bad input must produce.
+#[derive(Debug)]
+enum Want {
+    Tok(Malformed),
+    Jwt(cloakroom::JwtError),
+    Rec(cloakroom::RecordError),
+    Input,
+}
+
+/// One table across every parser: session tokens (`validate`), refresh tokens
+/// (`refresh`), access tokens (`verify_access`), bearer credentials
+/// (`authenticate`), stored records, and application input. Format failures
+/// must not reach the cache or the disk: both counters stay still.
+#[test]
+fn bad_input_table_across_all_parsers() {
+    use cloakroom::{JwtError as J, RecordError as R};
+    use std::sync::atomic::Ordering;
+
+    let mut b = cloakroom::Config::builder();
+    b.sweep_interval(None);
+    let (s, backend) = super::faults::faulty_store(b.build().unwrap());
+    let good = s.create(NewSession::new("u")).unwrap().token.to_string();
+    let pair = s.issue_tokens(&good).unwrap();
+    let refresh = pair.refresh.to_string();
+    let jwt = pair.access.clone();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let b64 = |j: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(j)
+    };
+    let with_header = |h: &str| format!("{}.{}.{}", b64(h), parts[1], parts[2]);
+    let with_claims = |c: &str| format!("{}.{}.{}", parts[0], b64(c), parts[2]);
+    let rbody = &refresh[4..];
+
+    use Malformed as M;
+    use Want::*;
+    let tokens: Vec<(&str, String, Want)> = vec![
+        // session tokens
+        ("validate", String::new(), Tok(M::Empty)),
+        ("validate", "\n".into(), Tok(M::Empty)),
+        ("validate", format!("{good}x"), Tok(M::TooLong)),
+        ("validate", good[..73].into(), Tok(M::WrongLength)),
+        ("validate", format!("crs_{}", "é".repeat(35)), Tok(M::BadEncoding)), // 74 bytes, not base64
+        ("validate", format!("{}*{}", &good[..30], &good[31..]), Tok(M::BadEncoding)),
+        ("validate", format!("crs_{}", "A".repeat(70)), Tok(M::BadChecksum)),
+        ("validate", refresh.clone(), Tok(M::WrongKind)),
+        ("validate", jwt.clone(), Tok(M::WrongKind)),
+        ("validate", format!("xrs_{}", &good[4..]), Tok(M::WrongPrefix)),
+        // refresh tokens
+        ("refresh", String::new(), Tok(M::Empty)),
+        ("refresh", "   ".into(), Tok(M::Empty)),
+        ("refresh", "crr_".into(), Tok(M::WrongLength)),
+        ("refresh", good.clone(), Tok(M::WrongKind)),
+        ("refresh", jwt.clone(), Tok(M::WrongKind)),
+        ("refresh", format!("{refresh}A"), Tok(M::TooLong)),
+        ("refresh", "r".repeat(100_000), Tok(M::TooLong)),
+        ("refresh", format!("crr_{}=", &rbody[..79]), Tok(M::BadEncoding)),
+        ("refresh", format!("crr_{}!", &rbody[..79]), Tok(M::BadEncoding)),
+        ("refresh", format!("CRR_{rbody}"), Tok(M::WrongPrefix)),
+        // access tokens
+        ("verify", String::new(), Jwt(J::Malformed)),
+        ("verify", "x".repeat(5000), Jwt(J::Malformed)),
+        ("verify", format!("{}.{}", parts[0], parts[1]), Jwt(J::Malformed)),
+        ("verify", format!("{jwt}.{}", parts[2]), Jwt(J::Malformed)),
+        ("verify", format!("{}.{}.{}", parts[0], parts[1], "sig=="), Jwt(J::Malformed)),
+        ("verify", with_header("not json"), Jwt(J::Malformed)),
+        ("verify", with_header("[1,2]"), Jwt(J::Malformed)),
+        ("verify", with_header(r#"{"alg":"HS256","alg":"none","typ":"at+jwt","kid":"x"}"#), Jwt(J::Malformed)),
+        ("verify", with_header(r#"{"alg":"HS256","kid":"x"}"#), Jwt(J::Header("typ must be at+jwt"))),
+        ("verify", with_header(r#"{"alg":"HS256","typ":"at+jwt"}"#), Jwt(J::Header("kid missing"))),
+        ("verify", with_header(r#"{"alg":"HS256","typ":"at+jwt","kid":"nope"}"#), Jwt(J::Header("unknown kid"))),
+        (
+            "verify",
+            with_header(r#"{"alg":"HS256","typ":"at+jwt","kid":"x","crit":["b64"]}"#),
+            Jwt(J::Header("crit is not supported")),
+        ),
+        (
+            "verify",
+            with_header(r#"{"alg":"RSA-OAEP","enc":"A256GCM","typ":"at+jwt","kid":"x"}"#),
+            Jwt(J::Header("JWE is not accepted")),
+        ),
+        ("verify", with_claims(r#"{"sub":"u"}"#), Jwt(J::Signature)),
+        ("verify", format!("{}.{}.{}", parts[0], parts[1], b64("forged signature bytes, 32 long!")), Jwt(J::Signature)),
+        // bearer credentials
+        ("auth", "Bearer ".into(), Tok(M::Empty)),
+        ("auth", "Basic dTpw".into(), Tok(M::WrongPrefix)),
+        ("auth", format!("Bearer {refresh}"), Tok(M::WrongKind)),
+        ("auth", format!("Bearer {}", "a".repeat(5000)), Tok(M::TooLong)),
+        ("auth", "\u{202e}crs_".into(), Tok(M::WrongPrefix)),
+    ];
+    // The kid in the hand-made headers must exist for the later checks to be reached.
+    let kid = jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap();
+    let reads_before = backend.reads.load(Ordering::SeqCst);
+    let st = s.stats();
+    let mut n = 0;
+    for (what, input, want) in &tokens {
+        let input = if *what == "verify" {
+            // Re-point the hand-made headers at the real kid (kept "x" above for brevity).
+            let mut p = input.splitn(2, '.');
+            let (h, rest) = (p.next().unwrap(), p.next().unwrap_or(""));
+            use base64::Engine as _;
+            let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            match e.decode(h).ok().and_then(|j| String::from_utf8(j).ok()) {
+                Some(j) if j.contains(r#""kid":"x""#) => {
+                    format!("{}.{rest}", e.encode(j.replace(r#""kid":"x""#, &format!(r#""kid":"{kid}""#))))
+                }
+                _ => input.clone(),
+            }
+        } else {
+            input.clone()
+        };
+        let got = match *what {
+            "validate" => s.validate(&input).err(),
+            "refresh" => s.refresh(&input).err(),
+            "verify" => s.verify_access(&input).err(),
+            "auth" => s.authenticate(&input).err(),
+            _ => unreachable!(),
+        };
+        let ok = match (&got, want) {
+            (Some(Error::Malformed(g)), Tok(w)) => g == w,
+            (Some(Error::Jwt(g)), Jwt(w)) => g == w,
+            _ => false,
+        };
+        assert!(ok, "{what} {:?}: want {want:?}, got {got:?}", &input[..input.len().min(60)]);
+        n += 1;
+    }
+    let after = s.stats();
+    assert_eq!(backend.reads.load(Ordering::SeqCst), reads_before, "a malformed input reached the disk");
+    assert_eq!(
+        (after.cache_hits, after.cache_misses),
+        (st.cache_hits, st.cache_misses),
+        "a malformed input reached the cache"
+    );
+
+    // Stored records.
+    let mut rec = vec![1u8];
+    rec.extend_from_slice(&[0; 8 + 32 + 40]);
+    let text = |v: &mut Vec<u8>, t: &[u8]| {
+        v.extend_from_slice(&(t.len() as u16).to_le_bytes());
+        v.extend_from_slice(t);
+    };
+    let mut good_rec = rec.clone();
+    for t in [&b"alice"[..], b"", b"", b""] {
+        text(&mut good_rec, t);
+    }
+    good_rec.extend_from_slice(&0u32.to_le_bytes());
+    assert!(cloakroom::fuzzing::decode_record_checked(&good_rec).is_ok());
+    let mut trailing = good_rec.clone();
+    trailing.push(0);
+    let mut newer = good_rec.clone();
+    newer[0] = 9;
+    let mut bad_utf8 = rec.clone();
+    text(&mut bad_utf8, &[0xff, 0xfe]);
+    let mut empty_user = rec.clone();
+    text(&mut empty_user, b"");
+    let mut bad_ip = rec.clone();
+    text(&mut bad_ip, b"alice");
+    text(&mut bad_ip, b"999.1.1.1");
+    let mut huge_len = good_rec[..good_rec.len() - 4].to_vec();
+    huge_len.extend_from_slice(&u32::MAX.to_le_bytes());
+    let records: Vec<(Vec<u8>, R)> = vec![
+        (Vec::new(), R::Truncated),
+        (good_rec[..good_rec.len() - 1].to_vec(), R::Truncated),
+        (trailing, R::Trailing),
+        (newer, R::UnknownFormat(9)),
+        (bad_utf8, R::BadText),
+        (empty_user, R::BadUser),
+        (bad_ip, R::BadText),
+        (huge_len, R::Truncated),
+    ];
+    for (bytes, want) in &records {
+        assert_eq!(cloakroom::fuzzing::decode_record_checked(bytes), Err(*want));
+        n += 1;
+    }
+
+    // Application input: user ids and metadata.
+    let inputs: Vec<(NewSession, Want)> = vec![
+        (NewSession::new(""), Input),
+        (NewSession::new("x".repeat(257)), Input),
+        (NewSession::new("é".repeat(129)), Input), // 258 bytes
+        (NewSession::new("u").meta(cloakroom::Meta { label: Some("l".repeat(257)), ..Default::default() }), Input),
+    ];
+    for (new, _) in inputs {
+        assert!(matches!(s.create(new), Err(Error::Input(_))));
+        n += 1;
+    }
+    assert!(n >= 40, "{n} cases");
+}
