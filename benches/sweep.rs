@@ -21,7 +21,9 @@ fn store(dir: &std::path::Path, name: &str, clock: &ManualClock) -> Store {
 }
 
 fn live(s: &Store, n: usize) -> Vec<String> {
-    (0..n).map(|i| s.create(NewSession::new(format!("live-{i}")).without_idle_timeout()).unwrap().token.to_string()).collect()
+    (0..n)
+        .map(|i| s.create(NewSession::new(format!("live-{i}")).without_idle_timeout()).unwrap().token.to_string())
+        .collect()
 }
 
 fn doomed(s: &Store, n: usize) {
@@ -101,7 +103,12 @@ fn readers_during_sweep() {
     assert_eq!(report.sessions_removed(), 1_000_000);
     let (i50, i99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
     let (d50, d99) = (percentile(&during, 0.5), percentile(&during, 0.99));
-    println!("readers-during-sweep: sweep removed {} sessions in {:?} ({} batches)", report.sessions_removed(), report.duration, report.batches);
+    println!(
+        "readers-during-sweep: sweep removed {} sessions in {:?} ({} batches)",
+        report.sessions_removed(),
+        report.duration,
+        report.batches
+    );
     println!("readers-during-sweep: idle   validate p50 {i50} ns, p99 {i99} ns ({} samples)", idle.len());
     println!("readers-during-sweep: during validate p50 {d50} ns, p99 {d99} ns ({} samples)", during.len());
     println!("readers-during-sweep: p99 ratio during/idle = {:.2}", d99 as f64 / i99 as f64);

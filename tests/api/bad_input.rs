@@ -111,7 +111,6 @@ fn right_id_wrong_secret_is_not_found() {
 enum Want {
     Tok(Malformed),
     Jwt(cloakroom::JwtError),
-    Rec(cloakroom::RecordError),
     Input,
 }
 

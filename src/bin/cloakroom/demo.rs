@@ -1,47 +1,9 @@
-//! The `cloakroom` command-line tool.
-//!
-//! `cloakroom demo [--db PATH]` runs the main job on the embedded default: a
-//! redb file in the current directory.
+//! `cloakroom demo`: the session and token lifecycle on a redb file, with timings.
 
-#![allow(clippy::disallowed_methods)] // wall-clock timings for the report
-
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
 use cloakroom::{Config, Error, Meta, NewSession, Scope, Store};
-
-#[derive(Parser)]
-#[command(name = "cloakroom", version, about = "Embedded session and token store")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Walk through the session lifecycle on a redb file and print a report.
-    Demo {
-        /// Database file (recreated by the demo).
-        #[arg(long, default_value = "cloakroom-demo.redb")]
-        db: PathBuf,
-    },
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo { db } => demo(&db),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
 
 /// Times `f`, printing one report line.
 fn step<T>(what: &str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
@@ -62,7 +24,7 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-fn demo(path: &std::path::Path) -> Result<(), Error> {
+pub(crate) fn run(path: &Path) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     let mut key = path.as_os_str().to_owned();
     key.push(".key");

@@ -1,0 +1,232 @@
+#![allow(clippy::disallowed_methods)] // benchmarks measure wall time
+//! cloakroom vs a real `redis-server`, side by side in one run.
+//!
+//! The bench starts `redis-server` itself on free 127.0.0.1 ports (`--save ''
+//! --appendonly yes`, one with `appendfsync always`, one with `everysec`) and
+//! stops it at the end. Without `redis-server` on PATH it says how to install it
+//! and runs only the cloakroom half. `CLOAKROOM_BENCH_QUICK=1` shortens every
+//! measurement (used by CI to catch regressions in the comparison code).
+//!
+//! Run: `cargo bench --bench vs_redis`. Ratios are printed after each pair from
+//! criterion's medians.
+
+#[path = "../src/bin/cloakroom/redis_side.rs"]
+mod redis_side;
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use cloakroom::{Config, Durability, NewSession, Scope, Store};
+use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
+use redis_side::{RedisServer, RedisSessions};
+
+const TTL: u64 = 7 * 24 * 3600;
+
+fn quick() -> bool {
+    std::env::var_os("CLOAKROOM_BENCH_QUICK").is_some()
+}
+
+fn tune(g: &mut BenchmarkGroup<'_, WallTime>, slow: bool) {
+    if quick() {
+        g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1));
+    } else if slow {
+        g.sample_size(10).measurement_time(Duration::from_secs(8));
+    }
+}
+
+fn median_ns(group: &str, bench: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = format!("{dir}/criterion/{group}/{bench}/new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn ratio(group: &str, what: &str) {
+    let (c, r) = (median_ns(group, &format!("cloakroom/{what}")), median_ns(group, &format!("redis/{what}")));
+    if let (Some(c), Some(r)) = (c, r) {
+        println!(
+            "RATIO {group}/{what}: redis/cloakroom time = {:.1}× (cloakroom {:.0} ns, redis {:.0} ns median)",
+            r / c,
+            c,
+            r
+        );
+    }
+}
+
+fn store(dir: &std::path::Path, name: &str, durability: Durability) -> Store {
+    let mut b = Config::builder();
+    b.durability(durability).sweep_interval(None);
+    Store::open(dir.join(name), b.build().unwrap()).unwrap()
+}
+
+/// Runs `f(thread)` `per` times on each of `threads` threads; wall time of the whole.
+fn parallel(threads: usize, per: usize, f: &(dyn Fn(usize) + Sync)) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let b = Arc::clone(&barrier);
+            s.spawn(move || {
+                b.wait();
+                for _ in 0..per {
+                    f(t);
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    })
+    .elapsed()
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let dir = tempfile::tempdir().unwrap();
+    let servers = match (RedisServer::start("always"), RedisServer::start("everysec")) {
+        (Ok(a), Ok(e)) => Some((a, e)),
+        (Err(m), _) | (_, Err(m)) => {
+            eprintln!("vs_redis: {m}\nvs_redis: running the cloakroom half only");
+            None
+        }
+    };
+    let url = |durable: bool| servers.as_ref().map(|(a, e)| if durable { a.url() } else { e.url() });
+    let n_loaded = if quick() { 10_000 } else { 100_000 };
+
+    // ---- validate (hit) ----
+    {
+        let s = store(dir.path(), "validate.redb", Durability::Eventual);
+        let toks: Vec<String> = (0..n_loaded)
+            .map(|i| s.create(NewSession::new(format!("u{}", i % 1000))).unwrap().token.to_string())
+            .collect();
+        s.flush().unwrap();
+        let mut g = c.benchmark_group("validate");
+        tune(&mut g, false);
+        g.throughput(Throughput::Elements(1));
+        let mut i = 0usize;
+        g.bench_function("cloakroom/1-caller", |b| {
+            b.iter(|| {
+                i = i.wrapping_add(7919);
+                black_box(s.validate(&toks[i % toks.len()]).unwrap())
+            })
+        });
+        if let Some(u) = url(false) {
+            let mut r = RedisSessions::connect(&u, TTL).unwrap();
+            let users: Vec<String> = (0..n_loaded).map(|i| format!("u{}", i % 1000)).collect();
+            let rt: Vec<String> = users.chunks(1000).flat_map(|c| r.create_many(c).unwrap()).map(|c| c.token).collect();
+            g.bench_function("redis/1-caller", |b| {
+                b.iter(|| {
+                    i = i.wrapping_add(7919);
+                    assert!(r.validate(&rt[i % rt.len()]).unwrap());
+                })
+            });
+        }
+        g.finish();
+        ratio("validate", "1-caller");
+    }
+
+    // ---- create: durable and eventual, 1 and 64 callers ----
+    for (mode, durability, durable) in
+        [("immediate-vs-always", Durability::Immediate, true), ("eventual-vs-everysec", Durability::Eventual, false)]
+    {
+        let group = format!("create-{mode}");
+        let s = store(dir.path(), &format!("create-{mode}.redb"), durability);
+        let mut g = c.benchmark_group(&group);
+        tune(&mut g, true);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("cloakroom/1-caller", |b| b.iter(|| black_box(s.create(NewSession::new("u")).unwrap())));
+        let per = if quick() { 5 } else { 20 };
+        g.throughput(Throughput::Elements(64 * per as u64));
+        g.bench_function("cloakroom/64-callers", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| parallel(64, per, &|t| drop(s.create(NewSession::new(format!("u{t}"))).unwrap())))
+                    .sum()
+            })
+        });
+        if let Some(u) = url(durable) {
+            let mut r = RedisSessions::connect(&u, TTL).unwrap();
+            g.throughput(Throughput::Elements(1));
+            g.bench_function("redis/1-caller", |b| b.iter(|| black_box(r.create("u").unwrap())));
+            let conns: Vec<std::sync::Mutex<RedisSessions>> =
+                (0..64).map(|_| std::sync::Mutex::new(RedisSessions::connect(&u, TTL).unwrap())).collect();
+            g.throughput(Throughput::Elements(64 * per as u64));
+            g.bench_function("redis/64-callers", |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            parallel(64, per, &|t| drop(conns[t].lock().unwrap().create(&format!("u{t}")).unwrap()))
+                        })
+                        .sum()
+                })
+            });
+        }
+        g.finish();
+        ratio(&group, "1-caller");
+        ratio(&group, "64-callers");
+    }
+
+    // ---- revoke one; revoke all of a user's 10 sessions; refresh rotation ----
+    {
+        let s = store(dir.path(), "revoke.redb", Durability::Immediate);
+        let mut g = c.benchmark_group("revoke");
+        tune(&mut g, true);
+        g.bench_function("cloakroom/one", |b| {
+            b.iter_batched(
+                || s.create(NewSession::new("u")).unwrap().session.id(),
+                |id| s.revoke(id).unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        let mut k = 0u64;
+        g.bench_function("cloakroom/user-10", |b| {
+            b.iter_batched(
+                || {
+                    k += 1;
+                    let u = format!("ten-{k}");
+                    for _ in 0..10 {
+                        s.create(NewSession::new(u.clone())).unwrap();
+                    }
+                    u
+                },
+                |u| assert_eq!(s.revoke_user(&u, Scope::All).unwrap(), 10),
+                criterion::BatchSize::PerIteration,
+            )
+        });
+        let mut pair = s.issue_tokens(&s.create(NewSession::new("r")).unwrap().token.to_string()).unwrap();
+        g.bench_function("cloakroom/refresh", |b| b.iter(|| pair = s.refresh(&pair.refresh.to_string()).unwrap()));
+        if let Some(u) = url(true) {
+            // Setup and measured routine both need the connection: a RefCell, used one at a time.
+            let r = std::cell::RefCell::new(RedisSessions::connect(&u, TTL).unwrap());
+            g.bench_function("redis/one", |b| {
+                b.iter_batched(
+                    || r.borrow_mut().create("u").unwrap().id,
+                    |id| r.borrow_mut().revoke(&id, "u").unwrap(),
+                    criterion::BatchSize::SmallInput,
+                )
+            });
+            g.bench_function("redis/user-10", |b| {
+                b.iter_batched(
+                    || {
+                        k += 1;
+                        let u = format!("ten-{k}");
+                        for _ in 0..10 {
+                            r.borrow_mut().create(&u).unwrap();
+                        }
+                        u
+                    },
+                    |u| assert_eq!(r.borrow_mut().revoke_user(&u).unwrap(), 10),
+                    criterion::BatchSize::PerIteration,
+                )
+            });
+            let id = r.borrow_mut().create("r").unwrap().id;
+            let mut rt = r.borrow_mut().issue_refresh(&id).unwrap();
+            g.bench_function("redis/refresh", |b| b.iter(|| rt = r.borrow_mut().refresh(&rt).unwrap().unwrap()));
+        }
+        g.finish();
+        for w in ["one", "user-10", "refresh"] {
+            ratio("revoke", w);
+        }
+    }
+    c.final_summary();
+    drop(servers);
+}

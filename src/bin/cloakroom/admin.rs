@@ -1,0 +1,129 @@
+//! Admin commands on a store file: stats, sessions, revoke, sweep, keys.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cloakroom::{Config, Error, Scope, SessionId, StorageErrorKind, Store};
+
+/// Opens an existing store for an admin command (no background sweeper).
+fn open(db: &Path) -> Result<Store, Error> {
+    if !db.exists() {
+        return Err(Error::Config(format!("{} does not exist", db.display())));
+    }
+    let cfg = Config::builder().sweep_interval(None).build()?;
+    Store::open(db, cfg).map_err(|e| match &e {
+        Error::Storage(s) if s.kind() == StorageErrorKind::AlreadyOpen => Error::Config(format!(
+            "{} is in use by another process; stop it first (admin commands need the file to themselves)",
+            db.display()
+        )),
+        _ => e,
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC.
+pub(crate) fn utc(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant), valid for the Unix era.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub(crate) fn stats(db: &Path) -> Result<(), Error> {
+    let s = open(db)?;
+    let st = s.stats();
+    println!("sessions stored    {}", st.sessions_stored.map_or("?".into(), |n| n.to_string()));
+    println!("revoked serials    {}", st.revoked_serials);
+    println!("file size          {} bytes", std::fs::metadata(db).map(|m| m.len()).unwrap_or(0));
+    s.close()
+}
+
+pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), Error> {
+    let s = open(db)?;
+    let list = s.list_user(user)?;
+    println!(
+        "{:<22}  {:<19}  {:<19}  {:<19}  {:<15}  {:<24}  label",
+        "id", "created", "last seen", "expires", "ip", "user agent"
+    );
+    for x in &list {
+        let m = x.meta();
+        let ua: String = m.user_agent.as_deref().unwrap_or("-").chars().take(24).collect();
+        println!(
+            "{:<22}  {:<19}  {:<19}  {:<19}  {:<15}  {:<24}  {}",
+            x.id(),
+            utc(x.created_at()),
+            utc(x.last_seen()),
+            utc(x.idle_deadline()),
+            m.ip.map_or("-".into(), |i| i.to_string()),
+            ua,
+            m.label.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{} live session(s) for {user}", list.len());
+    s.close()
+}
+
+pub(crate) fn revoke(db: &Path, session: Option<&str>, user: Option<&str>, everywhere: bool) -> Result<(), Error> {
+    let s = open(db)?;
+    match (session, user) {
+        (Some(id), _) => {
+            let id: SessionId = id.parse()?;
+            s.revoke(id)?;
+            println!("revoked session {id} (if it existed)");
+        }
+        (None, Some(u)) if everywhere => println!("logged {u} out everywhere: {} session(s)", s.logout_everywhere(u)?),
+        (None, Some(u)) => println!("revoked {} session(s) of {u}", s.revoke_user(u, Scope::All)?),
+        (None, None) => return Err(Error::Config("give --session ID or --user U".into())),
+    }
+    s.close()
+}
+
+pub(crate) fn sweep(db: &Path) -> Result<(), Error> {
+    let s = open(db)?;
+    let r = s.sweep()?;
+    println!(
+        "removed {} expired session(s) ({} absolute, {} idle), {} refresh famil(ies); pruned {} revocation(s); {:?}",
+        r.sessions_removed(),
+        r.expired_absolute,
+        r.expired_idle,
+        r.refresh_families,
+        r.revocations_pruned,
+        r.duration
+    );
+    s.close()
+}
+
+pub(crate) fn keys(db: &Path) -> Result<(), Error> {
+    let s = open(db)?;
+    println!("{:<24}  {:<6}  state", "kid", "alg");
+    for k in s.keyring().keys() {
+        println!("{:<24}  {:<6}  {:?}", k.kid, k.algorithm.name(), k.state);
+    }
+    println!(
+        "\nThe default key is derived from the server key file ({}.key). Application keys are\n\
+         supplied at start (Keyring::add_hs256/add_eddsa), not stored in the file, so they are\n\
+         rotated in the application: add the new key, promote it, then Store::retire_key the old one.",
+        db.display()
+    );
+    s.close()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00:00");
+        assert_eq!(utc(UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600)), "2026-01-01 00:00:00");
+        assert_eq!(utc(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)), "2000-02-29 00:00:00");
+    }
+}

@@ -1,0 +1,494 @@
+//! `cloakroom bench`: a load generator. Loads N sessions, runs a mix of
+//! validate/create/refresh/revoke from T threads for a duration, and reports
+//! throughput and latency percentiles per operation — for cloakroom, and with
+//! `--redis` for the same mix against Redis, with the ratio.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use cloakroom::{Config, Durability, Error, NewSession, Store};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::redis_side::{RedisServer, RedisSessions};
+
+#[derive(Parser, Debug)]
+pub(crate) struct Args {
+    /// Sessions to load before the run.
+    #[arg(long, default_value_t = 1_000_000)]
+    sessions: usize,
+    /// Concurrent callers (threads; one Redis connection each).
+    #[arg(long, default_value_t = 16)]
+    threads: usize,
+    /// Run time in seconds, per system.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Operation shares, e.g. `validate=90,create=5,refresh=4,revoke=1`.
+    #[arg(long, default_value = "validate=90,create=5,refresh=4,revoke=1")]
+    mix: String,
+    /// Durability of creates (Redis: `always` for immediate, `everysec` for eventual).
+    #[arg(long, value_enum, default_value_t = Dur::Immediate)]
+    durability: Dur,
+    /// Also run the mix against Redis: a URL, or `local` to start a redis-server on a free loopback port.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Store file (recreated).
+    #[arg(long, default_value = "cloakroom-bench.redb")]
+    db: PathBuf,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Write a latency-distribution chart (SVG) comparing the systems.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Dur {
+    Immediate,
+    Eventual,
+}
+
+const OPS: [&str; 4] = ["validate", "create", "refresh", "revoke"];
+
+fn parse_mix(s: &str) -> Result<[u32; 4], Error> {
+    let mut w = [0u32; 4];
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| Error::Config(format!("--mix: bad entry {part:?}")))?;
+        let i =
+            OPS.iter().position(|o| *o == k.trim()).ok_or_else(|| Error::Config(format!("--mix: unknown op {k:?}")))?;
+        w[i] = v.trim().parse().map_err(|_| Error::Config(format!("--mix: bad share {v:?}")))?;
+    }
+    if w.iter().sum::<u32>() == 0 {
+        return Err(Error::Config("--mix: all shares are zero".into()));
+    }
+    Ok(w)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick(&mut self, mix: &[u32; 4]) -> usize {
+        let total: u32 = mix.iter().sum();
+        let mut r = (self.next() % u64::from(total)) as u32;
+        for (i, w) in mix.iter().enumerate() {
+            if r < *w {
+                return i;
+            }
+            r -= w;
+        }
+        0
+    }
+}
+
+/// Per-op latency histograms (ns) of one system.
+type Hists = [Histogram<u64>; 4];
+
+fn hists() -> Hists {
+    std::array::from_fn(|_| {
+        Histogram::new_with_bounds(1, 60_000_000_000, 3)
+            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    })
+}
+
+/// One system's operations, per thread.
+trait Worker {
+    fn op(&mut self, op: usize, rng: &mut Rng) -> bool;
+}
+
+struct CloakWorker<'a> {
+    store: &'a Store,
+    tokens: &'a [String],
+    refresh: Vec<String>,
+    mine: Vec<cloakroom::SessionId>,
+    n: u64,
+}
+
+impl Worker for CloakWorker<'_> {
+    fn op(&mut self, op: usize, rng: &mut Rng) -> bool {
+        self.n += 1;
+        match op {
+            0 => self.store.validate(&self.tokens[(rng.next() % self.tokens.len() as u64) as usize]).is_ok(),
+            1 => self
+                .store
+                .create(NewSession::new(format!("bench-{}", rng.next() % 100_000)))
+                .map(|i| self.mine.push(i.session.id()))
+                .is_ok(),
+            2 => {
+                let k = (rng.next() % self.refresh.len() as u64) as usize;
+                match self.store.refresh(&self.refresh[k]) {
+                    Ok(p) => {
+                        self.refresh[k] = p.refresh.to_string();
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            _ => match self.mine.pop() {
+                Some(id) => self.store.revoke(id).is_ok(),
+                None => false,
+            },
+        }
+    }
+}
+
+struct RedisWorker<'a> {
+    r: RedisSessions,
+    tokens: &'a [String],
+    refresh: Vec<String>,
+    mine: Vec<(String, String)>,
+}
+
+impl Worker for RedisWorker<'_> {
+    fn op(&mut self, op: usize, rng: &mut Rng) -> bool {
+        match op {
+            0 => self.r.validate(&self.tokens[(rng.next() % self.tokens.len() as u64) as usize]).unwrap_or(false),
+            1 => {
+                let user = format!("bench-{}", rng.next() % 100_000);
+                self.r.create(&user).map(|c| self.mine.push((c.id, user))).is_ok()
+            }
+            2 => {
+                let k = (rng.next() % self.refresh.len() as u64) as usize;
+                match self.r.refresh(&self.refresh[k]) {
+                    Ok(Some(n)) => {
+                        self.refresh[k] = n;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => match self.mine.pop() {
+                Some((id, user)) => self.r.revoke(&id, &user).is_ok(),
+                None => false,
+            },
+        }
+    }
+}
+
+/// Runs `make_worker(thread)` workers for `secs`; returns merged histograms and failures.
+fn run_mix<'a, W: Worker>(
+    label: &str,
+    threads: usize,
+    secs: f64,
+    mix: &[u32; 4],
+    make_worker: &(dyn Fn(usize) -> W + Sync + 'a),
+) -> (Hists, [u64; 4], Duration) {
+    let stop = AtomicBool::new(false);
+    let bar = ProgressBar::new((secs * 10.0) as u64).with_message(format!("{label}: running"));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {elapsed_precise}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let results: Vec<(Hists, [u64; 4])> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut w = make_worker(t);
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+                    let mut h = hists();
+                    let mut failed = [0u64; 4];
+                    while !stop.load(Ordering::Relaxed) {
+                        let op = rng.pick(mix);
+                        let t0 = Instant::now();
+                        let ok = w.op(op, &mut rng);
+                        let _ = h[op].record(t0.elapsed().as_nanos() as u64);
+                        failed[op] += u64::from(!ok);
+                    }
+                    (h, failed)
+                })
+            })
+            .collect();
+        while start.elapsed().as_secs_f64() < secs {
+            std::thread::sleep(Duration::from_millis(100)); // the run's own clock
+            bar.set_position((start.elapsed().as_secs_f64() * 10.0) as u64);
+        }
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| (hists(), [0; 4]))).collect()
+    });
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    let mut all = hists();
+    let mut failed = [0u64; 4];
+    for (h, f) in results {
+        for i in 0..4 {
+            let _ = all[i].add(&h[i]);
+            failed[i] += f[i];
+        }
+    }
+    (all, failed, elapsed)
+}
+
+fn load_bar(n: usize, msg: &str) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64).with_message(msg.to_owned());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+#[derive(serde::Serialize)]
+struct OpResult {
+    count: u64,
+    failed: u64,
+    ops_per_sec: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+}
+
+fn summarize(h: &Hists, failed: &[u64; 4], elapsed: Duration) -> BTreeMap<&'static str, OpResult> {
+    let us = |v: u64| v as f64 / 1000.0;
+    OPS.iter()
+        .enumerate()
+        .filter(|(i, _)| !h[*i].is_empty())
+        .map(|(i, name)| {
+            let x = &h[i];
+            (
+                *name,
+                OpResult {
+                    count: x.len(),
+                    failed: failed[i],
+                    ops_per_sec: x.len() as f64 / elapsed.as_secs_f64(),
+                    p50_us: us(x.value_at_quantile(0.5)),
+                    p90_us: us(x.value_at_quantile(0.9)),
+                    p99_us: us(x.value_at_quantile(0.99)),
+                    p999_us: us(x.value_at_quantile(0.999)),
+                    max_us: us(x.max()),
+                },
+            )
+        })
+        .collect()
+}
+
+fn print_table(title: &str, r: &BTreeMap<&'static str, OpResult>) {
+    println!("\n{title}");
+    println!(
+        "{:<9} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}   (µs)",
+        "op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (op, x) in r {
+        println!(
+            "{op:<9} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.1}{}",
+            x.count,
+            x.ops_per_sec,
+            x.p50_us,
+            x.p90_us,
+            x.p99_us,
+            x.p999_us,
+            x.max_us,
+            if x.failed > 0 { format!("   ({} failed)", x.failed) } else { String::new() }
+        );
+    }
+}
+
+pub(crate) fn run(a: &Args) -> Result<(), Error> {
+    let mix = parse_mix(&a.mix)?;
+    let threads = a.threads.max(1);
+    let _ = std::fs::remove_file(&a.db);
+    let mut key = a.db.as_os_str().to_owned();
+    key.push(".key");
+    let _ = std::fs::remove_file(&key);
+
+    // Load with eventual durability (fast), then reopen with the chosen one.
+    let tokens: Vec<String> = {
+        let mut b = Config::builder();
+        b.durability(Durability::Eventual).sweep_interval(None);
+        let store = Store::open(&a.db, b.build()?)?;
+        let bar = load_bar(a.sessions, "cloakroom: loading");
+        let per = a.sessions.div_ceil(threads);
+        let chunks: Vec<Result<Vec<String>, Error>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (store, bar) = (&store, &bar);
+                    s.spawn(move || {
+                        let n = per.min(a.sessions.saturating_sub(t * per));
+                        let mut v = Vec::with_capacity(n);
+                        for i in 0..n {
+                            v.push(
+                                store
+                                    .create(NewSession::new(format!("user-{}", (t * per + i) % 100_000)))?
+                                    .token
+                                    .to_string(),
+                            );
+                            if i % 1024 == 0 {
+                                bar.inc(1024.min(n - i) as u64);
+                            }
+                        }
+                        Ok(v)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Closed))).collect()
+        });
+        bar.finish_and_clear();
+        store.close()?;
+        let mut all = Vec::with_capacity(a.sessions);
+        for c in chunks {
+            all.extend(c?);
+        }
+        all
+    };
+    let mut b = Config::builder();
+    b.durability(if a.durability == Dur::Immediate { Durability::Immediate } else { Durability::Eventual })
+        .sweep_interval(None);
+    let store = Store::open(&a.db, b.build()?)?;
+    let refresh_pools: Vec<Vec<String>> = (0..threads)
+        .map(|t| {
+            (0..64)
+                .map(|i| {
+                    let tok = &tokens[(t * 64 + i) % tokens.len().max(1)];
+                    store.issue_tokens(tok).map(|p| p.refresh.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()?;
+    let (h, failed, el) = run_mix("cloakroom", threads, a.duration, &mix, &|t| CloakWorker {
+        store: &store,
+        tokens: &tokens,
+        refresh: refresh_pools[t].clone(),
+        mine: Vec::new(),
+        n: 0,
+    });
+    let cloak = summarize(&h, &failed, el);
+    store.close()?;
+
+    let mut redis_result = None;
+    let mut redis_hists = None;
+    if let Some(url) = &a.redis {
+        let fsync = if a.durability == Dur::Immediate { "always" } else { "everysec" };
+        let _server;
+        let url = if url == "local" {
+            let s = RedisServer::start(fsync).map_err(Error::Config)?;
+            let u = s.url();
+            _server = s;
+            u
+        } else {
+            url.clone()
+        };
+        let redis_err = |e: redis::RedisError| Error::Config(format!("redis: {e}"));
+        let ttl = 7 * 24 * 3600;
+        let mut loader = RedisSessions::connect(&url, ttl).map_err(redis_err)?;
+        let bar = load_bar(a.sessions, "redis: loading");
+        let mut rtokens = Vec::with_capacity(a.sessions);
+        let mut ids = Vec::new();
+        for chunk in (0..a.sessions).collect::<Vec<_>>().chunks(1000) {
+            let users: Vec<String> = chunk.iter().map(|i| format!("user-{}", i % 100_000)).collect();
+            for c in loader.create_many(&users).map_err(redis_err)? {
+                rtokens.push(c.token);
+                if ids.len() < threads * 64 {
+                    ids.push(c.id);
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let pools: Vec<Vec<String>> = (0..threads)
+            .map(|t| {
+                (0..64).map(|i| loader.issue_refresh(&ids[(t * 64 + i) % ids.len().max(1)])).collect::<Result<_, _>>()
+            })
+            .collect::<Result<_, _>>()
+            .map_err(redis_err)?;
+        let conns: Vec<RedisSessions> =
+            (0..threads).map(|_| RedisSessions::connect(&url, ttl)).collect::<Result<_, _>>().map_err(redis_err)?;
+        let conns = std::sync::Mutex::new(conns.into_iter().map(Some).collect::<Vec<_>>());
+        let (h, failed, el) = run_mix("redis", threads, a.duration, &mix, &|t| RedisWorker {
+            r: conns.lock().map(|mut c| c[t].take()).ok().flatten().unwrap_or_else(|| unreachable!()),
+            tokens: &rtokens,
+            refresh: pools[t].clone(),
+            mine: Vec::new(),
+        });
+        redis_result = Some(summarize(&h, &failed, el));
+        redis_hists = Some(h);
+    }
+
+    if let Some(path) = &a.plot {
+        crate::bench::plot(path, &h, redis_hists.as_ref()).map_err(|e| Error::Config(format!("plot: {e}")))?;
+    }
+    if a.json {
+        let out = serde_json::json!({
+            "sessions": a.sessions, "threads": threads, "duration_s": a.duration, "mix": a.mix,
+            "durability": format!("{:?}", a.durability).to_lowercase(),
+            "cloakroom": cloak, "redis": redis_result,
+        });
+        println!("{out:#}");
+        return Ok(());
+    }
+    println!(
+        "cloakroom bench: {} sessions, {threads} threads, {} s per system, mix {}, durability {:?}",
+        a.sessions, a.duration, a.mix, a.durability
+    );
+    print_table("cloakroom", &cloak);
+    if let Some(r) = &redis_result {
+        print_table("redis", r);
+        println!("\nratio cloakroom / redis   (throughput: higher is better; p50/p99: redis ÷ cloakroom)");
+        for (op, c) in &cloak {
+            if let Some(x) = r.get(op) {
+                println!(
+                    "{op:<9} throughput {:>7.1}×   p50 {:>7.1}×   p99 {:>7.1}×",
+                    c.ops_per_sec / x.ops_per_sec,
+                    x.p50_us / c.p50_us,
+                    x.p99_us / c.p99_us
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Latency percentile curves (log scale) of each op for both systems.
+pub(crate) fn plot(
+    path: &std::path::Path,
+    cloak: &Hists,
+    redis: Option<&Hists>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let qs: Vec<f64> = (0..=300).map(|i| 1.0 - 10f64.powf(-(f64::from(i) / 100.0))).collect(); // 0 .. 99.9 %
+    let max_us = cloak
+        .iter()
+        .chain(redis.into_iter().flatten())
+        .filter(|h| !h.is_empty())
+        .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0)
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("latency by percentile (µs, log scale): cloakroom vs Redis", ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..3f64, (0.05f64..max_us * 2.0).log_scale())?;
+    chart.configure_mesh().x_desc("percentile (0 = p0, 1 = p90, 2 = p99, 3 = p99.9)").y_desc("µs").draw()?;
+    let cloak_colors = [RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(23, 190, 207)];
+    let redis_colors = [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(140, 86, 75), RGBColor(227, 119, 194)];
+    for (sys, hs, style) in [("cloakroom", Some(cloak), 0), ("redis", redis, 1)] {
+        let Some(hs) = hs else { continue };
+        for (i, h) in hs.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
+            let color = if style == 0 { cloak_colors[i] } else { redis_colors[i] };
+            let pts: Vec<(f64, f64)> = qs
+                .iter()
+                .enumerate()
+                .map(|(k, q)| (k as f64 / 100.0, (h.value_at_quantile(*q) as f64 / 1000.0).max(0.05)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
+                .label(format!("{sys} {}", OPS[i]))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The Redis baseline: a session store written the way a good Redis-backed one
+//! is, and a `redis-server` started on a free loopback port. Shared by
+//! `cloakroom bench --redis` and `benches/vs_redis.rs`.
+//!
+//! Layout: `session:<id>` → record (user, blake3(secret), expiry) with `EX ttl`;
+//! `user:<user>` → set of ids (for listing and revoke-all); `refresh:<token>` →
+//! session id. Tokens are `<32 hex id>.<64 hex secret>`; the secret is compared
+//! as a blake3 hash in constant time, as cloakroom does.
+
+#![allow(dead_code)] // each user of this file calls a different subset
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Commands as _, Connection, RedisResult};
+
+/// A `redis-server` child process on 127.0.0.1, stopped on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts `redis-server --save '' --appendonly yes --appendfsync <appendfsync>`.
+    ///
+    /// # Errors
+    /// A message saying how to install Redis if `redis-server` is not on PATH.
+    pub fn start(appendfsync: &str) -> Result<RedisServer, String> {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let dir = std::env::temp_dir().join(format!("cloakroom-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", appendfsync, "--protected-mode", "yes", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|_| {
+                "redis-server not found on PATH; install it with `apt-get install redis-server` to run the Redis side"
+                    .to_string()
+            })?;
+        let server = RedisServer { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = redis::Client::open(server.url()).and_then(|c| c.get_connection()) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("redis-server did not answer PING within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20)); // waiting for a server process, not for time
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    for chunk in b.chunks_mut(8) {
+        let r = rand::random::<u64>().to_le_bytes();
+        chunk.copy_from_slice(&r[..chunk.len()]);
+    }
+    b
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One connection's view of the Redis session store.
+pub struct RedisSessions {
+    con: Connection,
+    ttl_secs: u64,
+}
+
+/// A created session: the bearer token and its id.
+pub struct Created {
+    pub token: String,
+    pub id: String,
+}
+
+impl RedisSessions {
+    /// Connects to `url`.
+    pub fn connect(url: &str, ttl_secs: u64) -> RedisResult<Self> {
+        Ok(Self { con: redis::Client::open(url)?.get_connection()?, ttl_secs })
+    }
+
+    fn record(user: &str, secret: &[u8; 32], expires: u64) -> Vec<u8> {
+        let mut r = Vec::with_capacity(1 + user.len() + 40);
+        r.push(user.len() as u8);
+        r.extend_from_slice(user.as_bytes());
+        r.extend_from_slice(blake3::hash(secret).as_bytes());
+        r.extend_from_slice(&expires.to_le_bytes());
+        r
+    }
+
+    /// `MULTI; SET session:<id> <record> EX ttl; SADD user:<u> <id>; EXPIRE user:<u> ttl; EXEC`.
+    pub fn create(&mut self, user: &str) -> RedisResult<Created> {
+        let (id, secret) = (hex(&random::<16>()), random::<32>());
+        let rec = Self::record(user, &secret, now_ms() + self.ttl_secs * 1000);
+        redis::pipe()
+            .atomic()
+            .set_ex(format!("session:{id}"), rec, self.ttl_secs)
+            .ignore()
+            .sadd(format!("user:{user}"), &id)
+            .ignore()
+            .expire(format!("user:{user}"), self.ttl_secs as i64)
+            .ignore()
+            .query::<()>(&mut self.con)?;
+        Ok(Created { token: format!("{id}.{}", hex(&secret)), id })
+    }
+
+    /// Many creates in one pipeline (loading).
+    pub fn create_many(&mut self, users: &[String]) -> RedisResult<Vec<Created>> {
+        let mut p = redis::pipe();
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            let (id, secret) = (hex(&random::<16>()), random::<32>());
+            let rec = Self::record(user, &secret, now_ms() + self.ttl_secs * 1000);
+            p.set_ex(format!("session:{id}"), rec, self.ttl_secs).ignore();
+            p.sadd(format!("user:{user}"), &id).ignore();
+            out.push(Created { token: format!("{id}.{}", hex(&secret)), id });
+        }
+        p.query::<()>(&mut self.con)?;
+        Ok(out)
+    }
+
+    /// `GET session:<id>`, decode, constant-time secret check, expiry check.
+    pub fn validate(&mut self, token: &str) -> RedisResult<bool> {
+        let Some((id, secret_hex)) = token.split_once('.') else { return Ok(false) };
+        let rec: Option<Vec<u8>> = self.con.get(format!("session:{id}"))?;
+        let Some(rec) = rec else { return Ok(false) };
+        let n = rec.first().copied().unwrap_or(0) as usize;
+        if rec.len() != 1 + n + 40 {
+            return Ok(false);
+        }
+        let mut secret = [0u8; 32];
+        for (i, b) in secret.iter_mut().enumerate() {
+            *b = secret_hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+        }
+        let stored = &rec[1 + n..1 + n + 32];
+        let same = subtle::ConstantTimeEq::ct_eq(blake3::hash(&secret).as_bytes().as_slice(), stored);
+        let expires = u64::from_le_bytes(rec[1 + n + 32..].try_into().unwrap_or([0; 8]));
+        Ok(bool::from(same) && now_ms() < expires)
+    }
+
+    /// `MULTI; DEL session:<id>; SREM user:<u> <id>; EXEC`.
+    pub fn revoke(&mut self, id: &str, user: &str) -> RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .del(format!("session:{id}"))
+            .ignore()
+            .srem(format!("user:{user}"), id)
+            .ignore()
+            .query(&mut self.con)
+    }
+
+    /// `SMEMBERS user:<u>`, then `MULTI; DEL session:<each>…; DEL user:<u>; EXEC`.
+    pub fn revoke_user(&mut self, user: &str) -> RedisResult<usize> {
+        let ids: Vec<String> = self.con.smembers(format!("user:{user}"))?;
+        let mut p = redis::pipe();
+        p.atomic();
+        for id in &ids {
+            p.del(format!("session:{id}")).ignore();
+        }
+        p.del(format!("user:{user}")).ignore();
+        p.query::<()>(&mut self.con)?;
+        Ok(ids.len())
+    }
+
+    /// A refresh token for session `id`: `SET refresh:<token> <id> EX ttl`.
+    pub fn issue_refresh(&mut self, id: &str) -> RedisResult<String> {
+        let rt = hex(&random::<32>());
+        self.con.set_ex::<_, _, ()>(format!("refresh:{rt}"), id, self.ttl_secs)?;
+        Ok(rt)
+    }
+
+    /// Rotation: `WATCH refresh:<rt>; GET`; then `MULTI; SET refresh:<new> <id> EX; DEL refresh:<rt>; EXEC`.
+    /// `None` if the token is unknown or a concurrent rotation won.
+    pub fn refresh(&mut self, rt: &str) -> RedisResult<Option<String>> {
+        let key = format!("refresh:{rt}");
+        redis::cmd("WATCH").arg(&key).query::<()>(&mut self.con)?;
+        let id: Option<String> = self.con.get(&key)?;
+        let Some(id) = id else {
+            redis::cmd("UNWATCH").query::<()>(&mut self.con)?;
+            return Ok(None);
+        };
+        let new = hex(&random::<32>());
+        let done: Option<()> = redis::pipe()
+            .atomic()
+            .set_ex(format!("refresh:{new}"), &id, self.ttl_secs)
+            .ignore()
+            .del(&key)
+            .ignore()
+            .query(&mut self.con)?;
+        Ok(done.map(|()| new))
+    }
+}
