@@ -38,6 +38,9 @@ fn config() -> Config {
     Config::builder().sweep_interval(None).build().unwrap()
 }
 
+/// (token, id, user, refresh token, access token) of a session the child made.
+type Mine = (String, SessionId, u64, Option<String>, Option<String>);
+
 /// The child: random durable operations, each logged after it returned.
 #[test]
 fn child_process() {
@@ -46,8 +49,8 @@ fn child_process() {
     let mut rng = Rng(seed | 1);
     let store = Store::open(&path, config()).unwrap();
     let mut out = std::io::stdout().lock();
-    // (token, id, user, refresh token, access token) of sessions made in this run.
-    let mut mine: Vec<(String, SessionId, u64, Option<String>, Option<String>)> = Vec::new();
+    // Sessions made in this run.
+    let mut mine: Vec<Mine> = Vec::new();
     loop {
         let op = rng.below(10);
         let user = rng.below(USERS);
