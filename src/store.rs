@@ -249,7 +249,11 @@ impl Store {
             }
             Durability::Immediate => Wait::Durable,
         };
-        inner.writer.submit(Op::Create(Arc::clone(&rec)), wait)?;
+        if let Err(e) = inner.writer.submit(Op::Create(Arc::clone(&rec)), wait) {
+            // Not stored: an Eventual create must not stay visible from the cache.
+            inner.cache.remove(&rec.id);
+            return Err(e);
+        }
         self.fill(Arc::clone(&rec));
         self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;

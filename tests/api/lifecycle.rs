@@ -153,3 +153,14 @@ fn stats_count_hits_misses_and_sessions() {
     assert!(st.cache_hits >= 10);
     assert!(st.durable_commits >= 1);
 }
+
+#[test]
+fn eventual_create_on_a_closed_store_is_refused_and_caches_nothing() {
+    let mut b = cloakroom::Config::builder();
+    b.durability(cloakroom::Durability::Eventual).sweep_interval(None);
+    let s = cloakroom::Store::in_memory(b.build().unwrap()).unwrap();
+    let clone = s.clone();
+    s.close().unwrap();
+    assert!(matches!(clone.create(NewSession::new("u")), Err(Error::Closed)));
+    assert_eq!(clone.stats().cached_sessions, 0);
+}
