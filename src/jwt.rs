@@ -84,6 +84,15 @@ struct Key {
     state: KeyState,
     /// Ed25519 public key bytes, for JWKS export.
     public: Option<[u8; 32]>,
+    /// The key material as given, for [`Keyring::save`].
+    material: Material,
+}
+
+/// Key material as supplied, kept so a keyring can be saved to a key file.
+#[derive(Clone)]
+enum Material {
+    Hs256(Vec<u8>),
+    EdDsa { private_pem: Option<Vec<u8>>, public_pem: Vec<u8> },
 }
 
 /// The access-token keys: `kid` → (algorithm, key). One key signs; any number
@@ -160,6 +169,7 @@ impl Keyring {
             decoding: DecodingKey::from_secret(secret),
             state: KeyState::Verifying,
             public: None,
+            material: Material::Hs256(secret.to_vec()),
         })
     }
 
@@ -187,6 +197,7 @@ impl Keyring {
             decoding,
             state: KeyState::Verifying,
             public: Some(public),
+            material: Material::EdDsa { private_pem: Some(private_pem.to_vec()), public_pem: public_pem.to_vec() },
         })
     }
 
@@ -203,6 +214,7 @@ impl Keyring {
             decoding: DecodingKey::from_ed_der(&public),
             state: KeyState::Verifying,
             public: Some(public),
+            material: Material::EdDsa { private_pem: None, public_pem: public_pem.to_vec() },
         })
     }
 
@@ -271,6 +283,100 @@ impl Keyring {
             })
             .collect();
         serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    /// Writes every key, with its secret material and state, to a key file (JSON,
+    /// created with mode 0600, replaced atomically). `Store::open` loads
+    /// `<db>.keys` when the config sets no keyring; `cloakroom keys --rotate` writes it.
+    ///
+    /// # Security
+    /// The file holds signing secrets: keep it out of database backups.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the file cannot be written.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), Error> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .read()
+            .iter()
+            .map(|k| {
+                let (state, until) = match k.state {
+                    KeyState::Signing => ("signing", None),
+                    KeyState::Verifying => ("verifying", None),
+                    KeyState::Retired { until } => ("retired", Some(to_millis(until))),
+                };
+                let mut v =
+                    serde_json::json!({ "kid": k.kid, "alg": k.alg.name(), "state": state, "retired_until_ms": until });
+                match &k.material {
+                    Material::Hs256(s) => v["secret_b64"] = b64.encode(s).into(),
+                    Material::EdDsa { private_pem, public_pem } => {
+                        v["public_pem"] = String::from_utf8_lossy(public_pem).into();
+                        if let Some(p) = private_pem {
+                            v["private_pem"] = String::from_utf8_lossy(p).into();
+                        }
+                    }
+                }
+                v
+            })
+            .collect();
+        let text = serde_json::json!({ "format": 1, "keys": keys }).to_string();
+        crate::refresh::write_private_file(path, text.as_bytes())
+    }
+
+    /// Reads a key file written by [`Keyring::save`].
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the file is malformed or its keys are invalid;
+    /// [`Error::Storage`] if it cannot be read.
+    pub fn load(path: &std::path::Path) -> Result<Keyring, Error> {
+        let bad = |m: &str| Error::Config(format!("key file {}: {m}", path.display()));
+        let text = crate::refresh::read_private_file(path)?;
+        let doc: serde_json::Value = serde_json::from_slice(&text).map_err(|_| bad("not JSON"))?;
+        if doc["format"] != 1 {
+            return Err(bad("unknown format"));
+        }
+        let ring = Keyring::new();
+        let mut signing = None;
+        for k in doc["keys"].as_array().ok_or_else(|| bad("no keys"))? {
+            let kid = k["kid"].as_str().ok_or_else(|| bad("kid missing"))?;
+            match k["alg"].as_str() {
+                Some("HS256") => {
+                    let s = k["secret_b64"].as_str().ok_or_else(|| bad("secret missing"))?;
+                    let s = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad("bad secret"))?;
+                    ring.add_hs256(kid, &s)?;
+                }
+                Some("EdDSA") => {
+                    let public = k["public_pem"].as_str().ok_or_else(|| bad("public key missing"))?;
+                    match k["private_pem"].as_str() {
+                        Some(p) => ring.add_eddsa(kid, p.as_bytes(), public.as_bytes())?,
+                        None => ring.add_eddsa_public(kid, public.as_bytes())?,
+                    }
+                }
+                _ => return Err(bad("unknown alg")),
+            }
+            match k["state"].as_str() {
+                Some("signing") => signing = Some(kid.to_owned()),
+                Some("retired") => {
+                    let until = k["retired_until_ms"].as_u64().ok_or_else(|| bad("retired key without until"))?;
+                    ring.demote(kid);
+                    ring.retire(kid, crate::clock::from_millis(until))?;
+                }
+                _ => ring.demote(kid),
+            }
+        }
+        match signing {
+            Some(kid) => ring.promote(&kid)?,
+            None => return Err(bad("no signing key")),
+        }
+        Ok(ring)
+    }
+
+    /// Makes `kid` verify-only (used while loading a key file).
+    fn demote(&self, kid: &str) {
+        for k in self.keys.write().iter_mut().filter(|k| k.kid == kid && k.state == KeyState::Signing) {
+            k.state = KeyState::Verifying;
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -87,47 +87,59 @@ fn io_err(e: std::io::Error) -> Error {
     Error::Storage(StorageError::with_source(StorageErrorKind::Io, e))
 }
 
+/// Reads a secret file, refusing one that others can read.
+pub(crate) fn read_private_file(path: &Path) -> Result<Vec<u8>, Error> {
+    let mut f = std::fs::File::open(path).map_err(io_err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = f.metadata().map_err(io_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "{} is readable by others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
+    let mut buf = Vec::new();
+    std::io::Read::by_ref(&mut f).take(1 << 20).read_to_end(&mut buf).map_err(io_err)?;
+    Ok(buf)
+}
+
+/// Writes a secret file with mode 0600, atomically (temp file, fsync, rename).
+pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(io_err)?;
+    f.write_all(data).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    std::fs::rename(&tmp, path).map_err(io_err)
+}
+
 /// Reads the key file, or creates it with 32 random bytes and mode 0600.
 fn key_file(path: &Path) -> Result<[u8; 32], Error> {
     let mut key = [0u8; 32];
-    match std::fs::File::open(path) {
-        Ok(mut f) => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt as _;
-                let mode = f.metadata().map_err(io_err)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(Error::Config(format!(
-                        "server key file {} is readable by others (mode {:o}); chmod 600 it",
-                        path.display(),
-                        mode & 0o777
-                    )));
-                }
-            }
-            let mut buf = Vec::with_capacity(33);
-            std::io::Read::by_ref(&mut f).take(33).read_to_end(&mut buf).map_err(io_err)?;
-            if buf.len() != 32 {
-                return Err(Error::Config(format!("server key file {} must hold exactly 32 bytes", path.display())));
-            }
-            key.copy_from_slice(&buf);
-            Ok(key)
+    if path.exists() {
+        let buf = read_private_file(path)?;
+        if buf.len() != 32 {
+            return Err(Error::Config(format!("server key file {} must hold exactly 32 bytes", path.display())));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            os_random(&mut key)?;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(path).map_err(io_err)?;
-            f.write_all(&key).map_err(io_err)?;
-            f.sync_all().map_err(io_err)?;
-            Ok(key)
-        }
-        Err(e) => Err(io_err(e)),
+        key.copy_from_slice(&buf);
+    } else {
+        os_random(&mut key)?;
+        write_private_file(path, &key)?;
     }
+    Ok(key)
 }
 
 /// Keys derived from the server key. Never stored in the database.

@@ -119,9 +119,25 @@ impl Store {
     /// [`Error::Storage`] if the file cannot be opened, is not a cloakroom
     /// database, is corrupt, was written by a newer format, or is already open.
     /// The file is never modified in those cases.
-    pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Store, Error> {
+    ///
+    /// Access-token keys: the config's keyring if set; else the key file
+    /// `<path>.keys` if present (see [`Keyring::save`]); else one HS256 key
+    /// derived from the server key.
+    pub fn open(path: impl AsRef<Path>, mut config: Config) -> Result<Store, Error> {
         let key = config.server_key.resolve(Some(path.as_ref()))?;
+        let keys = Self::keys_path(path.as_ref());
+        if config.keyring.is_none() && keys.exists() {
+            config.keyring = Some(Keyring::load(&keys)?);
+        }
         Self::start(Db::open(path.as_ref(), config.db_cache_bytes)?, config, &key)
+    }
+
+    /// `<db>.keys`: the access-token key file `Store::open` loads by default.
+    #[must_use]
+    pub fn keys_path(db: &Path) -> std::path::PathBuf {
+        let mut s = db.as_os_str().to_owned();
+        s.push(".keys");
+        std::path::PathBuf::from(s)
     }
 
     /// A store backed by memory only (tests, demos). Nothing survives the process.

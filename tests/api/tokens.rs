@@ -710,3 +710,35 @@ fn v4_revocation_entries_are_pruned_only_after_every_access_token_expired() {
     assert!(t.store.validate(&s).is_err());
     assert!(t.store.refresh(&p.refresh.to_string()).is_err());
 }
+
+#[test]
+fn j6_key_file_rotation_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let cfg = || Config::builder().clock(clock.clone()).sweep_interval(None).build().unwrap();
+    let (old_jwt, session);
+    {
+        let s = Store::open(&path, cfg()).unwrap();
+        session = s.create(NewSession::new("alice")).unwrap().token.to_string();
+        old_jwt = s.issue_tokens(&session).unwrap().access;
+        // What `cloakroom keys --rotate` does.
+        let old = s.keyring().keys()[0].kid.clone();
+        s.keyring().add_hs256("hs256-new", &[5; 32]).unwrap();
+        s.keyring().promote("hs256-new").unwrap();
+        s.retire_key(&old).unwrap();
+        s.keyring().save(&Store::keys_path(&path)).unwrap();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(Store::keys_path(&path)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let s = Store::open(&path, cfg()).unwrap();
+    s.verify_access(&old_jwt).unwrap(); // the retired key still verifies
+    let new_jwt = s.issue_tokens(&session).unwrap().access;
+    assert_eq!(jsonwebtoken::decode_header(&new_jwt).unwrap().kid.as_deref(), Some("hs256-new"));
+    clock.advance(Duration::from_secs(330));
+    assert_eq!(jwt_err(s.verify_access(&old_jwt)), JwtError::Header("unknown kid"));
+}

@@ -101,16 +101,42 @@ pub(crate) fn sweep(db: &Path) -> Result<(), Error> {
     s.close()
 }
 
-pub(crate) fn keys(db: &Path) -> Result<(), Error> {
+pub(crate) fn keys(db: &Path, rotate: bool) -> Result<(), Error> {
     let s = open(db)?;
+    if rotate {
+        let ring = s.keyring();
+        let old: Vec<String> =
+            ring.keys().into_iter().filter(|k| k.state == cloakroom::KeyState::Signing).map(|k| k.kid).collect();
+        let mut secret = [0u8; 32];
+        for c in secret.chunks_mut(8) {
+            c.copy_from_slice(&rand::random::<u64>().to_le_bytes());
+        }
+        let kid = format!("hs256-{:08x}", rand::random::<u32>());
+        ring.add_hs256(&kid, &secret)?;
+        ring.promote(&kid)?;
+        for k in &old {
+            s.retire_key(k)?;
+        }
+        ring.prune(SystemTime::now());
+        let path = Store::keys_path(db);
+        ring.save(&path)?;
+        println!("new signing key {kid}; retired {old:?} (verifies until access TTL + leeway have passed)");
+        println!("written to {} (mode 0600); the server loads it at its next start\n", path.display());
+    }
     println!("{:<24}  {:<6}  state", "kid", "alg");
     for k in s.keyring().keys() {
-        println!("{:<24}  {:<6}  {:?}", k.kid, k.algorithm.name(), k.state);
+        let state = match k.state {
+            cloakroom::KeyState::Signing => "signing".to_owned(),
+            cloakroom::KeyState::Verifying => "verifying".to_owned(),
+            cloakroom::KeyState::Retired { until } => format!("retired, verifies until {} UTC", utc(until)),
+            _ => format!("{:?}", k.state),
+        };
+        println!("{:<24}  {:<6}  {state}", k.kid, k.algorithm.name());
     }
     println!(
-        "\nThe default key is derived from the server key file ({}.key). Application keys are\n\
-         supplied at start (Keyring::add_hs256/add_eddsa), not stored in the file, so they are\n\
-         rotated in the application: add the new key, promote it, then Store::retire_key the old one.",
+        "\nKeys come from the application's Keyring if it sets one, else from {} (written by\n\
+         --rotate), else one HS256 key derived from the server key file {}.key.",
+        Store::keys_path(db).display(),
         db.display()
     );
     s.close()

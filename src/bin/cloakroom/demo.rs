@@ -29,6 +29,7 @@ pub(crate) fn run(path: &Path) -> Result<(), Error> {
     let mut key = path.as_os_str().to_owned();
     key.push(".key");
     let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(Store::keys_path(path));
     println!("cloakroom demo — database: {}", path.display());
     println!("\n[1] sessions (durability: Immediate, one fsync per commit)");
     let store = step("open (create) store", || Store::open(path, Config::default()))?;

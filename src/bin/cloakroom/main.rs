@@ -67,11 +67,15 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
     },
-    /// List access-token keys (ids, algorithms, states).
+    /// List access-token keys (ids, algorithms, states); `--rotate` adds a new HS256
+    /// signing key and retires the old one (written to the `<db>.keys` file).
     Keys {
         /// Database file.
         #[arg(long)]
         db: PathBuf,
+        /// Generate a new HS256 key, make it sign, retire the previous signing key.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Load generator: a mix of validate/create/refresh/revoke, optionally against Redis too.
     Bench(bench::Args),
@@ -87,7 +91,7 @@ fn main() -> ExitCode {
             admin::revoke(&db, session.as_deref(), user.as_deref(), everywhere)
         }
         Command::Sweep { db } => admin::sweep(&db),
-        Command::Keys { db } => admin::keys(&db),
+        Command::Keys { db, rotate } => admin::keys(&db, rotate),
         Command::Bench(args) => bench::run(&args),
     };
     match result {
