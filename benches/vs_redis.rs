@@ -37,7 +37,8 @@ fn tune(g: &mut BenchmarkGroup<'_, WallTime>, slow: bool) {
 
 fn median_ns(group: &str, bench: &str) -> Option<f64> {
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{dir}/criterion/{group}/{bench}/new/estimates.json");
+    // criterion stores `a/b` benchmark ids in directories named `a_b`.
+    let path = format!("{dir}/criterion/{group}/{}/new/estimates.json", bench.replace('/', "_"));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     v["median"]["point_estimate"].as_f64()
 }
