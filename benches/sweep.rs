@@ -66,7 +66,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// Validates `tokens` round-robin until `stop` says so (or `n` calls); returns latencies in ns.
 fn validate_loop(s: &Store, tokens: &[String], n: usize, until: impl Fn() -> bool) -> Vec<u64> {
-    let mut lat = Vec::with_capacity(n);
+    let mut lat = Vec::with_capacity(n.min(1 << 24));
     let mut i = 0;
     while lat.len() < n && !until() {
         let t = Instant::now();
