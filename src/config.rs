@@ -271,7 +271,7 @@ impl ConfigBuilder {
     /// out of backups of the database file.
     pub fn server_key(&mut self, key: &[u8]) -> &mut Self {
         self.server_key = if key.len() < 32 {
-            ServerKey::Env(String::new()) // rejected by build()
+            ServerKey::TooShort(key.len())
         } else if key.len() == 32 {
             let mut k = [0u8; 32];
             k.copy_from_slice(key);
@@ -372,10 +372,10 @@ impl ConfigBuilder {
         if c.leeway > Duration::from_secs(60) {
             return bad("leeway must be at most 60 s");
         }
-        if let ServerKey::Env(v) = &c.server_key {
-            if v.is_empty() {
-                return bad("server_key must be at least 32 bytes (or name a non-empty environment variable)");
-            }
+        match &c.server_key {
+            ServerKey::TooShort(_) => return bad("server_key must be at least 32 bytes"),
+            ServerKey::Env(v) if v.is_empty() => return bad("server_key_env needs a variable name"),
+            _ => {}
         }
         if let Reuse::Grace(w) = c.reuse {
             if w > Duration::from_secs(300) {

@@ -41,6 +41,8 @@ pub(crate) enum ServerKey {
     Env(String),
     /// A key file beside the database (created 0600 if missing); random for in-memory stores.
     Default,
+    /// A configured key shorter than 32 bytes (its length); refused by `ConfigBuilder::build`.
+    TooShort(usize),
 }
 
 impl ServerKey {
@@ -48,6 +50,7 @@ impl ServerKey {
     pub(crate) fn resolve(&self, db: Option<&Path>) -> Result<[u8; 32], Error> {
         match self {
             ServerKey::Bytes(b) => Ok(*b),
+            ServerKey::TooShort(n) => Err(Error::Config(format!("server key is {n} bytes; at least 32 are needed"))),
             ServerKey::Env(var) => {
                 let v = std::env::var(var).map_err(|_| Error::Config(format!("server key: ${var} is not set")))?;
                 parse_hex_key(v.trim())
