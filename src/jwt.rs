@@ -396,12 +396,8 @@ impl Keyring {
 
     /// Verifies an access token's shape, header, signature and claims (not revocation).
     pub(crate) fn verify(&self, token: &str, policy: &Policy, now: SystemTime) -> Result<AccessClaims, JwtError> {
-        check_compact(token)?;
         let json = header_json(token)?;
         let header = RawHeader::parse(&json)?;
-        if header.crit.is_some() {
-            return Err(JwtError::Header("crit is not supported"));
-        }
         if header.enc.is_some() || header.zip.is_some() {
             return Err(JwtError::Header("JWE is not accepted"));
         }
@@ -428,11 +424,10 @@ impl Keyring {
         if c.jti.is_empty() {
             return Err(JwtError::Claim("jti"));
         }
-        let now_s = to_millis(now) / 1000;
-        let leeway = policy.leeway.as_secs();
-        if now_s >= c.exp.saturating_add(leeway) {
+        if expired(c.exp, now, policy.leeway) {
             return Err(JwtError::Expired);
         }
+        let (now_s, leeway) = (to_millis(now) / 1000, policy.leeway.as_secs());
         if c.nbf > now_s.saturating_add(leeway) || c.iat > now_s.saturating_add(leeway) {
             return Err(JwtError::NotYetValid);
         }
@@ -453,12 +448,8 @@ impl Keyring {
         now: SystemTime,
         leeway: Duration,
     ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-        check_compact(token)?;
         let json = header_json(token)?;
         let header = RawHeader::parse(&json)?;
-        if header.crit.is_some() {
-            return Err(JwtError::Header("crit is not supported").into());
-        }
         let keys = self.keys.read();
         let key = keys.iter().find(|k| k.kid == kid).ok_or(JwtError::Header("unknown kid"))?;
         if header.alg != key.alg.name() {
@@ -474,7 +465,7 @@ impl Keyring {
             .claims;
         if let Some(exp) = claims.get("exp") {
             let exp = exp.as_u64().ok_or(JwtError::Claim("exp"))?;
-            if to_millis(now) / 1000 >= exp.saturating_add(leeway.as_secs()) {
+            if expired(exp, now, leeway) {
                 return Err(JwtError::Expired.into());
             }
         }
@@ -498,14 +489,25 @@ struct RawHeader<'a> {
 }
 
 impl<'a> RawHeader<'a> {
-    /// Parses the decoded first segment of a token that passed [`check_compact`].
+    /// Parses the JSON from [`header_json`]; a `crit` header is refused here,
+    /// for every verification path.
     fn parse(json: &'a [u8]) -> Result<RawHeader<'a>, JwtError> {
-        serde_json::from_slice(json).map_err(|_| JwtError::Malformed)
+        let h: RawHeader<'a> = serde_json::from_slice(json).map_err(|_| JwtError::Malformed)?;
+        if h.crit.is_some() {
+            return Err(JwtError::Header("crit is not supported"));
+        }
+        Ok(h)
     }
 }
 
-/// Base64url-decodes a token's header segment (capped at 1 KiB).
+/// Is a token with `exp` (Unix seconds) expired at `now`, given the leeway?
+fn expired(exp: u64, now: SystemTime, leeway: Duration) -> bool {
+    to_millis(now) / 1000 >= exp.saturating_add(leeway.as_secs())
+}
+
+/// Checks the compact-JWS shape, then base64url-decodes the header segment (capped at 1 KiB).
 fn header_json(token: &str) -> Result<Vec<u8>, JwtError> {
+    check_compact(token)?;
     let seg = token.split('.').next().ok_or(JwtError::Malformed)?;
     if seg.len() > 1024 {
         return Err(JwtError::Malformed);
