@@ -8,7 +8,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::Error;
 use crate::events::{Event, EventHandler};
 use crate::jwt::Keyring;
-use crate::refresh::{Reuse, ServerKey};
+use crate::keys::ServerKey;
+use crate::refresh::Reuse;
 
 /// When a write is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +50,7 @@ pub struct Config {
     pub(crate) on_event: Option<EventHandler>,
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) scratch: bool,
 }
 
 impl Default for Config {
@@ -135,6 +137,7 @@ pub struct ConfigBuilder {
     on_event: Option<EventHandler>,
     sweep_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
+    scratch: bool,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -167,6 +170,7 @@ impl Default for ConfigBuilder {
             on_event: None,
             sweep_interval: Some(Duration::from_secs(30)),
             clock: Arc::new(SystemClock),
+            scratch: false,
         }
     }
 }
@@ -281,6 +285,15 @@ impl ConfigBuilder {
         };
         self
     }
+    /// Starts over with a new server key file when the database exists but its
+    /// `<db>.key` file is missing, instead of refusing with
+    /// [`Error::ServerKeyMissing`]. Every refresh token and default-key access
+    /// token issued under the lost key stops working. Use only after deciding the
+    /// old key cannot be restored. Default: off.
+    pub fn replace_lost_server_key(&mut self) -> &mut Self {
+        self.server_key = ServerKey::ReplaceLost;
+        self
+    }
     /// Reads the server key, as 64 hex digits, from environment variable `var` at open.
     pub fn server_key_env(&mut self, var: impl Into<String>) -> &mut Self {
         self.server_key = ServerKey::Env(var.into());
@@ -296,6 +309,14 @@ impl ConfigBuilder {
     /// Receives every [`Event`]. Default: none.
     pub fn on_event(&mut self, handler: impl Fn(&Event) + Send + Sync + 'static) -> &mut Self {
         self.on_event = Some(Arc::new(handler));
+        self
+    }
+    /// Marks a database file that `Store::open` creates as a scratch file: a
+    /// throwaway made by a tool (`cloakroom demo`, `cloakroom bench`) that the
+    /// tool may later reset without asking. Has no effect on an existing file.
+    /// Default: false. See [`crate::ReadOnlyStore::is_scratch`].
+    pub fn scratch(&mut self, yes: bool) -> &mut Self {
+        self.scratch = yes;
         self
     }
     /// The time source. Default: [`SystemClock`].
@@ -330,6 +351,7 @@ impl ConfigBuilder {
             on_event: self.on_event.clone(),
             sweep_interval: self.sweep_interval,
             clock: Arc::clone(&self.clock),
+            scratch: self.scratch,
         }
     }
 

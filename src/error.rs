@@ -53,6 +53,22 @@ pub enum Error {
     /// The configuration is invalid; the message says which setting and why.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The database exists but its server key file (`<db>.key`) does not. The
+    /// key cannot be recreated: without it every refresh token and default-key
+    /// access token of this database is dead. Restore the file from where you
+    /// keep secrets, or knowingly start over with a new key
+    /// ([`crate::ConfigBuilder::replace_lost_server_key`], `--new-server-key` on
+    /// the command line, or [`crate::ConfigBuilder::server_key`]).
+    #[error(
+        "server key file {} is missing for an existing database: restore it from your secret backups, \
+         or start over with a new key (--new-server-key / ConfigBuilder::replace_lost_server_key), \
+         which ends every refresh token and default-key access token issued so far",
+        path.display()
+    )]
+    ServerKeyMissing {
+        /// The key file that was expected.
+        path: std::path::PathBuf,
+    },
     /// The operating system's random number generator failed.
     #[error("OS random number generator failed")]
     Entropy,
@@ -185,6 +201,13 @@ pub enum StorageErrorKind {
     AlreadyOpen,
     /// A write transaction failed to commit; nothing of it is visible.
     Commit,
+    /// The path names a directory, not a database file. Nothing was created.
+    Directory,
+    /// The file does not exist (read-only opens never create one).
+    Missing,
+    /// The file needs crash recovery, which a read-only open cannot do; open it
+    /// once read-write (`Store::open`, or a writing command such as `cloakroom sweep`).
+    NeedsRecovery,
 }
 
 impl StorageError {
@@ -213,15 +236,21 @@ impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
             StorageErrorKind::Io => "I/O error",
-            StorageErrorKind::Corrupt => "database file is corrupt or not a redb file (left untouched)",
-            StorageErrorKind::NotCloakroom => "database file was not written by cloakroom (left untouched)",
+            StorageErrorKind::Corrupt => "database file is corrupt (left untouched)",
+            StorageErrorKind::NotCloakroom => "not a cloakroom database (left untouched)",
             StorageErrorKind::NewerFormat => "database was written by a newer cloakroom format; upgrade cloakroom",
             StorageErrorKind::AlreadyOpen => "database file is already open in another process or Store",
             StorageErrorKind::Commit => "commit failed; the operation did not take effect",
+            StorageErrorKind::Directory => "the path is a directory, not a database file (nothing was created)",
+            StorageErrorKind::Missing => "no such database file",
+            StorageErrorKind::NeedsRecovery => {
+                "database needs crash recovery, which a read-only open cannot do; open it read-write once"
+            }
         };
-        match &self.source {
-            Some(s) => write!(f, "{what}: {s}"),
-            None => f.write_str(what),
+        // The cause adds information only where the category does not say it all.
+        match (&self.source, self.kind) {
+            (Some(s), StorageErrorKind::Io | StorageErrorKind::Commit) => write!(f, "{what}: {s}"),
+            _ => f.write_str(what),
         }
     }
 }

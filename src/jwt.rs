@@ -82,8 +82,6 @@ struct Key {
     encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     state: KeyState,
-    /// Ed25519 public key bytes, for JWKS export.
-    public: Option<[u8; 32]>,
     /// The key material as given, for [`Keyring::save`].
     material: Material,
 }
@@ -115,20 +113,47 @@ fn key_error(what: &str) -> Error {
     Error::Config(format!("keyring: {what}"))
 }
 
-/// The 32 raw bytes of an Ed25519 SubjectPublicKeyInfo PEM.
-fn ed25519_public_from_pem(pem: &[u8]) -> Result<[u8; 32], Error> {
-    let text = std::str::from_utf8(pem).map_err(|_| key_error("public key PEM is not UTF-8"))?;
-    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
-    let der =
-        base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| key_error("public key PEM is not base64"))?;
-    // SPKI for Ed25519: 30 2a 30 05 06 03 2b 65 70 03 21 00 ‖ 32-byte key.
-    const PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-    if der.len() != 44 || der[..12] != PREFIX {
-        return Err(key_error("not an Ed25519 public key (SPKI PEM)"));
+/// An Ed25519 verification key from a SubjectPublicKeyInfo PEM (jsonwebtoken's
+/// PEM parser; it refuses keys of other types).
+fn ed25519_decoding_key(pem: &[u8]) -> Result<DecodingKey, Error> {
+    let key = DecodingKey::from_ed_pem(pem).map_err(|_| key_error("not an Ed25519 public key (SPKI PEM)"))?;
+    // A public key of another algorithm parses as PEM; only 32 raw bytes are Ed25519.
+    match key.try_get_as_bytes() {
+        Ok(b) if b.len() == 32 => Ok(key),
+        _ => Err(key_error("not an Ed25519 public key (SPKI PEM)")),
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&der[12..]);
-    Ok(out)
+}
+
+/// The key file written by [`Keyring::save`] (format 1).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: u32,
+    keys: Vec<KeyFileEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFileEntry {
+    kid: String,
+    alg: String,
+    state: KeyFileState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retired_until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    public_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    private_pem: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum KeyFileState {
+    Signing,
+    Verifying,
+    Retired,
 }
 
 impl Keyring {
@@ -168,7 +193,6 @@ impl Keyring {
             encoding: Some(EncodingKey::from_secret(secret)),
             decoding: DecodingKey::from_secret(secret),
             state: KeyState::Verifying,
-            public: None,
             material: Material::Hs256(secret.to_vec()),
         })
     }
@@ -179,8 +203,7 @@ impl Keyring {
     /// [`Error::Config`] for unparsable keys, a bad or duplicate kid.
     pub fn add_eddsa(&self, kid: &str, private_pem: &[u8], public_pem: &[u8]) -> Result<(), Error> {
         let encoding = EncodingKey::from_ed_pem(private_pem).map_err(|_| key_error("bad Ed25519 private key PEM"))?;
-        let public = ed25519_public_from_pem(public_pem)?;
-        let decoding = DecodingKey::from_ed_der(&public);
+        let decoding = ed25519_decoding_key(public_pem)?;
         // Refuse a mismatched pair: sign a probe and verify it.
         let probe =
             jsonwebtoken::encode(&Header::new(jsonwebtoken::Algorithm::EdDSA), &serde_json::json!({}), &encoding)
@@ -196,7 +219,6 @@ impl Keyring {
             encoding: Some(encoding),
             decoding,
             state: KeyState::Verifying,
-            public: Some(public),
             material: Material::EdDsa { private_pem: Some(private_pem.to_vec()), public_pem: public_pem.to_vec() },
         })
     }
@@ -206,14 +228,13 @@ impl Keyring {
     /// # Errors
     /// [`Error::Config`] for an unparsable key, a bad or duplicate kid.
     pub fn add_eddsa_public(&self, kid: &str, public_pem: &[u8]) -> Result<(), Error> {
-        let public = ed25519_public_from_pem(public_pem)?;
+        let decoding = ed25519_decoding_key(public_pem)?;
         self.add(Key {
             kid: kid.to_owned(),
             alg: Algorithm::EdDSA,
             encoding: None,
-            decoding: DecodingKey::from_ed_der(&public),
+            decoding,
             state: KeyState::Verifying,
-            public: Some(public),
             material: Material::EdDsa { private_pem: None, public_pem: public_pem.to_vec() },
         })
     }
@@ -268,21 +289,20 @@ impl Keyring {
     /// other services to verify our access tokens. HS256 keys are never exported.
     #[must_use]
     pub fn jwks(&self) -> String {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let keys: Vec<serde_json::Value> = self
+        use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+        let keys: Vec<Jwk> = self
             .keys
             .read()
             .iter()
+            .filter(|k| k.alg == Algorithm::EdDSA)
             .filter_map(|k| {
-                k.public.map(|x| {
-                    serde_json::json!({
-                        "kty": "OKP", "crv": "Ed25519", "x": b64.encode(x),
-                        "kid": k.kid, "alg": "EdDSA", "use": "sig",
-                    })
-                })
+                let mut jwk = Jwk::from_decoding_key(&k.decoding, Some(jsonwebtoken::Algorithm::EdDSA)).ok()?;
+                jwk.common.key_id = Some(k.kid.clone());
+                jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+                Some(jwk)
             })
             .collect();
-        serde_json::json!({ "keys": keys }).to_string()
+        serde_json::to_string(&JwkSet { keys }).unwrap_or_else(|_| r#"{"keys":[]}"#.to_owned())
     }
 
     /// Writes every key, with its secret material and state, to a key file (JSON,
@@ -296,32 +316,38 @@ impl Keyring {
     /// [`Error::Storage`] if the file cannot be written.
     pub fn save(&self, path: &std::path::Path) -> Result<(), Error> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let keys: Vec<serde_json::Value> = self
+        let keys = self
             .keys
             .read()
             .iter()
             .map(|k| {
-                let (state, until) = match k.state {
-                    KeyState::Signing => ("signing", None),
-                    KeyState::Verifying => ("verifying", None),
-                    KeyState::Retired { until } => ("retired", Some(to_millis(until))),
+                let (state, retired_until_ms) = match k.state {
+                    KeyState::Signing => (KeyFileState::Signing, None),
+                    KeyState::Verifying => (KeyFileState::Verifying, None),
+                    KeyState::Retired { until } => (KeyFileState::Retired, Some(to_millis(until))),
                 };
-                let mut v =
-                    serde_json::json!({ "kid": k.kid, "alg": k.alg.name(), "state": state, "retired_until_ms": until });
+                let mut e = KeyFileEntry {
+                    kid: k.kid.clone(),
+                    alg: k.alg.name().to_owned(),
+                    state,
+                    retired_until_ms,
+                    secret_b64: None,
+                    public_pem: None,
+                    private_pem: None,
+                };
                 match &k.material {
-                    Material::Hs256(s) => v["secret_b64"] = b64.encode(s).into(),
+                    Material::Hs256(s) => e.secret_b64 = Some(b64.encode(s)),
                     Material::EdDsa { private_pem, public_pem } => {
-                        v["public_pem"] = String::from_utf8_lossy(public_pem).into();
-                        if let Some(p) = private_pem {
-                            v["private_pem"] = String::from_utf8_lossy(p).into();
-                        }
+                        e.public_pem = Some(String::from_utf8_lossy(public_pem).into_owned());
+                        e.private_pem = private_pem.as_ref().map(|p| String::from_utf8_lossy(p).into_owned());
                     }
                 }
-                v
+                e
             })
             .collect();
-        let text = serde_json::json!({ "format": 1, "keys": keys }).to_string();
-        crate::refresh::write_private_file(path, text.as_bytes())
+        let text = serde_json::to_vec(&KeyFile { format: 1, keys })
+            .map_err(|e| Error::Config(format!("keyring: cannot serialise the key file: {e}")))?;
+        crate::keys::write_private_file(path, &text)
     }
 
     /// Reads a key file written by [`Keyring::save`].
@@ -331,38 +357,38 @@ impl Keyring {
     /// [`Error::Storage`] if it cannot be read.
     pub fn load(path: &std::path::Path) -> Result<Keyring, Error> {
         let bad = |m: &str| Error::Config(format!("key file {}: {m}", path.display()));
-        let text = crate::refresh::read_private_file(path)?;
-        let doc: serde_json::Value = serde_json::from_slice(&text).map_err(|_| bad("not JSON"))?;
-        if doc["format"] != 1 {
+        let text = crate::keys::read_private_file(path)?;
+        let doc: KeyFile = serde_json::from_slice(&text).map_err(|e| bad(&format!("not a key file ({e})")))?;
+        if doc.format != 1 {
             return Err(bad("unknown format"));
         }
         let ring = Keyring::new();
         let mut signing = None;
-        for k in doc["keys"].as_array().ok_or_else(|| bad("no keys"))? {
-            let kid = k["kid"].as_str().ok_or_else(|| bad("kid missing"))?;
-            match k["alg"].as_str() {
-                Some("HS256") => {
-                    let s = k["secret_b64"].as_str().ok_or_else(|| bad("secret missing"))?;
+        for k in &doc.keys {
+            let kid = k.kid.as_str();
+            match k.alg.as_str() {
+                "HS256" => {
+                    let s = k.secret_b64.as_deref().ok_or_else(|| bad("secret missing"))?;
                     let s = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad("bad secret"))?;
                     ring.add_hs256(kid, &s)?;
                 }
-                Some("EdDSA") => {
-                    let public = k["public_pem"].as_str().ok_or_else(|| bad("public key missing"))?;
-                    match k["private_pem"].as_str() {
+                "EdDSA" => {
+                    let public = k.public_pem.as_deref().ok_or_else(|| bad("public key missing"))?;
+                    match k.private_pem.as_deref() {
                         Some(p) => ring.add_eddsa(kid, p.as_bytes(), public.as_bytes())?,
                         None => ring.add_eddsa_public(kid, public.as_bytes())?,
                     }
                 }
                 _ => return Err(bad("unknown alg")),
             }
-            match k["state"].as_str() {
-                Some("signing") => signing = Some(kid.to_owned()),
-                Some("retired") => {
-                    let until = k["retired_until_ms"].as_u64().ok_or_else(|| bad("retired key without until"))?;
+            match k.state {
+                KeyFileState::Signing => signing = Some(kid.to_owned()),
+                KeyFileState::Retired => {
+                    let until = k.retired_until_ms.ok_or_else(|| bad("retired key without until"))?;
                     ring.demote(kid);
                     ring.retire(kid, crate::clock::from_millis(until))?;
                 }
-                _ => ring.demote(kid),
+                KeyFileState::Verifying => ring.demote(kid),
             }
         }
         match signing {

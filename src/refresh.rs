@@ -7,12 +7,10 @@
 //! (the generation compare-and-increment) runs in the writer thread, so
 //! concurrent refreshes of one session are serialised and rotate exactly once.
 
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::{Error, StorageError, StorageErrorKind};
-use crate::token::{RefreshToken, SessionId, os_random};
+use crate::session::Reader;
+use crate::token::{RefreshToken, SessionId};
 
 /// What to do when an old refresh token is presented again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,119 +28,6 @@ impl Default for Reuse {
     fn default() -> Self {
         Reuse::Grace(Duration::from_secs(10))
     }
-}
-
-/// Where the 32-byte server key comes from.
-#[derive(Clone)]
-pub(crate) enum ServerKey {
-    /// Given in the config.
-    Bytes([u8; 32]),
-    /// Hex in an environment variable, read at open.
-    Env(String),
-    /// A key file beside the database (created 0600 if missing); random for in-memory stores.
-    Default,
-    /// A configured key shorter than 32 bytes (its length); refused by `ConfigBuilder::build`.
-    TooShort(usize),
-}
-
-impl ServerKey {
-    /// Resolves the key. `db` is the database path (`None` for in-memory).
-    pub(crate) fn resolve(&self, db: Option<&Path>) -> Result<[u8; 32], Error> {
-        match self {
-            ServerKey::Bytes(b) => Ok(*b),
-            ServerKey::TooShort(n) => Err(Error::Config(format!("server key is {n} bytes; at least 32 are needed"))),
-            ServerKey::Env(var) => {
-                let v = std::env::var(var).map_err(|_| Error::Config(format!("server key: ${var} is not set")))?;
-                parse_hex_key(v.trim())
-                    .ok_or_else(|| Error::Config(format!("server key: ${var} must be 64 hex digits")))
-            }
-            ServerKey::Default => match db {
-                Some(p) => key_file(&key_path(p)),
-                None => {
-                    let mut k = [0u8; 32];
-                    os_random(&mut k)?;
-                    Ok(k)
-                }
-            },
-        }
-    }
-}
-
-fn parse_hex_key(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// `<db>.key`.
-pub(crate) fn key_path(db: &Path) -> PathBuf {
-    let mut s = db.as_os_str().to_owned();
-    s.push(".key");
-    PathBuf::from(s)
-}
-
-fn io_err(e: std::io::Error) -> Error {
-    Error::Storage(StorageError::with_source(StorageErrorKind::Io, e))
-}
-
-/// Reads a secret file, refusing one that others can read.
-pub(crate) fn read_private_file(path: &Path) -> Result<Vec<u8>, Error> {
-    let mut f = std::fs::File::open(path).map_err(io_err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = f.metadata().map_err(io_err)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(Error::Config(format!(
-                "{} is readable by others (mode {:o}); chmod 600 it",
-                path.display(),
-                mode & 0o777
-            )));
-        }
-    }
-    let mut buf = Vec::new();
-    std::io::Read::by_ref(&mut f).take(1 << 20).read_to_end(&mut buf).map_err(io_err)?;
-    Ok(buf)
-}
-
-/// Writes a secret file with mode 0600, atomically (temp file, fsync, rename).
-pub(crate) fn write_private_file(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(io_err)?;
-    f.write_all(data).map_err(io_err)?;
-    f.sync_all().map_err(io_err)?;
-    std::fs::rename(&tmp, path).map_err(io_err)
-}
-
-/// Reads the key file, or creates it with 32 random bytes and mode 0600.
-fn key_file(path: &Path) -> Result<[u8; 32], Error> {
-    let mut key = [0u8; 32];
-    if path.exists() {
-        let buf = read_private_file(path)?;
-        if buf.len() != 32 {
-            return Err(Error::Config(format!("server key file {} must hold exactly 32 bytes", path.display())));
-        }
-        key.copy_from_slice(&buf);
-    } else {
-        os_random(&mut key)?;
-        write_private_file(path, &key)?;
-    }
-    Ok(key)
 }
 
 /// Keys derived from the server key. Never stored in the database.
@@ -206,16 +91,14 @@ impl Family {
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<Family> {
-        if b.len() < 29 || b[0] != FAMILY_FORMAT {
+        let mut r = Reader::new(b);
+        if r.u8().ok()? != FAMILY_FORMAT {
             return None;
         }
-        let u = |i: usize| b.get(i..i + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes);
-        let n = b.get(25..29).and_then(|s| s.try_into().ok()).map(u32::from_le_bytes)? as usize;
-        let claims = b.get(29..)?;
-        if claims.len() != n {
-            return None;
-        }
-        Some(Family { generation: u(1)?, rotated_at: u(9)?, deadline: u(17)?, claims: claims.to_vec() })
+        let (generation, rotated_at, deadline) = (r.u64().ok()?, r.u64().ok()?, r.u64().ok()?);
+        let claims = r.bytes_u32().ok()?.to_vec();
+        r.finish().ok()?;
+        Some(Family { generation, rotated_at, deadline, claims })
     }
 }
 
@@ -290,28 +173,5 @@ mod tests {
         assert!(!d.authentic(&forged));
         assert!(!Derived::new(&[2; 32]).authentic(&t));
         assert_eq!(d.mint(id, 5).to_string(), t.to_string(), "deterministic per generation");
-    }
-
-    #[test]
-    fn key_file_is_created_private_and_reread() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.redb.key");
-        let k1 = key_file(&p).unwrap();
-        let k2 = key_file(&p).unwrap();
-        assert_eq!(k1, k2);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(matches!(key_file(&p), Err(Error::Config(_))));
-        }
-    }
-
-    #[test]
-    fn hex_keys() {
-        assert_eq!(parse_hex_key(&"ab".repeat(32)), Some([0xab; 32]));
-        assert!(parse_hex_key(&"ab".repeat(31)).is_none());
-        assert!(parse_hex_key(&"zz".repeat(32)).is_none());
     }
 }

@@ -1,18 +1,21 @@
 //! Sessions: [`Session`], [`NewSession`], [`Meta`], and the versioned record encoding.
 //!
-//! Record layout (format 1, little-endian), keyed by the session id in the `sessions` table:
+//! Record layout (format 2, little-endian), keyed by the session id in the `sessions` table:
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | record format (= 1) |
+//! | 1 | record format (= 2) |
 //! | 8 | serial |
 //! | 32 | blake3(secret) |
 //! | 8 × 5 | created_at, expires_at, idle_timeout (0 = none), last_seen (ms since epoch), data version |
 //! | 2 + n | user id (UTF-8, 1..=256) |
-//! | 2 + n (× 3) | ip, user agent, label (UTF-8, empty = absent) |
+//! | 1 + n | ip: tag 0 = absent, 4 = IPv4 (4 raw bytes), 6 = IPv6 (16 raw bytes) |
+//! | 2 + n (× 2) | user agent, label (UTF-8, empty = absent) |
 //! | 4 + n | data |
 //!
-//! Decoding rejects unknown formats, bad lengths, bad UTF-8 and trailing bytes.
+//! Format 1 (still read, never written) stored the ip as length-prefixed text.
+//! Decoding rejects unknown formats, bad lengths, bad UTF-8, unknown ip tags and
+//! trailing bytes.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -30,7 +33,9 @@ pub const MAX_USER_ID_LEN: usize = 256;
 pub const MAX_USER_AGENT_LEN: usize = 512;
 /// Longest accepted label, in bytes.
 pub const MAX_LABEL_LEN: usize = 256;
-const RECORD_FORMAT: u8 = 1;
+const RECORD_FORMAT: u8 = 2;
+/// The first record format: the ip as text. Read, never written.
+const RECORD_FORMAT_V1: u8 = 1;
 const FIXED_LEN: usize = 1 + 8 + 32 + 8 * 5;
 /// Byte offset of `last_seen` in an encoded record, so a touch can patch it in place.
 pub(crate) const LAST_SEEN_OFFSET: usize = 1 + 8 + 32 + 8 * 3;
@@ -192,6 +197,9 @@ pub enum RecordError {
     /// A text field is not valid UTF-8 or an IP address does not parse.
     #[error("invalid text field")]
     BadText,
+    /// The IP address field has an unknown tag.
+    #[error("invalid ip address tag {0}")]
+    BadIpTag(u8),
     /// The user id is empty or too long.
     #[error("invalid user id")]
     BadUser,
@@ -260,27 +268,39 @@ impl Record {
         r
     }
 
-    /// Encodes the record (format 1).
+    /// Encodes the record (format 2).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let m = self.meta();
-        let ip = m.ip.map(|ip| ip.to_string()).unwrap_or_default();
         let ua = m.user_agent.as_deref().unwrap_or("");
         let label = m.label.as_deref().unwrap_or("");
-        let mut out = Vec::with_capacity(
-            FIXED_LEN + 2 * 4 + self.user.len() + ip.len() + ua.len() + label.len() + 4 + self.data.len(),
-        );
+        let mut out =
+            Vec::with_capacity(FIXED_LEN + 2 * 3 + 17 + self.user.len() + ua.len() + label.len() + 4 + self.data.len());
         out.push(RECORD_FORMAT);
         out.extend_from_slice(&self.serial.to_le_bytes());
         out.extend_from_slice(&self.secret_hash.0);
         for v in [self.created_at, self.expires_at, self.idle_timeout, self.last_seen, self.version] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        for s in [&*self.user, ip.as_str(), ua, label] {
+        let text = |out: &mut Vec<u8>, s: &str| {
             // Lengths are bounded by the input checks (≤ 512), so they fit in u16.
             #[allow(clippy::cast_possible_truncation)]
             out.extend_from_slice(&(s.len() as u16).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
+        };
+        text(&mut out, &self.user);
+        match m.ip {
+            None => out.push(0),
+            Some(IpAddr::V4(a)) => {
+                out.push(4);
+                out.extend_from_slice(&a.octets());
+            }
+            Some(IpAddr::V6(a)) => {
+                out.push(6);
+                out.extend_from_slice(&a.octets());
+            }
         }
+        text(&mut out, ua);
+        text(&mut out, label);
         #[allow(clippy::cast_possible_truncation)] // data ≤ max_data_len ≤ u32::MAX (config check)
         out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.data);
@@ -289,9 +309,9 @@ impl Record {
 
     /// Decodes a record stored under `id`. Never panics on any input.
     pub(crate) fn decode(id: SessionId, bytes: &[u8]) -> Result<Record, RecordError> {
-        let mut r = Reader { b: bytes };
-        let format = r.take(1)?[0];
-        if format != RECORD_FORMAT {
+        let mut r = Reader::new(bytes);
+        let format = r.u8()?;
+        if format != RECORD_FORMAT && format != RECORD_FORMAT_V1 {
             return Err(RecordError::UnknownFormat(format));
         }
         let serial = r.u64()?;
@@ -303,15 +323,21 @@ impl Record {
         if user.is_empty() || user.len() > MAX_USER_ID_LEN {
             return Err(RecordError::BadUser);
         }
-        let ip = r.text()?;
-        let ip = if ip.is_empty() { None } else { Some(ip.parse().map_err(|_| RecordError::BadText)?) };
+        let ip = if format == RECORD_FORMAT_V1 {
+            let ip = r.text()?;
+            if ip.is_empty() { None } else { Some(ip.parse().map_err(|_| RecordError::BadText)?) }
+        } else {
+            match r.u8()? {
+                0 => None,
+                4 => Some(IpAddr::from(r.array::<4>()?)),
+                6 => Some(IpAddr::from(r.array::<16>()?)),
+                t => return Err(RecordError::BadIpTag(t)),
+            }
+        };
         let ua = r.text()?;
         let label = r.text()?;
-        let n = u32::from_le_bytes(r.array()?) as usize;
-        let data = r.take(n)?;
-        if !r.b.is_empty() {
-            return Err(RecordError::Trailing);
-        }
+        let data = r.bytes_u32()?;
+        r.finish()?;
         let meta = Meta {
             ip,
             user_agent: (!ua.is_empty()).then(|| ua.to_owned()),
@@ -334,12 +360,17 @@ impl Record {
     }
 }
 
-struct Reader<'a> {
+/// A cursor over a little-endian stored row; every read checks the length.
+/// Shared by the session record and the refresh family codecs.
+pub(crate) struct Reader<'a> {
     b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+    pub(crate) fn new(b: &'a [u8]) -> Self {
+        Reader { b }
+    }
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         if self.b.len() < n {
             return Err(RecordError::Truncated);
         }
@@ -347,17 +378,29 @@ impl<'a> Reader<'a> {
         self.b = tail;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
-    fn u64(&mut self) -> Result<u64, RecordError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, RecordError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
     fn text(&mut self) -> Result<&'a str, RecordError> {
         let n = u16::from_le_bytes(self.array()?) as usize;
         std::str::from_utf8(self.take(n)?).map_err(|_| RecordError::BadText)
+    }
+    /// A byte string with a u32 length prefix.
+    pub(crate) fn bytes_u32(&mut self) -> Result<&'a [u8], RecordError> {
+        let n = u32::from_le_bytes(self.array()?) as usize;
+        self.take(n)
+    }
+    /// Fails if any bytes are left.
+    pub(crate) fn finish(self) -> Result<(), RecordError> {
+        if self.b.is_empty() { Ok(()) } else { Err(RecordError::Trailing) }
     }
 }
 
@@ -511,9 +554,40 @@ mod tests {
         let mut long = enc.clone();
         long.push(0);
         assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &long).err(), Some(RecordError::Trailing));
-        let mut newer = enc;
-        newer[0] = 2;
-        assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &newer).err(), Some(RecordError::UnknownFormat(2)));
+        let mut newer = enc.clone();
+        newer[0] = 3;
+        assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &newer).err(), Some(RecordError::UnknownFormat(3)));
+        // The ip tag is checked.
+        let ip_at = 1 + 8 + 32 + 8 * 5 + 2 + "alice".len();
+        assert_eq!(enc[ip_at], 4);
+        let mut bad_tag = enc;
+        bad_tag[ip_at] = 5;
+        assert_eq!(Record::decode(SessionId::from_bytes([3; 16]), &bad_tag).err(), Some(RecordError::BadIpTag(5)));
+    }
+
+    /// A format-1 record (ip as text), as the previous version wrote it, still decodes.
+    #[test]
+    fn format_1_records_still_decode() {
+        let mut v1 = vec![1u8];
+        v1.extend_from_slice(&7u64.to_le_bytes());
+        v1.extend_from_slice(&[9; 32]);
+        for v in [100u64, 200, 0, 150, 3] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        for s in ["alice", "192.0.2.7", "ua", ""] {
+            v1.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            v1.extend_from_slice(s.as_bytes());
+        }
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.extend_from_slice(b"hi");
+        let r = Record::decode(SessionId::from_bytes([3; 16]), &v1).unwrap();
+        assert_eq!((r.serial, r.expires_at, r.version, &*r.user, &*r.data), (7, 200, 3, "alice", &b"hi"[..]));
+        assert_eq!(r.meta().ip, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(r.meta().user_agent.as_deref(), Some("ua"));
+        // Re-encoded in format 2, with the same fields.
+        let again = Record::decode(r.id, &r.encode()).unwrap();
+        assert_eq!(r.encode()[0], 2);
+        assert_eq!(again.meta().ip, r.meta().ip);
     }
 
     #[test]

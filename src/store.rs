@@ -123,21 +123,49 @@ impl Store {
     /// Access-token keys: the config's keyring if set; else the key file
     /// `<path>.keys` if present (see [`Keyring::save`]); else one HS256 key
     /// derived from the server key.
+    ///
+    /// The server key file `<path>.key` (unless the config names a key) is read
+    /// only after the database opened and was recognised, and created only
+    /// together with a new database: a failed open leaves no file behind, and an
+    /// existing database without its key file is refused with
+    /// [`Error::ServerKeyMissing`].
     pub fn open(path: impl AsRef<Path>, mut config: Config) -> Result<Store, Error> {
-        let key = config.server_key.resolve(Some(path.as_ref()))?;
-        let keys = Self::keys_path(path.as_ref());
-        if config.keyring.is_none() && keys.exists() {
-            config.keyring = Some(Keyring::load(&keys)?);
+        let path = path.as_ref();
+        let key_present = || config.server_key.check_existing(path);
+        let (db, loaded) = Db::open(path, config.db_cache_bytes, config.scratch, &key_present)?;
+        let created = loaded.owns_file;
+        let opened = (|| {
+            let key = config.server_key.resolve(Some((path, loaded.state)))?;
+            let keys = Self::keys_path(path);
+            if config.keyring.is_none() && keys.exists() {
+                config.keyring = Some(Keyring::load(&keys)?);
+            }
+            Ok(key)
+        })();
+        match opened {
+            Ok(key) => Self::start((db, loaded), config, &key),
+            Err(e) => {
+                if created {
+                    // This open made the file; leave nothing behind (unlinked while still locked).
+                    let _ = std::fs::remove_file(path);
+                }
+                db.close();
+                Err(e)
+            }
         }
-        Self::start(Db::open(path.as_ref(), config.db_cache_bytes)?, config, &key)
     }
 
     /// `<db>.keys`: the access-token key file `Store::open` loads by default.
     #[must_use]
     pub fn keys_path(db: &Path) -> std::path::PathBuf {
-        let mut s = db.as_os_str().to_owned();
-        s.push(".keys");
-        std::path::PathBuf::from(s)
+        crate::keys::keys_path(db)
+    }
+
+    /// `<db>.key`: the server key file `Store::open` reads (or creates with a new
+    /// database) when the config sets no server key.
+    #[must_use]
+    pub fn server_key_path(db: &Path) -> std::path::PathBuf {
+        crate::keys::key_path(db)
     }
 
     /// A store backed by memory only (tests, demos). Nothing survives the process.
@@ -170,13 +198,7 @@ impl Store {
         let derived = Derived::new(server_key);
         let keyring = match &config.keyring {
             Some(k) => k.clone(),
-            None => {
-                let k = Keyring::new();
-                let fp = blake3::hash(&derived.access_hs256);
-                let kid: String = fp.as_bytes()[..4].iter().map(|b| format!("{b:02x}")).collect();
-                k.add_hs256(&format!("hs256-{kid}"), &derived.access_hs256)?;
-                k
-            }
+            None => default_keyring(&derived)?,
         };
         let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
@@ -489,6 +511,29 @@ impl Store {
         Ok(out)
     }
 
+    /// The live session with this id, if any (not revoked, not expired): for
+    /// admin tools that act on an id shown by a devices page. Does not slide
+    /// the session's expiry.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the read fails; [`Error::Closed`] after `close`.
+    pub fn session(&self, id: SessionId) -> Result<Option<Session>, Error> {
+        let inner = self.live()?;
+        let now = self.now_ms();
+        let rec = match inner.cache.get(&id) {
+            Some(r) => r,
+            None => match inner.db.get(&id)? {
+                Some(r) => Arc::new(r),
+                None => return Ok(None),
+            },
+        };
+        let last_seen = rec.seen().max(rec.last_seen);
+        if inner.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
+            return Ok(None);
+        }
+        Ok(Some(Session { record: rec, last_seen }))
+    }
+
     fn emit(&self, event: impl FnOnce() -> Event) {
         if let Some(handler) = &self.inner.config.on_event {
             handler(&event());
@@ -609,7 +654,7 @@ impl Store {
             aud: inner.policy.audience.clone(),
             sub: rec.user.to_string(),
             sid: rec.serial,
-            jti: jti.iter().map(|b| format!("{b:02x}")).collect(),
+            jti: format!("{:032x}", u128::from_be_bytes(jti)),
             iat: now_s,
             nbf: now_s,
             exp,
@@ -905,6 +950,17 @@ impl Store {
         inner.db.close();
         r
     }
+}
+
+/// The keyring used when the config sets none: one HS256 key derived from the
+/// server key, with kid `hs256-<first 4 bytes of its blake3 fingerprint, hex>`.
+pub(crate) fn default_keyring(derived: &Derived) -> Result<Keyring, Error> {
+    let fp = blake3::hash(&derived.access_hs256);
+    let mut head = [0u8; 4];
+    head.copy_from_slice(&fp.as_bytes()[..4]);
+    let k = Keyring::new();
+    k.add_hs256(&format!("hs256-{:08x}", u32::from_be_bytes(head)), &derived.access_hs256)?;
+    Ok(k)
 }
 
 /// A pair of tokens for one session: a short-lived access JWT and a refresh token.

@@ -7,6 +7,7 @@ mod api {
     mod concurrency;
     mod expiry;
     mod faults;
+    mod files;
     mod lifecycle;
     mod model;
     mod persistence;

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableHandle as _};
 
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::keys::DbState;
 use crate::session::Record;
 use crate::token::SessionId;
 use tables::{
-    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
+    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_NEXT_SERIAL, META_SCRATCH, NOT_BEFORE, REFRESH, REVOKED, SESSIONS,
+    USER_SESSIONS,
 };
 
 /// Reopens the database file after an I/O failure (redb refuses every operation
@@ -38,6 +40,10 @@ struct Shared {
 
 /// What `open` learned from the file.
 pub(crate) struct Loaded {
+    /// Whether this open initialised the database (it had no tables).
+    pub(crate) state: DbState,
+    /// Whether this open also created the file, so a later failure may remove it.
+    pub(crate) owns_file: bool,
     pub(crate) next_serial: u64,
     /// (serial, prune-after ms, session id) of every revoked entry.
     pub(crate) revoked: Vec<(u64, u64, SessionId)>,
@@ -54,9 +60,25 @@ fn io<E: Into<redb::Error>>(e: E) -> Error {
     let kind = match &e {
         redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_) => StorageErrorKind::Corrupt,
         redb::Error::DatabaseAlreadyOpen => StorageErrorKind::AlreadyOpen,
+        redb::Error::RepairAborted => StorageErrorKind::NeedsRecovery,
+        // redb reports a file without its magic number ("Not a redb database") as InvalidData.
+        redb::Error::Io(x) if x.kind() == std::io::ErrorKind::InvalidData => StorageErrorKind::NotCloakroom,
+        redb::Error::Io(x) if x.kind() == std::io::ErrorKind::IsADirectory => StorageErrorKind::Directory,
         _ => StorageErrorKind::Io,
     };
-    storage(kind)(e)
+    match e {
+        // Keep the OS error itself as the cause, so the message is not "I/O error: I/O error: ...".
+        redb::Error::Io(x) => StorageError::with_source(kind, x).into(),
+        e => storage(kind)(e),
+    }
+}
+
+/// Refuses a directory before redb sees it (its message would name neither).
+fn not_a_directory(path: &Path) -> Result<(), Error> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(StorageError::new(StorageErrorKind::Directory).into());
+    }
+    Ok(())
 }
 
 /// A panic inside redb while opening a damaged file becomes a `Corrupt` error.
@@ -67,12 +89,34 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
 impl Db {
     /// Opens or creates a cloakroom file. A file that is not redb, is corrupt, was
     /// written by another application or by a newer format is left untouched.
-    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<(Db, Loaded), Error> {
-        guarded(|| {
+    ///
+    /// `existing` runs after an existing file was recognised as a cloakroom
+    /// database and before the read-write open (which may write to it), so a
+    /// caller can refuse without touching the file. `scratch` marks a database
+    /// this call creates as a tool's throwaway (see `META_SCRATCH`).
+    ///
+    /// A failed open leaves nothing behind: the file is created with
+    /// create-new semantics, and removed again if this call created it,
+    /// initialised it and then failed.
+    pub(crate) fn open(
+        path: &Path,
+        cache_bytes: usize,
+        scratch: bool,
+        existing: &dyn Fn() -> Result<(), Error>,
+    ) -> Result<(Db, Loaded), Error> {
+        not_a_directory(path)?;
+        let made_file = match std::fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io(redb::Error::Io(e))),
+        };
+        let mut initialised = false;
+        let r = guarded(|| {
             let mut b = redb::Database::builder();
             b.set_cache_size(cache_bytes);
             if std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
                 Self::inspect(&b, path)?;
+                existing()?;
             }
             let db = b.create(path).map_err(io)?;
             let path = path.to_owned();
@@ -81,7 +125,51 @@ impl Db {
                 b.set_cache_size(cache_bytes);
                 guarded(|| b.create(&path).map_err(io))
             });
-            Self::init(db, Some(opener))
+            Self::init(db, Some(opener), scratch, &mut initialised)
+        });
+        match r {
+            Ok((db, mut loaded)) => {
+                loaded.owns_file = made_file && loaded.state == DbState::Created;
+                Ok((db, loaded))
+            }
+            Err(e) => {
+                // Ours to remove: we created the file and either initialised it
+                // ourselves or failed before anyone did (still empty, and not
+                // because another opener holds it). Never a file another opener uses.
+                let busy = matches!(&e, Error::Storage(s) if s.kind() == StorageErrorKind::AlreadyOpen);
+                let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+                if made_file && (initialised || (empty && !busy)) {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens an existing file read-only: nothing is written, no file is created,
+    /// and a file that is not a cloakroom database is refused.
+    pub(crate) fn open_read_only(path: &Path) -> Result<ReadOnly, Error> {
+        not_a_directory(path)?;
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StorageError::new(StorageErrorKind::Missing).into());
+            }
+            Err(e) => return Err(StorageError::with_source(StorageErrorKind::Io, e).into()),
+            // An empty file is nobody's database, and a read-only open must not make it one.
+            Ok(m) if m.len() == 0 => return Err(StorageError::new(StorageErrorKind::NotCloakroom).into()),
+            Ok(_) => {}
+        }
+        guarded(|| {
+            let db = redb::Database::builder().open_read_only(path).map_err(io)?;
+            let rtx = db.begin_read().map_err(io)?;
+            let names = table_names(&rtx)?;
+            let format = stored_format(&rtx, &names)?;
+            if check_format(&names, format)? == Fresh::Yes {
+                // A valid but empty redb file: not ours.
+                return Err(StorageError::new(StorageErrorKind::NotCloakroom).into());
+            }
+            drop(rtx);
+            Ok(ReadOnly { db })
         })
     }
 
@@ -96,12 +184,8 @@ impl Db {
             Err(e) => return Err(io(e)),
         };
         let rtx = ro.begin_read().map_err(io)?;
-        let names: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
-        let format = if names.iter().any(|n| n == "meta") {
-            rtx.open_table(META).map_err(io)?.get(META_FORMAT).map_err(io)?.map(|v| v.value())
-        } else {
-            None
-        };
+        let names = table_names(&rtx)?;
+        let format = stored_format(&rtx, &names)?;
         check_format(&names, format).map(|_| ())
     }
 
@@ -110,7 +194,7 @@ impl Db {
         guarded(|| {
             let db =
                 redb::Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(io)?;
-            Self::init(db, None)
+            Self::init(db, None, false, &mut false)
         })
     }
 
@@ -124,7 +208,7 @@ impl Db {
             let db = redb::Database::builder().create_with_backend(make()).map_err(io)?;
             let opener: Opener =
                 Box::new(move || guarded(|| redb::Database::builder().create_with_backend(make()).map_err(io)));
-            Self::init(db, Some(opener))
+            Self::init(db, Some(opener), false, &mut false)
         })
     }
 
@@ -166,23 +250,37 @@ impl Db {
         self.shared.current.write().take();
     }
 
-    fn init(db: redb::Database, opener: Option<Opener>) -> Result<(Db, Loaded), Error> {
+    /// Creates the tables of a fresh database (setting `initialised`), upgrades
+    /// an older format, and loads what the store needs in memory.
+    fn init(
+        db: redb::Database,
+        opener: Option<Opener>,
+        scratch: bool,
+        initialised: &mut bool,
+    ) -> Result<(Db, Loaded), Error> {
         let rtx = db.begin_read().map_err(io)?;
-        let existing: Vec<String> = rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect();
-        let format = if existing.iter().any(|n| n == "meta") {
-            let meta = rtx.open_table(META).map_err(io)?;
-            meta.get(META_FORMAT).map_err(io)?.map(|v| v.value())
-        } else {
-            None
-        };
+        let existing = table_names(&rtx)?;
+        let format = stored_format(&rtx, &existing)?;
         drop(rtx);
-        if check_format(&existing, format)? == Fresh::Yes {
+        let fresh = check_format(&existing, format)?;
+        if fresh == Fresh::No && format.is_some_and(|v| v < FORMAT_VERSION) {
+            // Format 1 → 2: every format-1 record stays readable; new records may use
+            // record format 2, so stamp the file for older readers to refuse it.
+            let wtx = db.begin_write().map_err(io)?;
+            wtx.open_table(META).map_err(io)?.insert(META_FORMAT, FORMAT_VERSION).map_err(io)?;
+            wtx.commit().map_err(io)?;
+        }
+        if fresh == Fresh::Yes {
+            *initialised = true;
             {
                 let wtx = db.begin_write().map_err(io)?;
                 {
                     let mut meta = wtx.open_table(META).map_err(io)?;
                     meta.insert(META_FORMAT, FORMAT_VERSION).map_err(io)?;
                     meta.insert(META_NEXT_SERIAL, 1).map_err(io)?;
+                    if scratch {
+                        meta.insert(META_SCRATCH, 1).map_err(io)?;
+                    }
                     wtx.open_table(SESSIONS).map_err(io)?;
                     wtx.open_table(USER_SESSIONS).map_err(io)?;
                     wtx.open_table(EXPIRY).map_err(io)?;
@@ -201,7 +299,10 @@ impl Db {
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        let loaded = db.load()?;
+        let mut loaded = db.load()?;
+        if fresh == Fresh::Yes {
+            loaded.state = DbState::Created;
+        }
         Ok((db, loaded))
     }
 
@@ -222,33 +323,17 @@ impl Db {
             let (k, v) = row.map_err(io)?;
             not_before.push((k.value().to_owned(), v.value()));
         }
-        Ok(Loaded { next_serial, revoked: list, not_before })
+        Ok(Loaded { state: DbState::Existing, owns_file: false, next_serial, revoked: list, not_before })
     }
 
     /// Reads one session.
     pub(crate) fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let rtx = self.handle()?.begin_read().map_err(io)?;
-        let t = rtx.open_table(SESSIONS).map_err(io)?;
-        let Some(v) = t.get(id.as_bytes()).map_err(io)? else {
-            return Ok(None);
-        };
-        decode(*id, v.value()).map(Some)
+        get_in(&self.handle()?.begin_read().map_err(io)?, id)
     }
 
     /// Reads every session of `user`.
     pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
-        let rtx = self.handle()?.begin_read().map_err(io)?;
-        let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
-        let sessions = rtx.open_table(SESSIONS).map_err(io)?;
-        let mut out = Vec::new();
-        for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
-            let (k, _) = row.map_err(io)?;
-            let id = SessionId::from_bytes(*k.value().1);
-            if let Some(v) = sessions.get(id.as_bytes()).map_err(io)? {
-                out.push(decode(id, v.value())?);
-            }
-        }
-        Ok(out)
+        list_user_in(&self.handle()?.begin_read().map_err(io)?, user)
     }
 
     /// Up to `limit` rows of the expiry index with deadline ≤ `now`, after `after`.
@@ -278,9 +363,89 @@ impl Db {
 
     /// Number of stored sessions.
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
-        let rtx = self.handle()?.begin_read().map_err(io)?;
-        rtx.open_table(SESSIONS).map_err(io)?.len().map_err(io)
+        session_count_in(&self.handle()?.begin_read().map_err(io)?)
     }
+}
+
+/// A database opened read-only (admin reads): redb's `ReadOnlyDatabase`, which
+/// writes no byte of the file.
+pub(crate) struct ReadOnly {
+    db: redb::ReadOnlyDatabase,
+}
+
+impl ReadOnly {
+    fn rtx(&self) -> Result<redb::ReadTransaction, Error> {
+        self.db.begin_read().map_err(io)
+    }
+
+    /// Reads every session of `user`.
+    pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        list_user_in(&self.rtx()?, user)
+    }
+
+    /// Number of stored sessions.
+    pub(crate) fn session_count(&self) -> Result<u64, Error> {
+        session_count_in(&self.rtx()?)
+    }
+
+    /// Number of rows in the revocation table.
+    pub(crate) fn revoked_count(&self) -> Result<u64, Error> {
+        self.rtx()?.open_table(REVOKED).map_err(io)?.len().map_err(io)
+    }
+
+    /// Whether `serial` is in the revocation table.
+    pub(crate) fn is_revoked(&self, serial: u64) -> Result<bool, Error> {
+        Ok(self.rtx()?.open_table(REVOKED).map_err(io)?.get(serial).map_err(io)?.is_some())
+    }
+
+    /// Whether a tool created this file as a throwaway (`META_SCRATCH`).
+    pub(crate) fn is_scratch(&self) -> Result<bool, Error> {
+        let rtx = self.rtx()?;
+        Ok(rtx.open_table(META).map_err(io)?.get(META_SCRATCH).map_err(io)?.is_some_and(|v| v.value() == 1))
+    }
+
+    /// The stored format version.
+    pub(crate) fn format(&self) -> Result<u64, Error> {
+        let rtx = self.rtx()?;
+        Ok(rtx.open_table(META).map_err(io)?.get(META_FORMAT).map_err(io)?.map_or(0, |v| v.value()))
+    }
+}
+
+fn table_names(rtx: &redb::ReadTransaction) -> Result<Vec<String>, Error> {
+    Ok(rtx.list_tables().map_err(io)?.map(|t| t.name().to_owned()).collect())
+}
+
+fn stored_format(rtx: &redb::ReadTransaction, names: &[String]) -> Result<Option<u64>, Error> {
+    if !names.iter().any(|n| n == "meta") {
+        return Ok(None);
+    }
+    Ok(rtx.open_table(META).map_err(io)?.get(META_FORMAT).map_err(io)?.map(|v| v.value()))
+}
+
+fn get_in(rtx: &redb::ReadTransaction, id: &SessionId) -> Result<Option<Record>, Error> {
+    let t = rtx.open_table(SESSIONS).map_err(io)?;
+    let Some(v) = t.get(id.as_bytes()).map_err(io)? else {
+        return Ok(None);
+    };
+    decode(*id, v.value()).map(Some)
+}
+
+fn list_user_in(rtx: &redb::ReadTransaction, user: &str) -> Result<Vec<Record>, Error> {
+    let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
+    let sessions = rtx.open_table(SESSIONS).map_err(io)?;
+    let mut out = Vec::new();
+    for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+        let (k, _) = row.map_err(io)?;
+        let id = SessionId::from_bytes(*k.value().1);
+        if let Some(v) = sessions.get(id.as_bytes()).map_err(io)? {
+            out.push(decode(id, v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+fn session_count_in(rtx: &redb::ReadTransaction) -> Result<u64, Error> {
+    rtx.open_table(SESSIONS).map_err(io)?.len().map_err(io)
 }
 
 #[derive(Debug, PartialEq, Eq)]

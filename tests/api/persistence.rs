@@ -103,8 +103,9 @@ fn non_redb_file_is_refused_and_left_untouched() {
     std::fs::write(&path, &content).unwrap();
     let clock = ManualClock::fixed();
     let k = kind(Store::open(&path, config(&clock)));
-    assert!(matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io), "{k:?}");
+    assert_eq!(k, StorageErrorKind::NotCloakroom);
     assert!(std::fs::read(&path).unwrap() == content, "file was modified");
+    assert!(!Store::server_key_path(&path).exists(), "a failed open must not leave a key file");
 }
 
 #[test]
@@ -125,7 +126,8 @@ fn corrupt_store_file_is_refused_and_left_untouched() {
     }
     std::fs::write(&path, &bytes).unwrap();
     let k = kind(Store::open(&path, config(&clock)));
-    assert!(matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::Io), "{k:?}");
+    // The magic number is gone, so redb no longer recognises the file at all.
+    assert!(matches!(k, StorageErrorKind::Corrupt | StorageErrorKind::NotCloakroom), "{k:?}");
     assert!(std::fs::read(&path).unwrap() == bytes, "file was modified");
 }
 

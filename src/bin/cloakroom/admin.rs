@@ -3,20 +3,33 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cloakroom::{Config, Error, Scope, SessionId, StorageErrorKind, Store};
+use cloakroom::{Config, Error, ReadOnlyStore, Scope, SessionId, Store};
 
-/// Opens an existing store for an admin command (no background sweeper).
-fn open(db: &Path) -> Result<Store, Error> {
-    if !db.exists() {
-        return Err(Error::Config(format!("{} does not exist", db.display())));
+use crate::{CliError, open_error};
+
+fn no_such_file(db: &Path) -> CliError {
+    CliError::Failed(format!("{}: no such database file", db.display()))
+}
+
+/// Opens an existing store read-write for an admin command that writes (no
+/// background sweeper). Never creates a database.
+fn open(db: &Path, new_server_key: bool) -> Result<Store, CliError> {
+    if std::fs::symlink_metadata(db).is_err() {
+        return Err(no_such_file(db));
     }
-    let cfg = Config::builder().sweep_interval(None).build()?;
-    Store::open(db, cfg).map_err(|e| match &e {
-        Error::Storage(s) if s.kind() == StorageErrorKind::AlreadyOpen => Error::Config(format!(
-            "{} is in use by another process; stop it first (admin commands need the file to themselves)",
-            db.display()
-        )),
-        _ => e,
+    let mut b = Config::builder();
+    b.sweep_interval(None);
+    if new_server_key {
+        b.replace_lost_server_key();
+    }
+    Store::open(db, b.build()?).map_err(|e| open_error(db, e))
+}
+
+/// Opens an existing store read-only: the command changes no byte of the file.
+fn open_read_only(db: &Path) -> Result<ReadOnlyStore, CliError> {
+    ReadOnlyStore::open(db).map_err(|e| match &e {
+        Error::Storage(s) if s.kind() == cloakroom::StorageErrorKind::Missing => no_such_file(db),
+        _ => open_error(db, e),
     })
 }
 
@@ -37,18 +50,18 @@ pub(crate) fn utc(t: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub(crate) fn stats(db: &Path) -> Result<(), Error> {
-    let s = open(db)?;
-    let st = s.stats();
-    println!("sessions stored    {}", st.sessions_stored.map_or("?".into(), |n| n.to_string()));
-    println!("revoked serials    {}", st.revoked_serials);
+pub(crate) fn stats(db: &Path) -> Result<(), CliError> {
+    let s = open_read_only(db)?;
+    println!("sessions stored    {}", s.sessions_stored()?);
+    println!("revoked serials    {}", s.revoked_serials()?);
+    println!("format version     {}", s.format_version()?);
     println!("file size          {} bytes", std::fs::metadata(db).map(|m| m.len()).unwrap_or(0));
-    s.close()
+    Ok(())
 }
 
-pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), Error> {
-    let s = open(db)?;
-    let list = s.list_user(user)?;
+pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
+    let s = open_read_only(db)?;
+    let list = s.list_user(user, SystemTime::now())?;
     println!(
         "{:<22}  {:<19}  {:<19}  {:<19}  {:<15}  {:<24}  label",
         "id", "created", "last seen", "expires", "ip", "user agent"
@@ -68,26 +81,44 @@ pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), Error> {
         );
     }
     println!("{} live session(s) for {user}", list.len());
-    s.close()
+    Ok(())
 }
 
-pub(crate) fn revoke(db: &Path, session: Option<&str>, user: Option<&str>, everywhere: bool) -> Result<(), Error> {
-    let s = open(db)?;
-    match (session, user) {
+pub(crate) fn revoke(
+    db: &Path,
+    session: Option<&str>,
+    user: Option<&str>,
+    everywhere: bool,
+    new_server_key: bool,
+) -> Result<(), CliError> {
+    // Check the arguments before touching the file.
+    let id = match session {
+        Some(text) => Some(text.parse::<SessionId>().map_err(|_| {
+            CliError::Refused(format!(
+                "invalid session id {text:?}: expected the 22-character id shown by `cloakroom sessions`"
+            ))
+        })?),
+        None => None,
+    };
+    let s = open(db, new_server_key)?;
+    match (id, user) {
         (Some(id), _) => {
-            let id: SessionId = id.parse()?;
-            s.revoke(id)?;
-            println!("revoked session {id} (if it existed)");
+            if s.session(id)?.is_some() {
+                s.revoke(id)?;
+                println!("revoked session {id}");
+            } else {
+                println!("no live session with id {id} (unknown, expired or already revoked); nothing to revoke");
+            }
         }
         (None, Some(u)) if everywhere => println!("logged {u} out everywhere: {} session(s)", s.logout_everywhere(u)?),
         (None, Some(u)) => println!("revoked {} session(s) of {u}", s.revoke_user(u, Scope::All)?),
-        (None, None) => return Err(Error::Config("give --session ID or --user U".into())),
+        (None, None) => return Err(CliError::Refused("give --session ID or --user U".into())),
     }
-    s.close()
+    Ok(s.close()?)
 }
 
-pub(crate) fn sweep(db: &Path) -> Result<(), Error> {
-    let s = open(db)?;
+pub(crate) fn sweep(db: &Path, new_server_key: bool) -> Result<(), CliError> {
+    let s = open(db, new_server_key)?;
     let r = s.sweep()?;
     println!(
         "removed {} expired session(s) ({} absolute, {} idle), {} refresh famil(ies); pruned {} revocation(s); {:?}",
@@ -98,12 +129,25 @@ pub(crate) fn sweep(db: &Path) -> Result<(), Error> {
         r.revocations_pruned,
         r.duration
     );
-    s.close()
+    Ok(s.close()?)
 }
 
-pub(crate) fn keys(db: &Path, rotate: bool) -> Result<(), Error> {
-    let s = open(db)?;
+fn print_keys(keys: &[cloakroom::KeyInfo]) {
+    println!("{:<24}  {:<6}  state", "kid", "alg");
+    for k in keys {
+        let state = match k.state {
+            cloakroom::KeyState::Signing => "signing".to_owned(),
+            cloakroom::KeyState::Verifying => "verifying".to_owned(),
+            cloakroom::KeyState::Retired { until } => format!("retired, verifies until {} UTC", utc(until)),
+            _ => format!("{:?}", k.state),
+        };
+        println!("{:<24}  {:<6}  {state}", k.kid, k.algorithm.name());
+    }
+}
+
+pub(crate) fn keys(db: &Path, rotate: bool, new_server_key: bool) -> Result<(), CliError> {
     if rotate {
+        let s = open(db, new_server_key)?;
         let ring = s.keyring();
         let old: Vec<String> =
             ring.keys().into_iter().filter(|k| k.state == cloakroom::KeyState::Signing).map(|k| k.kid).collect();
@@ -122,24 +166,26 @@ pub(crate) fn keys(db: &Path, rotate: bool) -> Result<(), Error> {
         ring.save(&path)?;
         println!("new signing key {kid}; retired {old:?} (verifies until access TTL + leeway have passed)");
         println!("written to {} (mode 0600); the server loads it at its next start\n", path.display());
-    }
-    println!("{:<24}  {:<6}  state", "kid", "alg");
-    for k in s.keyring().keys() {
-        let state = match k.state {
-            cloakroom::KeyState::Signing => "signing".to_owned(),
-            cloakroom::KeyState::Verifying => "verifying".to_owned(),
-            cloakroom::KeyState::Retired { until } => format!("retired, verifies until {} UTC", utc(until)),
-            _ => format!("{:?}", k.state),
-        };
-        println!("{:<24}  {:<6}  {state}", k.kid, k.algorithm.name());
+        print_keys(&ring.keys());
+        s.close()?;
+    } else {
+        let s = open_read_only(db)?;
+        match s.keys()? {
+            Some(keys) => print_keys(&keys),
+            None => println!(
+                "no key files: neither {} nor {} exists (a server that opens this file needs its key file restored)",
+                Store::keys_path(db).display(),
+                Store::server_key_path(db).display()
+            ),
+        }
     }
     println!(
         "\nKeys come from the application's Keyring if it sets one, else from {} (written by\n\
-         --rotate), else one HS256 key derived from the server key file {}.key.",
+         --rotate), else one HS256 key derived from the server key file {}.",
         Store::keys_path(db).display(),
-        db.display()
+        Store::server_key_path(db).display()
     );
-    s.close()
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use cloakroom::{Config, Durability, Error, NewSession, Store};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::CliError;
 use crate::redis_side::{RedisServer, RedisSessions};
 
 #[derive(Parser, Debug)]
@@ -20,13 +21,13 @@ pub(crate) struct Args {
     /// Sessions to load before the run.
     #[arg(long, default_value_t = 1_000_000)]
     sessions: usize,
-    /// Concurrent callers (threads; one Redis connection each).
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent callers (threads; one Redis connection each), at least 1.
+    #[arg(long, default_value_t = 16, value_parser = parse_threads)]
     threads: usize,
     /// Run time in seconds, per system.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Operation shares, e.g. `validate=90,create=5,refresh=4,revoke=1`.
+    /// Operation shares in percent, summing to 100, e.g. `validate=90,create=5,refresh=4,revoke=1`.
     #[arg(long, default_value = "validate=90,create=5,refresh=4,revoke=1")]
     mix: String,
     /// Durability of creates (Redis: `always` for immediate, `everysec` for eventual).
@@ -35,9 +36,15 @@ pub(crate) struct Args {
     /// Also run the mix against Redis: a URL, or `local` to start a redis-server on a free loopback port.
     #[arg(long)]
     redis: Option<String>,
-    /// Store file (recreated).
-    #[arg(long, default_value = "cloakroom-bench.redb")]
-    db: PathBuf,
+    /// Store file. Default: a temporary directory, removed when the run ends.
+    /// A given file is created if missing, reset if it is a previous demo/bench
+    /// database, and otherwise refused (see --force); it is kept after the run.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// With --db: replace an existing file that is not a demo/bench database
+    /// (never one that another process holds open).
+    #[arg(long, requires = "db")]
+    force: bool,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -54,18 +61,42 @@ enum Dur {
 
 const OPS: [&str; 4] = ["validate", "create", "refresh", "revoke"];
 
-fn parse_mix(s: &str) -> Result<[u32; 4], Error> {
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a thread count between 1 and 4096")),
+    }
+}
+
+fn parse_mix(s: &str) -> Result<[u32; 4], CliError> {
+    let bad = |m: String| CliError::Refused(format!("--mix: {m}"));
     let mut w = [0u32; 4];
     for part in s.split(',') {
-        let (k, v) = part.split_once('=').ok_or_else(|| Error::Config(format!("--mix: bad entry {part:?}")))?;
-        let i =
-            OPS.iter().position(|o| *o == k.trim()).ok_or_else(|| Error::Config(format!("--mix: unknown op {k:?}")))?;
-        w[i] = v.trim().parse().map_err(|_| Error::Config(format!("--mix: bad share {v:?}")))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| bad(format!("bad entry {part:?} (want op=percent)")))?;
+        let i = OPS
+            .iter()
+            .position(|o| *o == k.trim())
+            .ok_or_else(|| bad(format!("unknown op {k:?} (ops: {})", OPS.join(", "))))?;
+        w[i] = v.trim().parse().map_err(|_| bad(format!("bad share {v:?}")))?;
     }
-    if w.iter().sum::<u32>() == 0 {
-        return Err(Error::Config("--mix: all shares are zero".into()));
+    let total: u32 = w.iter().sum();
+    if total != 100 {
+        return Err(bad(format!("shares must sum to 100, these sum to {total}")));
     }
     Ok(w)
+}
+
+/// An integer with thousands separators: 1234567 → "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 struct Rng(u64);
@@ -276,14 +307,14 @@ fn summarize(h: &Hists, failed: &[u64; 4], elapsed: Duration) -> BTreeMap<&'stat
 fn print_table(title: &str, r: &BTreeMap<&'static str, OpResult>) {
     println!("\n{title}");
     println!(
-        "{:<9} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}   (µs)",
+        "{:<9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}   (µs)",
         "op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max"
     );
     for (op, x) in r {
         println!(
-            "{op:<9} {:>10} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.1}{}",
-            x.count,
-            x.ops_per_sec,
+            "{op:<9} {:>12} {:>12} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.1}{}",
+            thousands(x.count),
+            thousands(x.ops_per_sec.round() as u64),
             x.p50_us,
             x.p90_us,
             x.p99_us,
@@ -294,19 +325,28 @@ fn print_table(title: &str, r: &BTreeMap<&'static str, OpResult>) {
     }
 }
 
-pub(crate) fn run(a: &Args) -> Result<(), Error> {
+pub(crate) fn run(a: &Args) -> Result<(), CliError> {
     let mix = parse_mix(&a.mix)?;
-    let threads = a.threads.max(1);
-    let _ = std::fs::remove_file(&a.db);
-    let mut key = a.db.as_os_str().to_owned();
-    key.push(".key");
-    let _ = std::fs::remove_file(&key);
+    let threads = a.threads;
+    // The temporary directory (when no --db is given) is removed on drop, even on failure.
+    let (_tmp, db) = match &a.db {
+        Some(db) => {
+            crate::scratch::prepare(db, a.force)?;
+            (None, db.clone())
+        }
+        None => {
+            let t = tempfile::tempdir().map_err(|e| CliError::Failed(format!("cannot create a temp dir: {e}")))?;
+            let db = t.path().join("cloakroom-bench.redb");
+            (Some(t), db)
+        }
+    };
+    let db = db.as_path();
 
     // Load with eventual durability (fast), then reopen with the chosen one.
     let tokens: Vec<String> = {
         let mut b = Config::builder();
-        b.durability(Durability::Eventual).sweep_interval(None);
-        let store = Store::open(&a.db, b.build()?)?;
+        b.durability(Durability::Eventual).sweep_interval(None).scratch(true);
+        let store = Store::open(db, b.build()?).map_err(|e| crate::open_error(db, e))?;
         let bar = load_bar(a.sessions, "cloakroom: loading");
         let per = a.sessions.div_ceil(threads);
         let chunks: Vec<Result<Vec<String>, Error>> = std::thread::scope(|s| {
@@ -344,7 +384,7 @@ pub(crate) fn run(a: &Args) -> Result<(), Error> {
     let mut b = Config::builder();
     b.durability(if a.durability == Dur::Immediate { Durability::Immediate } else { Durability::Eventual })
         .sweep_interval(None);
-    let store = Store::open(&a.db, b.build()?)?;
+    let store = Store::open(db, b.build()?).map_err(|e| crate::open_error(db, e))?;
     let refresh_pools: Vec<Vec<String>> = (0..threads)
         .map(|t| {
             (0..64)
@@ -371,14 +411,14 @@ pub(crate) fn run(a: &Args) -> Result<(), Error> {
         let fsync = if a.durability == Dur::Immediate { "always" } else { "everysec" };
         let _server;
         let url = if url == "local" {
-            let s = RedisServer::start(fsync).map_err(Error::Config)?;
+            let s = RedisServer::start(fsync).map_err(CliError::Failed)?;
             let u = s.url();
             _server = s;
             u
         } else {
             url.clone()
         };
-        let redis_err = |e: redis::RedisError| Error::Config(format!("redis: {e}"));
+        let redis_err = |e: redis::RedisError| CliError::Failed(format!("redis at {url}: {e}"));
         let ttl = 7 * 24 * 3600;
         let mut loader = RedisSessions::connect(&url, ttl).map_err(redis_err)?;
         let bar = load_bar(a.sessions, "redis: loading");
@@ -415,7 +455,9 @@ pub(crate) fn run(a: &Args) -> Result<(), Error> {
     }
 
     if let Some(path) = &a.plot {
-        crate::bench::plot(path, &h, redis_hists.as_ref()).map_err(|e| Error::Config(format!("plot: {e}")))?;
+        crate::bench::plot(path, &h, redis_hists.as_ref())
+            .map_err(|e| CliError::Failed(format!("plot {}: {e}", path.display())))?;
+        eprintln!("latency chart written to {}", path.display());
     }
     if a.json {
         let out = serde_json::json!({
@@ -464,8 +506,9 @@ pub(crate) fn plot(
         .filter(|h| !h.is_empty())
         .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0)
         .fold(1.0, f64::max);
+    let systems = if redis.is_some() { "cloakroom vs Redis" } else { "cloakroom" };
     let mut chart = ChartBuilder::on(&root)
-        .caption("latency by percentile (µs, log scale): cloakroom vs Redis", ("sans-serif", 20))
+        .caption(format!("latency by percentile (µs, log scale): {systems}"), ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -491,4 +534,32 @@ pub(crate) fn plot(
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn mix_must_sum_to_100() {
+        assert_eq!(parse_mix("validate=90,create=5,refresh=4,revoke=1").unwrap(), [90, 5, 4, 1]);
+        assert!(matches!(parse_mix("validate=90,create=5"), Err(CliError::Refused(m)) if m.contains("sum to 95")));
+        assert!(matches!(parse_mix("validate=0"), Err(CliError::Refused(_))));
+        assert!(matches!(parse_mix("fly=100"), Err(CliError::Refused(_))));
+    }
+
+    #[test]
+    fn zero_threads_are_refused() {
+        assert!(parse_threads("0").is_err());
+        assert!(parse_threads("x").is_err());
+        assert_eq!(parse_threads("64"), Ok(64));
+    }
 }

@@ -24,15 +24,15 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-pub(crate) fn run(path: &Path) -> Result<(), Error> {
-    let _ = std::fs::remove_file(path);
-    let mut key = path.as_os_str().to_owned();
-    key.push(".key");
-    let _ = std::fs::remove_file(&key);
-    let _ = std::fs::remove_file(Store::keys_path(path));
+pub(crate) fn run(path: &Path, force: bool) -> Result<(), crate::CliError> {
+    crate::scratch::prepare(path, force)?;
+    Ok(lifecycle(path)?)
+}
+
+fn lifecycle(path: &Path) -> Result<(), Error> {
     println!("cloakroom demo — database: {}", path.display());
     println!("\n[1] sessions (durability: Immediate, one fsync per commit)");
-    let store = step("open (create) store", || Store::open(path, Config::default()))?;
+    let store = step("open (create) store", || Store::open(path, Config::builder().scratch(true).build()?))?;
     let users = ["alice", "bob", "carol"];
     let mut issued = Vec::new();
     for (i, u) in users.iter().enumerate() {

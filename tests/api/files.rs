@@ -1,0 +1,273 @@
+//! What an open does to the files around it: refusals leave nothing behind, the
+//! server key file is created only with a new database, read-only opens write
+//! nothing, and a format-1 file from the previous version still opens.
+
+use std::path::Path;
+
+use cloakroom::{Config, Error, ManualClock, NewSession, ReadOnlyStore, StorageErrorKind, Store};
+
+use super::common::config;
+
+fn storage_kind<T: std::fmt::Debug>(r: Result<T, Error>) -> StorageErrorKind {
+    match r {
+        Err(Error::Storage(e)) => e.kind(),
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn hash(path: &Path) -> blake3::Hash {
+    blake3::hash(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn a_text_file_is_refused_in_one_phrase_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "shopping list\n- milk\n").unwrap();
+    let err = Store::open(&path, config(&ManualClock::fixed())).unwrap_err();
+    assert_eq!(err.to_string(), "storage error: not a cloakroom database (left untouched)");
+    assert_eq!(files_in(dir.path()), ["notes.txt"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "shopping list\n- milk\n");
+    // The same through the read-only open.
+    assert_eq!(storage_kind(ReadOnlyStore::open(&path)), StorageErrorKind::NotCloakroom);
+    assert_eq!(files_in(dir.path()), ["notes.txt"]);
+}
+
+#[test]
+fn random_bytes_are_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob.bin");
+    let bytes: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(storage_kind(Store::open(&path, config(&ManualClock::fixed()))), StorageErrorKind::NotCloakroom);
+    assert_eq!(files_in(dir.path()), ["blob.bin"]);
+    assert!(std::fs::read(&path).unwrap() == bytes);
+}
+
+#[test]
+fn a_directory_gets_its_own_error_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sessions.redb");
+    std::fs::create_dir(&sub).unwrap();
+    let err = Store::open(&sub, config(&ManualClock::fixed())).unwrap_err();
+    assert!(matches!(&err, Error::Storage(s) if s.kind() == StorageErrorKind::Directory), "{err:?}");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+    assert_eq!(storage_kind(ReadOnlyStore::open(&sub)), StorageErrorKind::Directory);
+    assert_eq!(files_in(dir.path()), ["sessions.redb"]);
+    assert_eq!(files_in(&sub).len(), 0);
+}
+
+#[test]
+fn a_failed_open_of_a_new_path_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let cfg = Config::builder().server_key_env("CLOAKROOM_TEST_KEY_THAT_IS_NEVER_SET").build().unwrap();
+    assert!(matches!(Store::open(&path, cfg), Err(Error::Config(_))));
+    assert_eq!(files_in(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn an_existing_database_without_its_key_file_is_refused_until_told_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let token = {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        let t = s.create(NewSession::new("alice")).unwrap().token.to_string();
+        s.close().unwrap();
+        t
+    };
+    let key = Store::server_key_path(&path);
+    std::fs::rename(&key, dir.path().join("elsewhere")).unwrap();
+    let before = hash(&path);
+    match Store::open(&path, config(&clock)) {
+        Err(Error::ServerKeyMissing { path: p }) => assert_eq!(p, key),
+        other => panic!("expected ServerKeyMissing, got {other:?}"),
+    }
+    let msg = Store::open(&path, config(&clock)).unwrap_err().to_string();
+    assert!(msg.contains(&key.display().to_string()) && msg.contains("restore"), "{msg}");
+    assert!(!key.exists(), "refusing must not create a key");
+    assert_eq!(hash(&path), before, "refusing must not touch the database");
+    // Knowingly starting over: a new key; sessions (hash-checked) still validate.
+    let mut b = Config::builder();
+    b.clock(clock.clone()).replace_lost_server_key();
+    let s = Store::open(&path, b.build().unwrap()).unwrap();
+    assert!(key.exists());
+    assert_eq!(s.validate(&token).unwrap().user(), "alice");
+    s.close().unwrap();
+    // Restoring the old key works as well.
+    std::fs::rename(dir.path().join("elsewhere"), &key).unwrap();
+    Store::open(&path, config(&clock)).unwrap().close().unwrap();
+}
+
+#[test]
+fn racing_opens_of_a_fresh_path_end_with_one_key_that_the_winner_uses() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("s{round}.redb"));
+        let barrier = std::sync::Barrier::new(4);
+        let refresh: Vec<Option<String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let cfg = Config::builder().sweep_interval(None).build().unwrap();
+                        let store = match Store::open(&path, cfg) {
+                            Ok(st) => st,
+                            Err(Error::Storage(e)) if e.kind() == StorageErrorKind::AlreadyOpen => return None,
+                            Err(e) => panic!("unexpected {e:?}"),
+                        };
+                        let t = store.create(NewSession::new("u")).unwrap().token.to_string();
+                        let r = store.issue_tokens(&t).unwrap().refresh.to_string();
+                        store.close().unwrap();
+                        Some(r)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Every opener that won (one at a time) used the one key now on disk.
+        let store = Store::open(&path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+        for r in refresh.iter().flatten() {
+            store.refresh(r).unwrap();
+        }
+        assert!(refresh.iter().any(Option::is_some));
+        let keys: Vec<String> = files_in(dir.path()).into_iter().filter(|f| f.contains(".key")).collect();
+        assert_eq!(keys, [format!("s{round}.redb.key")], "exactly one key file, no temp files");
+    }
+}
+
+#[test]
+fn read_only_opens_change_no_byte_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let s = Store::open(&path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+        for i in 0..20 {
+            s.create(NewSession::new(if i % 2 == 0 { "alice" } else { "bob" })).unwrap();
+        }
+        let gone = s.create(NewSession::new("alice")).unwrap();
+        s.revoke(gone.session.id()).unwrap();
+        s.close().unwrap();
+    }
+    let before = hash(&path);
+    let listing = files_in(dir.path());
+    let ro = ReadOnlyStore::open(&path).unwrap();
+    assert_eq!(ro.sessions_stored().unwrap(), 20, "a revoked session's row is deleted");
+    assert_eq!(ro.revoked_serials().unwrap(), 1);
+    assert_eq!(ro.list_user("alice", cloakroom::Clock::now(&cloakroom::SystemClock)).unwrap().len(), 10);
+    assert!(!ro.is_scratch().unwrap());
+    assert_eq!(ro.keys().unwrap().unwrap().len(), 1);
+    drop(ro);
+    assert_eq!(hash(&path), before, "a read-only open changed the file");
+    assert_eq!(files_in(dir.path()), listing);
+
+    // An empty file stays empty; a missing one is not created.
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, b"").unwrap();
+    assert_eq!(storage_kind(ReadOnlyStore::open(&empty)), StorageErrorKind::NotCloakroom);
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    let missing = dir.path().join("missing.redb");
+    assert_eq!(storage_kind(ReadOnlyStore::open(&missing)), StorageErrorKind::Missing);
+    assert!(!missing.exists());
+
+    // A file held open read-write by a store is refused, not read half-written.
+    let live = Store::open(&path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    assert_eq!(storage_kind(ReadOnlyStore::open(&path)), StorageErrorKind::AlreadyOpen);
+    live.close().unwrap();
+}
+
+#[test]
+fn scratch_marks_only_new_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.redb");
+    Store::open(&path, Config::builder().scratch(true).sweep_interval(None).build().unwrap()).unwrap().close().unwrap();
+    assert!(ReadOnlyStore::open(&path).unwrap().is_scratch().unwrap());
+    let other = dir.path().join("real.redb");
+    Store::open(&other, Config::builder().sweep_interval(None).build().unwrap()).unwrap().close().unwrap();
+    Store::open(&other, Config::builder().scratch(true).sweep_interval(None).build().unwrap())
+        .unwrap()
+        .close()
+        .unwrap();
+    assert!(!ReadOnlyStore::open(&other).unwrap().is_scratch().unwrap(), "an existing file never becomes scratch");
+}
+
+/// `tests/fixtures/v1.redb` was written by cloakroom 0.1.0 at commit cc9de33
+/// (format 1, ips stored as text), with server key [7; 32]; `v1.tokens` lists
+/// its tokens, users, ips and data.
+#[test]
+fn a_format_1_file_opens_and_serves_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.redb");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1.redb"), &path).unwrap();
+    assert_eq!(ReadOnlyStore::open(&path).unwrap().format_version().unwrap(), 1);
+    let cfg = Config::builder().server_key(&[7; 32]).sweep_interval(None).build().unwrap();
+    let store = Store::open(&path, cfg.clone()).unwrap();
+    let listing = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1.tokens")).unwrap();
+    let mut seen = 0;
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
+        match data {
+            "REVOKED" => assert!(matches!(store.validate(token), Err(Error::Revoked))),
+            "REFRESH" => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
+            _ => {
+                let s = store.validate(token).unwrap();
+                assert_eq!((s.user(), s.data()), (user, data.as_bytes()));
+                assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), ip);
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 3);
+    // New records are written in the new format next to the old ones.
+    let alice = store.list_user("alice").unwrap();
+    assert_eq!(alice.len(), 2);
+    store.update_data(alice[0].id(), b"new".to_vec()).unwrap();
+    store.close().unwrap();
+    assert_eq!(ReadOnlyStore::open(&path).unwrap().format_version().unwrap(), 2);
+    let store = Store::open(&path, cfg).unwrap();
+    let again = store.list_user("alice").unwrap();
+    assert_eq!(again[0].data(), b"new");
+    assert_eq!(again[0].meta().ip, alice[0].meta().ip);
+}
+
+/// No `Display` of an error repeats a prefix ("I/O error: I/O error: ...").
+#[test]
+fn error_messages_do_not_repeat_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "x").unwrap();
+    let unreadable = dir.path().join("nowhere").join("s.redb");
+    let mut messages = vec![
+        Store::open(&text, Config::default()).unwrap_err().to_string(),
+        Store::open(dir.path(), Config::default()).unwrap_err().to_string(),
+        Store::open(&unreadable, Config::default()).unwrap_err().to_string(),
+        ReadOnlyStore::open(dir.path().join("missing")).unwrap_err().to_string(),
+        Error::ServerKeyMissing { path: "s.redb.key".into() }.to_string(),
+    ];
+    messages.extend(
+        [Error::NotFound, Error::Expired, Error::Revoked, Error::ReuseDetected, Error::Busy, Error::Closed]
+            .iter()
+            .map(ToString::to_string),
+    );
+    for m in &messages {
+        let parts: Vec<String> = m.split(": ").map(str::to_lowercase).collect();
+        for w in parts.windows(2) {
+            assert!(!w[1].starts_with(&w[0]), "repeated prefix in {m:?}");
+        }
+        let words: Vec<&str> = m.split_whitespace().collect();
+        for w in words.windows(4) {
+            let rest = m.split_once(&w.join(" ")).map_or("", |x| x.1);
+            assert!(!rest.contains(&w.join(" ")), "repeated phrase {:?} in {m:?}", w.join(" "));
+        }
+    }
+    assert!(messages[2].starts_with("storage error: I/O error: "), "{}", messages[2]);
+}

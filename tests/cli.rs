@@ -1,0 +1,269 @@
+//! The `cloakroom` binary as a user meets it: which files it refuses to touch,
+//! what read-only commands write (nothing), and what its messages say.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cloakroom::{Config, NewSession, Store};
+
+fn cloakroom(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cloakroom"))
+        .args(args)
+        .current_dir(dir)
+        .env("TMPDIR", dir.join("tmp"))
+        .output()
+        .expect("run cloakroom")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn hash(p: &Path) -> blake3::Hash {
+    blake3::hash(&std::fs::read(p).unwrap())
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tmp")).unwrap();
+    let p = dir.path().to_owned();
+    (dir, p)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// A real (non-scratch) database with sessions for alice.
+fn real_db(path: &Path) -> Vec<String> {
+    let s = Store::open(path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    let ids = (0..3).map(|_| s.create(NewSession::new("alice")).unwrap().session.id().to_string()).collect();
+    s.close().unwrap();
+    ids
+}
+
+#[test]
+fn demo_refuses_a_text_file_unless_forced() {
+    let (_t, dir) = setup();
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "my notes\n").unwrap();
+    let o = cloakroom(&["demo", "--db", "victim.txt"], &dir);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("refusing to replace it") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "my notes\n");
+    assert_eq!(entries(&dir), ["tmp", "victim.txt"]);
+    let o = cloakroom(&["demo", "--db", "victim.txt", "--force"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(cloakroom::ReadOnlyStore::open(&victim).unwrap().is_scratch().unwrap());
+}
+
+#[test]
+fn demo_refuses_a_foreign_redb_file_and_a_real_database() {
+    let (_t, dir) = setup();
+    let foreign = dir.join("orders.redb");
+    {
+        let db = redb::Database::create(&foreign).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("orders")).unwrap().insert("x", 1).unwrap();
+        w.commit().unwrap();
+    }
+    let before = hash(&foreign);
+    let o = cloakroom(&["demo", "--db", "orders.redb"], &dir);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(hash(&foreign), before);
+
+    let real = dir.join("sessions.redb");
+    real_db(&real);
+    let before = hash(&real);
+    let o = cloakroom(&["demo", "--db", "sessions.redb"], &dir);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(hash(&real), before);
+    assert!(Store::server_key_path(&real).exists(), "the key file must survive a refusal");
+}
+
+#[test]
+fn demo_and_bench_refuse_a_database_held_by_a_running_store_even_with_force() {
+    let (_t, dir) = setup();
+    let held = dir.join("held.redb");
+    let live = Store::open(&held, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    let token = live.create(NewSession::new("alice")).unwrap().token.to_string();
+    for args in [
+        &["demo", "--db", "held.redb", "--force"][..],
+        &["bench", "--db", "held.redb", "--force", "--sessions", "10", "--duration", "0.1", "--threads", "1"][..],
+    ] {
+        let o = cloakroom(args, &dir);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("held open by another process"), "{}", stderr(&o));
+    }
+    assert_eq!(live.validate(&token).unwrap().user(), "alice");
+    live.close().unwrap();
+}
+
+#[test]
+fn demo_resets_its_own_previous_database() {
+    let (_t, dir) = setup();
+    let o = cloakroom(&["demo", "--db", "d.redb"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("done; file kept at d.redb"));
+    let o = cloakroom(&["demo", "--db", "d.redb"], &dir);
+    assert_eq!(code(&o), 0, "second run: {}", stderr(&o));
+    assert_eq!(entries(&dir), ["d.redb", "d.redb.key", "tmp"]);
+}
+
+#[test]
+fn read_only_commands_change_no_byte() {
+    let (_t, dir) = setup();
+    let db = dir.join("s.redb");
+    real_db(&db);
+    let (before, key_before) = (hash(&db), hash(&Store::server_key_path(&db)));
+    let listing = entries(&dir);
+    for args in [
+        &["stats", "--db", "s.redb"][..],
+        &["sessions", "--db", "s.redb", "--user", "alice"],
+        &["keys", "--db", "s.redb"],
+    ] {
+        let o = cloakroom(args, &dir);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+    }
+    let o = cloakroom(&["sessions", "--db", "s.redb", "--user", "alice"], &dir);
+    assert!(stdout(&o).contains("3 live session(s) for alice"), "{}", stdout(&o));
+    assert_eq!(hash(&db), before, "a read-only command wrote to the database");
+    assert_eq!(hash(&Store::server_key_path(&db)), key_before);
+    assert_eq!(entries(&dir), listing);
+
+    // An empty file is not turned into a database.
+    std::fs::write(dir.join("empty.redb"), b"").unwrap();
+    let o = cloakroom(&["stats", "--db", "empty.redb"], &dir);
+    assert_eq!(code(&o), 1);
+    assert_eq!(std::fs::metadata(dir.join("empty.redb")).unwrap().len(), 0);
+}
+
+#[test]
+fn bad_files_get_one_clear_message_and_leave_nothing_behind() {
+    let (_t, dir) = setup();
+    std::fs::write(dir.join("notes.txt"), "hello\n").unwrap();
+    std::fs::write(dir.join("random.bin"), (0..9000u32).map(|i| ((i * 7919) >> 3) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::create_dir(dir.join("adir")).unwrap();
+    let listing = entries(&dir);
+    for cmd in ["stats", "sweep"] {
+        for (file, want) in [
+            ("notes.txt", "notes.txt: not a cloakroom database (left untouched)"),
+            ("random.bin", "random.bin: not a cloakroom database (left untouched)"),
+            ("adir", "adir: the path is a directory"),
+            ("missing.redb", "missing.redb: no such database file"),
+        ] {
+            let o = cloakroom(&[cmd, "--db", file], &dir);
+            let err = stderr(&o);
+            assert_eq!(code(&o), 1, "{cmd} {file}: {err}");
+            assert!(err.contains(want), "{cmd} {file}: {err}");
+            assert!(!err.contains("invalid configuration"), "{cmd} {file}: {err}");
+            assert!(!err.contains("I/O error: I/O error"), "{cmd} {file}: {err}");
+        }
+    }
+    assert_eq!(entries(&dir), listing, "no key file or database may be left behind");
+}
+
+#[test]
+fn a_file_in_use_is_not_a_configuration_error() {
+    let (_t, dir) = setup();
+    let db = dir.join("s.redb");
+    let live = Store::open(&db, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    for args in [&["stats", "--db", "s.redb"][..], &["sweep", "--db", "s.redb"]] {
+        let o = cloakroom(args, &dir);
+        assert_eq!(code(&o), 1);
+        assert!(stderr(&o).contains("is in use by another process"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("invalid configuration"), "{}", stderr(&o));
+    }
+    live.close().unwrap();
+}
+
+#[test]
+fn revoke_messages() {
+    let (_t, dir) = setup();
+    let db = dir.join("s.redb");
+    let ids = real_db(&db);
+    let o = cloakroom(&["revoke", "--db", "s.redb"], &dir);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--session") && stderr(&o).contains("--user"), "{}", stderr(&o));
+    let o = cloakroom(&["revoke", "--db", "s.redb", "--session", ids[0].as_str(), "--everywhere"], &dir);
+    assert_eq!(code(&o), 2, "--everywhere needs --user: {}", stderr(&o));
+    let o = cloakroom(&["revoke", "--db", "s.redb", "--session", "not-an-id"], &dir);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("invalid session id"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("token"), "{}", stderr(&o));
+    let o = cloakroom(&["revoke", "--db", "s.redb", "--session", ids[0].as_str()], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("revoked session {}", ids[0])), "{}", stdout(&o));
+    let o = cloakroom(&["revoke", "--db", "s.redb", "--session", ids[0].as_str()], &dir);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("no live session with id"), "{}", stdout(&o));
+    let o = cloakroom(&["revoke", "--db", "s.redb", "--user", "alice", "--everywhere"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("logged alice out everywhere: 2 session(s)"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_lost_server_key_is_refused_until_replaced_knowingly() {
+    let (_t, dir) = setup();
+    let db = dir.join("s.redb");
+    real_db(&db);
+    std::fs::remove_file(Store::server_key_path(&db)).unwrap();
+    let before = hash(&db);
+    let o = cloakroom(&["sweep", "--db", "s.redb"], &dir);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("s.redb.key is missing") && stderr(&o).contains("--new-server-key"), "{}", stderr(&o));
+    assert_eq!(hash(&db), before);
+    assert!(!Store::server_key_path(&db).exists());
+    let o = cloakroom(&["sweep", "--db", "s.redb", "--new-server-key"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(Store::server_key_path(&db).exists());
+}
+
+#[test]
+fn bench_checks_its_arguments_and_cleans_up() {
+    let (_t, dir) = setup();
+    let o = cloakroom(&["bench", "--threads", "0"], &dir);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = cloakroom(&["bench", "--mix", "validate=90,create=5"], &dir);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("sum to 100"), "{}", stderr(&o));
+    let o = cloakroom(
+        &[
+            "bench",
+            "--sessions",
+            "200",
+            "--threads",
+            "2",
+            "--duration",
+            "0.2",
+            "--mix",
+            "validate=100",
+            "--plot",
+            "l.svg",
+        ],
+        &dir,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("latency chart written to l.svg"), "{}", stderr(&o));
+    let svg = std::fs::read_to_string(dir.join("l.svg")).unwrap();
+    assert!(svg.contains("cloakroom") && !svg.contains("Redis"), "the title names only the systems that ran");
+    // Rates print as integers with separators, e.g. "1,234,567" (no decimals).
+    let line = stdout(&o).lines().find(|l| l.starts_with("validate")).unwrap().to_owned();
+    let rate = line.split_whitespace().nth(2).unwrap();
+    assert!(rate.chars().all(|c| c.is_ascii_digit() || c == ','), "{line}");
+    // The default database lived in a temp dir that is gone now; the cwd has only the chart.
+    assert_eq!(entries(&dir), ["l.svg", "tmp"]);
+    assert_eq!(entries(&dir.join("tmp")).len(), 0, "bench left its temp dir behind");
+}
