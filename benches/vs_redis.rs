@@ -43,11 +43,17 @@ fn median_ns(group: &str, bench: &str) -> Option<f64> {
     v["median"]["point_estimate"].as_f64()
 }
 
+/// Said at the start and end of a quick run, so its figures are never quoted as the documented ones.
+const QUICK_NOTE: &str = "vs_redis: QUICK MODE (CLOAKROOM_BENCH_QUICK): a smoke run of the comparison code \
+(10,000 loaded sessions, 0.2 s warm-up, 1 s per measurement, 10 samples). Its figures are NOT the \
+documented ones: docs/benchmarks.md explains why they differ and has the full run.";
+
 fn ratio(group: &str, what: &str) {
     let (c, r) = (median_ns(group, &format!("cloakroom/{what}")), median_ns(group, &format!("redis/{what}")));
     if let (Some(c), Some(r)) = (c, r) {
         println!(
-            "RATIO {group}/{what}: redis/cloakroom time = {:.1}× (cloakroom {:.0} ns, redis {:.0} ns median)",
+            "RATIO{} {group}/{what}: redis/cloakroom time = {:.1}× (cloakroom {:.0} ns, redis {:.0} ns median)",
+            if quick() { " (smoke run)" } else { "" },
             r / c,
             c,
             r
@@ -81,6 +87,9 @@ fn parallel(threads: usize, per: usize, f: &(dyn Fn(usize) + Sync)) -> Duration 
 }
 
 fn main() {
+    if quick() {
+        println!("{QUICK_NOTE}");
+    }
     let mut c = Criterion::default().configure_from_args();
     let dir = tempfile::tempdir().unwrap();
     let servers = match (RedisServer::start("always"), RedisServer::start("everysec")) {

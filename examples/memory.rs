@@ -17,11 +17,11 @@ fn main() -> Result<(), cloakroom::Error> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().unwrap_or(0));
     let n = args.next().unwrap_or(1_000_000);
     let cache = args.next().unwrap_or(n).max(64);
-    let dir = std::env::temp_dir().join(format!("cloakroom-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|_| cloakroom::Error::Closed)?;
+    // Removed on drop, whatever happens below.
+    let dir = tempfile::tempdir().map_err(|_| cloakroom::Error::Closed)?;
     let mut b = Config::builder();
     b.durability(Durability::Eventual).cache_capacity(cache).cache_shards(64).db_cache_bytes(1 << 20);
-    let store = Store::open(dir.join("m.redb"), b.build()?)?;
+    let store = Store::open(dir.path().join("m.redb"), b.build()?)?;
     let before = rss_bytes();
     for i in 0..n {
         store.create(NewSession::new(format!("user-{}", i % 100_000)).data(vec![0; 64]))?;
@@ -35,6 +35,5 @@ fn main() -> Result<(), cloakroom::Error> {
         (after - before) as f64 / n as f64
     );
     store.close()?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

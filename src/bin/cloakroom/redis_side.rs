@@ -10,7 +10,6 @@
 #![allow(dead_code)] // each user of this file calls a different subset
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +19,8 @@ use redis::{Commands as _, Connection, RedisResult};
 pub struct RedisServer {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    /// The server's working directory (AOF files); removed on drop.
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -30,12 +30,11 @@ impl RedisServer {
     /// A message saying how to install Redis if `redis-server` is not on PATH.
     pub fn start(appendfsync: &str) -> Result<RedisServer, String> {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let dir = std::env::temp_dir().join(format!("cloakroom-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new().prefix("cloakroom-redis-").tempdir().map_err(|e| e.to_string())?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", appendfsync, "--protected-mode", "yes", "--dir"])
-            .arg(&dir)
+            .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -68,12 +67,17 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `dir` (a TempDir) removes itself after this.
     }
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(2 * b.len());
+    for x in b {
+        let _ = write!(s, "{x:02x}");
+    }
+    s
 }
 
 fn random<const N: usize>() -> [u8; N] {
