@@ -154,7 +154,9 @@ impl Cache {
         let slot = self.slot(&rec.id);
         let mut shard = slot.shard.write();
         if let Some(old) = shard.map.get(&rec.id) {
-            if old.version > rec.version || old.serial != rec.serial {
+            // Keep the newest: a rotation raises the serial (ids are stable), an
+            // update the version. A slow caller must never put back an older record.
+            if (old.serial, old.version) > (rec.serial, rec.version) {
                 return;
             }
             rec.live.last_seen.fetch_max(old.seen(), Ordering::Relaxed);

@@ -33,11 +33,13 @@ pub enum Event {
         /// Its user.
         user: String,
     },
-    /// `rotate` replaced a session by a new one.
+    /// `rotate` gave a session a new secret and serial. The id stays the same
+    /// for the session's whole life (`old == new`); the old token and the old
+    /// serial (and so every access token naming it) are dead.
     Rotated {
-        /// The old (now revoked) session.
+        /// The session id before rotation.
         old: SessionId,
-        /// The new session.
+        /// The session id after rotation (the same id).
         new: SessionId,
     },
     /// Access and refresh tokens were issued or rotated.

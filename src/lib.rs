@@ -27,8 +27,9 @@
 //! let v = store.update_data_if(session.id(), session.version(), b"{\"cart\":[1]}".to_vec())?;
 //! assert_eq!(v, 2);
 //!
-//! let rotated = store.rotate(&token)?; // on login / privilege change
-//! assert!(matches!(store.validate(&token), Err(Error::Revoked)));
+//! let rotated = store.rotate(&token)?; // on login / privilege change: new secret, same id
+//! assert!(matches!(store.validate(&token), Err(Error::NotFound)));
+//! assert_eq!(rotated.session.id(), session.id());
 //!
 //! store.revoke_user("user-42", Scope::All)?;
 //! assert!(store.validate(&rotated.token.to_string()).is_err());

@@ -73,15 +73,21 @@ pub(crate) struct Family {
     pub(crate) deadline: u64,
     /// Application claims (JSON object) to put in every access token of the family.
     pub(crate) claims: Vec<u8>,
+    /// Generations at or below this are dead without being a reuse signal: the
+    /// session was rotated after they were issued (its id stays, so its old
+    /// refresh tokens must not come back to life). 0 = none.
+    pub(crate) floor: u64,
 }
 
-const FAMILY_FORMAT: u8 = 1;
+/// Family row format: 2 adds `floor`; format 1 rows (no floor) are still read.
+const FAMILY_FORMAT: u8 = 2;
+const FAMILY_FORMAT_V1: u8 = 1;
 
 impl Family {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 24 + 4 + self.claims.len());
+        let mut out = Vec::with_capacity(1 + 32 + 4 + self.claims.len());
         out.push(FAMILY_FORMAT);
-        for v in [self.generation, self.rotated_at, self.deadline] {
+        for v in [self.generation, self.rotated_at, self.deadline, self.floor] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         #[allow(clippy::cast_possible_truncation)] // claims are capped at 4 KiB
@@ -92,13 +98,15 @@ impl Family {
 
     pub(crate) fn decode(b: &[u8]) -> Option<Family> {
         let mut r = Reader::new(b);
-        if r.u8().ok()? != FAMILY_FORMAT {
+        let format = r.u8().ok()?;
+        if format != FAMILY_FORMAT && format != FAMILY_FORMAT_V1 {
             return None;
         }
         let (generation, rotated_at, deadline) = (r.u64().ok()?, r.u64().ok()?, r.u64().ok()?);
+        let floor = if format == FAMILY_FORMAT { r.u64().ok()? } else { 0 };
         let claims = r.bytes_u32().ok()?.to_vec();
         r.finish().ok()?;
-        Some(Family { generation, rotated_at, deadline, claims })
+        Some(Family { generation, rotated_at, deadline, claims, floor })
     }
 }
 
@@ -113,11 +121,16 @@ pub(crate) enum Verdict {
     Reuse { current: u64 },
     /// A generation ahead of the stored one: forged or from a rolled-back store.
     Ahead,
+    /// A generation issued before the session was rotated: dead, not a reuse signal.
+    Dead,
 }
 
 /// Decides a refresh given the stored family. Pure; the writer applies it.
 pub(crate) fn decide(family: &Family, presented: u64, now: u64, reuse: Reuse) -> Verdict {
     let cur = family.generation;
+    if presented <= family.floor {
+        return Verdict::Dead;
+    }
     if presented == cur {
         return Verdict::Rotated(cur + 1);
     }
@@ -138,7 +151,7 @@ mod tests {
     use super::*;
 
     fn fam(g: u64, at: u64) -> Family {
-        Family { generation: g, rotated_at: at, deadline: u64::MAX, claims: b"{}".to_vec() }
+        Family { generation: g, rotated_at: at, deadline: u64::MAX, claims: b"{}".to_vec(), floor: 0 }
     }
 
     #[test]
@@ -150,12 +163,23 @@ mod tests {
         assert_eq!(decide(&fam(3, 1000), 1, 1001, grace), Verdict::Reuse { current: 3 });
         assert_eq!(decide(&fam(3, 1000), 2, 1001, Reuse::Strict), Verdict::Reuse { current: 3 });
         assert_eq!(decide(&fam(3, 1000), 4, 1001, grace), Verdict::Ahead);
+        let rotated = Family { floor: 3, ..fam(3, 1000) };
+        assert_eq!(decide(&rotated, 3, 1001, grace), Verdict::Dead);
+        assert_eq!(decide(&rotated, 2, 1001, Reuse::Strict), Verdict::Dead);
     }
 
     #[test]
     fn family_round_trip_and_rejects_garbage() {
-        let f = fam(7, 9);
+        let f = Family { floor: 4, ..fam(7, 9) };
         assert_eq!(Family::decode(&f.encode()), Some(f.clone()));
+        // A format-1 row (no floor) still decodes.
+        let mut v1 = vec![1u8];
+        for v in [7u64, 9, u64::MAX] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        v1.extend_from_slice(b"{}");
+        assert_eq!(Family::decode(&v1), Some(fam(7, 9)));
         let e = f.encode();
         for i in 0..e.len() {
             assert!(Family::decode(&e[..i]).is_none());

@@ -64,7 +64,11 @@ impl Revocation {
         let mut r = self.revoked.write();
         for (s, id) in pairs {
             r.bits.remove(*s);
-            r.ids.remove(id);
+            // A session keeps its id across rotations: only drop the id if it
+            // still names this serial (not a later revocation of the same id).
+            if r.ids.get(id) == Some(s) {
+                r.ids.remove(id);
+            }
         }
     }
 

@@ -256,12 +256,12 @@ impl Record {
         self.meta.as_deref().unwrap_or(&EMPTY_META)
     }
 
-    /// A copy under a new id, serial and secret, seen at `now`: what `rotate` stores.
-    /// Keeps the user, data, metadata, creation time and absolute deadline.
-    pub(crate) fn rotated(&self, id: SessionId, serial: u64, secret_hash: SecretHash, now: u64) -> Record {
+    /// A copy under a new serial and secret, seen at `now`: what `rotate` stores.
+    /// Keeps the id, user, data and version, metadata, creation time and
+    /// absolute deadline.
+    pub(crate) fn rotated(&self, serial: u64, secret_hash: SecretHash, now: u64) -> Record {
         let mut r = self.clone();
         r.live = Live::new(now, now);
-        r.id = id;
         r.serial = serial;
         r.secret_hash = secret_hash;
         r.last_seen = now;

@@ -355,26 +355,35 @@ impl Store {
         Ok(Session { record: rec, last_seen })
     }
 
-    /// Replaces a session by a new one with a new token and serial, and kills
-    /// the old token (session-fixation defence: call it on login and privilege
-    /// change). Data, metadata, creation time and absolute deadline carry over.
-    /// Always durable.
+    /// Gives a session a new token (new secret) and a new serial, and kills the
+    /// old token and every access token of the old serial (session-fixation
+    /// defence: call it on login and privilege change). The session keeps its
+    /// id for life, so a devices page and an admin `revoke` keep naming it.
+    /// User, data (including writes that returned before the rotation), version,
+    /// metadata, creation time and absolute deadline carry over; refresh tokens
+    /// issued before die. Always durable.
     ///
     /// # Errors
     /// As [`Store::validate`]; [`Error::NotFound`] if a concurrent rotate or revoke won.
     pub fn rotate(&self, token: &str) -> Result<Issued, Error> {
-        let old = self.validate(token)?;
+        let tok = SessionToken::parse(token)?;
+        self.live()?;
+        let old = self.check(&tok)?;
         let inner = &self.inner;
-        let token = SessionToken::generate()?;
+        let id = old.id();
+        let token = SessionToken::with_new_secret(id)?;
         let now = self.now_ms();
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
-        let rec = Arc::new(old.record.rotated(token.id(), serial, token.secret_hash(), now));
         let prune_after = self.prune_after(now);
-        inner.writer.submit(Op::Rotate { old: old.id(), new: Arc::clone(&rec), prune_after }, Wait::Durable)?;
-        inner.cache.remove(&old.id());
+        let op =
+            Op::Rotate { id, expected: tok.secret_hash(), serial, secret_hash: token.secret_hash(), now, prune_after };
+        let Outcome::Updated(rec) = inner.writer.submit(op, Wait::Durable)? else {
+            return Err(Error::NotFound);
+        };
+        // Replaces the pre-rotation entry (higher serial), never a newer update's.
         self.fill(Arc::clone(&rec));
-        self.emit(|| Event::Rotated { old: old.id(), new: rec.id });
-        self.emit(|| Event::Revoked { sessions: vec![old.id()], reason: RevokeReason::Rotated });
+        self.emit(|| Event::Rotated { old: id, new: id });
+        self.emit(|| Event::Revoked { sessions: vec![id], reason: RevokeReason::Rotated });
         Ok(Issued { token, session: Session { record: rec, last_seen: now } })
     }
 
@@ -615,8 +624,10 @@ impl Store {
         let now = self.now_ms();
         let deadline = session.record.expires_at;
         let f = Box::new(move |stored: Option<&[u8]>| {
-            let generation = stored.and_then(Family::decode).map_or(1, |f| f.generation + 1);
-            let fam = Family { generation, rotated_at: now, deadline, claims: claims_json };
+            let prev = stored.and_then(Family::decode);
+            let generation = prev.as_ref().map_or(1, |f| f.generation + 1);
+            let floor = prev.map_or(0, |f| f.floor);
+            let fam = Family { generation, rotated_at: now, deadline, claims: claims_json, floor };
             let write = Some(fam.encode());
             FamilyChange {
                 write,
@@ -726,7 +737,7 @@ impl Store {
                 self.emit(|| Event::Revoked { sessions: vec![rec.id], reason: RevokeReason::ReuseDetected });
                 Err(Error::ReuseDetected)
             }
-            Verdict::Ahead => Err(Error::NotFound),
+            Verdict::Ahead | Verdict::Dead => Err(Error::NotFound),
         }
     }
 

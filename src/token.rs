@@ -167,7 +167,11 @@ pub struct SessionToken {
 
 impl SessionToken {
     pub(crate) fn generate() -> Result<Self, Error> {
-        let id = SessionId::random()?;
+        Self::with_new_secret(SessionId::random()?)
+    }
+
+    /// A token for an existing session id with a fresh secret (rotation).
+    pub(crate) fn with_new_secret(id: SessionId) -> Result<Self, Error> {
         let mut s = [0u8; SECRET_LEN];
         os_random(&mut s)?;
         Ok(Self { id, secret: Secret(s) })

@@ -13,4 +13,5 @@ mod api {
     mod persistence;
     mod sweep;
     mod tokens;
+    mod writes;
 }

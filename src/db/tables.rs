@@ -6,7 +6,8 @@ use redb::TableDefinition;
 ///
 /// - 1: the first format.
 /// - 2: session records may use record format 2 (IP addresses as a tag plus raw
-///   bytes). Every format-1 record stays readable, so a format-1 file is
+///   bytes) and refresh families format 2 (a generation floor, raised when a
+///   session is rotated). Every format-1 row stays readable, so a format-1 file is
 ///   upgraded in place by stamping 2 at its first read-write open; a cloakroom
 ///   that only knows format 1 then refuses the file with `NewerFormat` instead of
 ///   misreading records.

@@ -22,8 +22,9 @@ use redb::{ReadableTable as _, Table};
 use super::tables::{EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS};
 use super::{decode, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::refresh::Family;
 use crate::session::{LAST_SEEN_OFFSET, Record};
-use crate::token::SessionId;
+use crate::token::{SecretHash, SessionId};
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -38,8 +39,10 @@ pub(crate) enum Op {
     Touch { id: SessionId, last_seen: u64 },
     /// Replace the data; `expected` makes it a compare-and-swap on the version.
     UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
-    /// Atomically replace session `old` by `new` and revoke `old`.
-    Rotate { old: SessionId, new: Arc<Record>, prune_after: u64 },
+    /// Give session `id` a new secret and serial, built from the *stored* row (so
+    /// no data written before is lost), if its secret is still `expected`;
+    /// revoke the old serial and drop the refresh family. The id stays.
+    Rotate { id: SessionId, expected: SecretHash, serial: u64, secret_hash: SecretHash, now: u64, prune_after: u64 },
     /// Delete one session and record its serial as revoked.
     Revoke { id: SessionId, prune_after: u64 },
     /// Revoke all of a user's sessions, except one if given.
@@ -185,14 +188,19 @@ impl Writer {
         }
     }
 
-    /// Flushes everything queued durably, stops the thread and joins it. Idempotent.
+    /// Flushes everything queued durably, stops the thread and joins it.
+    /// Idempotent, and a concurrent second call waits until the first has
+    /// finished (the lock is held throughout), so no caller sees the store
+    /// closed while the final flush is still running.
     pub(crate) fn close(&self) -> Result<(), Error> {
-        let Some(handle) = self.thread.lock().take() else {
+        let mut thread = self.thread.lock();
+        let Some(handle) = thread.take() else {
             return Ok(());
         };
         let flushed = self.submit(Op::Flush, Wait::Durable).map(|_| ());
         let _ = self.tx.send(Msg::Shutdown);
         let joined = handle.join();
+        drop(thread);
         flushed?;
         joined.map_err(|_| Error::Storage(StorageError::new(StorageErrorKind::Commit)))
     }
@@ -366,14 +374,30 @@ impl Worker {
                 t.sessions.insert(id.as_bytes(), new.encode().as_slice()).map_err(io)?;
                 Ok(Outcome::Updated(Arc::new(new)))
             }
-            Op::Rotate { old, new, prune_after } => {
-                let Some(rec) = t.delete(old)? else {
+            Op::Rotate { id, expected, serial, secret_hash, now, prune_after } => {
+                let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
-                t.revoke(rec.serial, *old, *prune_after)?;
-                (self.hook)(&[(rec.serial, *old)]);
-                t.put_new(new)?;
-                Ok(Outcome::Revoked(vec![*old]))
+                if !rec.secret_hash.matches(expected) {
+                    return Err(Error::NotFound); // a concurrent rotate won
+                }
+                let new = rec.rotated(*serial, *secret_hash, *now);
+                let key = id.as_bytes();
+                t.expiry.remove((rec.deadline(rec.last_seen), key)).map_err(io)?;
+                // The id stays, so refresh tokens issued before must die without the
+                // generation counter restarting (a restarted counter would mint the
+                // same tokens again): raise the family's floor to its generation.
+                let family = t.refresh.get(key).map_err(io)?.and_then(|v| Family::decode(v.value()));
+                if let Some(f) = family {
+                    let floor = f.generation;
+                    t.refresh.insert(key, Family { floor, ..f }.encode().as_slice()).map_err(io)?;
+                }
+                t.revoke(rec.serial, *id, *prune_after)?;
+                (self.hook)(&[(rec.serial, *id)]);
+                t.sessions.insert(key, new.encode().as_slice()).map_err(io)?;
+                t.expiry.insert((new.deadline(new.last_seen), key), ()).map_err(io)?;
+                t.max_serial = t.max_serial.max(*serial);
+                Ok(Outcome::Updated(Arc::new(new)))
             }
             Op::Revoke { id, prune_after } => {
                 let Some(rec) = t.delete(id)? else {

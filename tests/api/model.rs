@@ -56,6 +56,12 @@ struct M {
     expires: u64,
     last_seen: u64,
     revoked: bool,
+    /// This entry is a session's token from before a rotation: the session
+    /// lives on (same id) in a later entry; this token and its refresh tokens
+    /// are dead (`NotFound`), its access tokens revoked.
+    rotated_away: bool,
+    /// Refresh generations at or below this were issued before a rotation: dead.
+    floor: usize,
     /// Refresh tokens by generation (index 0 = generation 1).
     refresh: Vec<String>,
     rotated_at: u64,
@@ -82,6 +88,12 @@ fn got<T>(r: &Result<T, Error>) -> Want {
         Err(Error::Revoked) => Want::Revoked,
         Err(e) => panic!("unexpected error {e:?}"),
     }
+}
+
+/// A token from before a rotation: refused as unknown, or as revoked once the
+/// session it belonged to is gone (the id is in the revocation set).
+fn dead<T>(r: &Result<T, Error>) -> bool {
+    matches!(r, Err(Error::NotFound | Error::Revoked))
 }
 
 const GRACE_MS: u64 = 10_000;
@@ -118,6 +130,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     expires: now + TTL_S * 1000,
                     last_seen: now,
                     revoked: false,
+                    rotated_away: false,
+                    floor: 0,
                     refresh: Vec::new(),
                     rotated_at: 0,
                     access: Vec::new(),
@@ -126,6 +140,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Validate(i) if !model.is_empty() => {
                 let k = i % model.len();
                 let m = &mut model[k];
+                if m.rotated_away {
+                    prop_assert!(dead(&store.validate(&m.token)), "pre-rotation token validated");
+                    continue;
+                }
                 let want = m.want(now);
                 prop_assert_eq!(got(&store.validate(&m.token)), want, "validate {}", m.id);
                 if want == Want::Ok {
@@ -134,13 +152,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Rotate(i) if !model.is_empty() => {
                 let k = i % model.len();
+                if model[k].rotated_away {
+                    prop_assert!(dead(&store.rotate(&model[k].token)), "pre-rotation token rotated");
+                    continue;
+                }
                 let want = model[k].want(now);
                 let r = store.rotate(&model[k].token);
                 match (&r, want) {
                     (Ok(new), Want::Ok) => {
                         let m = &mut model[k];
-                        m.revoked = true;
+                        prop_assert_eq!(new.session.id(), m.id, "rotation keeps the id");
+                        m.rotated_away = true;
                         let (user, expires) = (m.user, m.expires);
+                        // The family's generations continue; those issued so far are dead.
+                        let refresh = m.refresh.clone();
                         model.push(M {
                             token: new.token.to_string(),
                             id: new.session.id(),
@@ -148,7 +173,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             expires,
                             last_seen: now,
                             revoked: false,
-                            refresh: Vec::new(),
+                            rotated_away: false,
+                            floor: refresh.len(),
+                            refresh,
                             rotated_at: 0,
                             access: Vec::new(),
                         });
@@ -158,9 +185,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Revoke(i) if !model.is_empty() => {
+                // Any id the model ever saw (a devices page may be old) revokes the
+                // session it names now, rotated or not.
                 let k = i % model.len();
-                store.revoke(model[k].id).unwrap();
-                model[k].revoked = true;
+                let id = model[k].id;
+                store.revoke(id).unwrap();
+                for m in model.iter_mut().filter(|m| m.id == id) {
+                    m.revoked = true;
+                }
             }
             Op::RevokeUser(u, others) => {
                 let keep =
@@ -169,6 +201,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let n = store.revoke_user(&format!("user{u}"), scope).unwrap();
                 let mut expect = 0;
                 for m in model.iter_mut().filter(|m| m.user == u && !m.revoked && Some(m.id) != keep) {
+                    if m.rotated_away {
+                        m.revoked = true;
+                        continue; // counted with the live entry of the same id
+                    }
                     m.revoked = true;
                     expect += 1;
                 }
@@ -177,6 +213,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Issue(i) if !model.is_empty() => {
                 let k = i % model.len();
                 let m = &mut model[k];
+                if m.rotated_away {
+                    prop_assert!(dead(&store.issue_tokens(&m.token)), "pre-rotation token issued tokens");
+                    continue;
+                }
                 let want = m.want(now);
                 let r = store.issue_tokens(&m.token);
                 prop_assert_eq!(got(&r), want, "issue_tokens {}", m.id);
@@ -197,6 +237,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let presented = cur - back as usize; // generation
                 let r = store.refresh(&m.refresh[presented - 1]);
+                if m.rotated_away || (presented <= m.floor && !m.revoked) {
+                    // The session's own state is checked first, so an expired one says so.
+                    let gone = dead(&r) || matches!(r, Err(Error::Expired));
+                    prop_assert!(gone, "pre-rotation refresh: {:?}", r.map(|_| ()));
+                    continue;
+                }
                 match m.want(now) {
                     Want::Ok => {
                         if back == 0 || (back == 1 && now - m.rotated_at <= GRACE_MS) {
@@ -228,7 +274,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if let Some((jwt, exp)) = m.access.last() {
                     let want = if now / 1000 >= exp + LEEWAY_S {
                         Want::Expired
-                    } else if m.revoked {
+                    } else if m.revoked || m.rotated_away {
                         Want::Revoked
                     } else {
                         Want::Ok
@@ -241,7 +287,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut expect = 0;
                 for m in model.iter_mut().filter(|m| m.user == u && !m.revoked) {
                     m.revoked = true;
-                    expect += 1;
+                    expect += usize::from(!m.rotated_away);
                 }
                 prop_assert_eq!(n, expect);
             }
@@ -259,8 +305,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         // Invariant: list_user shows exactly the model's live sessions.
         for u in 0..USERS {
             let mut listed: Vec<_> = store.list_user(&format!("user{u}")).unwrap().iter().map(|s| s.id()).collect();
-            let mut live: Vec<_> =
-                model.iter().filter(|m| m.user == u && m.want(now) == Want::Ok).map(|m| m.id).collect();
+            let mut live: Vec<_> = model
+                .iter()
+                .filter(|m| m.user == u && !m.rotated_away && m.want(now) == Want::Ok)
+                .map(|m| m.id)
+                .collect();
             listed.sort();
             live.sort();
             prop_assert_eq!(listed, live, "list_user(user{})", u);
