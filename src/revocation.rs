@@ -5,7 +5,8 @@
 //! at open. Bits are set before the durable commit, so after a revoke returns no
 //! check on any thread passes, and a failed commit leaves them set (fail closed).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use roaring::RoaringTreemap;
@@ -17,13 +18,25 @@ use crate::token::SessionId;
 #[derive(Default)]
 struct Revoked {
     bits: RoaringTreemap,
+    /// id → serial of its latest revocation; [`UNKNOWN_SERIAL`] for an id
+    /// refused before its serial could be read (a revoke during a storage fault).
     ids: HashMap<SessionId, u64>,
+    /// (prune-after ms, serial, id): what pruning may drop, in time order, so a
+    /// prune never scans the whole `revoked` table.
+    due: BTreeSet<(u64, u64, SessionId)>,
 }
+
+/// Serials start at 1; 0 marks an id revoked while its serial was unknown.
+const UNKNOWN_SERIAL: u64 = 0;
 
 #[derive(Default)]
 pub(crate) struct Revocation {
     revoked: RwLock<Revoked>,
     not_before: RwLock<HashMap<Box<str>, u64>>,
+    /// Bumped by every revocation, before its commit. A cache fill compares it
+    /// before and after its database read, so a reader that stalled across a
+    /// revocation (and its later pruning) never caches what it read.
+    epoch: AtomicU64,
 }
 
 impl Revocation {
@@ -31,10 +44,71 @@ impl Revocation {
         let r = Self {
             revoked: RwLock::default(),
             not_before: RwLock::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
+            epoch: AtomicU64::new(0),
         };
-        let pairs: Vec<(u64, SessionId)> = revoked.iter().map(|&(s, _, id)| (s, id)).collect();
-        r.revoke(&pairs);
+        {
+            let mut w = r.revoked.write();
+            for &(s, prune_after, id) in revoked {
+                w.bits.insert(s);
+                w.ids.insert(id, s);
+                w.due.insert((prune_after, s, id));
+            }
+        }
         r
+    }
+
+    /// The revocation epoch (see the field).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Refuses `id` before its serial is known (its row could not be read):
+    /// the next read of the row revokes whatever serial it holds. Fail closed.
+    pub(crate) fn block_id(&self, id: SessionId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.revoked.write().ids.entry(id).or_insert(UNKNOWN_SERIAL);
+    }
+
+    /// For a row just read: if its id was blocked with an unknown serial,
+    /// revokes that serial now and says so.
+    pub(crate) fn blocked(&self, id: &SessionId, serial: u64) -> bool {
+        if self.revoked.read().ids.get(id) != Some(&UNKNOWN_SERIAL) {
+            return false;
+        }
+        let mut w = self.revoked.write();
+        w.bits.insert(serial);
+        true
+    }
+
+    /// Entries whose prune-after time is at or before `now`.
+    pub(crate) fn due(&self, now: u64) -> Vec<(u64, SessionId)> {
+        self.revoked
+            .read()
+            .due
+            .range(..(now.saturating_add(1), 0, SessionId::from_bytes([0; 16])))
+            .map(|&(_, s, id)| (s, id))
+            .collect()
+    }
+
+    /// Users whose not-before cut-off is older than `horizon_ms` at `now`: every
+    /// access token issued before it has expired, so the entry can go.
+    pub(crate) fn stale_not_before(&self, now: u64, horizon_ms: u64) -> Vec<(String, u64)> {
+        self.not_before
+            .read()
+            .iter()
+            .filter(|(_, at)| at.saturating_add(horizon_ms) <= now)
+            .map(|(u, at)| (u.to_string(), *at))
+            .collect()
+    }
+
+    /// Forgets not-before entries that were pruned on disk (unless raised since).
+    pub(crate) fn forget_not_before(&self, entries: &[(String, u64)]) {
+        let mut map = self.not_before.write();
+        for (u, at) in entries {
+            if map.get(u.as_str()) == Some(at) {
+                map.remove(u.as_str());
+            }
+        }
     }
 
     /// Is this session serial revoked?
@@ -47,22 +121,30 @@ impl Revocation {
         self.revoked.read().ids.contains_key(id)
     }
 
-    /// Marks (serial, id) pairs revoked.
-    pub(crate) fn revoke(&self, pairs: &[(u64, SessionId)]) {
+    /// Marks (serial, id) pairs revoked. `prune_after`: when they may be
+    /// pruned (`None` for a provisional in-memory mark before the commit; the
+    /// writer's mark adds it).
+    pub(crate) fn revoke(&self, pairs: &[(u64, SessionId)], prune_after: Option<u64>) {
         if pairs.is_empty() {
             return;
         }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         let mut r = self.revoked.write();
         for &(s, id) in pairs {
             r.bits.insert(s);
             r.ids.insert(id, s);
+            if let Some(p) = prune_after {
+                r.due.insert((p, s, id));
+            }
         }
     }
 
     /// Forgets pruned entries.
     pub(crate) fn forget(&self, pairs: &[(u64, SessionId)]) {
         let mut r = self.revoked.write();
-        for (s, id) in pairs {
+        let pairs: std::collections::HashSet<(u64, SessionId)> = pairs.iter().copied().collect();
+        r.due.retain(|(_, s, id)| !pairs.contains(&(*s, *id)));
+        for (s, id) in &pairs {
             r.bits.remove(*s);
             // A session keeps its id across rotations: only drop the id if it
             // still names this serial (not a later revocation of the same id).
@@ -75,6 +157,11 @@ impl Revocation {
     /// How many serials are held.
     pub(crate) fn len(&self) -> u64 {
         self.revoked.read().bits.len()
+    }
+
+    /// How many users have a not-before cut-off.
+    pub(crate) fn not_before_len(&self) -> usize {
+        self.not_before.read().len()
     }
 
     /// The user's not-before cut-off (ms), if any.
@@ -99,9 +186,14 @@ mod tests {
         let id = |b| SessionId::from_bytes([b; 16]);
         let r = Revocation::load(&[(1, 0, id(1)), (5, 0, id(5))], Vec::new());
         assert!(r.is_revoked(5) && r.is_revoked_id(&id(5)));
-        r.revoke(&[(u64::MAX - 1, id(9)), (7, id(7))]);
+        r.revoke(&[(u64::MAX - 1, id(9)), (7, id(7))], Some(100));
         assert!(r.is_revoked(u64::MAX - 1));
         assert_eq!(r.len(), 4);
+        assert_eq!(r.due(50).len(), 2, "the loaded entries (prune-after 0)");
+        assert_eq!(r.due(100).len(), 4);
+        r.forget(&r.due(50));
+        assert_eq!((r.len(), r.due(100).len()), (2, 2));
+        assert!(!r.is_revoked(5) && r.is_revoked(7));
     }
 
     #[test]
@@ -111,5 +203,37 @@ mod tests {
         r.set_not_before("u", 5);
         assert_eq!(r.not_before("u"), Some(10));
         assert_eq!(r.not_before("v"), None);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_id_revokes_whatever_serial_it_turns_out_to_have() {
+        let r = Revocation::default();
+        let id = SessionId::from_bytes([3; 16]);
+        let e = r.epoch();
+        r.block_id(id);
+        assert!(r.epoch() > e);
+        assert!(!r.blocked(&SessionId::from_bytes([4; 16]), 9));
+        assert!(r.blocked(&id, 9));
+        assert!(r.is_revoked(9));
+        // The writer's real mark replaces the provisional one.
+        r.revoke(&[(9, id)], Some(5));
+        assert!(!r.blocked(&id, 9));
+    }
+
+    #[test]
+    fn stale_not_before_entries_are_found_and_forgotten_unless_raised() {
+        let r = Revocation::default();
+        r.set_not_before("a", 100);
+        r.set_not_before("b", 900);
+        let stale = r.stale_not_before(1000, 500);
+        assert_eq!(stale, vec![("a".to_string(), 100)]);
+        r.set_not_before("a", 950);
+        r.forget_not_before(&stale);
+        assert_eq!(r.not_before("a"), Some(950), "raised since: kept");
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
-use crate::db::writer::{FamilyChange, Op, Outcome, Wait, Writer};
+use crate::db::writer::{FamilyChange, Lost, Op, Outcome, Wait, Writer};
 use crate::db::{Db, Loaded};
 use crate::error::{Error, InputError, JwtError, Malformed};
 use crate::events::{Event, RevokeReason};
@@ -59,6 +59,8 @@ pub struct Stats {
     pub cache_evictions: u64,
     /// Serials in the revocation set.
     pub revoked_serials: u64,
+    /// Users with a not-before cut-off (from `logout_everywhere`) not yet pruned.
+    pub not_before_users: usize,
     /// Write transactions committed.
     pub commits: u64,
     /// Of which durable (fsynced).
@@ -87,7 +89,7 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     db: Db,
     writer: Writer,
-    cache: Cache,
+    cache: Arc<Cache>,
     pub(crate) revocation: Arc<Revocation>,
     keyring: Keyring,
     derived: Derived,
@@ -203,13 +205,18 @@ impl Store {
         let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
+        let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
+        let lost_cache = Arc::clone(&cache);
         let writer = Writer::start(
             db.clone(),
-            Arc::new(move |pairs: &[(u64, SessionId)]| hook_rev.revoke(pairs)),
+            Arc::new(move |pairs: &[(u64, SessionId)], prune_after| hook_rev.revoke(pairs, Some(prune_after))),
+            Arc::new(move |lost| match lost {
+                Lost::Sessions(ids) => ids.iter().for_each(|id| lost_cache.remove(id)),
+                Lost::Unflushed => lost_cache.clear(),
+            }),
             config.flush_interval,
             config.write_queue,
         )?;
-        let cache = Cache::new(config.cache_capacity, config.cache_shards);
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
             db,
@@ -311,17 +318,33 @@ impl Store {
     }
 
     /// The record for `id`, from the cache or else the database (filling the cache).
+    ///
+    /// A fill is guarded by the revocation epoch: if any revocation happened
+    /// while the row was being read, what was read may predate it (and its bit
+    /// may even have been pruned since), so it is not cached and is read again.
     pub(crate) fn lookup(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
-        if let Some(r) = self.inner.cache.get(id) {
+        let inner = &self.inner;
+        if let Some(r) = inner.cache.get(id) {
             return Ok(Some(r));
         }
-        let db = &self.inner.db;
-        let Some(rec) = db.get(id)? else {
-            return Ok(None);
-        };
-        let rec = Arc::new(rec);
-        self.fill(Arc::clone(&rec));
-        Ok(Some(rec))
+        for attempt in 0..3 {
+            let epoch = inner.revocation.epoch();
+            let Some(rec) = inner.db.get(id)? else {
+                return Ok(None);
+            };
+            // Revoked while the row could not be read (storage fault): refuse it now.
+            inner.revocation.blocked(id, rec.serial);
+            let rec = Arc::new(rec);
+            if attempt == 2 {
+                return Ok(Some(rec)); // fresh enough to answer from; not cached
+            }
+            self.fill(Arc::clone(&rec));
+            if inner.revocation.epoch() == epoch {
+                return Ok(Some(rec));
+            }
+            inner.cache.remove(id);
+        }
+        Ok(None)
     }
 
     /// Checks a session token: format, secret, revocation, absolute deadline and
@@ -443,8 +466,15 @@ impl Store {
         let prune_after = self.prune_after(self.now_ms());
         // Fail closed even if the writer never reaches the op (e.g. the database
         // cannot be reopened): refuse the session in memory first.
-        if let Ok(Some(rec)) = self.lookup(&id) {
-            self.inner.revocation.revoke(&[(rec.serial, id)]);
+        match self.lookup(&id) {
+            Ok(Some(rec)) => self.inner.revocation.revoke(&[(rec.serial, id)], None),
+            Ok(None) => {}
+            // The row cannot be read (storage fault): refuse the id whatever its
+            // serial turns out to be, so it cannot validate once the disk recovers.
+            Err(_) => {
+                self.inner.revocation.block_id(id);
+                self.inner.cache.remove(&id);
+            }
         }
         let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
         if !ids.is_empty() {
@@ -481,7 +511,7 @@ impl Store {
         if let Ok(recs) = self.inner.db.list_user(user) {
             let pairs: Vec<(u64, SessionId)> =
                 recs.iter().filter(|r| Some(r.id) != except).map(|r| (r.serial, r.id)).collect();
-            self.inner.revocation.revoke(&pairs);
+            self.inner.revocation.revoke(&pairs, None);
         }
     }
 
@@ -877,6 +907,7 @@ impl Store {
                     report.expired_absolute += sw.absolute.len();
                     report.expired_idle += sw.idle.len();
                     report.refresh_families += sw.families;
+                    report.corrupt_rows += sw.corrupt;
                 }
             }
             if !full {
@@ -904,11 +935,14 @@ impl Store {
     pub fn prune_revocations(&self) -> Result<(usize, usize), Error> {
         let inner = self.live()?;
         let now = self.now_ms();
-        let pruned = match inner.writer.submit(Op::PruneRevoked { now }, Wait::Durable)? {
-            Outcome::Pruned(p) => p,
-            _ => Vec::new(),
+        let entries = inner.revocation.due(now);
+        let not_before = inner.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
+        let (pruned, users) = match inner.writer.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
+            Outcome::Pruned(p, u) => (p, u),
+            _ => (Vec::new(), Vec::new()),
         };
         inner.revocation.forget(&pruned);
+        inner.revocation.forget_not_before(&users);
         let keys = inner.keyring.prune(inner.config.clock.now());
         Ok((pruned.len(), keys))
     }
@@ -927,6 +961,7 @@ impl Store {
             cache_misses: c.misses,
             cache_evictions: c.evictions,
             revoked_serials: inner.revocation.len(),
+            not_before_users: inner.revocation.not_before_len(),
             commits: w.commits.load(Ordering::Relaxed),
             durable_commits: w.durable_commits.load(Ordering::Relaxed),
             write_ops: w.ops.load(Ordering::Relaxed),

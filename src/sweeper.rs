@@ -32,6 +32,9 @@ pub struct SweepReport {
     pub rows_scanned: usize,
     /// Write transactions used.
     pub batches: usize,
+    /// Expired rows skipped because they failed to decode (left for `cloakroom
+    /// verify` to report); the rest of the sweep went on.
+    pub corrupt_rows: usize,
     /// Wall time of the sweep.
     pub duration: Duration,
 }

@@ -225,11 +225,13 @@ impl Db {
     }
 
     /// Drops the handle after a failed write, so the next [`Db::reopen`] starts
-    /// clean. In-memory databases cannot be reopened and keep their handle.
-    pub(crate) fn reset(&self) {
+    /// clean; says whether it did. In-memory databases cannot be reopened and
+    /// keep their handle (and their non-durable commits).
+    pub(crate) fn reset(&self) -> bool {
         if self.shared.opener.is_some() {
-            self.shared.current.write().take();
+            return self.shared.current.write().take().is_some();
         }
+        false
     }
 
     /// Reopens the file if the handle was reset. Fails (to be retried) while a

@@ -55,8 +55,10 @@ pub(crate) enum Op {
     Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
     /// Delete the sessions of these expiry rows that are still expired at `now`.
     Sweep { rows: Vec<(u64, SessionId)>, now: u64 },
-    /// Drop revocation entries whose prune-after time is at or before `now`.
-    PruneRevoked { now: u64 },
+    /// Drop these revocation entries (serial, id) — picked by the in-memory
+    /// time index, so no table scan — and these not-before entries (user, at)
+    /// unless raised since.
+    PruneRevoked { entries: Vec<(u64, SessionId)>, not_before: Vec<(String, u64)> },
     /// No change; a durable barrier.
     Flush,
 }
@@ -69,8 +71,9 @@ pub(crate) enum Outcome {
     Revoked(Vec<SessionId>),
     /// What a `Family` closure returned.
     Family(Box<dyn std::any::Any + Send>),
-    /// (serial, id) of the revocation entries pruned.
-    Pruned(Vec<(u64, SessionId)>),
+    /// (serial, id) of the revocation entries pruned, and the not-before
+    /// entries (user, at) removed.
+    Pruned(Vec<(u64, SessionId)>, Vec<(String, u64)>),
     /// What a sweep batch removed.
     Swept(Swept),
 }
@@ -81,6 +84,8 @@ pub(crate) struct Swept {
     pub(crate) absolute: Vec<SessionId>,
     pub(crate) idle: Vec<SessionId>,
     pub(crate) families: usize,
+    /// Rows skipped because they failed to decode.
+    pub(crate) corrupt: usize,
 }
 
 /// A refresh-family decision, run inside the write transaction.
@@ -120,8 +125,26 @@ enum Msg {
     Shutdown,
 }
 
-/// Called with the (serial, id) pairs an op revokes, before the commit (fail closed).
-pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId)]) + Send + Sync>;
+/// Called with the (serial, id) pairs an op revokes and their prune-after
+/// time, before the commit (fail closed).
+pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId)], u64) + Send + Sync>;
+
+/// What a failed commit took with it, for the store to forget from its cache.
+#[derive(Debug)]
+pub(crate) enum Lost {
+    /// Eventual creates of the failed batch: never stored.
+    Sessions(Vec<SessionId>),
+    /// Earlier non-durable commits that redb dropped with the handle: the cache
+    /// may hold records (creates, updates) that no longer exist on disk.
+    Unflushed,
+}
+
+/// Called after a failed commit with what was lost.
+pub(crate) type LostHook = Arc<dyn Fn(Lost) + Send + Sync>;
+
+/// First pause after a failed commit; doubles per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Writer counters.
 #[derive(Debug, Default)]
@@ -145,6 +168,7 @@ impl Writer {
     pub(crate) fn start(
         db: super::Db,
         hook: RevokeHook,
+        lost: LostHook,
         flush_interval: Duration,
         queue: usize,
     ) -> Result<Writer, Error> {
@@ -153,7 +177,9 @@ impl Writer {
         let st = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("cloakroom-writer".into())
-            .spawn(move || Worker { db, hook, flush_interval, stats: st, dirty_since: None }.run(&rx))
+            .spawn(move || {
+                Worker { db, hook, lost, flush_interval, stats: st, dirty_since: None, backoff: None }.run(&rx)
+            })
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
         Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats })
     }
@@ -209,10 +235,13 @@ impl Writer {
 struct Worker {
     db: super::Db,
     hook: RevokeHook,
+    lost: LostHook,
     flush_interval: Duration,
     stats: Arc<WriterStats>,
     /// When the oldest non-durable commit happened, if one is pending.
     dirty_since: Option<Instant>,
+    /// The pause before the next attempt after consecutive failed commits.
+    backoff: Option<Duration>,
 }
 
 /// The tables a batch writes, opened once per transaction.
@@ -276,6 +305,7 @@ impl Worker {
         self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
+                self.backoff = None;
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 if durable {
                     self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
@@ -290,9 +320,18 @@ impl Worker {
                 }
             }
             Err(e) => {
-                // redb refuses every later operation on a handle that saw an I/O error.
-                self.db.reset();
+                // redb refuses every later operation on a handle that saw an I/O
+                // error; reopening drops the non-durable commits made since the
+                // last durable one, so the store must forget what it cached of them.
+                let dropped = self.db.reset();
+                if dropped && self.dirty_since.is_some() {
+                    (self.lost)(Lost::Unflushed);
+                }
+                // Nothing is pending any more: no flush deadline to chase (the
+                // writer would otherwise retry a failing flush in a tight loop).
+                self.dirty_since = None;
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                let mut lost = Vec::new();
                 for job in batch.drain(..) {
                     match job.ack {
                         Some(ack) => {
@@ -300,9 +339,19 @@ impl Worker {
                         }
                         None => {
                             self.stats.lost_eventual.fetch_add(1, Ordering::Relaxed);
+                            if let Op::Create(rec) = &job.op {
+                                lost.push(rec.id);
+                            }
                         }
                     }
                 }
+                if !lost.is_empty() {
+                    (self.lost)(Lost::Sessions(lost));
+                }
+                // Back off before touching the storage again.
+                let pause = self.backoff.map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                self.backoff = Some(pause);
+                std::thread::sleep(pause);
             }
         }
     }
@@ -326,7 +375,10 @@ impl Worker {
             };
             for job in batch.iter_mut() {
                 match self.apply(&mut t, &mut job.op) {
-                    Err(Error::Storage(e)) => return Err(Error::Storage(e)),
+                    // A corrupt row fails only the op that read it; the batch commits.
+                    Err(Error::Storage(e)) if e.kind() != StorageErrorKind::Corrupt => {
+                        return Err(Error::Storage(e));
+                    }
                     other => outcomes.push(other),
                 }
             }
@@ -350,7 +402,7 @@ impl Worker {
                 let Some(mut bytes) = t.sessions.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec()) else {
                     return Ok(Outcome::Done);
                 };
-                let rec = decode(*id, &bytes)?;
+                let rec = decode(*id, &bytes)?; // corrupt: this op fails, the batch commits
                 if *last_seen <= rec.last_seen {
                     return Ok(Outcome::Done);
                 }
@@ -393,7 +445,7 @@ impl Worker {
                     t.refresh.insert(key, Family { floor, ..f }.encode().as_slice()).map_err(io)?;
                 }
                 t.revoke(rec.serial, *id, *prune_after)?;
-                (self.hook)(&[(rec.serial, *id)]);
+                (self.hook)(&[(rec.serial, *id)], *prune_after);
                 t.sessions.insert(key, new.encode().as_slice()).map_err(io)?;
                 t.expiry.insert((new.deadline(new.last_seen), key), ()).map_err(io)?;
                 t.max_serial = t.max_serial.max(*serial);
@@ -404,12 +456,12 @@ impl Worker {
                     return Ok(Outcome::Revoked(Vec::new()));
                 };
                 t.revoke(rec.serial, *id, *prune_after)?;
-                (self.hook)(&[(rec.serial, *id)]);
+                (self.hook)(&[(rec.serial, *id)], *prune_after);
                 Ok(Outcome::Revoked(vec![*id]))
             }
             Op::RevokeUser { user, except, prune_after } => {
                 let revoked = t.revoke_user(user, *except, *prune_after)?;
-                (self.hook)(&revoked);
+                (self.hook)(&revoked, *prune_after);
                 Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id)| id).collect()))
             }
             Op::LogoutEverywhere { user, at, prune_after } => {
@@ -418,7 +470,7 @@ impl Worker {
                     t.not_before.insert(&**user, *at).map_err(io)?;
                 }
                 let revoked = t.revoke_user(user, None, *prune_after)?;
-                (self.hook)(&revoked);
+                (self.hook)(&revoked, *prune_after);
                 Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id)| id).collect()))
             }
             Op::Family { id, prune_after, f } => {
@@ -431,7 +483,7 @@ impl Worker {
                 if change.revoke_session {
                     if let Some(rec) = t.delete(id)? {
                         t.revoke(rec.serial, *id, *prune_after)?;
-                        (self.hook)(&[(rec.serial, *id)]);
+                        (self.hook)(&[(rec.serial, *id)], *prune_after);
                     }
                 } else if let Some(bytes) = change.write {
                     t.refresh.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
@@ -442,7 +494,17 @@ impl Worker {
                 let mut out = Swept::default();
                 for (deadline, id) in rows.iter() {
                     let key = (*deadline, id.as_bytes());
-                    let Some(rec) = t.get(id)? else {
+                    let rec = match t.get(id) {
+                        Ok(r) => r,
+                        // A corrupt row is left for `cloakroom verify` to report; the
+                        // other rows of the sweep go on.
+                        Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
+                            out.corrupt += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let Some(rec) = rec else {
                         t.expiry.remove(key).map_err(io)?; // stale index row
                         continue;
                     };
@@ -461,21 +523,21 @@ impl Worker {
                 }
                 Ok(Outcome::Swept(out))
             }
-            Op::PruneRevoked { now } => {
-                // The table holds only revocations of the last horizon (access TTL +
-                // leeway) once pruning runs, so a scan is bounded by recent revocations.
-                let mut pruned = Vec::new();
-                for row in t.revoked.iter().map_err(io)? {
-                    let (k, v) = row.map_err(io)?;
-                    let (prune_after, id) = v.value();
-                    if prune_after <= *now {
-                        pruned.push((k.value(), SessionId::from_bytes(*id)));
-                    }
-                }
-                for (serial, _) in &pruned {
+            Op::PruneRevoked { entries, not_before } => {
+                // Point deletes of the entries the in-memory time index named: the
+                // cost follows what is pruned, never the size of the table.
+                for (serial, _) in entries.iter() {
                     t.revoked.remove(*serial).map_err(io)?;
                 }
-                Ok(Outcome::Pruned(pruned))
+                let mut users = Vec::new();
+                for (user, at) in not_before.iter() {
+                    let stored = t.not_before.get(user.as_str()).map_err(io)?.map(|v| v.value());
+                    if stored == Some(*at) {
+                        t.not_before.remove(user.as_str()).map_err(io)?;
+                        users.push((user.clone(), *at));
+                    }
+                }
+                Ok(Outcome::Pruned(std::mem::take(entries), users))
             }
             Op::Flush => Ok(Outcome::Done),
         }
@@ -528,9 +590,21 @@ impl Tables<'_> {
         }
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(rec) = self.delete(&id)? {
-                self.revoke(rec.serial, id, prune_after)?;
-                revoked.push((rec.serial, id));
+            match self.delete(&id) {
+                Ok(Some(rec)) => {
+                    self.revoke(rec.serial, id, prune_after)?;
+                    revoked.push((rec.serial, id));
+                }
+                Ok(None) => {}
+                // A row that does not decode cannot be served anyway; remove what
+                // can be named (fail closed) and go on with the user's other sessions.
+                Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
+                    let key = id.as_bytes();
+                    self.sessions.remove(key).map_err(io)?;
+                    self.users.remove((user, key)).map_err(io)?;
+                    self.refresh.remove(key).map_err(io)?;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(revoked)

@@ -12,6 +12,8 @@ use redb::backends::InMemoryBackend;
 pub(crate) struct Faulty {
     inner: Arc<InMemoryBackend>,
     pub(crate) fail: Arc<AtomicBool>,
+    /// Reads fail too while set.
+    pub(crate) fail_reads: Arc<AtomicBool>,
     pub(crate) reads: Arc<AtomicU64>,
 }
 
@@ -30,6 +32,9 @@ impl StorageBackend for Faulty {
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: read error"));
+        }
         self.inner.read(offset, out)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
@@ -113,4 +118,86 @@ fn a_failed_batch_fails_every_waiting_caller_and_no_one_else() {
     assert_eq!(store.stats().sessions_stored, Some(0), "nothing half-written");
     store.create(NewSession::new("after")).unwrap();
     assert_eq!(store.stats().sessions_stored, Some(1));
+}
+
+fn eventual(flush: std::time::Duration) -> Config {
+    let mut b = Config::builder();
+    b.sweep_interval(None).durability(cloakroom::Durability::Eventual).flush_interval(flush);
+    b.build().unwrap()
+}
+
+/// Defect 6: an Eventual create whose commit fails must not stay visible from
+/// the cache (validate succeeding, update saying NotFound, a restart forgetting it).
+#[test]
+fn an_eventual_create_whose_commit_failed_is_forgotten_and_counted() {
+    let (store, backend) = faulty_store(eventual(std::time::Duration::from_secs(1)));
+    backend.fail.store(true, Ordering::SeqCst);
+    let lost = store.create(NewSession::new("alice")).unwrap(); // acknowledged on enqueue
+    assert!(store.flush().is_err(), "the batch after it fails too");
+    backend.fail.store(false, Ordering::SeqCst);
+    assert!(matches!(store.validate(&lost.token.to_string()), Err(Error::NotFound)));
+    assert!(store.stats().lost_eventual_writes >= 1);
+    assert!(store.list_user("alice").unwrap().is_empty());
+}
+
+/// Defect 4: after a failed durable commit the writer neither spins (reopen,
+/// fail, reopen...) nor keeps serving what redb dropped with the handle.
+#[test]
+fn a_failed_commit_drops_unflushed_state_and_the_writer_backs_off() {
+    // A 1 ms flush interval: a writer that kept its flush deadline after a
+    // failure would retry in a tight loop.
+    let (store, backend) = faulty_store(eventual(std::time::Duration::from_millis(1)));
+    let durable = store.create(NewSession::new("bob")).unwrap();
+    store.flush().unwrap();
+    let unflushed = store.create(NewSession::new("bob")).unwrap();
+    // Applied (committed without fsync) but not durable:
+    store.update_data(durable.session.id(), b"unflushed".to_vec()).unwrap();
+    backend.fail.store(true, Ordering::SeqCst);
+    assert!(store.flush().is_err());
+    let failed = store.stats().failed_commits;
+    for _ in 0..5 {
+        assert!(store.flush().is_err());
+    }
+    let extra = store.stats().failed_commits - failed;
+    assert!(extra <= 5, "the writer retried on its own {extra} times for 5 calls");
+    backend.fail.store(false, Ordering::SeqCst);
+    // What redb dropped is not served from the cache.
+    let d = store.validate(&durable.token.to_string()).unwrap();
+    let u = store.validate(&unflushed.token.to_string());
+    assert_eq!(store.stats().sessions_stored, Some(1), "redb dropped the unflushed create with the handle");
+    assert!(matches!(u, Err(Error::NotFound)), "a dropped create was served from the cache");
+    assert_eq!(d.data(), b"", "a dropped update was served from the cache");
+}
+
+/// Defect 7: revoking an uncached session while its row cannot be read still
+/// refuses it once the disk recovers (fail closed).
+#[test]
+fn a_revoke_during_a_fault_refuses_an_uncached_session_after_recovery() {
+    let backend = Faulty::default();
+    let b = backend.clone();
+    let cfg = || {
+        let mut c = Config::builder();
+        c.sweep_interval(None);
+        c.build().unwrap()
+    };
+    let token = {
+        let s = Store::open_with_backend(move || b.clone(), cfg()).unwrap();
+        let t = s.create(NewSession::new("carol")).unwrap();
+        s.close().unwrap();
+        t
+    };
+    let b = backend.clone();
+    let store = Store::open_with_backend(move || b.clone(), cfg()).unwrap(); // nothing cached
+    backend.fail.store(true, Ordering::SeqCst);
+    // A failed commit drops the database handle; with reads failing too, the
+    // revoke's lookup of the (uncached) row cannot reopen it.
+    assert!(store.create(NewSession::new("dave")).is_err());
+    backend.fail_reads.store(true, Ordering::SeqCst);
+    assert!(matches!(store.revoke(token.session.id()), Err(Error::Storage(_))));
+    backend.fail.store(false, Ordering::SeqCst);
+    backend.fail_reads.store(false, Ordering::SeqCst);
+    assert!(matches!(store.validate(&token.token.to_string()), Err(Error::Revoked)));
+    assert!(store.list_user("carol").unwrap().is_empty());
+    store.revoke(token.session.id()).unwrap(); // the retry persists it
+    assert!(store.validate(&token.token.to_string()).is_err());
 }

@@ -181,3 +181,73 @@ fn creates_that_returned_before_a_user_wide_revocation_never_survive_it() {
         }
     }
 }
+
+/// Defect 5: one corrupt row reached by a sweep or a user-wide revoke fails
+/// only what read it; the rest of the batch (and the store) goes on.
+#[test]
+fn a_corrupt_row_fails_only_the_op_that_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let (short, doomed_id) = {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        let short: Vec<String> = (0..3)
+            .map(|_| {
+                s.create(NewSession::new("eve").ttl(std::time::Duration::from_secs(60))).unwrap().token.to_string()
+            })
+            .collect();
+        let doomed = s.create(NewSession::new("eve").ttl(std::time::Duration::from_secs(60))).unwrap();
+        s.close().unwrap();
+        (short, doomed.session.id())
+    };
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&[u8; 16], &[u8]>::new("sessions"))
+            .unwrap()
+            .insert(doomed_id.as_bytes(), &[9u8, 1, 2, 3][..])
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(&path, config(&clock)).unwrap();
+    clock.advance(std::time::Duration::from_secs(120));
+    let report = s.sweep().unwrap();
+    assert_eq!((report.sessions_removed(), report.corrupt_rows), (3, 1));
+    for t in &short {
+        assert!(s.validate(t).is_err());
+    }
+    // The store keeps serving; a user-wide revoke removes the undecodable row too.
+    let live = s.create(NewSession::new("eve")).unwrap();
+    assert_eq!(s.revoke_user("eve", Scope::All).unwrap(), 1);
+    assert!(s.validate(&live.token.to_string()).is_err());
+    s.create(NewSession::new("frank")).unwrap();
+}
+
+/// Defect 10: pruning takes only the entries that are due (by an in-memory
+/// time index, not a scan of the `revoked` table) and prunes not-before
+/// entries once every access token they could cut off has expired.
+#[test]
+fn pruning_takes_what_is_due_and_not_before_entries_too() {
+    let (s, clock) = store();
+    let first: Vec<_> = (0..50).map(|i| s.create(NewSession::new(format!("a{i}"))).unwrap().session.id()).collect();
+    for id in &first {
+        s.revoke(*id).unwrap();
+    }
+    s.logout_everywhere("grace").unwrap();
+    clock.advance(std::time::Duration::from_secs(200));
+    let second: Vec<_> = (0..30).map(|i| s.create(NewSession::new(format!("b{i}"))).unwrap().session.id()).collect();
+    for id in &second {
+        s.revoke(*id).unwrap();
+    }
+    assert_eq!((s.stats().revoked_serials, s.stats().not_before_users), (80, 1));
+    // Horizon = access TTL 300 s + leeway 30 s: the first batch is due at 330 s.
+    clock.advance(std::time::Duration::from_secs(131));
+    assert_eq!(s.prune_revocations().unwrap().0, 50);
+    assert_eq!((s.stats().revoked_serials, s.stats().not_before_users), (30, 0));
+    assert_eq!(s.prune_revocations().unwrap().0, 0, "nothing else is due");
+    clock.advance(std::time::Duration::from_secs(200));
+    assert_eq!(s.prune_revocations().unwrap().0, 30);
+    for id in first.iter().chain(&second) {
+        assert!(s.session(*id).unwrap().is_none(), "pruned sessions stay dead");
+    }
+}
