@@ -145,6 +145,16 @@ pub enum InputError {
         /// Maximum allowed.
         max: usize,
     },
+    /// Application claims could not be serialized as JSON.
+    #[error("application claims are not serializable as JSON: {0}")]
+    ClaimsNotJson(String),
+    /// A session's idle timeout is not longer than the touch granularity, so
+    /// its activity could never be recorded in time.
+    #[error("idle_timeout must be longer than the touch granularity ({granularity_ms} ms)")]
+    IdleBelowGranularity {
+        /// The configured touch granularity, in ms.
+        granularity_ms: u64,
+    },
     /// A time-to-live is zero or too large to represent.
     #[error("{0} must be non-zero and below 100 years")]
     Ttl(&'static str),
@@ -176,6 +186,10 @@ pub enum JwtError {
     /// Signing failed (a key problem on our side).
     #[error("signing failed")]
     Signing,
+    /// The verification key could not be used (a key problem on our side, not
+    /// the token's): check the keyring.
+    #[error("verification key unusable")]
+    Key,
 }
 
 /// A storage failure. Opaque: inspect [`StorageError::kind`] and the `source()` chain.

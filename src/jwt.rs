@@ -427,7 +427,7 @@ impl Keyring {
         if header.enc.is_some() || header.zip.is_some() {
             return Err(JwtError::Header("JWE is not accepted"));
         }
-        if header.typ.as_deref() != Some(ACCESS_TYP) {
+        if !is_access_typ(header.typ.as_deref()) {
             return Err(JwtError::Header("typ must be at+jwt"));
         }
         let kid = header.kid.as_deref().ok_or(JwtError::Header("kid missing"))?;
@@ -463,7 +463,9 @@ impl Keyring {
     /// Verifies only the signature and `alg` of a compact JWS against key `kid`,
     /// and `exp` if present (with `leeway`), returning the claims. For interop
     /// with tokens that are not cloakroom access tokens; use
-    /// `Store::verify_access` for ours.
+    /// `Store::verify_access` for ours. The same caps as `verify_access` apply:
+    /// at most 4 KiB, compact shape, no `crit`, and a retired key stops
+    /// verifying at the end of its window.
     ///
     /// # Errors
     /// [`Error::Jwt`] with the reason.
@@ -474,10 +476,16 @@ impl Keyring {
         now: SystemTime,
         leeway: Duration,
     ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+        if token.len() > MAX_VERIFY_LEN {
+            return Err(JwtError::Malformed.into());
+        }
         let json = header_json(token)?;
         let header = RawHeader::parse(&json)?;
         let keys = self.keys.read();
-        let key = keys.iter().find(|k| k.kid == kid).ok_or(JwtError::Header("unknown kid"))?;
+        let key = keys
+            .iter()
+            .find(|k| k.kid == kid && !matches!(k.state, KeyState::Retired { until } if until <= now))
+            .ok_or(JwtError::Header("unknown kid"))?;
         if header.alg != key.alg.name() {
             return Err(JwtError::Header("alg not allowed for this kid").into());
         }
@@ -509,7 +517,9 @@ struct RawHeader<'a> {
     typ: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     kid: Option<std::borrow::Cow<'a, str>>,
-    crit: Option<serde::de::IgnoredAny>,
+    /// Any `crit` member, even `"crit": null`, counts as present.
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
     enc: Option<serde::de::IgnoredAny>,
     zip: Option<serde::de::IgnoredAny>,
 }
@@ -519,12 +529,31 @@ impl<'a> RawHeader<'a> {
     /// for every verification path.
     fn parse(json: &'a [u8]) -> Result<RawHeader<'a>, JwtError> {
         let h: RawHeader<'a> = serde_json::from_slice(json).map_err(|_| JwtError::Malformed)?;
-        if h.crit.is_some() {
+        if h.crit {
             return Err(JwtError::Header("crit is not supported"));
         }
         Ok(h)
     }
 }
+
+/// Deserializes any value (including `null`) as "the member is present".
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// RFC 9068 §4: `typ` is `at+jwt` or `application/at+jwt`, compared
+/// case-insensitively (RFC 7515 §4.1.9); nothing else.
+fn is_access_typ(typ: Option<&str>) -> bool {
+    typ.is_some_and(|t| {
+        let t = t.as_bytes();
+        let bare = if t.len() > 12 && t[..12].eq_ignore_ascii_case(b"application/") { &t[12..] } else { t };
+        bare.eq_ignore_ascii_case(ACCESS_TYP.as_bytes())
+    })
+}
+
+/// The longest token [`Keyring::verify_signature`] looks at (the default
+/// `max_token_len` of `Store::verify_access`).
+const MAX_VERIFY_LEN: usize = 4096;
 
 /// Is a token with `exp` (Unix seconds) expired at `now`, given the leeway?
 fn expired(exp: u64, now: SystemTime, leeway: Duration) -> bool {
@@ -643,6 +672,8 @@ fn map_error(e: jsonwebtoken::errors::Error) -> JwtError {
         K::MissingRequiredClaim(_) => JwtError::Claim("missing required claim"),
         K::InvalidClaimFormat(_) | K::Json(_) => JwtError::Claim("wrong type or missing"),
         K::InvalidAlgorithm | K::MissingAlgorithm | K::InvalidAlgorithmName => JwtError::Header("alg"),
+        // A key that cannot be used for this token is our problem, not a malformed token.
+        K::InvalidKeyFormat | K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) => JwtError::Key,
         _ => JwtError::Malformed,
     }
 }

@@ -28,7 +28,7 @@
 //! assert_eq!(v, 2);
 //!
 //! let rotated = store.rotate(&token)?; // on login / privilege change: new secret, same id
-//! assert!(matches!(store.validate(&token), Err(Error::NotFound)));
+//! assert!(matches!(store.validate(&token), Err(Error::Revoked)));
 //! assert_eq!(rotated.session.id(), session.id());
 //!
 //! store.revoke_user("user-42", Scope::All)?;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use roaring::RoaringTreemap;
 
-use crate::token::SessionId;
+use crate::token::{SecretHash, SessionId};
 
 /// Revoked serials (checked on every validate and verify) plus the ids of the
 /// revoked sessions, so a token whose row is gone still reads as `Revoked`.
@@ -24,6 +24,10 @@ struct Revoked {
     /// (prune-after ms, serial, id): what pruning may drop, in time order, so a
     /// prune never scans the whole `revoked` table.
     due: BTreeSet<(u64, u64, SessionId)>,
+    /// blake3(secret) of revoked sessions, when the revocation came through the
+    /// writer in this process: so a token answers `Revoked` only to whoever
+    /// holds its secret (anyone else gets `NotFound`: no oracle on ids).
+    secrets: HashMap<SessionId, SecretHash>,
 }
 
 /// Serials start at 1; 0 marks an id revoked while its serial was unknown.
@@ -116,9 +120,25 @@ impl Revocation {
         self.revoked.read().bits.contains(serial)
     }
 
-    /// Was the session with this id revoked (and not yet pruned)?
+    /// Was the session with this id revoked (and not yet pruned)? Only for
+    /// credentials already authenticated otherwise (refresh-token MACs).
     pub(crate) fn is_revoked_id(&self, id: &SessionId) -> bool {
         self.revoked.read().ids.contains_key(id)
+    }
+
+    /// Was a session with this id revoked while `secret` was its secret? Constant-time compare.
+    pub(crate) fn revoked_with_secret(&self, id: &SessionId, secret: &SecretHash) -> bool {
+        self.revoked.read().secrets.get(id).is_some_and(|h| h.matches(secret))
+    }
+
+    /// The writer's mark: (serial, id, secret hash) revoked, prunable after `prune_after`.
+    pub(crate) fn revoke_committed(&self, entries: &[(u64, SessionId, SecretHash)], prune_after: u64) {
+        let pairs: Vec<(u64, SessionId)> = entries.iter().map(|&(s, id, _)| (s, id)).collect();
+        self.revoke(&pairs, Some(prune_after));
+        let mut r = self.revoked.write();
+        for &(_, id, h) in entries {
+            r.secrets.insert(id, h);
+        }
     }
 
     /// Marks (serial, id) pairs revoked. `prune_after`: when they may be
@@ -150,6 +170,7 @@ impl Revocation {
             // still names this serial (not a later revocation of the same id).
             if r.ids.get(id) == Some(s) {
                 r.ids.remove(id);
+                r.secrets.remove(id);
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::revocation::Revocation;
 use crate::session::{NewSession, Record, RecordParts, Session, check_user};
 use crate::sweeper::{BATCH, SweepReport, Sweeper};
 use crate::token::{REFRESH_PREFIX, RefreshToken, SESSION_PREFIX, looks_like_jwt};
-use crate::token::{SessionId, SessionToken};
+use crate::token::{SecretHash, SessionId, SessionToken};
 
 /// Which of a user's sessions [`Store::revoke_user`] ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +209,9 @@ impl Store {
         let lost_cache = Arc::clone(&cache);
         let writer = Writer::start(
             db.clone(),
-            Arc::new(move |pairs: &[(u64, SessionId)], prune_after| hook_rev.revoke(pairs, Some(prune_after))),
+            Arc::new(move |entries: &[(u64, SessionId, SecretHash)], prune_after| {
+                hook_rev.revoke_committed(entries, prune_after);
+            }),
             Arc::new(move |lost| match lost {
                 Lost::Sessions(ids) => ids.iter().for_each(|id| lost_cache.remove(id)),
                 Lost::Unflushed => lost_cache.clear(),
@@ -274,6 +276,10 @@ impl Store {
         check_lifetime("ttl", ttl)?;
         if let Some(i) = idle {
             check_lifetime("idle_timeout", i)?;
+            if i <= cfg.touch_granularity {
+                let granularity_ms = duration_millis(cfg.touch_granularity);
+                return Err(InputError::IdleBelowGranularity { granularity_ms }.into());
+            }
         }
         let token = SessionToken::generate()?;
         let rec = Arc::new(
@@ -364,11 +370,20 @@ impl Store {
     /// Validates an already-parsed token (see [`Store::validate`]).
     pub(crate) fn check(&self, tok: &SessionToken) -> Result<Session, Error> {
         let inner = &self.inner;
+        // `Revoked` only for the holder of the revoked secret; a guess, a stale
+        // copy of another secret or a bare id reads `NotFound` (no oracle).
+        let revoked_or_unknown = || {
+            if inner.revocation.revoked_with_secret(&tok.id(), &tok.secret_hash()) {
+                Error::Revoked
+            } else {
+                Error::NotFound
+            }
+        };
         let Some(rec) = self.lookup(&tok.id())? else {
-            return Err(if inner.revocation.is_revoked_id(&tok.id()) { Error::Revoked } else { Error::NotFound });
+            return Err(revoked_or_unknown());
         };
         if !rec.secret_hash.matches(&tok.secret_hash()) {
-            return Err(Error::NotFound);
+            return Err(revoked_or_unknown()); // e.g. the token from before a rotation
         }
         let now = self.now_ms();
         self.status(&rec, now)?;
@@ -646,7 +661,7 @@ impl Store {
         if let Some(k) = claims.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
             return Err(InputError::ReservedClaim(k.clone()).into());
         }
-        let claims_json = serde_json::to_vec(&claims).map_err(|_| InputError::ClaimsTooLarge { len: 0, max: 0 })?;
+        let claims_json = serde_json::to_vec(&claims).map_err(|e| InputError::ClaimsNotJson(e.to_string()))?;
         if claims_json.len() > MAX_CLAIMS_LEN {
             return Err(InputError::ClaimsTooLarge { len: claims_json.len(), max: MAX_CLAIMS_LEN }.into());
         }
@@ -682,7 +697,8 @@ impl Store {
     fn pair(&self, rec: &Record, generation: u64, claims_json: &[u8], now_ms: u64) -> Result<TokenPair, Error> {
         let inner = &self.inner;
         let now_s = now_ms / 1000;
-        let exp = now_s + inner.config.access_ttl.as_secs();
+        // Never outlive the session: cap at its absolute deadline.
+        let exp = (now_s + inner.config.access_ttl.as_secs()).min(rec.expires_at / 1000);
         let extra = if claims_json.is_empty() {
             BTreeMap::new()
         } else {
@@ -744,6 +760,14 @@ impl Store {
                     reply: Box::new(None::<(Verdict, Vec<u8>)>),
                 };
             };
+            if now >= fam.deadline {
+                // The family's own deadline (the session's at issue time) has passed.
+                return FamilyChange {
+                    write: None,
+                    revoke_session: false,
+                    reply: Box::new(None::<(Verdict, Vec<u8>)>),
+                };
+            }
             let verdict = decide(&fam, presented, now, reuse);
             let write = match verdict {
                 Verdict::Rotated(generation) => Some(Family { generation, rotated_at: now, ..fam.clone() }.encode()),

@@ -11,6 +11,7 @@ mod api {
     mod lifecycle;
     mod model;
     mod persistence;
+    mod policy;
     mod sweep;
     mod tokens;
     mod writes;

@@ -127,7 +127,7 @@ enum Msg {
 
 /// Called with the (serial, id) pairs an op revokes and their prune-after
 /// time, before the commit (fail closed).
-pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId)], u64) + Send + Sync>;
+pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId, SecretHash)], u64) + Send + Sync>;
 
 /// What a failed commit took with it, for the store to forget from its cache.
 #[derive(Debug)]
@@ -445,7 +445,7 @@ impl Worker {
                     t.refresh.insert(key, Family { floor, ..f }.encode().as_slice()).map_err(io)?;
                 }
                 t.revoke(rec.serial, *id, *prune_after)?;
-                (self.hook)(&[(rec.serial, *id)], *prune_after);
+                (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                 t.sessions.insert(key, new.encode().as_slice()).map_err(io)?;
                 t.expiry.insert((new.deadline(new.last_seen), key), ()).map_err(io)?;
                 t.max_serial = t.max_serial.max(*serial);
@@ -456,13 +456,13 @@ impl Worker {
                     return Ok(Outcome::Revoked(Vec::new()));
                 };
                 t.revoke(rec.serial, *id, *prune_after)?;
-                (self.hook)(&[(rec.serial, *id)], *prune_after);
+                (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                 Ok(Outcome::Revoked(vec![*id]))
             }
             Op::RevokeUser { user, except, prune_after } => {
                 let revoked = t.revoke_user(user, *except, *prune_after)?;
                 (self.hook)(&revoked, *prune_after);
-                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id)| id).collect()))
+                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id, _)| id).collect()))
             }
             Op::LogoutEverywhere { user, at, prune_after } => {
                 let stored = t.not_before.get(&**user).map_err(io)?.map_or(0, |v| v.value());
@@ -471,7 +471,7 @@ impl Worker {
                 }
                 let revoked = t.revoke_user(user, None, *prune_after)?;
                 (self.hook)(&revoked, *prune_after);
-                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id)| id).collect()))
+                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id, _)| id).collect()))
             }
             Op::Family { id, prune_after, f } => {
                 let Some(f) = f.take() else { return Err(Error::NotFound) };
@@ -483,7 +483,7 @@ impl Worker {
                 if change.revoke_session {
                     if let Some(rec) = t.delete(id)? {
                         t.revoke(rec.serial, *id, *prune_after)?;
-                        (self.hook)(&[(rec.serial, *id)], *prune_after);
+                        (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                     }
                 } else if let Some(bytes) = change.write {
                     t.refresh.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
@@ -580,7 +580,7 @@ impl Tables<'_> {
         user: &str,
         except: Option<SessionId>,
         prune_after: u64,
-    ) -> Result<Vec<(u64, SessionId)>, Error> {
+    ) -> Result<Vec<(u64, SessionId, SecretHash)>, Error> {
         let mut ids = Vec::new();
         for row in self.users.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
             let id = SessionId::from_bytes(*row.map_err(io)?.0.value().1);
@@ -593,7 +593,7 @@ impl Tables<'_> {
             match self.delete(&id) {
                 Ok(Some(rec)) => {
                     self.revoke(rec.serial, id, prune_after)?;
-                    revoked.push((rec.serial, id));
+                    revoked.push((rec.serial, id, rec.secret_hash));
                 }
                 Ok(None) => {}
                 // A row that does not decode cannot be served anyway; remove what

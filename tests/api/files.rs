@@ -216,7 +216,7 @@ fn a_format_1_file_opens_and_serves_its_sessions() {
         let f: Vec<&str> = line.split(' ').collect();
         let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
         match data {
-            "REVOKED" => assert!(matches!(store.validate(token), Err(Error::Revoked))),
+            "REVOKED" => assert!(matches!(store.validate(token), Err(Error::NotFound))),
             "REFRESH" => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
             _ => {
                 let s = store.validate(token).unwrap();

@@ -19,7 +19,7 @@ fn create_validate_update_rotate_revoke() {
     let rtok = rotated.token.to_string();
     assert_eq!(rotated.session.id(), v.id(), "a session keeps its id across rotations");
     assert_ne!(rotated.session.serial(), v.serial());
-    assert!(matches!(s.validate(&tok), Err(Error::NotFound)), "old token must die on rotate");
+    assert!(matches!(s.validate(&tok), Err(Error::Revoked)), "old token must die on rotate");
     let r = s.validate(&rtok).unwrap();
     assert_eq!((r.user(), r.data(), r.meta()), ("alice", &b"v2"[..], &meta));
     assert_eq!(r.expires_at(), v.expires_at(), "rotate keeps the absolute deadline");

@@ -47,6 +47,7 @@ enum Want {
     Ok,
     Expired,
     Revoked,
+    NotFound,
 }
 
 struct M {
@@ -56,6 +57,10 @@ struct M {
     expires: u64,
     last_seen: u64,
     revoked: bool,
+    /// Revoked before a reopen: the store no longer knows the secret's hash,
+    /// so the session token reads `NotFound` (refresh and access tokens still
+    /// read `Revoked`).
+    forgotten: bool,
     /// This entry is a session's token from before a rotation: the session
     /// lives on (same id) in a later entry; this token and its refresh tokens
     /// are dead (`NotFound`), its access tokens revoked.
@@ -70,6 +75,11 @@ struct M {
 }
 
 impl M {
+    /// What a session-token call (validate, rotate, issue_tokens) answers.
+    fn want_session(&self, now: u64) -> Want {
+        if self.revoked && self.forgotten { Want::NotFound } else { self.want(now) }
+    }
+
     fn want(&self, now: u64) -> Want {
         if self.revoked {
             Want::Revoked
@@ -86,6 +96,7 @@ fn got<T>(r: &Result<T, Error>) -> Want {
         Ok(_) => Want::Ok,
         Err(Error::Expired | Error::Jwt(cloakroom::JwtError::Expired)) => Want::Expired,
         Err(Error::Revoked) => Want::Revoked,
+        Err(Error::NotFound) => Want::NotFound,
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
@@ -130,6 +141,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     expires: now + TTL_S * 1000,
                     last_seen: now,
                     revoked: false,
+                    forgotten: false,
                     rotated_away: false,
                     floor: 0,
                     refresh: Vec::new(),
@@ -144,7 +156,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(dead(&store.validate(&m.token)), "pre-rotation token validated");
                     continue;
                 }
-                let want = m.want(now);
+                let want = m.want_session(now);
                 prop_assert_eq!(got(&store.validate(&m.token)), want, "validate {}", m.id);
                 if want == Want::Ok {
                     m.last_seen = now;
@@ -156,7 +168,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(dead(&store.rotate(&model[k].token)), "pre-rotation token rotated");
                     continue;
                 }
-                let want = model[k].want(now);
+                let want = model[k].want_session(now);
                 let r = store.rotate(&model[k].token);
                 match (&r, want) {
                     (Ok(new), Want::Ok) => {
@@ -173,6 +185,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             expires,
                             last_seen: now,
                             revoked: false,
+                            forgotten: false,
                             rotated_away: false,
                             floor: refresh.len(),
                             refresh,
@@ -180,7 +193,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                             access: Vec::new(),
                         });
                     }
-                    (Err(Error::Expired), Want::Expired) | (Err(Error::Revoked), Want::Revoked) => {}
+                    (Err(Error::Expired), Want::Expired)
+                    | (Err(Error::Revoked), Want::Revoked)
+                    | (Err(Error::NotFound), Want::NotFound) => {}
                     _ => prop_assert!(false, "rotate: got {:?}, want {:?}", r.map(|_| ()), want),
                 }
             }
@@ -217,7 +232,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(dead(&store.issue_tokens(&m.token)), "pre-rotation token issued tokens");
                     continue;
                 }
-                let want = m.want(now);
+                let want = m.want_session(now);
                 let r = store.issue_tokens(&m.token);
                 prop_assert_eq!(got(&r), want, "issue_tokens {}", m.id);
                 if let Ok(p) = r {
@@ -296,6 +311,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 now += s * 1000;
             }
             Op::Reopen => {
+                for m in model.iter_mut().filter(|m| m.revoked) {
+                    m.forgotten = true;
+                }
                 store.close().unwrap();
                 drop(store);
                 store = Store::open(&path, config(&clock)).unwrap();
