@@ -181,5 +181,66 @@ fn revoke(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validate, create, revoke);
+/// Scaling of the hit path: N threads validating at once, (a) uniformly over
+/// 100,000 sessions, (b) all on one hot session. Throughput = N validates per
+/// iteration; the 2÷1 ratio shows whether a hit writes memory other threads read.
+fn validate_threads(c: &mut Criterion) {
+    let store = Store::in_memory(eventual(1_000_000, 64)).unwrap();
+    let tokens = fill(&store, 100_000);
+    store.flush().unwrap();
+    let streams: Vec<TokenStream> =
+        (0..2).map(|t| token_stream(&tokens, 1 << 18, &mut Rng(0x9E37_79B9_7F4A_7C15 + t))).collect();
+    let hot = tokens[0].clone();
+    let mut g = c.benchmark_group("validate/threads");
+    for n in [1usize, 2] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("{n}"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::sync::Barrier::new(n);
+                let took: Vec<Duration> = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..n)
+                        .map(|t| {
+                            let (store, stream, start) = (&store, &streams[t], &start);
+                            s.spawn(move || {
+                                start.wait();
+                                let t0 = Instant::now();
+                                for i in 0..iters as usize {
+                                    black_box(store.validate(stream.get(i)).unwrap());
+                                }
+                                t0.elapsed()
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                took.into_iter().max().unwrap_or_default()
+            });
+        });
+        g.bench_function(format!("hot/{n}"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::sync::Barrier::new(n);
+                let took: Vec<Duration> = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..n)
+                        .map(|_| {
+                            let (store, hot, start) = (&store, &hot, &start);
+                            s.spawn(move || {
+                                start.wait();
+                                let t0 = Instant::now();
+                                for _ in 0..iters {
+                                    black_box(store.validate(black_box(hot)).unwrap());
+                                }
+                                t0.elapsed()
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                took.into_iter().max().unwrap_or_default()
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, validate, validate_threads, create, revoke);
 criterion_main!(benches);
