@@ -71,13 +71,16 @@ impl Drop for RedisServer {
     }
 }
 
+/// Lowercase hex of 16-byte chunks, each one `format!` with a width.
 fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(2 * b.len());
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
+    b.chunks(16)
+        .map(|c| {
+            let mut w = [0u8; 16];
+            w[..c.len()].copy_from_slice(c);
+            let full = format!("{:032x}", u128::from_be_bytes(w));
+            full[..2 * c.len()].to_owned()
+        })
+        .collect()
 }
 
 fn random<const N: usize>() -> [u8; N] {
@@ -220,5 +223,16 @@ impl RedisSessions {
             .ignore()
             .query(&mut self.con)?;
         Ok(done.map(|()| new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_matches_per_byte_formatting() {
+        for b in [&[0xab_u8; 32][..], &[1, 2][..], &[0, 15, 16, 255, 7, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9][..]] {
+            let want: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            assert_eq!(super::hex(b), want);
+        }
     }
 }
