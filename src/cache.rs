@@ -195,18 +195,6 @@ impl Cache {
         }
     }
 
-    /// Drops every entry (after the database lost non-durable commits, the
-    /// cache may hold records that no longer exist).
-    pub(crate) fn clear(&self) {
-        for slot in &*self.shards {
-            let mut shard = slot.shard.write();
-            shard.map.clear();
-            shard.ring.clear();
-            shard.free.clear();
-            shard.hand = 0;
-        }
-    }
-
     pub(crate) fn stats(&self) -> CacheStats {
         let mut s = CacheStats { evictions: self.evictions.load(Ordering::Relaxed), ..CacheStats::default() };
         for slot in &*self.shards {
@@ -258,18 +246,6 @@ mod tests {
         let s = c.stats();
         assert!(s.entries <= 64, "{}", s.entries);
         assert!(s.evictions >= 1000 - 64);
-    }
-
-    #[test]
-    fn clear_empties_every_shard() {
-        let c = Cache::new(64, 4);
-        for i in 0..32u64 {
-            c.insert(rec(i));
-        }
-        c.clear();
-        assert_eq!(c.stats().entries, 0);
-        c.insert(rec(1));
-        assert!(c.get(&rec(1).id).is_some());
     }
 
     #[test]

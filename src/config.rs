@@ -271,8 +271,9 @@ impl ConfigBuilder {
     /// created with mode 0600 (a random key for in-memory stores).
     ///
     /// # Security
-    /// Anyone holding this key and the database can mint refresh tokens. Keep it
-    /// out of backups of the database file.
+    /// Anyone holding this key and the database can mint refresh tokens and
+    /// forge stored rows. Keep it out of backups of the database file. Losing
+    /// it loses every stored session (their rows no longer authenticate).
     pub fn server_key(&mut self, key: &[u8]) -> &mut Self {
         self.server_key = if key.len() < 32 {
             ServerKey::TooShort(key.len())
@@ -287,9 +288,11 @@ impl ConfigBuilder {
     }
     /// Starts over with a new server key file when the database exists but its
     /// `<db>.key` file is missing, instead of refusing with
-    /// [`Error::ServerKeyMissing`]. Every refresh token and default-key access
-    /// token issued under the lost key stops working. Use only after deciding the
-    /// old key cannot be restored. Default: off.
+    /// [`Error::ServerKeyMissing`]. Every session, refresh token and default-key
+    /// access token issued under the lost key stops working: stored rows are
+    /// authenticated under a key derived from the server key, so rows sealed
+    /// under the lost one read as corrupt (fail closed) and are swept when they
+    /// expire. Use only after deciding the old key cannot be restored. Default: off.
     pub fn replace_lost_server_key(&mut self) -> &mut Self {
         self.server_key = ServerKey::ReplaceLost;
         self

@@ -222,6 +222,14 @@ pub enum StorageErrorKind {
     /// The file needs crash recovery, which a read-only open cannot do; open it
     /// once read-write (`Store::open`, or a writing command such as `cloakroom sweep`).
     NeedsRecovery,
+    /// A journal record is damaged and valid records follow it (not a torn
+    /// tail from a crash): the database and journal were left untouched.
+    /// Restore the database and its journal files from a backup.
+    JournalCorrupt,
+    /// The journal files beside the database belong to another database (a
+    /// copy from elsewhere) or were written under another server key: nothing
+    /// was changed. Put back the right files or the right key.
+    JournalMismatch,
 }
 
 impl StorageError {
@@ -259,6 +267,12 @@ impl fmt::Display for StorageError {
             StorageErrorKind::Missing => "no such database file",
             StorageErrorKind::NeedsRecovery => {
                 "database needs crash recovery, which a read-only open cannot do; open it read-write once"
+            }
+            StorageErrorKind::JournalCorrupt => {
+                "journal is damaged before its end (left untouched); restore the database and journal from a backup"
+            }
+            StorageErrorKind::JournalMismatch => {
+                "journal files belong to another database or server key (left untouched)"
             }
         };
         // The cause adds information only where the category does not say it all.

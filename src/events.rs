@@ -72,6 +72,13 @@ pub enum Event {
         /// The session.
         session: SessionId,
     },
+    /// A stored session row failed its authentication tag or did not decode
+    /// (the file was damaged, or edited without the server key). The request
+    /// that read it failed closed; `cloakroom verify` lists every such row.
+    CorruptRow {
+        /// The session whose row is damaged.
+        session: SessionId,
+    },
     /// `logout_everywhere` ran for a user.
     LogoutEverywhere {
         /// The user.

@@ -29,14 +29,87 @@ impl std::fmt::Debug for ReadOnlyStore {
     }
 }
 
+/// What [`ReadOnlyStore::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// One entry per table, in a fixed order.
+    pub tables: Vec<TableReport>,
+}
+
+impl VerifyReport {
+    /// Rows that failed, over all tables.
+    #[must_use]
+    pub fn bad_rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.bad).sum()
+    }
+}
+
+/// One table's line in a [`VerifyReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableReport {
+    /// The table's name (`sessions`, `refresh`, `revoked`, `not_before`, `user_sessions`, `expiry`).
+    pub table: &'static str,
+    /// Rows read.
+    pub rows: u64,
+    /// Rows that failed their tag or decoding, or index entries that do not match.
+    pub bad: u64,
+}
+
 impl ReadOnlyStore {
     /// Opens an existing store file read-only.
     ///
     /// # Errors
     /// [`Error::Storage`] as described on the type; the file is never modified.
+    ///
+    /// Sessions are read with the server key from the `<db>.key` file beside the
+    /// database, if there is one; without it (a key given by config or an
+    /// environment variable), use [`ReadOnlyStore::open_with_server_key`].
     pub fn open(path: impl AsRef<Path>) -> Result<ReadOnlyStore, Error> {
         let path = path.as_ref();
-        Ok(ReadOnlyStore { db: Db::open_read_only(path)?, path: path.to_owned() })
+        let key = if crate::keys::key_path(path).exists() {
+            Some(crate::keys::ServerKey::Default.resolve(Some((path, crate::keys::DbState::Existing)))?)
+        } else {
+            None
+        };
+        Ok(ReadOnlyStore { db: Db::open_read_only(path, key.as_ref())?, path: path.to_owned() })
+    }
+
+    /// Opens an existing store file read-only, reading its rows with this
+    /// server key (at least 32 bytes; longer input is hashed down, as by
+    /// [`crate::ConfigBuilder::server_key`]).
+    ///
+    /// # Errors
+    /// As [`ReadOnlyStore::open`]; [`Error::Config`] for a key shorter than 32 bytes.
+    pub fn open_with_server_key(path: impl AsRef<Path>, key: &[u8]) -> Result<ReadOnlyStore, Error> {
+        let path = path.as_ref();
+        let key: [u8; 32] = match key.len() {
+            n if n < 32 => return Err(Error::Config(format!("server key is {n} bytes; at least 32 are needed"))),
+            32 => key.try_into().map_err(|_| Error::Config("server key".into()))?,
+            _ => *blake3::hash(key).as_bytes(),
+        };
+        Ok(ReadOnlyStore { db: Db::open_read_only(path, Some(&key))?, path: path.to_owned() })
+    }
+
+    /// Reads every row and reports, per table, how many rows there are and how
+    /// many fail: a session, refresh, revocation or not-before row whose tag
+    /// does not verify under the server key or that does not decode, and index
+    /// rows that name no such session (or sessions missing from an index).
+    /// Writes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the server key is unknown or the file predates
+    /// format 3 (open it once read-write to migrate it); [`Error::Storage`] if a
+    /// read fails.
+    pub fn verify(&self) -> Result<VerifyReport, Error> {
+        let tables = self
+            .db
+            .verify()?
+            .into_iter()
+            .map(|(name, c)| TableReport { table: name, rows: c.rows, bad: c.bad })
+            .collect();
+        Ok(VerifyReport { tables })
     }
 
     /// Sessions stored, including expired ones not yet swept.

@@ -203,6 +203,10 @@ pub enum RecordError {
     /// The user id is empty or too long.
     #[error("invalid user id")]
     BadUser,
+    /// The row's authentication tag does not match: the file was damaged, or
+    /// edited by someone without the server key (or another server key is in use).
+    #[error("row authentication failed")]
+    BadTag,
 }
 
 impl Clone for Record {
@@ -397,6 +401,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn bytes_u32(&mut self) -> Result<&'a [u8], RecordError> {
         let n = u32::from_le_bytes(self.array()?) as usize;
         self.take(n)
+    }
+    /// Whether every byte has been read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.b.is_empty()
     }
     /// Fails if any bytes are left.
     pub(crate) fn finish(self) -> Result<(), RecordError> {

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
-use crate::db::writer::{FamilyChange, Lost, Op, Outcome, Wait, Writer};
+use crate::db::journal::Journal;
+use crate::db::writer::{FamilyChange, Op, Outcome, Start, Wait, Writer};
 use crate::db::{Db, Loaded};
 use crate::error::{Error, InputError, JwtError, Malformed};
 use crate::events::{Event, RevokeReason};
@@ -47,7 +48,9 @@ pub struct Issued {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Sessions in the database (including expired ones not yet swept); `None` if the read failed.
+    /// Sessions in the database file (including expired ones not yet swept), as
+    /// of the applier's last commit: writes acknowledged in the last moments
+    /// may not be counted yet (see [`Store::checkpoint`]); `None` if the read failed.
     pub sessions_stored: Option<u64>,
     /// Sessions held in the cache.
     pub cached_sessions: usize,
@@ -75,6 +78,23 @@ pub struct Stats {
     pub lost_eventual_writes: u64,
     /// `last_seen` writes skipped because the queue was full (sessions only get shorter).
     pub dropped_touches: u64,
+    /// Stored rows found damaged or tampered with (failed authentication tag or
+    /// decode) since open; each failed closed. Run `cloakroom verify`.
+    pub corrupt_rows: u64,
+    /// Durable checkpoints of the journal into the database file.
+    pub checkpoints: u64,
+    /// Duration of the last checkpoint, in µs (it never delays an acknowledgement).
+    pub last_checkpoint_us: u64,
+    /// Failed commits of the applier into the database file (retried; nothing
+    /// acknowledged is lost: the journal holds it).
+    pub failed_checkpoints: u64,
+    /// Bytes in the journal files.
+    pub journal_bytes: u64,
+    /// Rows written since the last checkpoint, held in memory until it lands.
+    pub unapplied_rows: usize,
+    /// Journal records replayed into the database file by this open (non-zero
+    /// after a crash).
+    pub replayed_records: usize,
 }
 
 /// The session and token store. Cheap to clone; all clones share one store.
@@ -95,6 +115,8 @@ pub(crate) struct Inner {
     derived: Derived,
     policy: Policy,
     next_serial: AtomicU64,
+    /// Journal records replayed at open.
+    replayed: usize,
     closed: AtomicBool,
     sweeper: Option<Sweeper>,
 }
@@ -134,24 +156,30 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, mut config: Config) -> Result<Store, Error> {
         let path = path.as_ref();
         let key_present = || config.server_key.check_existing(path);
-        let (db, loaded) = Db::open(path, config.db_cache_bytes, config.scratch, &key_present)?;
-        let created = loaded.owns_file;
-        let opened = (|| {
-            let key = config.server_key.resolve(Some((path, loaded.state)))?;
+        let pending = Db::open(path, config.db_cache_bytes, config.scratch, &key_present)?;
+        let created = pending.owns_file;
+        let key = (|| {
+            let key = config.server_key.resolve(Some((path, pending.state)))?;
             let keys = Self::keys_path(path);
             if config.keyring.is_none() && keys.exists() {
                 config.keyring = Some(Keyring::load(&keys)?);
             }
             Ok(key)
         })();
+        let opened = key.and_then(|key| {
+            let now = to_millis(config.clock.now());
+            pending.finish(&key, now).map(|done| (done, key))
+        });
         match opened {
-            Ok(key) => Self::start((db, loaded), config, &key),
+            Ok((done, key)) => Self::start(done, config, &key),
             Err(e) => {
                 if created {
-                    // This open made the file; leave nothing behind (unlinked while still locked).
+                    // This open made the file; leave nothing behind.
                     let _ = std::fs::remove_file(path);
+                    for seg in crate::db::journal::segment_paths(path) {
+                        let _ = std::fs::remove_file(seg);
+                    }
                 }
-                db.close();
                 Err(e)
             }
         }
@@ -176,27 +204,35 @@ impl Store {
     /// [`Error::Storage`] if the in-memory database cannot be initialised.
     pub fn in_memory(config: Config) -> Result<Store, Error> {
         let key = config.server_key.resolve(None)?;
-        Self::start(Db::in_memory()?, config, &key)
+        let done = Db::in_memory()?.finish(&key, to_millis(config.clock.now()))?;
+        Self::start(done, config, &key)
     }
 
     /// Opens a store on a custom redb storage backend (fault injection in tests).
     ///
+    /// `make` builds the database backend: once now, and again whenever the
+    /// store reopens the database after an I/O failure (so it must return a
+    /// backend over the same underlying storage). `journal` holds the journal's
+    /// two segments. Reopening a store on the same storage replays its journal.
+    ///
     /// # Errors
     /// As [`Store::open`].
     #[cfg(feature = "test-util")]
-    ///
-    /// `make` builds the backend: once now, and again whenever the store reopens
-    /// the database after an I/O failure (so it must return a backend over the
-    /// same underlying storage).
-    pub fn open_with_backend<B: redb::StorageBackend>(
+    pub fn open_with_backend<B: redb::StorageBackend, J: redb::StorageBackend>(
         make: impl Fn() -> B + Send + Sync + 'static,
+        journal: [J; 2],
         config: Config,
     ) -> Result<Store, Error> {
         let key = config.server_key.resolve(None)?;
-        Self::start(Db::with_backend(make)?, config, &key)
+        let done = Db::with_backend(make, journal)?.finish(&key, to_millis(config.clock.now()))?;
+        Self::start(done, config, &key)
     }
 
-    fn start((db, loaded): (Db, Loaded), config: Config, server_key: &[u8; 32]) -> Result<Store, Error> {
+    fn start(
+        (db, loaded, journal): (Db, Loaded, Journal),
+        config: Config,
+        server_key: &[u8; 32],
+    ) -> Result<Store, Error> {
         let derived = Derived::new(server_key);
         let keyring = match &config.keyring {
             Some(k) => k.clone(),
@@ -207,18 +243,17 @@ impl Store {
         let hook_rev = Arc::clone(&revocation);
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
         let lost_cache = Arc::clone(&cache);
-        let writer = Writer::start(
-            db.clone(),
-            Arc::new(move |entries: &[(u64, SessionId, SecretHash)], prune_after| {
+        let writer = Writer::start(Start {
+            db: db.clone(),
+            journal,
+            checkpointed: loaded.checkpointed,
+            hook: Arc::new(move |entries: &[(u64, SessionId, SecretHash)], prune_after| {
                 hook_rev.revoke_committed(entries, prune_after);
             }),
-            Arc::new(move |lost| match lost {
-                Lost::Sessions(ids) => ids.iter().for_each(|id| lost_cache.remove(id)),
-                Lost::Unflushed => lost_cache.clear(),
-            }),
-            config.flush_interval,
-            config.write_queue,
-        )?;
+            lost: Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id))),
+            flush_interval: config.flush_interval,
+            queue: config.write_queue,
+        })?;
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
             db,
@@ -229,6 +264,7 @@ impl Store {
             derived,
             policy,
             next_serial: AtomicU64::new(loaded.next_serial.max(1)),
+            replayed: loaded.replayed,
             closed: AtomicBool::new(false),
             sweeper: interval.and_then(|every| {
                 Sweeper::start(weak.clone(), every, |inner| {
@@ -305,7 +341,11 @@ impl Store {
             inner.cache.remove(&rec.id);
             return Err(e);
         }
-        self.fill(Arc::clone(&rec));
+        if wait == Wait::Durable {
+            // (An Eventual create is already cached; filling again here could
+            // undo the writer's eviction of a create whose batch failed.)
+            self.fill(Arc::clone(&rec));
+        }
         self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;
         Ok(Issued { token, session: Session { record: rec, last_seen } })
@@ -335,8 +375,14 @@ impl Store {
         }
         for attempt in 0..3 {
             let epoch = inner.revocation.epoch();
-            let Some(rec) = inner.db.get(id)? else {
-                return Ok(None);
+            let rec = match inner.db.get(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => return Ok(None),
+                Err(Error::Storage(e)) if e.kind() == crate::error::StorageErrorKind::Corrupt => {
+                    self.emit(|| Event::CorruptRow { session: *id });
+                    return Err(Error::Storage(e));
+                }
+                Err(e) => return Err(e),
             };
             // Revoked while the row could not be read (storage fault): refuse it now.
             inner.revocation.blocked(id, rec.serial);
@@ -898,8 +944,9 @@ impl Store {
     pub fn sweep(&self) -> Result<SweepReport, Error> {
         let started = std::time::Instant::now();
         let inner = self.live()?;
-        // Barrier: everything queued before the sweep is applied (not necessarily synced).
-        inner.writer.submit(Op::Flush, Wait::Applied)?;
+        // Barrier: everything acknowledged before the sweep is in the database
+        // file, whose expiry index the sweep scans.
+        self.checkpoint()?;
         let now = self.now_ms();
         let db = &inner.db;
         let mut report = SweepReport::default();
@@ -977,6 +1024,7 @@ impl Store {
         let inner = &self.inner;
         let c = inner.cache.stats();
         let w = &inner.writer.stats;
+        let a = &inner.writer.applier.progress;
         let sessions_stored = inner.db.session_count().ok();
         Stats {
             sessions_stored,
@@ -993,6 +1041,13 @@ impl Store {
             failed_commits: w.failed_commits.load(Ordering::Relaxed),
             lost_eventual_writes: w.lost_eventual.load(Ordering::Relaxed),
             dropped_touches: w.dropped_touches.load(Ordering::Relaxed),
+            corrupt_rows: inner.db.corrupt_rows(),
+            checkpoints: a.checkpoints.load(Ordering::Relaxed),
+            last_checkpoint_us: a.last_checkpoint_us.load(Ordering::Relaxed),
+            failed_checkpoints: a.failed_commits.load(Ordering::Relaxed),
+            journal_bytes: w.journal_bytes.load(Ordering::Relaxed),
+            unapplied_rows: inner.db.overlay().read().len(),
+            replayed_records: inner.replayed,
         }
     }
 
@@ -1002,6 +1057,22 @@ impl Store {
     /// [`Error::Storage`] if the commit failed; [`Error::Closed`].
     pub fn flush(&self) -> Result<(), Error> {
         self.live()?.writer.submit(Op::Flush, Wait::Durable).map(|_| ())
+    }
+
+    /// Folds every write acknowledged so far into the database file with one
+    /// durable commit, so the journal holds nothing more to replay. The
+    /// background applier does this on its own at least every second while
+    /// writes come in; call it before counting rows with [`Store::stats`] or
+    /// reading the file with another tool.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the commit failed (nothing acknowledged is lost:
+    /// the journal still holds it, and the applier retries); [`Error::Closed`].
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        let inner = self.live()?;
+        // Every batch queued before has reached the applier once this returns.
+        inner.writer.submit(Op::Flush, Wait::Applied)?;
+        inner.writer.applier.checkpoint().map(|_| ())
     }
 
     /// Flushes everything, stops the writer thread and releases the file. Every

@@ -1,14 +1,18 @@
-//! The writer thread: the only owner of redb write transactions.
+//! The writer thread: the only one that decides writes.
 //!
 //! Callers enqueue a [`Job`] on a bounded crossbeam channel. The thread takes
-//! everything queued (up to [`MAX_BATCH`]), applies it in one transaction and
-//! commits once, so N concurrent callers share one fsync (group commit). A batch
-//! holding any durable job commits with fsync; a batch of only eventual jobs
-//! commits without, and a durable commit follows within the flush interval.
+//! everything queued (up to [`MAX_BATCH`]), decides every op against a [`View`]
+//! (this batch's changes, then the overlay of rows not yet checkpointed, then a
+//! redb read transaction), appends the batch's row changes to the journal as one
+//! record and, if any job is durable, syncs it once: N concurrent callers share
+//! one `fdatasync` (group commit), and no acknowledgement waits for redb. The
+//! batch then enters the overlay (visible to readers) and goes to the applier.
+//! A batch of only eventual jobs is synced within the flush interval.
 //!
 //! Ops check their preconditions before writing, so a logical failure
-//! (`NotFound`, `Conflict`) writes nothing. A storage failure aborts the whole
-//! batch and is reported to every waiting caller; the thread carries on.
+//! (`NotFound`, `Conflict`) writes nothing; a corrupt row fails only the op that
+//! read it. A journal failure aborts the whole batch (nothing of it is visible
+//! or replayable) and is reported to every waiting caller; the thread carries on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +21,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
-use redb::{ReadableTable as _, Table};
+use redb::ReadableDatabase as _;
 
-use super::tables::{EXPIRY, META, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS};
-use super::{decode, io};
+use super::applier::{Applier, Batch};
+use super::journal::Journal;
+use super::mac::{RowMac, RowTable};
+use super::mutation::Mutation;
+use super::overlay::{Overlay, merge_ids};
+use super::tables::{NOT_BEFORE, REFRESH, SESSIONS, USER_SESSIONS};
+use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Family;
 use crate::session::{LAST_SEEN_OFFSET, Record};
@@ -49,8 +58,8 @@ pub(crate) enum Op {
     RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
     /// Raise a user's not-before cut-off to `at` (ms) and revoke all their sessions.
     LogoutEverywhere { user: Box<str>, at: u64, prune_after: u64 },
-    /// Read-modify-write of a session's refresh family: `f` sees the stored bytes
-    /// (`None` if absent) and decides. `NotFound` if the session is gone. (`Option`
+    /// Read-modify-write of a session's refresh family: `f` sees the stored
+    /// family bytes, tag checked (`None` if absent), and decides. `NotFound` if the session is gone. (`Option`
     /// so the writer can take the `FnOnce` out.)
     Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
     /// Delete the sessions of these expiry rows that are still expired at `now`.
@@ -129,28 +138,23 @@ enum Msg {
 /// time, before the commit (fail closed).
 pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId, SecretHash)], u64) + Send + Sync>;
 
-/// What a failed commit took with it, for the store to forget from its cache.
-#[derive(Debug)]
-pub(crate) enum Lost {
-    /// Eventual creates of the failed batch: never stored.
-    Sessions(Vec<SessionId>),
-    /// Earlier non-durable commits that redb dropped with the handle: the cache
-    /// may hold records (creates, updates) that no longer exist on disk.
-    Unflushed,
-}
+/// Called after a failed batch with the ids of its Eventual creates (never
+/// stored), for the store to forget from its cache.
+pub(crate) type LostHook = Arc<dyn Fn(Vec<SessionId>) + Send + Sync>;
 
-/// Called after a failed commit with what was lost.
-pub(crate) type LostHook = Arc<dyn Fn(Lost) + Send + Sync>;
-
-/// First pause after a failed commit; doubles per failure up to [`MAX_BACKOFF`].
+/// First pause after a failed batch; doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Writer counters.
 #[derive(Debug, Default)]
 pub(crate) struct WriterStats {
+    /// Batches journaled.
     pub(crate) commits: AtomicU64,
+    /// Journal syncs (`fdatasync`).
     pub(crate) durable_commits: AtomicU64,
+    /// Bytes in the journal segments.
+    pub(crate) journal_bytes: AtomicU64,
     pub(crate) ops: AtomicU64,
     pub(crate) touches: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
@@ -160,28 +164,46 @@ pub(crate) struct WriterStats {
 
 pub(crate) struct Writer {
     tx: Sender<Msg>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<Result<(), Error>>>>,
     pub(crate) stats: Arc<WriterStats>,
+    pub(crate) applier: Arc<Applier>,
+}
+
+/// What the writer thread starts from.
+pub(crate) struct Start {
+    pub(crate) db: super::Db,
+    pub(crate) journal: Journal,
+    /// Seq covered by redb's last durable commit (the next record gets seq + 1).
+    pub(crate) checkpointed: u64,
+    pub(crate) hook: RevokeHook,
+    pub(crate) lost: LostHook,
+    pub(crate) flush_interval: Duration,
+    pub(crate) queue: usize,
 }
 
 impl Writer {
-    pub(crate) fn start(
-        db: super::Db,
-        hook: RevokeHook,
-        lost: LostHook,
-        flush_interval: Duration,
-        queue: usize,
-    ) -> Result<Writer, Error> {
-        let (tx, rx) = crossbeam_channel::bounded(queue);
+    pub(crate) fn start(s: Start) -> Result<Writer, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(s.queue);
         let stats = Arc::new(WriterStats::default());
-        let st = Arc::clone(&stats);
+        let applier = Arc::new(Applier::start(s.db.clone(), s.checkpointed)?);
+        let worker = Worker {
+            db: s.db,
+            journal: s.journal,
+            applier: Arc::clone(&applier),
+            next_seq: s.checkpointed + 1,
+            pruned_upto: s.checkpointed,
+            hook: s.hook,
+            lost: s.lost,
+            flush_interval: s.flush_interval,
+            stats: Arc::clone(&stats),
+            dirty_since: None,
+            backoff: None,
+        };
         let thread = std::thread::Builder::new()
             .name("cloakroom-writer".into())
-            .spawn(move || {
-                Worker { db, hook, lost, flush_interval, stats: st, dirty_since: None, backoff: None }.run(&rx)
-            })
+            .spawn(move || worker.run(&rx))
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
-        Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats })
+        Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats, applier })
     }
 
     /// Enqueues `op` and waits as `wait` says; returns the op's outcome
@@ -214,10 +236,11 @@ impl Writer {
         }
     }
 
-    /// Flushes everything queued durably, stops the thread and joins it.
-    /// Idempotent, and a concurrent second call waits until the first has
-    /// finished (the lock is held throughout), so no caller sees the store
-    /// closed while the final flush is still running.
+    /// Flushes everything queued durably, checkpoints it into redb, clears the
+    /// journal, stops both threads and joins them. Idempotent, and a concurrent
+    /// second call waits until the first has finished (the lock is held
+    /// throughout), so no caller sees the store closed while the final flush is
+    /// still running.
     pub(crate) fn close(&self) -> Result<(), Error> {
         let mut thread = self.thread.lock();
         let Some(handle) = thread.take() else {
@@ -228,31 +251,42 @@ impl Writer {
         let joined = handle.join();
         drop(thread);
         flushed?;
-        joined.map_err(|_| Error::Storage(StorageError::new(StorageErrorKind::Commit)))
+        joined.map_err(|_| Error::Storage(StorageError::new(StorageErrorKind::Commit)))?
     }
 }
 
 struct Worker {
     db: super::Db,
+    journal: Journal,
+    applier: Arc<Applier>,
+    /// Seq of the next journal record.
+    next_seq: u64,
+    /// The overlay holds nothing at or below this seq.
+    pruned_upto: u64,
     hook: RevokeHook,
     lost: LostHook,
     flush_interval: Duration,
     stats: Arc<WriterStats>,
-    /// When the oldest non-durable commit happened, if one is pending.
+    /// When the oldest unsynced journal record was written, if one is pending.
     dirty_since: Option<Instant>,
-    /// The pause before the next attempt after consecutive failed commits.
+    /// The pause before the next attempt after consecutive failed batches.
     backoff: Option<Duration>,
 }
 
-/// The tables a batch writes, opened once per transaction.
-struct Tables<'t> {
-    sessions: Table<'t, &'static [u8; 16], &'static [u8]>,
-    users: Table<'t, (&'static str, &'static [u8; 16]), ()>,
-    expiry: Table<'t, (u64, &'static [u8; 16]), ()>,
-    revoked: Table<'t, u64, (u64, &'static [u8; 16])>,
-    refresh: Table<'t, &'static [u8; 16], &'static [u8]>,
-    not_before: Table<'t, &'static str, u64>,
+/// What the ops of one batch see and write: their own changes first, then the
+/// overlay (rows not yet checkpointed), then redb as of the batch's start.
+struct View<'a> {
+    mac: &'a RowMac,
+    overlay: &'a parking_lot::RwLock<Overlay>,
+    sessions: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
+    users: redb::ReadOnlyTable<(&'static str, &'static [u8; 16]), ()>,
+    refresh: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
+    not_before: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    staged: Overlay,
+    muts: Vec<Mutation>,
     max_serial: u64,
+    /// Rows that failed their tag or decode.
+    corrupt: u64,
 }
 
 impl Worker {
@@ -261,7 +295,7 @@ impl Worker {
         Instant::now()
     }
 
-    fn run(mut self, rx: &Receiver<Msg>) {
+    fn run(mut self, rx: &Receiver<Msg>) -> Result<(), Error> {
         let mut batch: Vec<Job> = Vec::new();
         loop {
             let first = match self.dirty_since {
@@ -298,19 +332,44 @@ impl Worker {
             }
         }
         // Jobs still queued after shutdown: their acks drop, callers see `Closed`.
+        self.finish()
+    }
+
+    /// Final checkpoint; a journal fully covered by it is cleared, so a clean
+    /// close leaves nothing to replay.
+    fn finish(&mut self) -> Result<(), Error> {
+        let r = self.applier.checkpoint();
+        self.applier.stop();
+        let covered = r?;
+        if covered + 1 >= self.next_seq {
+            self.journal.reset(self.next_seq)?;
+        }
+        Ok(())
+    }
+
+    /// Between batches: forget overlay rows a checkpoint covers, and let the
+    /// journal clear or switch segments.
+    fn maintain(&mut self) {
+        let upto = self.applier.progress.checkpointed.load(Ordering::Acquire);
+        if upto > self.pruned_upto {
+            self.db.overlay().write().prune(upto);
+            self.pruned_upto = upto;
+        }
+        // A failure here only delays clearing a segment; appends report their own.
+        let _ = self.journal.checkpointed(upto, self.next_seq);
+        self.stats.journal_bytes.store(self.journal.bytes(), Ordering::Relaxed);
     }
 
     fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
-        let result = self.apply_and_commit(batch, durable);
+        self.maintain();
+        let result = self.decide_and_journal(batch, durable);
         self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {
                 self.backoff = None;
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 if durable {
-                    self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
                     self.dirty_since = None;
-                } else if self.dirty_since.is_none() {
+                } else if self.journal.unsynced() && self.dirty_since.is_none() {
                     self.dirty_since = Some(Self::now());
                 }
                 for (job, out) in batch.drain(..).zip(outcomes) {
@@ -320,16 +379,6 @@ impl Worker {
                 }
             }
             Err(e) => {
-                // redb refuses every later operation on a handle that saw an I/O
-                // error; reopening drops the non-durable commits made since the
-                // last durable one, so the store must forget what it cached of them.
-                let dropped = self.db.reset();
-                if dropped && self.dirty_since.is_some() {
-                    (self.lost)(Lost::Unflushed);
-                }
-                // Nothing is pending any more: no flush deadline to chase (the
-                // writer would otherwise retry a failing flush in a tight loop).
-                self.dirty_since = None;
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 let mut lost = Vec::new();
                 for job in batch.drain(..) {
@@ -346,8 +395,11 @@ impl Worker {
                     }
                 }
                 if !lost.is_empty() {
-                    (self.lost)(Lost::Sessions(lost));
+                    (self.lost)(lost);
                 }
+                // Nothing is pending any more: no flush deadline to chase (the
+                // writer would otherwise retry a failing sync in a tight loop).
+                self.dirty_since = None;
                 // Back off before touching the storage again.
                 let pause = self.backoff.map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
                 self.backoff = Some(pause);
@@ -356,60 +408,80 @@ impl Worker {
         }
     }
 
-    /// Applies every job in one transaction. `Err` means nothing was committed.
-    fn apply_and_commit(&self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
-        self.db.reopen()?;
+    /// Decides every job, journals the batch and publishes it. `Err` means
+    /// nothing of the batch is visible, journaled or applied.
+    fn decide_and_journal(&mut self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
         let db = self.db.handle()?;
-        let mut wtx = db.begin_write().map_err(io)?;
-        wtx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None }).map_err(io)?;
+        let rtx = db.begin_read().map_err(io)?;
+        let mut v = View {
+            mac: self.db.mac(),
+            overlay: self.db.overlay(),
+            sessions: rtx.open_table(SESSIONS).map_err(io)?,
+            users: rtx.open_table(USER_SESSIONS).map_err(io)?,
+            refresh: rtx.open_table(REFRESH).map_err(io)?,
+            not_before: rtx.open_table(NOT_BEFORE).map_err(io)?,
+            staged: Overlay::default(),
+            muts: Vec::new(),
+            max_serial: 0,
+            corrupt: 0,
+        };
         let mut outcomes = Vec::with_capacity(batch.len());
-        {
-            let mut t = Tables {
-                sessions: wtx.open_table(SESSIONS).map_err(io)?,
-                users: wtx.open_table(USER_SESSIONS).map_err(io)?,
-                expiry: wtx.open_table(EXPIRY).map_err(io)?,
-                revoked: wtx.open_table(REVOKED).map_err(io)?,
-                refresh: wtx.open_table(REFRESH).map_err(io)?,
-                not_before: wtx.open_table(NOT_BEFORE).map_err(io)?,
-                max_serial: 0,
-            };
-            for job in batch.iter_mut() {
-                match self.apply(&mut t, &mut job.op) {
-                    // A corrupt row fails only the op that read it; the batch commits.
-                    Err(Error::Storage(e)) if e.kind() != StorageErrorKind::Corrupt => {
-                        return Err(Error::Storage(e));
-                    }
-                    other => outcomes.push(other),
-                }
-            }
-            if t.max_serial > 0 {
-                let mut meta = wtx.open_table(META).map_err(io)?;
-                let stored = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
-                meta.insert(META_NEXT_SERIAL, stored.max(t.max_serial + 1)).map_err(io)?;
+        for job in batch.iter_mut() {
+            match self.apply(&mut v, &mut job.op) {
+                // A corrupt row fails only the op that read it; the batch goes on.
+                Err(Error::Storage(e)) if e.kind() != StorageErrorKind::Corrupt => return Err(Error::Storage(e)),
+                other => outcomes.push(other),
             }
         }
-        wtx.commit().map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
+        if v.max_serial > 0 {
+            v.muts.push(Mutation::NextSerial(v.max_serial + 1));
+        }
+        for _ in 0..v.corrupt {
+            let _ = self.db.corrupt(StorageError::new(StorageErrorKind::Corrupt).into());
+        }
+        let muts = std::mem::take(&mut v.muts);
+        drop(v);
+        drop(rtx);
+        let seq = self.next_seq;
+        if !muts.is_empty() {
+            self.journal.append(seq, &muts)?;
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        if durable && self.journal.unsynced() {
+            if let Err(e) = self.journal.sync() {
+                // Not acknowledged, so it must not come back at replay either.
+                let _ = self.journal.abort_last();
+                return Err(e);
+            }
+            self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
+        }
+        if !muts.is_empty() {
+            self.db.overlay().write().apply(seq, &muts);
+            self.next_seq += 1;
+            self.applier.send(Arc::new(Batch { seq, muts }))?;
+        }
         Ok(outcomes)
     }
 
-    fn apply(&self, t: &mut Tables<'_>, op: &mut Op) -> Result<Outcome, Error> {
+    fn apply(&self, t: &mut View<'_>, op: &mut Op) -> Result<Outcome, Error> {
         match op {
             Op::Create(rec) => {
-                t.put_new(rec)?;
+                t.put_new(rec);
                 Ok(Outcome::Done)
             }
             Op::Touch { id, last_seen } => {
-                let Some(mut bytes) = t.sessions.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec()) else {
+                let Some(rec) = t.get(id)? else {
                     return Ok(Outcome::Done);
                 };
-                let rec = decode(*id, &bytes)?; // corrupt: this op fails, the batch commits
                 if *last_seen <= rec.last_seen {
                     return Ok(Outcome::Done);
                 }
+                let mut bytes = rec.encode();
                 bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8].copy_from_slice(&last_seen.to_le_bytes());
-                t.expiry.remove((rec.deadline(rec.last_seen), id.as_bytes())).map_err(io)?;
-                t.expiry.insert((rec.deadline(*last_seen), id.as_bytes()), ()).map_err(io)?;
-                t.sessions.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
+                t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), *id.as_bytes()));
+                t.put(Mutation::PutExpiry(rec.deadline(*last_seen), *id.as_bytes()));
+                let row = t.mac.seal(RowTable::Session, id.as_bytes(), bytes);
+                t.put(Mutation::PutSession(*id.as_bytes(), row.into()));
                 self.stats.touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
@@ -423,7 +495,7 @@ impl Worker {
                 let mut new = rec;
                 new.version += 1;
                 new.data = data.clone();
-                t.sessions.insert(id.as_bytes(), new.encode().as_slice()).map_err(io)?;
+                t.put(Mutation::PutSession(*id.as_bytes(), seal_session(t.mac, &new)));
                 Ok(Outcome::Updated(Arc::new(new)))
             }
             Op::Rotate { id, expected, serial, secret_hash, now, prune_after } => {
@@ -434,20 +506,20 @@ impl Worker {
                     return Err(Error::NotFound); // a concurrent rotate won
                 }
                 let new = rec.rotated(*serial, *secret_hash, *now);
-                let key = id.as_bytes();
-                t.expiry.remove((rec.deadline(rec.last_seen), key)).map_err(io)?;
+                let key = *id.as_bytes();
+                t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), key));
                 // The id stays, so refresh tokens issued before must die without the
                 // generation counter restarting (a restarted counter would mint the
                 // same tokens again): raise the family's floor to its generation.
-                let family = t.refresh.get(key).map_err(io)?.and_then(|v| Family::decode(v.value()));
-                if let Some(f) = family {
+                if let Some(f) = t.family(id)? {
                     let floor = f.generation;
-                    t.refresh.insert(key, Family { floor, ..f }.encode().as_slice()).map_err(io)?;
+                    let row = t.mac.seal(RowTable::Refresh, &key, Family { floor, ..f }.encode());
+                    t.put(Mutation::PutRefresh(key, row.into()));
                 }
-                t.revoke(rec.serial, *id, *prune_after)?;
+                t.revoke(rec.serial, *id, *prune_after);
                 (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
-                t.sessions.insert(key, new.encode().as_slice()).map_err(io)?;
-                t.expiry.insert((new.deadline(new.last_seen), key), ()).map_err(io)?;
+                t.put(Mutation::PutSession(key, seal_session(t.mac, &new)));
+                t.put(Mutation::PutExpiry(new.deadline(new.last_seen), key));
                 t.max_serial = t.max_serial.max(*serial);
                 Ok(Outcome::Updated(Arc::new(new)))
             }
@@ -455,7 +527,7 @@ impl Worker {
                 let Some(rec) = t.delete(id)? else {
                     return Ok(Outcome::Revoked(Vec::new()));
                 };
-                t.revoke(rec.serial, *id, *prune_after)?;
+                t.revoke(rec.serial, *id, *prune_after);
                 (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                 Ok(Outcome::Revoked(vec![*id]))
             }
@@ -465,9 +537,10 @@ impl Worker {
                 Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id, _)| id).collect()))
             }
             Op::LogoutEverywhere { user, at, prune_after } => {
-                let stored = t.not_before.get(&**user).map_err(io)?.map_or(0, |v| v.value());
+                let stored = t.not_before_of(user)?.unwrap_or(0);
                 if *at > stored {
-                    t.not_before.insert(&**user, *at).map_err(io)?;
+                    let row = seal_not_before(t.mac, user, *at);
+                    t.put(Mutation::PutNotBefore(user.clone(), row.into()));
                 }
                 let revoked = t.revoke_user(user, None, *prune_after)?;
                 (self.hook)(&revoked, *prune_after);
@@ -475,25 +548,25 @@ impl Worker {
             }
             Op::Family { id, prune_after, f } => {
                 let Some(f) = f.take() else { return Err(Error::NotFound) };
-                if t.sessions.get(id.as_bytes()).map_err(io)?.is_none() {
+                if t.raw_session(id)?.is_none() {
                     return Err(Error::NotFound);
                 }
-                let stored = t.refresh.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec());
+                let stored = t.family_bytes(id)?;
                 let change = f(stored.as_deref());
                 if change.revoke_session {
                     if let Some(rec) = t.delete(id)? {
-                        t.revoke(rec.serial, *id, *prune_after)?;
+                        t.revoke(rec.serial, *id, *prune_after);
                         (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                     }
                 } else if let Some(bytes) = change.write {
-                    t.refresh.insert(id.as_bytes(), bytes.as_slice()).map_err(io)?;
+                    let row = t.mac.seal(RowTable::Refresh, id.as_bytes(), bytes);
+                    t.put(Mutation::PutRefresh(*id.as_bytes(), row.into()));
                 }
                 Ok(Outcome::Family(change.reply))
             }
             Op::Sweep { rows, now } => {
                 let mut out = Swept::default();
                 for (deadline, id) in rows.iter() {
-                    let key = (*deadline, id.as_bytes());
                     let rec = match t.get(id) {
                         Ok(r) => r,
                         // A corrupt row is left for `cloakroom verify` to report; the
@@ -505,17 +578,17 @@ impl Worker {
                         Err(e) => return Err(e),
                     };
                     let Some(rec) = rec else {
-                        t.expiry.remove(key).map_err(io)?; // stale index row
+                        t.put(Mutation::DelExpiry(*deadline, *id.as_bytes())); // stale index row
                         continue;
                     };
                     let current = rec.deadline(rec.last_seen);
                     if current != *deadline {
-                        t.expiry.remove(key).map_err(io)?; // superseded index row
+                        t.put(Mutation::DelExpiry(*deadline, *id.as_bytes())); // superseded index row
                     }
                     if current > *now {
                         continue; // touched since the scan
                     }
-                    if t.refresh.get(id.as_bytes()).map_err(io)?.is_some() {
+                    if t.raw_family(id)?.is_some() {
                         out.families += 1;
                     }
                     t.delete(id)?;
@@ -527,13 +600,14 @@ impl Worker {
                 // Point deletes of the entries the in-memory time index named: the
                 // cost follows what is pruned, never the size of the table.
                 for (serial, _) in entries.iter() {
-                    t.revoked.remove(*serial).map_err(io)?;
+                    t.put(Mutation::DelRevoked(*serial));
                 }
                 let mut users = Vec::new();
                 for (user, at) in not_before.iter() {
-                    let stored = t.not_before.get(user.as_str()).map_err(io)?.map(|v| v.value());
+                    // A damaged row is dropped too: it was loaded as "now" (fail closed).
+                    let stored = t.not_before_of(user).unwrap_or(Some(*at));
                     if stored == Some(*at) {
-                        t.not_before.remove(user.as_str()).map_err(io)?;
+                        t.put(Mutation::DelNotBefore(user.as_str().into()));
                         users.push((user.clone(), *at));
                     }
                 }
@@ -544,21 +618,93 @@ impl Worker {
     }
 }
 
-impl Tables<'_> {
-    fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        match self.sessions.get(id.as_bytes()).map_err(io)? {
-            Some(v) => decode(*id, v.value()).map(Some),
+impl View<'_> {
+    /// Records a change: visible to the rest of this batch, journaled with it.
+    fn put(&mut self, m: Mutation) {
+        self.staged.apply(0, std::slice::from_ref(&m));
+        self.muts.push(m);
+    }
+
+    /// The sealed session row, from the batch, the overlay or redb.
+    fn raw_session(&self, id: &SessionId) -> Result<Option<Arc<[u8]>>, Error> {
+        let k = id.as_bytes();
+        if let Some(e) = self.staged.sessions.get(k) {
+            return Ok(e.1.clone());
+        }
+        if let Some(e) = self.overlay.read().sessions.get(k) {
+            return Ok(e.1.clone());
+        }
+        Ok(self.sessions.get(k).map_err(io)?.map(|v| Arc::from(v.value())))
+    }
+
+    fn get(&mut self, id: &SessionId) -> Result<Option<Record>, Error> {
+        match self.raw_session(id)? {
+            Some(row) => super::decode_session(self.mac, *id, &row).map(Some).inspect_err(|_| self.corrupt += 1),
             None => Ok(None),
         }
     }
 
-    fn put_new(&mut self, rec: &Record) -> Result<(), Error> {
-        let id = rec.id.as_bytes();
-        self.sessions.insert(id, rec.encode().as_slice()).map_err(io)?;
-        self.users.insert((&*rec.user, id), ()).map_err(io)?;
-        self.expiry.insert((rec.deadline(rec.last_seen), id), ()).map_err(io)?;
+    fn raw_family(&self, id: &SessionId) -> Result<Option<Arc<[u8]>>, Error> {
+        let k = id.as_bytes();
+        if let Some(e) = self.staged.refresh.get(k) {
+            return Ok(e.1.clone());
+        }
+        if let Some(e) = self.overlay.read().refresh.get(k) {
+            return Ok(e.1.clone());
+        }
+        Ok(self.refresh.get(k).map_err(io)?.map(|v| Arc::from(v.value())))
+    }
+
+    /// The family's bytes with their tag checked.
+    fn family_bytes(&mut self, id: &SessionId) -> Result<Option<Vec<u8>>, Error> {
+        match self.raw_family(id)? {
+            Some(row) => match self.mac.open(RowTable::Refresh, id.as_bytes(), &row) {
+                Ok(b) => Ok(Some(b.to_vec())),
+                Err(e) => {
+                    self.corrupt += 1;
+                    Err(StorageError::with_source(StorageErrorKind::Corrupt, e).into())
+                }
+            },
+            None => Ok(None),
+        }
+    }
+
+    fn family(&mut self, id: &SessionId) -> Result<Option<Family>, Error> {
+        match self.raw_family(id)? {
+            Some(row) => decode_family(self.mac, id, &row).map(Some).inspect_err(|_| self.corrupt += 1),
+            None => Ok(None),
+        }
+    }
+
+    fn not_before_of(&mut self, user: &str) -> Result<Option<u64>, Error> {
+        let row = if let Some(e) = self.staged.not_before.get(user) {
+            e.1.clone()
+        } else if let Some(e) = self.overlay.read().not_before.get(user) {
+            e.1.clone()
+        } else {
+            self.not_before.get(user).map_err(io)?.map(|v| Arc::from(v.value()))
+        };
+        match row {
+            Some(r) => decode_not_before(self.mac, user, &r).map(Some).inspect_err(|_| self.corrupt += 1),
+            None => Ok(None),
+        }
+    }
+
+    fn user_ids(&self, user: &str) -> Result<Vec<[u8; 16]>, Error> {
+        let mut stored = Vec::new();
+        for row in self.users.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+            stored.push(*row.map_err(io)?.0.value().1);
+        }
+        let ids = merge_ids(stored, &self.overlay.read().user_ids(user));
+        Ok(merge_ids(ids, &self.staged.user_ids(user)))
+    }
+
+    fn put_new(&mut self, rec: &Record) {
+        let id = *rec.id.as_bytes();
+        self.put(Mutation::PutSession(id, seal_session(self.mac, rec)));
+        self.put(Mutation::PutUser(rec.user.clone(), id));
+        self.put(Mutation::PutExpiry(rec.deadline(rec.last_seen), id));
         self.max_serial = self.max_serial.max(rec.serial);
-        Ok(())
     }
 
     /// Deletes a session with its index rows and refresh state; returns what was stored.
@@ -566,11 +712,11 @@ impl Tables<'_> {
         let Some(rec) = self.get(id)? else {
             return Ok(None);
         };
-        let key = id.as_bytes();
-        self.sessions.remove(key).map_err(io)?;
-        self.users.remove((&*rec.user, key)).map_err(io)?;
-        self.expiry.remove((rec.deadline(rec.last_seen), key)).map_err(io)?;
-        self.refresh.remove(key).map_err(io)?;
+        let key = *id.as_bytes();
+        self.put(Mutation::DelSession(key));
+        self.put(Mutation::DelUser(rec.user.clone(), key));
+        self.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), key));
+        self.put(Mutation::DelRefresh(key));
         Ok(Some(rec))
     }
 
@@ -581,28 +727,23 @@ impl Tables<'_> {
         except: Option<SessionId>,
         prune_after: u64,
     ) -> Result<Vec<(u64, SessionId, SecretHash)>, Error> {
-        let mut ids = Vec::new();
-        for row in self.users.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
-            let id = SessionId::from_bytes(*row.map_err(io)?.0.value().1);
-            if Some(id) != except {
-                ids.push(id);
-            }
-        }
+        let ids: Vec<SessionId> =
+            self.user_ids(user)?.into_iter().map(SessionId::from_bytes).filter(|id| Some(*id) != except).collect();
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
             match self.delete(&id) {
                 Ok(Some(rec)) => {
-                    self.revoke(rec.serial, id, prune_after)?;
+                    self.revoke(rec.serial, id, prune_after);
                     revoked.push((rec.serial, id, rec.secret_hash));
                 }
                 Ok(None) => {}
                 // A row that does not decode cannot be served anyway; remove what
                 // can be named (fail closed) and go on with the user's other sessions.
                 Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
-                    let key = id.as_bytes();
-                    self.sessions.remove(key).map_err(io)?;
-                    self.users.remove((user, key)).map_err(io)?;
-                    self.refresh.remove(key).map_err(io)?;
+                    let key = *id.as_bytes();
+                    self.put(Mutation::DelSession(key));
+                    self.put(Mutation::DelUser(user.into(), key));
+                    self.put(Mutation::DelRefresh(key));
                 }
                 Err(e) => return Err(e),
             }
@@ -610,8 +751,8 @@ impl Tables<'_> {
         Ok(revoked)
     }
 
-    fn revoke(&mut self, serial: u64, id: SessionId, prune_after: u64) -> Result<(), Error> {
-        self.revoked.insert(serial, (prune_after, id.as_bytes())).map_err(io)?;
-        Ok(())
+    fn revoke(&mut self, serial: u64, id: SessionId, prune_after: u64) {
+        let row = seal_revoked(self.mac, serial, prune_after, id.as_bytes());
+        self.put(Mutation::PutRevoked(serial, row.into()));
     }
 }

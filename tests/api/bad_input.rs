@@ -197,7 +197,7 @@ fn bad_input_table_across_all_parsers() {
     ];
     // The kid in the hand-made headers must exist for the later checks to be reached.
     let kid = jsonwebtoken::decode_header(&jwt).unwrap().kid.unwrap();
-    let reads_before = backend.reads.load(Ordering::SeqCst);
+    let reads_before = backend.db.reads.load(Ordering::SeqCst);
     let st = s.stats();
     let mut n = 0;
     for (what, input, want) in &tokens {
@@ -232,7 +232,7 @@ fn bad_input_table_across_all_parsers() {
         n += 1;
     }
     let after = s.stats();
-    assert_eq!(backend.reads.load(Ordering::SeqCst), reads_before, "a malformed input reached the disk");
+    assert_eq!(backend.db.reads.load(Ordering::SeqCst), reads_before, "a malformed input reached the disk");
     assert_eq!(
         (after.cache_hits, after.cache_misses),
         (st.cache_hits, st.cache_misses),

@@ -60,6 +60,7 @@ fn concurrent_creates_are_all_stored_and_share_commits() {
             });
         }
     });
+    store.checkpoint().unwrap();
     let st = store.stats();
     assert_eq!(st.sessions_stored, Some(800));
     assert!(st.durable_commits < 800, "expected group commit, got {} commits for 800 creates", st.durable_commits);
@@ -86,5 +87,6 @@ fn eventual_creates_from_many_threads() {
         }
     });
     store.flush().unwrap();
+    store.checkpoint().unwrap();
     assert_eq!(store.stats().sessions_stored, Some(800));
 }

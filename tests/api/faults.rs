@@ -1,4 +1,4 @@
-//! Storage faults: a redb backend that fails writes on demand.
+//! Storage faults: redb and journal backends that fail on demand.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +23,11 @@ impl Faulty {
             return Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "injected: disk full"));
         }
         Ok(())
+    }
+
+    /// Storage of its own with the same fault switches.
+    fn sibling(&self) -> Faulty {
+        Faulty { inner: Arc::default(), ..self.clone() }
     }
 }
 
@@ -51,10 +56,43 @@ impl StorageBackend for Faulty {
     }
 }
 
-pub(crate) fn faulty_store(cfg: Config) -> (Store, Faulty) {
-    let backend = Faulty::default();
-    let b = backend.clone();
-    (Store::open_with_backend(move || b.clone(), cfg).unwrap(), backend)
+/// A database backend and two journal segments. By default the journal fails
+/// together with the database; [`Rig::split`] gives it switches of its own.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rig {
+    pub(crate) db: Faulty,
+    pub(crate) journal: [Faulty; 2],
+}
+
+impl Rig {
+    pub(crate) fn new() -> Rig {
+        let db = Faulty::default();
+        let journal = [db.sibling(), db.sibling()];
+        Rig { db, journal }
+    }
+
+    /// Database and journal fail independently.
+    fn split() -> Rig {
+        let db = Faulty::default();
+        let j = Faulty::default();
+        Rig { journal: [j.clone(), j.sibling()], db }
+    }
+
+    pub(crate) fn open(&self, cfg: Config) -> Result<Store, Error> {
+        let b = self.db.clone();
+        Store::open_with_backend(move || b.clone(), self.journal.clone(), cfg)
+    }
+
+    /// Every write (database and journal) fails while set.
+    pub(crate) fn fail(&self, on: bool) {
+        self.db.fail.store(on, Ordering::SeqCst);
+        self.journal[0].fail.store(on, Ordering::SeqCst);
+    }
+}
+
+pub(crate) fn faulty_store(cfg: Config) -> (Store, Rig) {
+    let rig = Rig::new();
+    (rig.open(cfg).unwrap(), rig)
 }
 
 fn storage_kind<T: std::fmt::Debug>(r: Result<T, Error>) -> StorageErrorKind {
@@ -64,16 +102,22 @@ fn storage_kind<T: std::fmt::Debug>(r: Result<T, Error>) -> StorageErrorKind {
     }
 }
 
+/// A fixed server key: reopening the same storage must use the same key.
+fn plain() -> Config {
+    let mut b = Config::builder();
+    b.sweep_interval(None).server_key(&[3; 32]);
+    b.build().unwrap()
+}
+
 #[test]
 fn failed_commits_report_storage_errors_fail_closed_and_recover() {
-    let mut b = Config::builder();
-    b.sweep_interval(None);
-    let (store, backend) = faulty_store(b.build().unwrap());
+    let (store, rig) = faulty_store(plain());
     let keep = store.create(NewSession::new("alice").data(b"v1".to_vec())).unwrap();
     let victim = store.create(NewSession::new("alice")).unwrap();
+    store.checkpoint().unwrap();
     let before = store.stats().sessions_stored;
 
-    backend.fail.store(true, Ordering::SeqCst);
+    rig.fail(true);
     // A create fails and leaves nothing behind.
     let k = storage_kind(store.create(NewSession::new("bob")));
     assert!(matches!(k, StorageErrorKind::Commit | StorageErrorKind::Io), "{k:?}");
@@ -84,24 +128,29 @@ fn failed_commits_report_storage_errors_fail_closed_and_recover() {
     assert!(matches!(store.validate(&victim.token.to_string()), Err(Error::Revoked)));
     assert!(store.stats().failed_commits >= 3);
 
-    // The fault clears: the store reopens the database and carries on.
-    backend.fail.store(false, Ordering::SeqCst);
+    // The fault clears: the store carries on.
+    rig.fail(false);
     let bob = store.create(NewSession::new("bob")).unwrap();
     store.validate(&bob.token.to_string()).unwrap();
     let s = store.validate(&keep.token.to_string()).unwrap();
     assert_eq!(s.data(), b"v1", "the failed update is not visible");
     assert!(matches!(store.validate(&victim.token.to_string()), Err(Error::Revoked)), "still refused");
     store.revoke(victim.session.id()).unwrap(); // retry persists it
+    store.checkpoint().unwrap();
     assert_eq!(store.stats().sessions_stored, before.map(|n| n + 1 - 1)); // +bob, -victim
     assert_eq!(store.list_user("bob").unwrap().len(), 1);
+    store.close().unwrap();
+    // Nothing of the failed calls comes back from the journal on reopen.
+    let store = rig.open(plain()).unwrap();
+    assert_eq!(store.validate(&keep.token.to_string()).unwrap().data(), b"v1");
+    assert_eq!(store.list_user("bob").unwrap().len(), 1);
+    assert!(store.validate(&victim.token.to_string()).is_err());
 }
 
 #[test]
 fn a_failed_batch_fails_every_waiting_caller_and_no_one_else() {
-    let mut b = Config::builder();
-    b.sweep_interval(None);
-    let (store, backend) = faulty_store(b.build().unwrap());
-    backend.fail.store(true, Ordering::SeqCst);
+    let (store, rig) = faulty_store(plain());
+    rig.fail(true);
     let results: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)
             .map(|i| {
@@ -114,88 +163,108 @@ fn a_failed_batch_fails_every_waiting_caller_and_no_one_else() {
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(results.iter().all(|r| matches!(r, Err(Error::Storage(_)))));
-    backend.fail.store(false, Ordering::SeqCst);
+    rig.fail(false);
+    store.checkpoint().unwrap();
     assert_eq!(store.stats().sessions_stored, Some(0), "nothing half-written");
     store.create(NewSession::new("after")).unwrap();
+    store.checkpoint().unwrap();
     assert_eq!(store.stats().sessions_stored, Some(1));
 }
 
 fn eventual(flush: std::time::Duration) -> Config {
     let mut b = Config::builder();
-    b.sweep_interval(None).durability(cloakroom::Durability::Eventual).flush_interval(flush);
+    b.sweep_interval(None).server_key(&[3; 32]).durability(cloakroom::Durability::Eventual).flush_interval(flush);
     b.build().unwrap()
 }
 
-/// Defect 6: an Eventual create whose commit fails must not stay visible from
-/// the cache (validate succeeding, update saying NotFound, a restart forgetting it).
+/// Defect 6: an Eventual create whose journal write fails must not stay visible
+/// from the cache (validate succeeding, update saying NotFound, a restart forgetting it).
 #[test]
 fn an_eventual_create_whose_commit_failed_is_forgotten_and_counted() {
-    let (store, backend) = faulty_store(eventual(std::time::Duration::from_secs(1)));
-    backend.fail.store(true, Ordering::SeqCst);
+    let (store, rig) = faulty_store(eventual(std::time::Duration::from_secs(1)));
+    rig.fail(true);
     let lost = store.create(NewSession::new("alice")).unwrap(); // acknowledged on enqueue
-    assert!(store.flush().is_err(), "the batch after it fails too");
-    backend.fail.store(false, Ordering::SeqCst);
+    // The flush fails too when it shares the create's batch; alone it has nothing to sync.
+    let _ = store.flush();
+    rig.fail(false);
     assert!(matches!(store.validate(&lost.token.to_string()), Err(Error::NotFound)));
     assert!(store.stats().lost_eventual_writes >= 1);
     assert!(store.list_user("alice").unwrap().is_empty());
 }
 
-/// Defect 4: after a failed durable commit the writer neither spins (reopen,
-/// fail, reopen...) nor keeps serving what redb dropped with the handle.
+/// Defect 4, in the journaled write path: a failed commit of the database file
+/// loses nothing acknowledged (the journal and the overlay hold it), and the
+/// applier backs off instead of spinning.
 #[test]
-fn a_failed_commit_drops_unflushed_state_and_the_writer_backs_off() {
-    // A 1 ms flush interval: a writer that kept its flush deadline after a
-    // failure would retry in a tight loop.
-    let (store, backend) = faulty_store(eventual(std::time::Duration::from_millis(1)));
+fn a_failed_database_commit_loses_nothing_and_the_applier_backs_off() {
+    let rig = Rig::split();
+    let store = rig.open(eventual(std::time::Duration::from_millis(1))).unwrap();
     let durable = store.create(NewSession::new("bob")).unwrap();
+    store.checkpoint().unwrap();
+    // Acknowledged and journaled, not yet checkpointed:
+    let later = store.create(NewSession::new("bob")).unwrap();
+    store.update_data(durable.session.id(), b"journaled".to_vec()).unwrap();
     store.flush().unwrap();
-    let unflushed = store.create(NewSession::new("bob")).unwrap();
-    // Applied (committed without fsync) but not durable:
-    store.update_data(durable.session.id(), b"unflushed".to_vec()).unwrap();
-    backend.fail.store(true, Ordering::SeqCst);
-    assert!(store.flush().is_err());
-    let failed = store.stats().failed_commits;
+    rig.db.fail.store(true, Ordering::SeqCst);
+    assert!(store.checkpoint().is_err());
+    let failed = store.stats().failed_checkpoints;
     for _ in 0..5 {
-        assert!(store.flush().is_err());
+        assert!(store.checkpoint().is_err());
     }
-    let extra = store.stats().failed_commits - failed;
-    assert!(extra <= 5, "the writer retried on its own {extra} times for 5 calls");
-    backend.fail.store(false, Ordering::SeqCst);
-    // What redb dropped is not served from the cache.
-    let d = store.validate(&durable.token.to_string()).unwrap();
-    let u = store.validate(&unflushed.token.to_string());
-    assert_eq!(store.stats().sessions_stored, Some(1), "redb dropped the unflushed create with the handle");
-    assert!(matches!(u, Err(Error::NotFound)), "a dropped create was served from the cache");
-    assert_eq!(d.data(), b"", "a dropped update was served from the cache");
+    let extra = store.stats().failed_checkpoints - failed;
+    // One attempt per call, plus the applier's own retries, which back off
+    // (5 ms doubling): far fewer than a spinning loop would make.
+    assert!(extra <= 5 + 10, "{extra} failed commits for 5 calls");
+    // Still served (cache, overlay) although the database file cannot be written.
+    assert_eq!(store.validate(&durable.token.to_string()).unwrap().data(), b"journaled");
+    store.validate(&later.token.to_string()).unwrap();
+    rig.db.fail.store(false, Ordering::SeqCst);
+    store.checkpoint().unwrap();
+    assert_eq!(store.stats().sessions_stored, Some(2));
+    store.close().unwrap();
+    let store = rig.open(eventual(std::time::Duration::from_millis(1))).unwrap();
+    assert_eq!(store.validate(&durable.token.to_string()).unwrap().data(), b"journaled");
+    store.validate(&later.token.to_string()).unwrap();
+}
+
+/// A crash while the database file cannot be written: reopening replays the
+/// journal, so every acknowledged write is there.
+#[test]
+fn writes_acknowledged_while_the_database_failed_are_replayed_after_a_crash() {
+    let rig = Rig::split();
+    let store = rig.open(plain()).unwrap();
+    let a = store.create(NewSession::new("alice")).unwrap();
+    rig.db.fail.store(true, Ordering::SeqCst);
+    let b = store.create(NewSession::new("alice").data(b"journaled".to_vec())).unwrap();
+    store.revoke(a.session.id()).unwrap();
+    // "Crash": leak the store (no final checkpoint, no journal reset), then heal the disk.
+    std::mem::forget(store);
+    rig.db.fail.store(false, Ordering::SeqCst);
+    let store = rig.open(plain()).unwrap();
+    assert!(store.stats().replayed_records >= 2, "{:?}", store.stats());
+    assert_eq!(store.validate(&b.token.to_string()).unwrap().data(), b"journaled");
+    assert!(store.validate(&a.token.to_string()).is_err());
+    assert_eq!(store.list_user("alice").unwrap().len(), 1);
 }
 
 /// Defect 7: revoking an uncached session while its row cannot be read still
 /// refuses it once the disk recovers (fail closed).
 #[test]
 fn a_revoke_during_a_fault_refuses_an_uncached_session_after_recovery() {
-    let backend = Faulty::default();
-    let b = backend.clone();
-    let cfg = || {
-        let mut c = Config::builder();
-        c.sweep_interval(None);
-        c.build().unwrap()
-    };
+    let rig = Rig::new();
     let token = {
-        let s = Store::open_with_backend(move || b.clone(), cfg()).unwrap();
+        let s = rig.open(plain()).unwrap();
         let t = s.create(NewSession::new("carol")).unwrap();
         s.close().unwrap();
         t
     };
-    let b = backend.clone();
-    let store = Store::open_with_backend(move || b.clone(), cfg()).unwrap(); // nothing cached
-    backend.fail.store(true, Ordering::SeqCst);
-    // A failed commit drops the database handle; with reads failing too, the
-    // revoke's lookup of the (uncached) row cannot reopen it.
+    let store = rig.open(plain()).unwrap(); // nothing cached
+    rig.fail(true);
     assert!(store.create(NewSession::new("dave")).is_err());
-    backend.fail_reads.store(true, Ordering::SeqCst);
+    rig.db.fail_reads.store(true, Ordering::SeqCst);
     assert!(matches!(store.revoke(token.session.id()), Err(Error::Storage(_))));
-    backend.fail.store(false, Ordering::SeqCst);
-    backend.fail_reads.store(false, Ordering::SeqCst);
+    rig.fail(false);
+    rig.db.fail_reads.store(false, Ordering::SeqCst);
     assert!(matches!(store.validate(&token.token.to_string()), Err(Error::Revoked)));
     assert!(store.list_user("carol").unwrap().is_empty());
     store.revoke(token.session.id()).unwrap(); // the retry persists it

@@ -95,16 +95,25 @@ fn an_existing_database_without_its_key_file_is_refused_until_told_otherwise() {
     assert!(msg.contains(&key.display().to_string()) && msg.contains("restore"), "{msg}");
     assert!(!key.exists(), "refusing must not create a key");
     assert_eq!(hash(&path), before, "refusing must not touch the database");
-    // Knowingly starting over: a new key; sessions (hash-checked) still validate.
+    // Knowingly starting over: a new key. Rows sealed under the lost key can no
+    // longer be authenticated, so the old sessions fail closed; new ones work.
     let mut b = Config::builder();
     b.clock(clock.clone()).replace_lost_server_key();
     let s = Store::open(&path, b.build().unwrap()).unwrap();
     assert!(key.exists());
-    assert_eq!(s.validate(&token).unwrap().user(), "alice");
+    match s.validate(&token) {
+        Err(Error::Storage(e)) => assert_eq!(e.kind(), cloakroom::StorageErrorKind::Corrupt),
+        other => panic!("a row sealed under the lost key was served: {other:?}"),
+    }
+    let fresh = s.create(NewSession::new("bob")).unwrap().token.to_string();
+    assert_eq!(s.validate(&fresh).unwrap().user(), "bob");
     s.close().unwrap();
-    // Restoring the old key works as well.
+    // Restoring the old key brings the old sessions back (and refuses the new one).
     std::fs::rename(dir.path().join("elsewhere"), &key).unwrap();
-    Store::open(&path, config(&clock)).unwrap().close().unwrap();
+    let s = Store::open(&path, config(&clock)).unwrap();
+    assert_eq!(s.validate(&token).unwrap().user(), "alice");
+    assert!(s.validate(&fresh).is_err());
+    s.close().unwrap();
 }
 
 #[test]
@@ -232,11 +241,54 @@ fn a_format_1_file_opens_and_serves_its_sessions() {
     assert_eq!(alice.len(), 2);
     store.update_data(alice[0].id(), b"new".to_vec()).unwrap();
     store.close().unwrap();
-    assert_eq!(ReadOnlyStore::open(&path).unwrap().format_version().unwrap(), 2);
+    assert_eq!(ReadOnlyStore::open_with_server_key(&path, &[7; 32]).unwrap().format_version().unwrap(), 3);
     let store = Store::open(&path, cfg).unwrap();
     let again = store.list_user("alice").unwrap();
     assert_eq!(again[0].data(), b"new");
     assert_eq!(again[0].meta().ip, alice[0].meta().ip);
+}
+
+/// `tests/fixtures/v2.redb` was written at commit 408498a (format 2: unsealed
+/// rows, journal-less writes) with server key [7; 32]; `v2.tokens` lists its
+/// tokens. Opening it migrates it to format 3 (every row sealed, journal
+/// beside it) in one durable transaction; every session, revocation, refresh
+/// family and not-before cut-off survives, and `verify` finds nothing wrong.
+#[test]
+fn a_format_2_file_is_migrated_to_sealed_rows_and_serves_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.redb");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2.redb"), &path).unwrap();
+    assert_eq!(ReadOnlyStore::open(&path).unwrap().format_version().unwrap(), 2);
+    let cfg =
+        Config::builder().server_key(&[7; 32]).sweep_interval(None).reuse(cloakroom::Reuse::Strict).build().unwrap();
+    let listing = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2.tokens")).unwrap();
+    for round in 0..2 {
+        let store = Store::open(&path, cfg.clone()).unwrap();
+        let mut seen = 0;
+        for line in listing.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
+            match data {
+                "REVOKED" => assert!(store.validate(token).is_err(), "{user} revived"),
+                "REFRESH" if round == 0 => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
+                "REFRESH" => assert!(matches!(store.refresh(token), Err(Error::ReuseDetected))),
+                _ => {
+                    let s = store.validate(token).unwrap();
+                    assert_eq!((s.user(), s.data()), (user, data.as_bytes()));
+                    assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), ip);
+                    assert_eq!(s.meta().user_agent.as_deref(), Some("fixture-agent"));
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 3);
+        // erin's logout_everywhere cut-off survived the move to the sealed table.
+        assert_eq!(store.stats().not_before_users, 1);
+        store.close().unwrap();
+        let ro = ReadOnlyStore::open_with_server_key(&path, &[7; 32]).unwrap();
+        assert_eq!(ro.format_version().unwrap(), 3);
+        assert_eq!(ro.verify().unwrap().bad_rows(), 0, "{:?}", ro.verify().unwrap());
+    }
 }
 
 /// No `Display` of an error repeats a prefix ("I/O error: I/O error: ...").

@@ -147,6 +147,7 @@ fn stats_count_hits_misses_and_sessions() {
     for _ in 0..10 {
         s.validate(&t).unwrap();
     }
+    s.checkpoint().unwrap();
     let st = s.stats();
     assert_eq!(st.sessions_stored, Some(1));
     assert_eq!(st.cached_sessions, 1);

@@ -32,6 +32,7 @@ fn sweep_removes_expired_sessions_by_reason_with_their_rows() {
     clock.advance(11 * MIN); // short: past 5 min deadline; idle: 11 min idle > 10
     let r = s.sweep().unwrap();
     assert_eq!((r.expired_absolute, r.expired_idle, r.refresh_families), (5, 3, 3), "{r:?}");
+    s.checkpoint().unwrap();
     assert_eq!(s.stats().sessions_stored, Some(1));
     assert!(s.list_user("a").unwrap().is_empty() && s.list_user("b").unwrap().is_empty());
     for t in short.iter().chain(&idle) {
@@ -88,6 +89,7 @@ fn sweep_handles_more_rows_than_one_batch() {
     clock.advance(2 * MIN);
     let r = s.sweep().unwrap();
     assert_eq!((r.expired_absolute, r.batches), (2500, 3), "{r:?}");
+    s.checkpoint().unwrap();
     assert_eq!(s.stats().sessions_stored, Some(10));
 }
 
@@ -114,6 +116,7 @@ fn background_sweeper_runs_and_stops_with_the_store() {
             Err(e) => panic!("no sweep within 20 s: {e}"),
         }
     }
+    s.checkpoint().unwrap();
     assert_eq!(s.stats().sessions_stored, Some(0));
     drop(s); // stops and joins the sweeper thread (would hang otherwise)
 }

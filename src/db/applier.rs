@@ -1,0 +1,296 @@
+//! The applier thread: folds journaled batches into redb.
+//!
+//! Batches arrive already durable in the journal (or, for Eventual writes, on
+//! their way there) and already visible through the overlay, so nothing waits
+//! for this thread: it commits with `Durability::None` as batches come, and
+//! every [`CHECKPOINT_INTERVAL`] (or [`CHECKPOINT_MUTATIONS`] changes, or on
+//! request) makes one durable commit — the checkpoint — that also records the
+//! last applied seq in `meta`. Only then may the writer prune the overlay and
+//! clear journal segments up to that seq.
+//!
+//! A failed commit drops the handle (redb refuses it after an I/O error, and
+//! the reopened file has lost the non-durable commits); the applier backs off,
+//! reopens and re-applies every batch since the last checkpoint. Nothing
+//! acknowledged is lost: the journal and the overlay still hold it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+use redb::ReadableTable as _;
+
+use super::mutation::Mutation;
+use super::tables::{
+    EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
+};
+use super::{Db, io};
+use crate::error::{Error, StorageError, StorageErrorKind};
+
+/// Longest time between checkpoints while batches are pending.
+pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// A checkpoint is also due after this many row changes.
+pub(crate) const CHECKPOINT_MUTATIONS: usize = 200_000;
+/// Batches the writer may run ahead of the applier before it waits (the bound
+/// on the overlay and on how far redb lags the journal).
+const LAG_BATCHES: usize = 4096;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// One writer batch's row changes, as journaled under `seq`.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) seq: u64,
+    pub(crate) muts: Vec<Mutation>,
+}
+
+enum Msg {
+    Batch(Arc<Batch>),
+    /// Checkpoint now (everything sent before) and report the seq covered.
+    Checkpoint(Sender<Result<u64, Error>>),
+}
+
+/// Applier counters and progress.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Every batch up to this seq is durable in redb.
+    pub(crate) checkpointed: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) checkpoints: AtomicU64,
+    pub(crate) failed_commits: AtomicU64,
+    /// Duration of the last checkpoint commit, µs.
+    pub(crate) last_checkpoint_us: AtomicU64,
+}
+
+pub(crate) struct Applier {
+    tx: Mutex<Option<Sender<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) progress: Arc<Progress>,
+}
+
+impl Applier {
+    pub(crate) fn start(db: Db, checkpointed: u64) -> Result<Applier, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(LAG_BATCHES);
+        let progress = Arc::new(Progress::default());
+        progress.checkpointed.store(checkpointed, Ordering::Release);
+        let p = Arc::clone(&progress);
+        let thread = std::thread::Builder::new()
+            .name("cloakroom-applier".into())
+            .spawn(move || Worker { db, progress: p, last_seq: checkpointed }.run(&rx))
+            .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
+        Ok(Applier { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), progress })
+    }
+
+    /// Hands a journaled batch over; waits only while the applier is
+    /// [`LAG_BATCHES`] behind.
+    pub(crate) fn send(&self, batch: Arc<Batch>) -> Result<(), Error> {
+        match &*self.tx.lock() {
+            Some(tx) => tx.send(Msg::Batch(batch)).map_err(|_| Error::Closed),
+            None => Err(Error::Closed),
+        }
+    }
+
+    /// Checkpoints everything sent so far; returns the seq covered.
+    pub(crate) fn checkpoint(&self) -> Result<u64, Error> {
+        let (s, r) = crossbeam_channel::bounded(1);
+        match &*self.tx.lock() {
+            Some(tx) => tx.send(Msg::Checkpoint(s)).map_err(|_| Error::Closed)?,
+            None => return Err(Error::Closed),
+        }
+        r.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Stops the thread after a final checkpoint attempt and joins it.
+    pub(crate) fn stop(&self) {
+        self.tx.lock().take();
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Worker {
+    db: Db,
+    progress: Arc<Progress>,
+    /// Seq of the last batch received.
+    last_seq: u64,
+}
+
+impl Worker {
+    #[allow(clippy::disallowed_methods)] // checkpoint deadlines are real time, not session time
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn run(mut self, rx: &Receiver<Msg>) {
+        // Batches since the last checkpoint, and how many of them are applied.
+        let mut pending: Vec<Arc<Batch>> = Vec::new();
+        let mut applied = 0;
+        let mut rows = 0;
+        let mut last_checkpoint = Self::now();
+        let mut backoff: Option<Duration> = None;
+        let mut waiters: Vec<Sender<Result<u64, Error>>> = Vec::new();
+        let mut stopping = false;
+        loop {
+            let wait = if pending.is_empty() {
+                CHECKPOINT_INTERVAL
+            } else {
+                CHECKPOINT_INTERVAL.saturating_sub(last_checkpoint.elapsed())
+            };
+            let mut take = |m: Msg, pending: &mut Vec<Arc<Batch>>| match m {
+                Msg::Batch(b) => {
+                    rows += b.muts.len();
+                    self.last_seq = b.seq;
+                    pending.push(b);
+                }
+                Msg::Checkpoint(w) => waiters.push(w),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(m) => take(m, &mut pending),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stopping = true,
+            }
+            while let Ok(m) = rx.try_recv() {
+                take(m, &mut pending);
+            }
+            let due = !waiters.is_empty()
+                || stopping
+                || (!pending.is_empty()
+                    && (last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || rows >= CHECKPOINT_MUTATIONS));
+            let work = applied < pending.len() || (due && !pending.is_empty());
+            let result = if work {
+                let started = Self::now();
+                let r = self.commit(&pending[applied..], due);
+                if r.is_ok() && due {
+                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.progress.last_checkpoint_us.store(us, Ordering::Relaxed);
+                }
+                r
+            } else {
+                Ok(())
+            };
+            match result {
+                Ok(()) => {
+                    backoff = None;
+                    applied = pending.len();
+                    if due {
+                        if !pending.is_empty() {
+                            self.progress.checkpoints.fetch_add(1, Ordering::Relaxed);
+                            self.progress.checkpointed.store(self.last_seq, Ordering::Release);
+                        }
+                        pending.clear();
+                        applied = 0;
+                        rows = 0;
+                        last_checkpoint = Self::now();
+                        let covered = self.progress.checkpointed.load(Ordering::Acquire);
+                        for w in waiters.drain(..) {
+                            let _ = w.send(Ok(covered));
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.progress.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    // The reopened file holds only the last checkpoint: apply
+                    // every pending batch again (the changes are idempotent).
+                    if self.db.reset() {
+                        applied = 0;
+                    }
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                    if stopping {
+                        // The journal keeps what could not be applied; the next open replays it.
+                        break;
+                    }
+                    let pause = backoff.map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                    backoff = Some(pause);
+                    std::thread::sleep(pause);
+                }
+            }
+            if stopping {
+                break;
+            }
+        }
+    }
+
+    fn commit(&self, batches: &[Arc<Batch>], durable: bool) -> Result<(), Error> {
+        self.db.reopen()?;
+        let db = self.db.handle()?;
+        let mut wtx = db.begin_write().map_err(io)?;
+        wtx.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None }).map_err(io)?;
+        apply_all(&wtx, batches.iter().map(|b| &b.muts[..]), self.last_seq)?;
+        wtx.commit().map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Commit, e)))?;
+        self.progress.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Applies row changes inside `wtx` and records `last_seq` as applied.
+pub(crate) fn apply_all<'a>(
+    wtx: &redb::WriteTransaction,
+    batches: impl Iterator<Item = &'a [Mutation]>,
+    last_seq: u64,
+) -> Result<(), Error> {
+    let mut sessions = wtx.open_table(SESSIONS).map_err(io)?;
+    let mut users = wtx.open_table(USER_SESSIONS).map_err(io)?;
+    let mut expiry = wtx.open_table(EXPIRY).map_err(io)?;
+    let mut revoked = wtx.open_table(REVOKED).map_err(io)?;
+    let mut refresh = wtx.open_table(REFRESH).map_err(io)?;
+    let mut not_before = wtx.open_table(NOT_BEFORE).map_err(io)?;
+    let mut meta = wtx.open_table(META).map_err(io)?;
+    let mut next_serial = 0;
+    for muts in batches {
+        for m in muts {
+            match m {
+                Mutation::PutSession(id, v) => {
+                    sessions.insert(id, &**v).map_err(io)?;
+                }
+                Mutation::DelSession(id) => {
+                    sessions.remove(id).map_err(io)?;
+                }
+                Mutation::PutUser(u, id) => {
+                    users.insert((&**u, id), ()).map_err(io)?;
+                }
+                Mutation::DelUser(u, id) => {
+                    users.remove((&**u, id)).map_err(io)?;
+                }
+                Mutation::PutExpiry(d, id) => {
+                    expiry.insert((*d, id), ()).map_err(io)?;
+                }
+                Mutation::DelExpiry(d, id) => {
+                    expiry.remove((*d, id)).map_err(io)?;
+                }
+                Mutation::PutRevoked(s, v) => {
+                    revoked.insert(*s, &**v).map_err(io)?;
+                }
+                Mutation::DelRevoked(s) => {
+                    revoked.remove(*s).map_err(io)?;
+                }
+                Mutation::PutRefresh(id, v) => {
+                    refresh.insert(id, &**v).map_err(io)?;
+                }
+                Mutation::DelRefresh(id) => {
+                    refresh.remove(id).map_err(io)?;
+                }
+                Mutation::PutNotBefore(u, v) => {
+                    not_before.insert(&**u, &**v).map_err(io)?;
+                }
+                Mutation::DelNotBefore(u) => {
+                    not_before.remove(&**u).map_err(io)?;
+                }
+                Mutation::NextSerial(n) => next_serial = next_serial.max(*n),
+            }
+        }
+    }
+    if next_serial > 0 {
+        let stored = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
+        if next_serial > stored {
+            meta.insert(META_NEXT_SERIAL, next_serial).map_err(io)?;
+        }
+    }
+    meta.insert(META_JOURNAL_SEQ, last_seq).map_err(io)?;
+    Ok(())
+}
