@@ -191,6 +191,14 @@ impl Store {
         crate::keys::keys_path(db)
     }
 
+    /// `<db>.journal` and `<db>.journal.1`: the journal segments beside the
+    /// database. They are part of the database: copy them with it (see the
+    /// README on backups) and never delete them while they hold records.
+    #[must_use]
+    pub fn journal_paths(db: &Path) -> [std::path::PathBuf; 2] {
+        crate::db::journal::segment_paths(db)
+    }
+
     /// `<db>.key`: the server key file `Store::open` reads (or creates with a new
     /// database) when the config sets no server key.
     #[must_use]

@@ -13,6 +13,7 @@ mod api {
     mod persistence;
     mod policy;
     mod sweep;
+    mod tamper;
     mod tokens;
     mod writes;
 }

@@ -119,7 +119,7 @@ fn demo_resets_its_own_previous_database() {
     assert!(stdout(&o).contains("done; file kept at d.redb"));
     let o = cloakroom(&["demo", "--db", "d.redb"], &dir);
     assert_eq!(code(&o), 0, "second run: {}", stderr(&o));
-    assert_eq!(entries(&dir), ["d.redb", "d.redb.key", "tmp"]);
+    assert_eq!(entries(&dir), ["d.redb", "d.redb.journal", "d.redb.journal.1", "d.redb.key", "tmp"]);
 }
 
 #[test]

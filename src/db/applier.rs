@@ -163,7 +163,7 @@ impl Worker {
             let work = applied < pending.len() || (due && !pending.is_empty());
             let result = if work {
                 let started = Self::now();
-                let r = self.commit(&pending[applied..], due);
+                let r = super::guarded(|| self.commit(&pending[applied..], due));
                 if r.is_ok() && due {
                     let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     self.progress.last_checkpoint_us.store(us, Ordering::Relaxed);

@@ -128,7 +128,7 @@ fn not_a_directory(path: &Path) -> Result<(), Error> {
 }
 
 /// A panic inside redb while opening a damaged file becomes a `Corrupt` error.
-fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
 }
 
@@ -375,8 +375,13 @@ impl Db {
         decode_session(&self.shared.mac, id, row).map_err(|e| self.corrupt(e))
     }
 
-    /// Reads one session: the overlay first, then redb.
+    /// Reads one session: the overlay first, then redb. A panic inside redb on
+    /// a damaged page becomes a `Corrupt` error.
     pub(crate) fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
+        guarded(|| self.get_unguarded(id))
+    }
+
+    fn get_unguarded(&self, id: &SessionId) -> Result<Option<Record>, Error> {
         let pending = self.shared.overlay.read().sessions.get(id.as_bytes()).map(|e| e.1.clone());
         match pending {
             Some(Some(row)) => self.decode_session(*id, &row).map(Some),
@@ -394,6 +399,10 @@ impl Db {
 
     /// Reads every session of `user`.
     pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
+        guarded(|| self.list_user_unguarded(user))
+    }
+
+    fn list_user_unguarded(&self, user: &str) -> Result<Vec<Record>, Error> {
         let changes = self.shared.overlay.read().user_ids(user);
         let rtx = self.handle()?.begin_read().map_err(io)?;
         let stored = user_ids_in(&rtx, user)?;
@@ -409,6 +418,15 @@ impl Db {
     /// Up to `limit` rows of the expiry index with deadline ≤ `now`, after
     /// `after`, as applied to redb (the sweep re-checks each row in the writer).
     pub(crate) fn expired(
+        &self,
+        now: u64,
+        after: Option<(u64, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, SessionId)>, Error> {
+        guarded(|| self.expired_unguarded(now, after, limit))
+    }
+
+    fn expired_unguarded(
         &self,
         now: u64,
         after: Option<(u64, SessionId)>,
@@ -435,7 +453,7 @@ impl Db {
     /// Number of sessions applied to redb (lags acknowledged writes by at most
     /// one checkpoint interval).
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
-        self.handle()?.begin_read().map_err(io)?.open_table(SESSIONS).map_err(io)?.len().map_err(io)
+        guarded(|| self.handle()?.begin_read().map_err(io)?.open_table(SESSIONS).map_err(io)?.len().map_err(io))
     }
 }
 
@@ -486,7 +504,7 @@ impl Pending {
                 corrupt_rows: AtomicU64::new(0),
             }),
         };
-        let mut loaded = db.load(now)?;
+        let mut loaded = guarded(|| db.load(now))?;
         loaded.checkpointed = last;
         loaded.replayed = replayed;
         Ok((db, loaded, journal))
@@ -728,6 +746,10 @@ impl ReadOnly {
     /// expiry indexes point at stored sessions (and every session has both).
     /// Returns (table name, result) per table. Needs format 3 and the server key.
     pub(crate) fn verify(&self) -> Result<Vec<(&'static str, TableCheck)>, Error> {
+        guarded(|| self.verify_unguarded())
+    }
+
+    fn verify_unguarded(&self) -> Result<Vec<(&'static str, TableCheck)>, Error> {
         if self.format < 3 {
             return Err(Error::Config(format!(
                 "format {} has no row tags to verify; open it once with this version to migrate it",

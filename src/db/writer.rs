@@ -362,7 +362,8 @@ impl Worker {
 
     fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
         self.maintain();
-        let result = self.decide_and_journal(batch, durable);
+        // A panic inside redb on a damaged page fails the batch, not the thread.
+        let result = super::guarded(|| self.decide_and_journal(batch, durable));
         self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
             Ok(outcomes) => {

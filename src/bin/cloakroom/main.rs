@@ -42,6 +42,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check every stored row's authentication tag and decoding, and the
+    /// indexes, without writing (read-only). Exits 1 if any row fails.
+    Verify {
+        /// Database file (its `<db>.key` server key file must be beside it).
+        #[arg(long)]
+        db: PathBuf,
+    },
     /// Counters of a store file (read-only).
     Stats {
         /// Database file.
@@ -148,6 +155,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { db, force } => demo::run(&db, force),
         Command::Stats { db } => admin::stats(&db),
+        Command::Verify { db } => admin::verify(&db),
         Command::Sessions { db, user } => admin::sessions(&db, &user),
         Command::Revoke { db, session, user, everywhere, new_server_key } => {
             admin::revoke(&db, session.as_deref(), user.as_deref(), everywhere, new_server_key)

@@ -48,6 +48,15 @@ pub(crate) fn prepare(path: &Path, force: bool) -> Result<(), CliError> {
 /// Removes the database file, and its key files when they belong to a scratch database.
 fn remove(path: &Path, with_keys: bool) -> Result<(), CliError> {
     std::fs::remove_file(path).map_err(|e| CliError::Failed(format!("cannot remove {}: {e}", path.display())))?;
+    // The journal belongs to the database file: never leave it to a new one.
+    for p in Store::journal_paths(path) {
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CliError::Failed(format!("cannot remove {}: {e}", p.display())));
+            }
+            _ => {}
+        }
+    }
     if with_keys {
         for p in [Store::server_key_path(path), Store::keys_path(path)] {
             match std::fs::remove_file(&p) {
