@@ -31,6 +31,12 @@ use crate::error::{Error, StorageError, StorageErrorKind};
 
 /// Longest time between checkpoints while batches are pending.
 pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Non-durable commits gather at least this long (or [`APPLY_MUTATIONS`]
+/// changes): every commit costs redb a fixed overhead (page checksums, the
+/// allocator state), and nothing waits for them (readers use the overlay).
+pub(crate) const APPLY_INTERVAL: Duration = Duration::from_millis(50);
+/// Row changes that trigger a non-durable commit before [`APPLY_INTERVAL`].
+pub(crate) const APPLY_MUTATIONS: usize = 20_000;
 /// A checkpoint is also due after this many row changes.
 pub(crate) const CHECKPOINT_MUTATIONS: usize = 200_000;
 /// Batches the writer may run ahead of the applier before it waits (the bound
@@ -131,18 +137,24 @@ impl Worker {
         let mut applied = 0;
         let mut rows = 0;
         let mut last_checkpoint = Self::now();
+        let mut last_apply = Self::now();
+        // Row changes received but not yet applied.
+        let mut unapplied = 0;
         let mut backoff: Option<Duration> = None;
         let mut waiters: Vec<Sender<Result<u64, Error>>> = Vec::new();
         let mut stopping = false;
         loop {
             let wait = if pending.is_empty() {
                 CHECKPOINT_INTERVAL
+            } else if applied < pending.len() {
+                APPLY_INTERVAL.saturating_sub(last_apply.elapsed())
             } else {
                 CHECKPOINT_INTERVAL.saturating_sub(last_checkpoint.elapsed())
             };
             let mut take = |m: Msg, pending: &mut Vec<Arc<Batch>>| match m {
                 Msg::Batch(b) => {
                     rows += b.muts.len();
+                    unapplied += b.muts.len();
                     self.last_seq = b.seq;
                     pending.push(b);
                 }
@@ -160,7 +172,8 @@ impl Worker {
                 || stopping
                 || (!pending.is_empty()
                     && (last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || rows >= CHECKPOINT_MUTATIONS));
-            let work = applied < pending.len() || (due && !pending.is_empty());
+            let apply_due = last_apply.elapsed() >= APPLY_INTERVAL || unapplied >= APPLY_MUTATIONS;
+            let work = (applied < pending.len() && apply_due) || (due && !pending.is_empty());
             let result = if work {
                 let started = Self::now();
                 let r = super::guarded(|| self.commit(&pending[applied..], due));
@@ -175,7 +188,11 @@ impl Worker {
             match result {
                 Ok(()) => {
                     backoff = None;
-                    applied = pending.len();
+                    if work {
+                        last_apply = Self::now();
+                        unapplied = 0;
+                        applied = pending.len();
+                    }
                     if due {
                         if !pending.is_empty() {
                             self.progress.checkpoints.fetch_add(1, Ordering::Relaxed);
