@@ -1,11 +1,13 @@
 //! Refresh tokens: the server key, MACs, family state and the reuse policy.
 //!
-//! One family = one session. The `refresh` table keeps its current generation,
-//! when it last rotated and its deadline; a token carries (session id,
-//! generation, key id, MAC) where the MAC is keyed blake3 under a key derived
-//! from the server key, which is never stored in the database. Rotation itself
-//! (the generation compare-and-increment) runs in the writer thread, so
-//! concurrent refreshes of one session are serialised and rotate exactly once.
+//! Each `issue_tokens` call starts one family (one device or tab) under its
+//! session; the `refresh` table keeps a session's [`Families`]: for each, its
+//! current generation, when it last rotated and its deadline. A token carries
+//! (session id, family ‖ generation, key id, MAC) where the MAC is keyed blake3
+//! under a key derived from the server key, which is never stored in the
+//! database. Rotation itself (the generation compare-and-increment) runs in the
+//! writer thread, so concurrent refreshes of one family are serialised and
+//! rotate exactly once; families rotate and detect reuse independently.
 
 use std::time::Duration;
 
@@ -53,10 +55,11 @@ impl Derived {
         *blake3::keyed_hash(&self.mac, &RefreshToken::mac_input(id, generation, self.key_id)).as_bytes()
     }
 
-    /// The refresh token for (session, generation). Deterministic: the same
-    /// generation always yields the same token.
-    pub(crate) fn mint(&self, id: SessionId, generation: u64) -> RefreshToken {
-        RefreshToken { id, generation, key_id: self.key_id, mac: self.mac(&id, generation) }
+    /// The refresh token for (session, family, generation). Deterministic: the
+    /// same generation of a family always yields the same token.
+    pub(crate) fn mint(&self, id: SessionId, family: u32, generation: u64) -> RefreshToken {
+        let counter = pack(family, generation);
+        RefreshToken { id, generation: counter, key_id: self.key_id, mac: self.mac(&id, counter) }
     }
 
     /// Is this token's MAC ours? Constant-time.
@@ -65,9 +68,32 @@ impl Derived {
     }
 }
 
-/// Family state as stored in the `refresh` table.
+/// A token's 64-bit counter: family number in the high 24 bits, generation in
+/// the low 40. Tokens minted before families existed have family 0, which is
+/// what a format-1/2 row decodes as, so they keep working.
+const GENERATION_BITS: u32 = 40;
+const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
+/// Highest family number (24 bits).
+const MAX_FAMILY: u32 = (1 << 24) - 1;
+/// Live families kept per session; issuing one more drops the one rotated
+/// least recently (its refresh token then reads as dead, not as reuse).
+pub(crate) const MAX_FAMILIES: usize = 32;
+
+pub(crate) fn pack(family: u32, generation: u64) -> u64 {
+    (u64::from(family) << GENERATION_BITS) | (generation & GENERATION_MASK)
+}
+
+pub(crate) fn unpack(counter: u64) -> (u32, u64) {
+    #[allow(clippy::cast_possible_truncation)] // 64 - 40 = 24 bits
+    let family = (counter >> GENERATION_BITS) as u32;
+    (family, counter & GENERATION_MASK)
+}
+
+/// One family's state, as stored in its session's [`Families`] row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Family {
+    /// The family's number within its session.
+    pub(crate) number: u32,
     pub(crate) generation: u64,
     pub(crate) rotated_at: u64,
     pub(crate) deadline: u64,
@@ -79,35 +105,162 @@ pub(crate) struct Family {
     pub(crate) floor: u64,
 }
 
-/// Family row format: 2 adds `floor`; format 1 rows (no floor) are still read.
-const FAMILY_FORMAT: u8 = 2;
+/// Row formats: 1 one family (no floor), 2 one family with a floor, 3 a set
+/// of families. Formats 1 and 2 decode as family 0 of a set.
+const FAMILIES_FORMAT: u8 = 3;
+const FAMILY_FORMAT_V2: u8 = 2;
 const FAMILY_FORMAT_V1: u8 = 1;
 
-impl Family {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 32 + 4 + self.claims.len());
-        out.push(FAMILY_FORMAT);
-        for v in [self.generation, self.rotated_at, self.deadline, self.floor] {
-            out.extend_from_slice(&v.to_le_bytes());
+/// A session's refresh families: the `refresh` row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Families {
+    /// The number the next family gets (numbers are never reused, so a token
+    /// of a dropped family can never match a new one).
+    pub(crate) next: u32,
+    pub(crate) list: Vec<Family>,
+}
+
+/// What the families of a session say about a presented refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup<'a> {
+    /// The family is live.
+    Live(&'a Family),
+    /// It existed and was dropped (rotation of the session, or the cap).
+    Dropped,
+    /// A number never issued: forged, or from a rolled-back store.
+    Unknown,
+}
+
+impl Families {
+    pub(crate) fn get(&self, number: u32) -> Lookup<'_> {
+        match self.list.iter().find(|f| f.number == number) {
+            Some(f) => Lookup::Live(f),
+            None if number < self.next => Lookup::Dropped,
+            None => Lookup::Unknown,
         }
-        #[allow(clippy::cast_possible_truncation)] // claims are capped at 4 KiB
-        out.extend_from_slice(&(self.claims.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.claims);
+    }
+
+    /// Starts a family at generation 1; `None` once the session has issued
+    /// 2^24 families (rotate the session to go on).
+    pub(crate) fn issue(&mut self, now: u64, deadline: u64, claims: Vec<u8>) -> Option<u32> {
+        if self.next > MAX_FAMILY {
+            return None;
+        }
+        let number = self.next;
+        self.next += 1;
+        self.list.push(Family { number, generation: 1, rotated_at: now, deadline, claims, floor: 0 });
+        if self.list.len() > MAX_FAMILIES {
+            if let Some(oldest) = self.list.iter().enumerate().min_by_key(|(_, f)| f.rotated_at).map(|(i, _)| i) {
+                self.list.remove(oldest);
+            }
+        }
+        Some(number)
+    }
+
+    /// Records a rotation of family `number` to `generation` at `now`.
+    pub(crate) fn rotated(&mut self, number: u32, generation: u64, now: u64) {
+        if let Some(f) = self.list.iter_mut().find(|f| f.number == number) {
+            f.generation = generation;
+            f.rotated_at = now;
+        }
+    }
+
+    /// The session was rotated: every family dies; numbers keep counting.
+    pub(crate) fn drop_all(&mut self) {
+        self.list.clear();
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(6 + self.list.iter().map(|f| 44 + f.claims.len()).sum::<usize>());
+        out.push(FAMILIES_FORMAT);
+        out.extend_from_slice(&self.next.to_le_bytes());
+        #[allow(clippy::cast_possible_truncation)] // at most MAX_FAMILIES
+        out.push(self.list.len() as u8);
+        for f in &self.list {
+            out.extend_from_slice(&f.number.to_le_bytes());
+            for v in [f.generation, f.rotated_at, f.deadline, f.floor] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            #[allow(clippy::cast_possible_truncation)] // claims are capped at 4 KiB
+            out.extend_from_slice(&(f.claims.len() as u32).to_le_bytes());
+            out.extend_from_slice(&f.claims);
+        }
         out
     }
 
-    pub(crate) fn decode(b: &[u8]) -> Option<Family> {
+    pub(crate) fn decode(b: &[u8]) -> Option<Families> {
         let mut r = Reader::new(b);
         let format = r.u8().ok()?;
-        if format != FAMILY_FORMAT && format != FAMILY_FORMAT_V1 {
+        if format == FAMILY_FORMAT_V1 || format == FAMILY_FORMAT_V2 {
+            let (generation, rotated_at, deadline) = (r.u64().ok()?, r.u64().ok()?, r.u64().ok()?);
+            let floor = if format == FAMILY_FORMAT_V2 { r.u64().ok()? } else { 0 };
+            let claims = r.bytes_u32().ok()?.to_vec();
+            r.finish().ok()?;
+            let f = Family { number: 0, generation, rotated_at, deadline, claims, floor };
+            return Some(Families { next: 1, list: vec![f] });
+        }
+        if format != FAMILIES_FORMAT {
             return None;
         }
-        let (generation, rotated_at, deadline) = (r.u64().ok()?, r.u64().ok()?, r.u64().ok()?);
-        let floor = if format == FAMILY_FORMAT { r.u64().ok()? } else { 0 };
-        let claims = r.bytes_u32().ok()?.to_vec();
+        let next = u32::from_le_bytes(r.array().ok()?);
+        let n = r.u8().ok()? as usize;
+        if n > MAX_FAMILIES {
+            return None;
+        }
+        let mut list = Vec::with_capacity(n);
+        for _ in 0..n {
+            let number = u32::from_le_bytes(r.array().ok()?);
+            let (generation, rotated_at, deadline, floor) =
+                (r.u64().ok()?, r.u64().ok()?, r.u64().ok()?, r.u64().ok()?);
+            let claims = r.bytes_u32().ok()?.to_vec();
+            if number >= next {
+                return None;
+            }
+            list.push(Family { number, generation, rotated_at, deadline, claims, floor });
+        }
         r.finish().ok()?;
-        Some(Family { generation, rotated_at, deadline, claims, floor })
+        Some(Families { next, list })
     }
+}
+
+/// One refresh family of a session (a device or tab that called
+/// `issue_tokens`), as listed by [`crate::Store::refresh_families`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefreshFamily {
+    /// The family's number within its session (see [`crate::RefreshToken::family`]).
+    pub family: u32,
+    /// Its current generation (1 after `issue_tokens`, +1 per refresh).
+    pub generation: u64,
+    /// When it was issued or last refreshed.
+    pub last_rotated: std::time::SystemTime,
+    /// When its refresh tokens stop working (the session's absolute deadline).
+    pub expires_at: std::time::SystemTime,
+}
+
+impl Families {
+    /// The live families, for listing.
+    pub(crate) fn listing(&self) -> Vec<RefreshFamily> {
+        self.list
+            .iter()
+            .map(|f| RefreshFamily {
+                family: f.number,
+                generation: f.generation,
+                last_rotated: crate::clock::from_millis(f.rotated_at),
+                expires_at: crate::clock::from_millis(f.deadline),
+            })
+            .collect()
+    }
+}
+
+/// What a refresh-family operation decided, handed back from the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FamilyReply {
+    pub(crate) verdict: Verdict,
+    /// The family the verdict is about.
+    pub(crate) family: u32,
+    /// The family's application claims (JSON).
+    pub(crate) claims: Vec<u8>,
 }
 
 /// The writer's verdict on a refresh attempt.
@@ -151,7 +304,7 @@ mod tests {
     use super::*;
 
     fn fam(g: u64, at: u64) -> Family {
-        Family { generation: g, rotated_at: at, deadline: u64::MAX, claims: b"{}".to_vec(), floor: 0 }
+        Family { number: 0, generation: g, rotated_at: at, deadline: u64::MAX, claims: b"{}".to_vec(), floor: 0 }
     }
 
     #[test]
@@ -169,33 +322,56 @@ mod tests {
     }
 
     #[test]
-    fn family_round_trip_and_rejects_garbage() {
-        let f = Family { floor: 4, ..fam(7, 9) };
-        assert_eq!(Family::decode(&f.encode()), Some(f.clone()));
-        // A format-1 row (no floor) still decodes.
+    fn families_round_trip_old_rows_decode_as_family_0_and_garbage_is_refused() {
+        let mut set = Families::default();
+        assert_eq!(set.issue(5, u64::MAX, b"{}".to_vec()), Some(0));
+        assert_eq!(set.issue(6, u64::MAX, b"{\"r\":1}".to_vec()), Some(1));
+        set.rotated(1, 4, 7);
+        assert_eq!(Families::decode(&set.encode()), Some(set.clone()));
+        // A format-1 row (no floor) still decodes, as family 0.
         let mut v1 = vec![1u8];
         for v in [7u64, 9, u64::MAX] {
             v1.extend_from_slice(&v.to_le_bytes());
         }
         v1.extend_from_slice(&2u32.to_le_bytes());
         v1.extend_from_slice(b"{}");
-        assert_eq!(Family::decode(&v1), Some(fam(7, 9)));
-        let e = f.encode();
+        assert_eq!(Families::decode(&v1), Some(Families { next: 1, list: vec![fam(7, 9)] }));
+        let e = set.encode();
         for i in 0..e.len() {
-            assert!(Family::decode(&e[..i]).is_none());
+            assert!(Families::decode(&e[..i]).is_none());
         }
+    }
+
+    #[test]
+    fn families_are_capped_numbers_never_reused_and_rotation_drops_all() {
+        let mut set = Families::default();
+        for i in 0..(MAX_FAMILIES as u64 + 3) {
+            set.issue(i, u64::MAX, Vec::new()).unwrap();
+        }
+        assert_eq!(set.list.len(), MAX_FAMILIES);
+        assert_eq!(set.get(0), Lookup::Dropped, "the least recently rotated went first");
+        assert!(matches!(set.get(MAX_FAMILIES as u32 + 2), Lookup::Live(_)));
+        assert_eq!(set.get(MAX_FAMILIES as u32 + 3), Lookup::Unknown);
+        set.drop_all();
+        assert_eq!(set.get(5), Lookup::Dropped);
+        assert_eq!(set.issue(0, 0, Vec::new()), Some(MAX_FAMILIES as u32 + 3));
+        assert_eq!(unpack(pack(7, 9)), (7, 9));
+        assert_eq!(unpack(5), (0, 5), "pre-family tokens are family 0");
     }
 
     #[test]
     fn mac_binds_id_and_generation() {
         let d = Derived::new(&[1; 32]);
         let id = SessionId::from_bytes([2; 16]);
-        let t = d.mint(id, 5);
+        let t = d.mint(id, 0, 5);
         assert!(d.authentic(&t));
         let mut forged = t.clone();
         forged.generation = 6;
         assert!(!d.authentic(&forged));
+        let mut other_family = t.clone();
+        other_family.generation = pack(1, 5);
+        assert!(!d.authentic(&other_family));
         assert!(!Derived::new(&[2; 32]).authentic(&t));
-        assert_eq!(d.mint(id, 5).to_string(), t.to_string(), "deterministic per generation");
+        assert_eq!(d.mint(id, 0, 5).to_string(), t.to_string(), "deterministic per generation");
     }
 }

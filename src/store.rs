@@ -17,7 +17,7 @@ use crate::db::{Db, Loaded};
 use crate::error::{Error, InputError, JwtError, Malformed};
 use crate::events::{Event, RevokeReason};
 use crate::jwt::{AccessClaims, Keyring, Policy, RESERVED_CLAIMS};
-use crate::refresh::{Derived, Family, Verdict, decide};
+use crate::refresh::{Derived, Families, FamilyReply, Lookup, Verdict, decide, unpack};
 use crate::revocation::Revocation;
 use crate::session::{NewSession, Record, RecordParts, Session, check_user};
 use crate::sweeper::{BATCH, SweepReport, Sweeper};
@@ -642,6 +642,21 @@ impl Store {
         Ok(Some(Session { record: rec, last_seen }))
     }
 
+    /// The live refresh families of a live session (one per `issue_tokens`
+    /// call: a device or tab), oldest first; empty for an unknown, revoked or
+    /// expired session.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the read fails; [`Error::Closed`] after `close`.
+    pub fn refresh_families(&self, id: SessionId) -> Result<Vec<crate::RefreshFamily>, Error> {
+        if self.session(id)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut list = self.inner.db.families(&id)?.map(|f| f.listing()).unwrap_or_default();
+        list.sort_by_key(|f| f.family);
+        Ok(list)
+    }
+
     fn emit(&self, event: impl FnOnce() -> Event) {
         if let Some(handler) = &self.inner.config.on_event {
             handler(&event());
@@ -722,33 +737,48 @@ impl Store {
         let session = self.validate(session_token)?;
         let now = self.now_ms();
         let deadline = session.record.expires_at;
+        // A new family (one per device or tab): earlier families keep rotating
+        // on their own, so a second tab never turns the first one's token into
+        // a "reuse".
         let f = Box::new(move |stored: Option<&[u8]>| {
-            let prev = stored.and_then(Family::decode);
-            let generation = prev.as_ref().map_or(1, |f| f.generation + 1);
-            let floor = prev.map_or(0, |f| f.floor);
-            let fam = Family { generation, rotated_at: now, deadline, claims: claims_json, floor };
-            let write = Some(fam.encode());
+            let mut set = match stored {
+                Some(b) => match Families::decode(b) {
+                    Some(set) => set,
+                    None => return FamilyChange { write: None, revoke_session: false, reply: None },
+                },
+                None => Families::default(),
+            };
+            let Some(family) = set.issue(now, deadline, claims_json.clone()) else {
+                return FamilyChange { write: None, revoke_session: false, reply: None };
+            };
             FamilyChange {
-                write,
+                write: Some(set.encode()),
                 revoke_session: false,
-                reply: Box::new(Some((Verdict::Rotated(generation), fam.claims))),
+                reply: Some(FamilyReply { verdict: Verdict::Rotated(1), family, claims: claims_json }),
             }
         });
-        let (verdict, claims) = self.family_op(session.id(), f)?.ok_or(Error::NotFound)?;
-        let Verdict::Rotated(generation) = verdict else { return Err(Error::NotFound) };
+        let reply = self.family_op(session.id(), f)?.ok_or(Error::NotFound)?;
+        let Verdict::Rotated(generation) = reply.verdict else { return Err(Error::NotFound) };
         self.emit(|| Event::Refreshed { session: session.id(), generation });
-        self.pair(&session.record, generation, &claims, now)
+        self.pair(&session.record, reply.family, generation, &reply.claims, now)
     }
 
-    fn family_op(&self, id: SessionId, f: crate::db::writer::FamilyFn) -> Result<Option<(Verdict, Vec<u8>)>, Error> {
+    fn family_op(&self, id: SessionId, f: crate::db::writer::FamilyFn) -> Result<Option<FamilyReply>, Error> {
         let prune_after = self.prune_after(self.now_ms());
         match self.live()?.writer.submit(Op::Family { id, prune_after, f: Some(f) }, Wait::Durable)? {
-            Outcome::Family(reply) => Ok(reply.downcast::<Option<(Verdict, Vec<u8>)>>().map_or(None, |b| *b)),
+            Outcome::Family(reply) => Ok(reply),
             _ => Ok(None),
         }
     }
 
-    fn pair(&self, rec: &Record, generation: u64, claims_json: &[u8], now_ms: u64) -> Result<TokenPair, Error> {
+    fn pair(
+        &self,
+        rec: &Record,
+        family: u32,
+        generation: u64,
+        claims_json: &[u8],
+        now_ms: u64,
+    ) -> Result<TokenPair, Error> {
         let inner = &self.inner;
         let now_s = now_ms / 1000;
         // Never outlive the session: cap at its absolute deadline.
@@ -773,7 +803,7 @@ impl Store {
         };
         Ok(TokenPair {
             access: inner.keyring.sign(&claims)?,
-            refresh: inner.derived.mint(rec.id, generation),
+            refresh: inner.derived.mint(rec.id, family, generation),
             access_expires_at: std::time::UNIX_EPOCH + Duration::from_secs(exp),
             refresh_expires_at: crate::clock::from_millis(rec.expires_at),
         })
@@ -805,39 +835,51 @@ impl Store {
         if inner.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
             return Err(Error::Revoked);
         }
-        let (presented, reuse) = (t.generation, inner.config.reuse);
+        let ((family, presented), reuse) = (unpack(t.generation), inner.config.reuse);
         let f = Box::new(move |stored: Option<&[u8]>| {
-            let Some(fam) = stored.and_then(Family::decode) else {
-                return FamilyChange {
-                    write: None,
-                    revoke_session: false,
-                    reply: Box::new(None::<(Verdict, Vec<u8>)>),
-                };
+            let none = || FamilyChange { write: None, revoke_session: false, reply: None };
+            let Some(mut set) = stored.and_then(Families::decode) else { return none() };
+            let fam = match set.get(family) {
+                Lookup::Live(fam) => fam.clone(),
+                // Dropped by a rotation of the session or by the cap: dead, no reuse signal.
+                Lookup::Dropped => {
+                    return FamilyChange {
+                        write: None,
+                        revoke_session: false,
+                        reply: Some(FamilyReply { verdict: Verdict::Dead, family, claims: Vec::new() }),
+                    };
+                }
+                Lookup::Unknown => {
+                    return FamilyChange {
+                        write: None,
+                        revoke_session: false,
+                        reply: Some(FamilyReply { verdict: Verdict::Ahead, family, claims: Vec::new() }),
+                    };
+                }
             };
             if now >= fam.deadline {
                 // The family's own deadline (the session's at issue time) has passed.
-                return FamilyChange {
-                    write: None,
-                    revoke_session: false,
-                    reply: Box::new(None::<(Verdict, Vec<u8>)>),
-                };
+                return none();
             }
             let verdict = decide(&fam, presented, now, reuse);
             let write = match verdict {
-                Verdict::Rotated(generation) => Some(Family { generation, rotated_at: now, ..fam.clone() }.encode()),
+                Verdict::Rotated(generation) => {
+                    set.rotated(family, generation, now);
+                    Some(set.encode())
+                }
                 _ => None,
             };
             let revoke_session = matches!(verdict, Verdict::Reuse { .. });
-            FamilyChange { write, revoke_session, reply: Box::new(Some((verdict, fam.claims))) }
+            FamilyChange { write, revoke_session, reply: Some(FamilyReply { verdict, family, claims: fam.claims }) }
         });
-        let (verdict, claims) = self.family_op(t.id, f)?.ok_or(Error::NotFound)?;
-        match verdict {
+        let reply = self.family_op(t.id, f)?.ok_or(Error::NotFound)?;
+        match reply.verdict {
             Verdict::Rotated(generation) | Verdict::Current(generation) => {
                 self.touch(&rec, now);
-                if matches!(verdict, Verdict::Rotated(_)) {
+                if matches!(reply.verdict, Verdict::Rotated(_)) {
                     self.emit(|| Event::Refreshed { session: rec.id, generation });
                 }
-                self.pair(&rec, generation, &claims, now)
+                self.pair(&rec, family, generation, &reply.claims, now)
             }
             Verdict::Reuse { current } => {
                 inner.cache.remove(&rec.id);

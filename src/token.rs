@@ -301,7 +301,7 @@ impl FromStr for SessionToken {
     }
 }
 
-/// A refresh token: (session id, generation, key id, MAC).
+/// A refresh token: (session id, family ‖ generation, key id, MAC).
 ///
 /// `Display` yields the `crr_…` string; `Debug` hides the MAC.
 #[derive(Clone)]
@@ -319,10 +319,17 @@ impl RefreshToken {
         self.id
     }
 
-    /// The rotation generation this token carries.
+    /// The rotation generation this token carries within its family.
     #[must_use]
     pub fn generation(&self) -> u64 {
-        self.generation
+        crate::refresh::unpack(self.generation).1
+    }
+
+    /// The refresh family (one per `issue_tokens` call: a device or tab) this
+    /// token belongs to, numbered from 0 within its session.
+    #[must_use]
+    pub fn family(&self) -> u32 {
+        crate::refresh::unpack(self.generation).0
     }
 
     /// Parses a `crr_…` token (format only: the MAC is checked by the store).

@@ -25,7 +25,7 @@ use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _
 
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::keys::DbState;
-use crate::refresh::Family;
+use crate::refresh::Families;
 use crate::session::Record;
 use crate::token::{SessionId, os_random};
 use journal::Journal;
@@ -397,6 +397,22 @@ impl Db {
         }
     }
 
+    /// Reads a session's refresh families: the overlay first, then redb.
+    pub(crate) fn families(&self, id: &SessionId) -> Result<Option<Families>, Error> {
+        guarded(|| {
+            let pending = self.shared.overlay.read().refresh.get(id.as_bytes()).map(|e| e.1.clone());
+            let row: Option<Vec<u8>> = match pending {
+                Some(r) => r.map(|r| r.to_vec()),
+                None => {
+                    let rtx = self.handle()?.begin_read().map_err(io)?;
+                    let t = rtx.open_table(REFRESH).map_err(io)?;
+                    t.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec())
+                }
+            };
+            row.map(|r| decode_family(&self.shared.mac, id, &r).map_err(|e| self.corrupt(e))).transpose()
+        })
+    }
+
     /// Reads every session of `user`.
     pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         guarded(|| self.list_user_unguarded(user))
@@ -584,7 +600,7 @@ fn migrate(db: &redb::Database, mac: &RowMac) -> Result<(), Error> {
             rows.push((*k.value(), v.value().to_vec()));
         }
         for (id, bytes) in rows {
-            if Family::decode(&bytes).is_some() {
+            if Families::decode(&bytes).is_some() {
                 refresh.insert(&id, mac.seal(RowTable::Refresh, &id, bytes).as_slice()).map_err(io)?;
             }
         }
@@ -626,9 +642,9 @@ pub(crate) fn seal_session(mac: &RowMac, rec: &Record) -> Arc<[u8]> {
     mac.seal(RowTable::Session, rec.id.as_bytes(), rec.encode()).into()
 }
 
-pub(crate) fn decode_family(mac: &RowMac, id: &SessionId, row: &[u8]) -> Result<Family, Error> {
+pub(crate) fn decode_family(mac: &RowMac, id: &SessionId, row: &[u8]) -> Result<Families, Error> {
     let bytes = mac.open(RowTable::Refresh, id.as_bytes(), row).map_err(corrupt_row)?;
-    Family::decode(bytes).ok_or_else(|| corrupt_row(crate::session::RecordError::Truncated))
+    Families::decode(bytes).ok_or_else(|| corrupt_row(crate::session::RecordError::Truncated))
 }
 
 pub(crate) fn seal_revoked(mac: &RowMac, serial: u64, prune_after: u64, id: &[u8; 16]) -> Vec<u8> {

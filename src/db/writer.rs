@@ -31,7 +31,7 @@ use super::overlay::{Overlay, merge_ids};
 use super::tables::{NOT_BEFORE, REFRESH, SESSIONS, USER_SESSIONS};
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
-use crate::refresh::Family;
+use crate::refresh::{Families, FamilyReply};
 use crate::session::{LAST_SEEN_OFFSET, Record};
 use crate::token::{SecretHash, SessionId};
 
@@ -78,8 +78,8 @@ pub(crate) enum Outcome {
     Updated(Arc<Record>),
     /// Ids of the sessions deleted and revoked.
     Revoked(Vec<SessionId>),
-    /// What a `Family` closure returned.
-    Family(Box<dyn std::any::Any + Send>),
+    /// What a `Family` closure decided (`None`: no usable family).
+    Family(Option<FamilyReply>),
     /// (serial, id) of the revocation entries pruned, and the not-before
     /// entries (user, at) removed.
     Pruned(Vec<(u64, SessionId)>, Vec<(String, u64)>),
@@ -107,7 +107,7 @@ pub(crate) struct FamilyChange {
     /// Revoke the session (and with it the family).
     pub(crate) revoke_session: bool,
     /// Handed back to the caller as `Outcome::Family`.
-    pub(crate) reply: Box<dyn std::any::Any + Send>,
+    pub(crate) reply: Option<FamilyReply>,
 }
 
 /// How long `submit` waits.
@@ -510,11 +510,11 @@ impl Worker {
                 let key = *id.as_bytes();
                 t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), key));
                 // The id stays, so refresh tokens issued before must die without the
-                // generation counter restarting (a restarted counter would mint the
-                // same tokens again): raise the family's floor to its generation.
-                if let Some(f) = t.family(id)? {
-                    let floor = f.generation;
-                    let row = t.mac.seal(RowTable::Refresh, &key, Family { floor, ..f }.encode());
+                // family numbers restarting (a restarted number would mint the same
+                // tokens again): drop every family, keep the counter.
+                if let Some(mut families) = t.families(id)? {
+                    families.drop_all();
+                    let row = t.mac.seal(RowTable::Refresh, &key, families.encode());
                     t.put(Mutation::PutRefresh(key, row.into()));
                 }
                 t.revoke(rec.serial, *id, *prune_after);
@@ -670,7 +670,7 @@ impl View<'_> {
         }
     }
 
-    fn family(&mut self, id: &SessionId) -> Result<Option<Family>, Error> {
+    fn families(&mut self, id: &SessionId) -> Result<Option<Families>, Error> {
         match self.raw_family(id)? {
             Some(row) => decode_family(self.mac, id, &row).map(Some).inspect_err(|_| self.corrupt += 1),
             None => Ok(None),

@@ -755,3 +755,68 @@ fn j6_key_file_rotation_survives_restart() {
     clock.advance(Duration::from_secs(330));
     assert_eq!(jwt_err(s.verify_access(&old_jwt)), JwtError::Header("unknown kid"));
 }
+
+/// Issue 11, defect 1: a second `issue_tokens` on one session (a second tab)
+/// starts its own refresh family. The first tab's token is not an "old
+/// generation" of the second's: each family rotates and detects reuse on its own.
+#[test]
+fn each_issue_tokens_starts_its_own_family_rotating_on_its_own() {
+    let t = setup_with(Reuse::Strict, keyring());
+    let session = login(&t, "alice");
+    let tab1 = t.store.issue_tokens(&session).unwrap();
+    let tab2 = t.store.issue_tokens(&session).unwrap();
+    assert_ne!(tab1.refresh.family(), tab2.refresh.family());
+    // Before the fix, refreshing tab 1 now was reported as reuse and revoked the session.
+    let tab1b = t.store.refresh(&tab1.refresh.to_string()).unwrap();
+    let tab2b = t.store.refresh(&tab2.refresh.to_string()).unwrap();
+    let tab2c = t.store.refresh(&tab2b.refresh.to_string()).unwrap();
+    assert_eq!((tab1b.refresh.generation(), tab2c.refresh.generation()), (2, 3));
+    assert_eq!((tab1b.refresh.family(), tab2c.refresh.family()), (tab1.refresh.family(), tab2.refresh.family()));
+    t.store.validate(&session).unwrap();
+    // A replay within one family is still reuse, and it ends the session: every family dies.
+    assert!(matches!(t.store.refresh(&tab2b.refresh.to_string()), Err(Error::ReuseDetected)));
+    assert!(t.store.refresh(&tab1b.refresh.to_string()).is_err());
+    assert!(t.store.refresh(&tab2c.refresh.to_string()).is_err());
+    assert!(matches!(t.store.validate(&session), Err(Error::Revoked)));
+}
+
+/// A session's families are listed (a devices page, the admin CLI), and die
+/// with the session's rotation, revocation and expiry.
+#[test]
+fn families_are_listed_and_die_with_their_session() {
+    let t = setup();
+    let issued = t.store.create(NewSession::new("alice")).unwrap();
+    let session = issued.token.to_string();
+    let id = issued.session.id();
+    assert!(t.store.refresh_families(id).unwrap().is_empty());
+    let a = t.store.issue_tokens(&session).unwrap();
+    let b = t.store.issue_tokens(&session).unwrap();
+    t.store.refresh(&b.refresh.to_string()).unwrap();
+    let list = t.store.refresh_families(id).unwrap();
+    assert_eq!(list.iter().map(|f| (f.family, f.generation)).collect::<Vec<_>>(), [(0, 1), (1, 2)]);
+    // Rotation (login, privilege change) drops every family; numbers are not reused.
+    let rotated = t.store.rotate(&session).unwrap().token.to_string();
+    assert!(t.store.refresh_families(id).unwrap().is_empty());
+    assert!(matches!(t.store.refresh(&a.refresh.to_string()), Err(Error::NotFound)));
+    let c = t.store.issue_tokens(&rotated).unwrap();
+    assert_eq!(c.refresh.family(), 2);
+    // Revocation ends them all.
+    t.store.revoke(id).unwrap();
+    assert!(t.store.refresh(&c.refresh.to_string()).is_err());
+    assert!(t.store.refresh_families(id).unwrap().is_empty());
+}
+
+/// At most 32 families per session: a 33rd drops the least recently used,
+/// whose token then reads as dead (`NotFound`), not as reuse.
+#[test]
+fn the_family_cap_drops_the_least_recently_used_without_a_reuse_signal() {
+    let t = setup_with(Reuse::Strict, keyring());
+    let session = login(&t, "alice");
+    let first = t.store.issue_tokens(&session).unwrap();
+    for _ in 0..32 {
+        t.clock.advance(Duration::from_secs(1));
+        t.store.issue_tokens(&session).unwrap();
+    }
+    assert!(matches!(t.store.refresh(&first.refresh.to_string()), Err(Error::NotFound)));
+    t.store.validate(&session).unwrap();
+}
