@@ -37,8 +37,6 @@ const RECORD_FORMAT: u8 = 2;
 /// The first record format: the ip as text. Read, never written.
 const RECORD_FORMAT_V1: u8 = 1;
 const FIXED_LEN: usize = 1 + 8 + 32 + 8 * 5;
-/// Byte offset of `last_seen` in an encoded record, so a touch can patch it in place.
-pub(crate) const LAST_SEEN_OFFSET: usize = 1 + 8 + 32 + 8 * 3;
 
 /// Descriptive metadata about the client that created a session, for a
 /// "your devices" page. All fields optional.
@@ -173,6 +171,8 @@ pub(crate) struct Record {
     pub(crate) idle_timeout: u64,
     pub(crate) live: Live,
     pub(crate) id: SessionId,
+    /// The session's storage key for life: the serial it was created with.
+    pub(crate) number: u64,
     pub(crate) created_at: u64,
     pub(crate) last_seen: u64,
     pub(crate) version: u64,
@@ -215,6 +215,7 @@ impl Clone for Record {
         Record {
             live: Live::new(ls, self.live.persisted.load(Ordering::Relaxed)),
             id: self.id,
+            number: self.number,
             serial: self.serial,
             secret_hash: self.secret_hash,
             created_at: self.created_at,
@@ -311,7 +312,8 @@ impl Record {
         out
     }
 
-    /// Decodes a record stored under `id`. Never panics on any input.
+    /// Decodes a record stored under `id` (its `number` is left 0 for the
+    /// caller, who knows the storage key). Never panics on any input.
     pub(crate) fn decode(id: SessionId, bytes: &[u8]) -> Result<Record, RecordError> {
         let mut r = Reader::new(bytes);
         let format = r.u8()?;
@@ -350,6 +352,7 @@ impl Record {
         Ok(Record {
             live: Live::new(last_seen, last_seen),
             id,
+            number: 0,
             serial,
             secret_hash: SecretHash(h),
             created_at,
@@ -427,6 +430,7 @@ impl RecordParts {
         Record {
             live: Live::new(self.now, self.now),
             id: self.id,
+            number: self.serial,
             serial: self.serial,
             secret_hash: self.secret_hash,
             created_at: self.now,

@@ -48,9 +48,8 @@ pub struct Issued {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Sessions in the database file (including expired ones not yet swept), as
-    /// of the applier's last commit: writes acknowledged in the last moments
-    /// may not be counted yet (see [`Store::checkpoint`]); `None` if the read failed.
+    /// Sessions stored (every acknowledged one, including expired ones not yet
+    /// swept); `None` if the count failed.
     pub sessions_stored: Option<u64>,
     /// Sessions held in the cache.
     pub cached_sessions: usize,
@@ -95,6 +94,8 @@ pub struct Stats {
     /// Journal records replayed into the database file by this open (non-zero
     /// after a crash).
     pub replayed_records: usize,
+    /// Approximate heap bytes of the in-memory id and user indexes.
+    pub index_bytes: usize,
 }
 
 /// The session and token store. Cheap to clone; all clones share one store.
@@ -127,6 +128,7 @@ impl Drop for Inner {
             s.stop();
         }
         let _ = self.writer.close();
+        self.db.close();
     }
 }
 
@@ -1005,9 +1007,9 @@ impl Store {
             let rows = db.expired(now, after, BATCH)?;
             let full = rows.len() == BATCH;
             report.rows_scanned += rows.len();
-            after = rows.last().copied();
+            after = rows.last().map(|&(d, n, _)| (d, n));
             let mut doomed = Vec::with_capacity(rows.len());
-            for (deadline, id) in rows {
+            for (deadline, number, id) in rows {
                 if let Some(c) = inner.cache.peek(&id) {
                     let seen = c.seen();
                     if now < c.deadline(seen) {
@@ -1016,7 +1018,7 @@ impl Store {
                         continue;
                     }
                 }
-                doomed.push((deadline, id));
+                doomed.push((deadline, number, id));
             }
             if !doomed.is_empty() {
                 report.batches += 1;
@@ -1098,6 +1100,7 @@ impl Store {
             journal_bytes: w.journal_bytes.load(Ordering::Relaxed),
             unapplied_rows: inner.db.overlay().read().len(),
             replayed_records: inner.replayed,
+            index_bytes: inner.db.index().heap_bytes(),
         }
     }
 

@@ -176,15 +176,35 @@ fn diagnose(path: &Path, id: &SessionId) -> String {
     format!("revoked-table serials for this id: {hits:?}")
 }
 
-/// Refresh generation stored on disk for a session (white-box: the `refresh`
-/// table, format 3: family bytes ‖ tag).
+/// Refresh generation of family 0 stored on disk for a session (white-box,
+/// format 3: `sessions_v3` number → id ‖ record ‖ tag; `refresh_v3` number →
+/// families ‖ tag, families = 3 ‖ next u32 ‖ count u8 ‖ (number u32 ‖
+/// generation u64 ‖ rotated_at u64 ‖ deadline u64 ‖ floor u64 ‖ claims)*).
 fn disk_generation(path: &Path, id: &SessionId) -> Option<u64> {
     let db = redb::Database::open(path).unwrap();
     let rtx = redb::ReadableDatabase::begin_read(&db).unwrap();
-    let t = rtx.open_table(redb::TableDefinition::<&[u8; 16], &[u8]>::new("refresh")).unwrap();
-    let v = redb::ReadableTable::get(&t, id.as_bytes()).unwrap()?;
+    let sessions = rtx.open_table(redb::TableDefinition::<u64, &[u8]>::new("sessions_v3")).unwrap();
+    let n = redb::ReadableTable::iter(&sessions)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .find(|(_, v)| v.value().starts_with(id.as_bytes()))
+        .map(|(k, _)| k.value())?;
+    let t = rtx.open_table(redb::TableDefinition::<u64, &[u8]>::new("refresh_v3")).unwrap();
+    let v = redb::ReadableTable::get(&t, n).unwrap()?;
     let b = v.value();
-    Some(u64::from_le_bytes(b[1..9].try_into().unwrap()))
+    assert_eq!(b[0], 3, "families row format");
+    let count = b[5] as usize;
+    let mut at = 6;
+    for _ in 0..count {
+        let number = u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let generation = u64::from_le_bytes(b[at + 4..at + 12].try_into().unwrap());
+        if number == 0 {
+            return Some(generation);
+        }
+        let claims = u32::from_le_bytes(b[at + 36..at + 40].try_into().unwrap()) as usize;
+        at += 40 + claims;
+    }
+    None
 }
 
 #[test]

@@ -23,9 +23,7 @@ use parking_lot::Mutex;
 use redb::ReadableTable as _;
 
 use super::mutation::Mutation;
-use super::tables::{
-    EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_SESSIONS,
-};
+use super::tables::{EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS};
 use super::{Db, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
 
@@ -252,7 +250,6 @@ pub(crate) fn apply_all<'a>(
     last_seq: u64,
 ) -> Result<(), Error> {
     let mut sessions = wtx.open_table(SESSIONS).map_err(io)?;
-    let mut users = wtx.open_table(USER_SESSIONS).map_err(io)?;
     let mut expiry = wtx.open_table(EXPIRY).map_err(io)?;
     let mut revoked = wtx.open_table(REVOKED).map_err(io)?;
     let mut refresh = wtx.open_table(REFRESH).map_err(io)?;
@@ -262,23 +259,17 @@ pub(crate) fn apply_all<'a>(
     for muts in batches {
         for m in muts {
             match m {
-                Mutation::PutSession(id, v) => {
-                    sessions.insert(id, &**v).map_err(io)?;
+                Mutation::PutSession(n, v) => {
+                    sessions.insert(*n, &**v).map_err(io)?;
                 }
-                Mutation::DelSession(id) => {
-                    sessions.remove(id).map_err(io)?;
+                Mutation::DelSession(n) => {
+                    sessions.remove(*n).map_err(io)?;
                 }
-                Mutation::PutUser(u, id) => {
-                    users.insert((&**u, id), ()).map_err(io)?;
+                Mutation::PutExpiry(d, n, id) => {
+                    expiry.insert((*d, *n), id).map_err(io)?;
                 }
-                Mutation::DelUser(u, id) => {
-                    users.remove((&**u, id)).map_err(io)?;
-                }
-                Mutation::PutExpiry(d, id) => {
-                    expiry.insert((*d, id), ()).map_err(io)?;
-                }
-                Mutation::DelExpiry(d, id) => {
-                    expiry.remove((*d, id)).map_err(io)?;
+                Mutation::DelExpiry(d, n) => {
+                    expiry.remove((*d, *n)).map_err(io)?;
                 }
                 Mutation::PutRevoked(s, v) => {
                     revoked.insert(*s, &**v).map_err(io)?;
@@ -286,11 +277,11 @@ pub(crate) fn apply_all<'a>(
                 Mutation::DelRevoked(s) => {
                     revoked.remove(*s).map_err(io)?;
                 }
-                Mutation::PutRefresh(id, v) => {
-                    refresh.insert(id, &**v).map_err(io)?;
+                Mutation::PutRefresh(n, v) => {
+                    refresh.insert(*n, &**v).map_err(io)?;
                 }
-                Mutation::DelRefresh(id) => {
-                    refresh.remove(id).map_err(io)?;
+                Mutation::DelRefresh(n) => {
+                    refresh.remove(*n).map_err(io)?;
                 }
                 Mutation::PutNotBefore(u, v) => {
                     not_before.insert(&**u, &**v).map_err(io)?;

@@ -633,7 +633,7 @@ mod tests {
     }
 
     fn muts(i: u64) -> Vec<Mutation> {
-        vec![Mutation::NextSerial(i), Mutation::DelSession([i as u8; 16])]
+        vec![Mutation::NextSerial(i), Mutation::DelSession(i)]
     }
 
     fn written(n: u64) -> (Shared, Shared) {
@@ -718,7 +718,7 @@ mod tests {
         let (a, b) = (Shared::default(), Shared::default());
         let (mut j, _) = open(&a, &b).unwrap();
         j.reset(1).unwrap();
-        let big = vec![Mutation::PutSession([1; 16], vec![0u8; 1 << 20].into())];
+        let big = vec![Mutation::PutSession(1, vec![0u8; 1 << 20].into())];
         let mut seq = 0;
         while a.0.lock().len() < SEGMENT_BYTES as usize {
             seq += 1;

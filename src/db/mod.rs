@@ -9,6 +9,7 @@
 //! key ([`mac`]).
 
 pub(crate) mod applier;
+pub(crate) mod index;
 pub(crate) mod journal;
 pub(crate) mod mac;
 pub(crate) mod mutation;
@@ -28,14 +29,16 @@ use crate::keys::DbState;
 use crate::refresh::Families;
 use crate::session::Record;
 use crate::token::{SessionId, os_random};
+use index::{Index, IndexOp};
 use journal::Journal;
 #[cfg(feature = "test-util")]
 use journal::JournalIo;
 use mac::{RowMac, RowTable};
 use overlay::Overlay;
 use tables::{
-    EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, META_NEXT_SERIAL, META_SCRATCH,
-    NOT_BEFORE, NOT_BEFORE_V2, REFRESH, REVOKED, REVOKED_V2, SESSIONS, USER_SESSIONS,
+    EXPIRY, EXPIRY_V2, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, META_NEXT_SERIAL,
+    META_SCRATCH, NOT_BEFORE, NOT_BEFORE_V2, REFRESH, REFRESH_V2, REVOKED, REVOKED_V2, SESSIONS, SESSIONS_V2,
+    USER_SESSIONS_V2,
 };
 
 /// Reopens the database file after an I/O failure (redb refuses every operation
@@ -56,6 +59,7 @@ struct Shared {
     opener: Option<Opener>,
     closed: std::sync::atomic::AtomicBool,
     overlay: parking_lot::RwLock<Overlay>,
+    index: Index,
     mac: RowMac,
     /// Rows that failed their tag or did not decode, since open.
     corrupt_rows: AtomicU64,
@@ -130,6 +134,12 @@ fn not_a_directory(path: &Path) -> Result<(), Error> {
 /// A panic inside redb while opening a damaged file becomes a `Corrupt` error.
 pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(StorageError::new(StorageErrorKind::Corrupt).into()))
+}
+
+/// Drops a database handle; redb's close (it trims and commits its allocator
+/// state) can panic on a damaged file, which must not unwind into the caller.
+fn release(db: Option<Arc<redb::Database>>) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
 }
 
 fn corrupt_row(e: crate::session::RecordError) -> Error {
@@ -297,7 +307,6 @@ impl Db {
                 meta.insert(META_SCRATCH, 1).map_err(io)?;
             }
             wtx.open_table(SESSIONS).map_err(io)?;
-            wtx.open_table(USER_SESSIONS).map_err(io)?;
             wtx.open_table(EXPIRY).map_err(io)?;
             wtx.open_table(REVOKED).map_err(io)?;
             wtx.open_table(REFRESH).map_err(io)?;
@@ -328,7 +337,10 @@ impl Db {
     /// keep their handle (and their non-durable commits).
     pub(crate) fn reset(&self) -> bool {
         if self.shared.opener.is_some() {
-            return self.shared.current.write().take().is_some();
+            let old = self.shared.current.write().take();
+            let had = old.is_some();
+            release(old);
+            return had;
         }
         false
     }
@@ -348,7 +360,8 @@ impl Db {
     /// Releases the handle for good (after the writer has stopped).
     pub(crate) fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
-        self.shared.current.write().take();
+        let old = self.shared.current.write().take();
+        release(old);
     }
 
     pub(crate) fn overlay(&self) -> &parking_lot::RwLock<Overlay> {
@@ -357,6 +370,10 @@ impl Db {
 
     pub(crate) fn mac(&self) -> &RowMac {
         &self.shared().mac
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.shared().index
     }
 
     /// Rows found damaged or tampered with since open.
@@ -370,60 +387,48 @@ impl Db {
         e
     }
 
-    /// Decodes a sealed session row.
-    pub(crate) fn decode_session(&self, id: SessionId, row: &[u8]) -> Result<Record, Error> {
-        decode_session(&self.shared.mac, id, row).map_err(|e| self.corrupt(e))
-    }
-
-    /// Reads one session: the overlay first, then redb. A panic inside redb on
-    /// a damaged page becomes a `Corrupt` error.
+    /// Reads one session: the index (no disk read for an id never stored),
+    /// then the overlay, then redb. A panic inside redb on a damaged page
+    /// becomes a `Corrupt` error.
     pub(crate) fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        guarded(|| self.get_unguarded(id))
+        let Some(n) = self.shared.index.number(id.as_bytes()) else { return Ok(None) };
+        guarded(|| self.get_number(*id, n))
     }
 
-    fn get_unguarded(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        let pending = self.shared.overlay.read().sessions.get(id.as_bytes()).map(|e| e.1.clone());
-        match pending {
-            Some(Some(row)) => self.decode_session(*id, &row).map(Some),
-            Some(None) => Ok(None),
+    fn get_number(&self, id: SessionId, n: u64) -> Result<Option<Record>, Error> {
+        let pending = self.shared.overlay.read().sessions.get(&n).map(|e| e.1.clone());
+        let row: Option<Vec<u8>> = match pending {
+            Some(r) => r.map(|r| r.to_vec()),
             None => {
                 let rtx = self.handle()?.begin_read().map_err(io)?;
                 let t = rtx.open_table(SESSIONS).map_err(io)?;
-                match t.get(id.as_bytes()).map_err(io)? {
-                    Some(v) => self.decode_session(*id, v.value()).map(Some),
-                    None => Ok(None),
-                }
+                t.get(n).map_err(io)?.map(|v| v.value().to_vec())
             }
-        }
+        };
+        row.map(|r| decode_session(&self.shared.mac, id, n, &r).map_err(|e| self.corrupt(e))).transpose()
     }
 
     /// Reads a session's refresh families: the overlay first, then redb.
     pub(crate) fn families(&self, id: &SessionId) -> Result<Option<Families>, Error> {
+        let Some(n) = self.shared.index.number(id.as_bytes()) else { return Ok(None) };
         guarded(|| {
-            let pending = self.shared.overlay.read().refresh.get(id.as_bytes()).map(|e| e.1.clone());
+            let pending = self.shared.overlay.read().refresh.get(&n).map(|e| e.1.clone());
             let row: Option<Vec<u8>> = match pending {
                 Some(r) => r.map(|r| r.to_vec()),
                 None => {
                     let rtx = self.handle()?.begin_read().map_err(io)?;
                     let t = rtx.open_table(REFRESH).map_err(io)?;
-                    t.get(id.as_bytes()).map_err(io)?.map(|v| v.value().to_vec())
+                    t.get(n).map_err(io)?.map(|v| v.value().to_vec())
                 }
             };
-            row.map(|r| decode_family(&self.shared.mac, id, &r).map_err(|e| self.corrupt(e))).transpose()
+            row.map(|r| decode_family(&self.shared.mac, n, &r).map_err(|e| self.corrupt(e))).transpose()
         })
     }
 
-    /// Reads every session of `user`.
+    /// Reads every session of `user` (ids from the in-memory index).
     pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
-        guarded(|| self.list_user_unguarded(user))
-    }
-
-    fn list_user_unguarded(&self, user: &str) -> Result<Vec<Record>, Error> {
-        let changes = self.shared.overlay.read().user_ids(user);
-        let rtx = self.handle()?.begin_read().map_err(io)?;
-        let stored = user_ids_in(&rtx, user)?;
         let mut out = Vec::new();
-        for id in overlay::merge_ids(stored, &changes) {
+        for id in self.shared.index.user_ids(user) {
             if let Some(rec) = self.get(&SessionId::from_bytes(id))? {
                 out.push(rec);
             }
@@ -436,40 +441,31 @@ impl Db {
     pub(crate) fn expired(
         &self,
         now: u64,
-        after: Option<(u64, SessionId)>,
+        after: Option<(u64, u64)>,
         limit: usize,
-    ) -> Result<Vec<(u64, SessionId)>, Error> {
-        guarded(|| self.expired_unguarded(now, after, limit))
+    ) -> Result<Vec<(u64, u64, SessionId)>, Error> {
+        guarded(|| {
+            use std::ops::Bound;
+            let rtx = self.handle()?.begin_read().map_err(io)?;
+            let t = rtx.open_table(EXPIRY).map_err(io)?;
+            let lo = match after {
+                Some(k) => Bound::Excluded(k),
+                None => Bound::Unbounded,
+            };
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for row in t.range::<(u64, u64)>((lo, Bound::Included((now, u64::MAX)))).map_err(io)?.take(limit) {
+                let (k, v) = row.map_err(io)?;
+                let (d, n) = k.value();
+                out.push((d, n, SessionId::from_bytes(*v.value())));
+            }
+            Ok(out)
+        })
     }
 
-    fn expired_unguarded(
-        &self,
-        now: u64,
-        after: Option<(u64, SessionId)>,
-        limit: usize,
-    ) -> Result<Vec<(u64, SessionId)>, Error> {
-        use std::ops::Bound;
-        let rtx = self.handle()?.begin_read().map_err(io)?;
-        let t = rtx.open_table(EXPIRY).map_err(io)?;
-        let after_key = after.map(|(d, id)| (d, *id.as_bytes()));
-        let lo = match &after_key {
-            Some((d, id)) => Bound::Excluded((*d, id)),
-            None => Bound::Unbounded,
-        };
-        let hi = Bound::Included((now, &[0xffu8; 16]));
-        let mut out = Vec::with_capacity(limit.min(4096));
-        for row in t.range::<(u64, &[u8; 16])>((lo, hi)).map_err(io)?.take(limit) {
-            let (k, _) = row.map_err(io)?;
-            let (d, id) = k.value();
-            out.push((d, SessionId::from_bytes(*id)));
-        }
-        Ok(out)
-    }
-
-    /// Number of sessions applied to redb (lags acknowledged writes by at most
-    /// one checkpoint interval).
+    /// Number of stored sessions (every acknowledged one, including expired
+    /// ones not yet swept): the size of the in-memory index.
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
-        guarded(|| self.handle()?.begin_read().map_err(io)?.open_table(SESSIONS).map_err(io)?.len().map_err(io))
+        Ok(self.shared.index.len() as u64)
     }
 }
 
@@ -516,6 +512,7 @@ impl Pending {
                 opener,
                 closed: std::sync::atomic::AtomicBool::new(false),
                 overlay: parking_lot::RwLock::new(Overlay::default()),
+                index: Index::default(),
                 mac,
                 corrupt_rows: AtomicU64::new(0),
             }),
@@ -530,6 +527,33 @@ impl Pending {
 impl Db {
     fn load(&self, now: u64) -> Result<Loaded, Error> {
         let rtx = self.handle()?.begin_read().map_err(io)?;
+        // The in-memory indexes: one scan of the sessions table (ordered by number).
+        let sessions = rtx.open_table(SESSIONS).map_err(io)?;
+        let mut ops = Vec::new();
+        let mut damaged = Vec::new();
+        for row in sessions.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            let n = k.value();
+            match decode_row(self.mac(), n, v.value()) {
+                Ok(rec) => ops.push(IndexOp::Add { id: *rec.id.as_bytes(), number: n, user: rec.user }),
+                // Fail closed: indexed by the id it claims only, so its token fails as corrupt.
+                Err(_) => {
+                    self.shared.corrupt_rows.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = v.value().first_chunk::<16>() {
+                        damaged.push(IndexOp::AddDamaged { id: *id, number: n });
+                    }
+                }
+            }
+            if ops.len() >= 4096 {
+                self.shared.index.apply(&ops);
+                ops.clear();
+            }
+        }
+        self.shared.index.apply(&ops);
+        // After every sound row: a damaged row never takes over a sound session's id.
+        damaged.retain(|op| matches!(op, IndexOp::AddDamaged { id, .. } if self.shared.index.number(id).is_none()));
+        self.shared.index.apply(&damaged);
+        drop(sessions);
         let meta = rtx.open_table(META).map_err(io)?;
         let next_serial = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
         let revoked = rtx.open_table(REVOKED).map_err(io)?;
@@ -568,44 +592,66 @@ fn random_u64() -> Result<u64, Error> {
     Ok(u64::from_le_bytes(b))
 }
 
-/// Formats 1 and 2 → 3, in one durable transaction: seal every session and
-/// refresh row, move revocations and not-before cut-offs to their sealed tables,
-/// give the file a journal id. A crash before the commit leaves the old file.
+/// Formats 1 and 2 → 3, in one durable transaction: every session moves to
+/// its number (its current serial, unique among live sessions) in the ordered
+/// table, sealed; expiry and refresh rows follow it; revocations and not-before
+/// cut-offs move to their sealed tables; the per-user table is dropped (the
+/// index lives in memory); the file gets a journal id. A crash before the
+/// commit leaves the old file as it was.
 fn migrate(db: &redb::Database, mac: &RowMac) -> Result<(), Error> {
     let rtx = db.begin_read().map_err(io)?;
     let names = table_names(&rtx)?;
     let format = stored_format(&rtx, &names)?.unwrap_or(FORMAT_VERSION);
     drop(rtx);
+    let has = |t: &str| names.iter().any(|n| n == t);
     if format >= FORMAT_VERSION {
+        if !has(SESSIONS.name()) {
+            // Only a development snapshot of format 3 lacks it; never released.
+            return Err(StorageError::new(StorageErrorKind::NotCloakroom).into());
+        }
         return Ok(());
     }
     let wtx = db.begin_write().map_err(io)?;
     {
         let mut sessions = wtx.open_table(SESSIONS).map_err(io)?;
-        let mut rows = Vec::new();
-        for row in sessions.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            rows.push((*k.value(), v.value().to_vec()));
-        }
-        for (id, bytes) in rows {
-            // A row that does not decode stays unsealed: it reads as corrupt.
-            if Record::decode(SessionId::from_bytes(id), &bytes).is_ok() {
-                sessions.insert(&id, mac.seal(RowTable::Session, &id, bytes).as_slice()).map_err(io)?;
+        let mut expiry = wtx.open_table(EXPIRY).map_err(io)?;
+        let mut numbers = std::collections::HashMap::new();
+        if has(SESSIONS_V2.name()) {
+            let old = wtx.open_table(SESSIONS_V2).map_err(io)?;
+            for row in old.iter().map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                let id = SessionId::from_bytes(*k.value());
+                // A row that does not decode cannot be placed; it is dropped (it could
+                // never be served) and counted by nobody: `verify` predates it.
+                let Ok(mut rec) = Record::decode(id, v.value()) else { continue };
+                rec.number = rec.serial;
+                numbers.insert(*id.as_bytes(), rec.number);
+                sessions.insert(rec.number, &*seal_session(mac, &rec)).map_err(io)?;
+                expiry.insert((rec.deadline(rec.last_seen), rec.number), id.as_bytes()).map_err(io)?;
             }
+            drop(old);
+            wtx.delete_table(SESSIONS_V2).map_err(io)?;
         }
         let mut refresh = wtx.open_table(REFRESH).map_err(io)?;
-        let mut rows = Vec::new();
-        for row in refresh.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            rows.push((*k.value(), v.value().to_vec()));
+        if has(REFRESH_V2.name()) {
+            let old = wtx.open_table(REFRESH_V2).map_err(io)?;
+            for row in old.iter().map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                if let (Some(n), Some(_)) = (numbers.get(k.value()), Families::decode(v.value())) {
+                    let sealed = mac.seal(RowTable::Refresh, &n.to_le_bytes(), v.value().to_vec());
+                    refresh.insert(*n, sealed.as_slice()).map_err(io)?;
+                }
+            }
+            drop(old);
+            wtx.delete_table(REFRESH_V2).map_err(io)?;
         }
-        for (id, bytes) in rows {
-            if Families::decode(&bytes).is_some() {
-                refresh.insert(&id, mac.seal(RowTable::Refresh, &id, bytes).as_slice()).map_err(io)?;
+        for t in [USER_SESSIONS_V2.name(), EXPIRY_V2.name()] {
+            if has(t) {
+                wtx.delete_table(redb::TableDefinition::<(), ()>::new(t)).map_err(io)?;
             }
         }
         let mut revoked = wtx.open_table(REVOKED).map_err(io)?;
-        if names.iter().any(|n| n == REVOKED_V2.name()) {
+        if has(REVOKED_V2.name()) {
             let old = wtx.open_table(REVOKED_V2).map_err(io)?;
             for row in old.iter().map_err(io)? {
                 let (k, v) = row.map_err(io)?;
@@ -616,7 +662,7 @@ fn migrate(db: &redb::Database, mac: &RowMac) -> Result<(), Error> {
             wtx.delete_table(REVOKED_V2).map_err(io)?;
         }
         let mut not_before = wtx.open_table(NOT_BEFORE).map_err(io)?;
-        if names.iter().any(|n| n == NOT_BEFORE_V2.name()) {
+        if has(NOT_BEFORE_V2.name()) {
             let old = wtx.open_table(NOT_BEFORE_V2).map_err(io)?;
             for row in old.iter().map_err(io)? {
                 let (k, v) = row.map_err(io)?;
@@ -633,17 +679,36 @@ fn migrate(db: &redb::Database, mac: &RowMac) -> Result<(), Error> {
     wtx.commit().map_err(io)
 }
 
-pub(crate) fn decode_session(mac: &RowMac, id: SessionId, row: &[u8]) -> Result<Record, Error> {
-    let bytes = mac.open(RowTable::Session, id.as_bytes(), row).map_err(corrupt_row)?;
-    Record::decode(id, bytes).map_err(corrupt_row)
+/// A sealed session row under number `n`, whatever its id.
+pub(crate) fn decode_row(mac: &RowMac, n: u64, row: &[u8]) -> Result<Record, Error> {
+    let bytes = mac.open(RowTable::Session, &n.to_le_bytes(), row).map_err(corrupt_row)?;
+    let Some((id, rest)) = bytes.split_first_chunk::<16>() else {
+        return Err(corrupt_row(crate::session::RecordError::Truncated));
+    };
+    let mut rec = Record::decode(SessionId::from_bytes(*id), rest).map_err(corrupt_row)?;
+    rec.number = n;
+    Ok(rec)
 }
 
+/// A sealed session row under number `n` that must belong to session `id`.
+pub(crate) fn decode_session(mac: &RowMac, id: SessionId, n: u64, row: &[u8]) -> Result<Record, Error> {
+    let rec = decode_row(mac, n, row)?;
+    if rec.id != id {
+        return Err(corrupt_row(crate::session::RecordError::BadTag));
+    }
+    Ok(rec)
+}
+
+/// `id ‖ record`, sealed under the session's number.
 pub(crate) fn seal_session(mac: &RowMac, rec: &Record) -> Arc<[u8]> {
-    mac.seal(RowTable::Session, rec.id.as_bytes(), rec.encode()).into()
+    let mut v = Vec::with_capacity(16 + 128 + rec.data.len());
+    v.extend_from_slice(rec.id.as_bytes());
+    v.extend_from_slice(&rec.encode());
+    mac.seal(RowTable::Session, &rec.number.to_le_bytes(), v).into()
 }
 
-pub(crate) fn decode_family(mac: &RowMac, id: &SessionId, row: &[u8]) -> Result<Families, Error> {
-    let bytes = mac.open(RowTable::Refresh, id.as_bytes(), row).map_err(corrupt_row)?;
+pub(crate) fn decode_family(mac: &RowMac, n: u64, row: &[u8]) -> Result<Families, Error> {
+    let bytes = mac.open(RowTable::Refresh, &n.to_le_bytes(), row).map_err(corrupt_row)?;
     Families::decode(bytes).ok_or_else(|| corrupt_row(crate::session::RecordError::Truncated))
 }
 
@@ -700,19 +765,29 @@ impl ReadOnly {
         self.mac.as_ref().ok_or_else(|| Error::Config("reading sessions needs the server key".into()))
     }
 
-    /// Reads every session of `user`.
+    /// Reads every session of `user`. Admin reads have no in-memory index:
+    /// format 3 is scanned in full (about a second per million sessions).
     pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         let rtx = self.rtx()?;
-        let sessions = rtx.open_table(SESSIONS).map_err(io)?;
         let mut out = Vec::new();
-        for id in user_ids_in(&rtx, user)? {
+        if self.format >= 3 {
+            let mac = self.mac()?;
+            for row in rtx.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                let rec = decode_row(mac, k.value(), v.value())?;
+                if &*rec.user == user {
+                    out.push(rec);
+                }
+            }
+            return Ok(out);
+        }
+        let sessions = rtx.open_table(SESSIONS_V2).map_err(io)?;
+        let idx = rtx.open_table(USER_SESSIONS_V2).map_err(io)?;
+        for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+            let (k, _) = row.map_err(io)?;
+            let id = *k.value().1;
             if let Some(v) = sessions.get(&id).map_err(io)? {
-                let id = SessionId::from_bytes(id);
-                out.push(if self.format >= 3 {
-                    decode_session(self.mac()?, id, v.value())?
-                } else {
-                    Record::decode(id, v.value()).map_err(corrupt_row)?
-                });
+                out.push(Record::decode(SessionId::from_bytes(id), v.value()).map_err(corrupt_row)?);
             }
         }
         Ok(out)
@@ -720,7 +795,12 @@ impl ReadOnly {
 
     /// Number of stored sessions.
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
-        self.rtx()?.open_table(SESSIONS).map_err(io)?.len().map_err(io)
+        let rtx = self.rtx()?;
+        if self.format >= 3 {
+            rtx.open_table(SESSIONS).map_err(io)?.len().map_err(io)
+        } else {
+            rtx.open_table(SESSIONS_V2).map_err(io)?.len().map_err(io)
+        }
     }
 
     fn revoked_table(&self) -> &'static str {
@@ -777,15 +857,18 @@ impl ReadOnly {
         let mut out = Vec::new();
         let sessions = rtx.open_table(SESSIONS).map_err(io)?;
         let mut check = TableCheck::default();
-        let mut users_of: std::collections::HashMap<[u8; 16], (Box<str>, u64)> = std::collections::HashMap::new();
+        // number → (id, deadline) of every readable session.
+        let mut live: std::collections::HashMap<u64, ([u8; 16], u64)> = std::collections::HashMap::new();
+        let mut ids = std::collections::HashSet::new();
         for row in sessions.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             check.rows += 1;
-            match decode_session(mac, SessionId::from_bytes(*k.value()), v.value()) {
-                Ok(rec) => {
-                    users_of.insert(*k.value(), (rec.user.clone(), rec.deadline(rec.last_seen)));
+            match decode_row(mac, k.value(), v.value()) {
+                // Two rows claiming one id: the second is bad.
+                Ok(rec) if ids.insert(*rec.id.as_bytes()) => {
+                    live.insert(k.value(), (*rec.id.as_bytes(), rec.deadline(rec.last_seen)));
                 }
-                Err(_) => check.bad += 1,
+                _ => check.bad += 1,
             }
         }
         out.push((RowTable::Session.name(), check));
@@ -794,7 +877,7 @@ impl ReadOnly {
         for row in refresh.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             check.rows += 1;
-            if decode_family(mac, &SessionId::from_bytes(*k.value()), v.value()).is_err() {
+            if decode_family(mac, k.value(), v.value()).is_err() {
                 check.bad += 1;
             }
         }
@@ -819,36 +902,26 @@ impl ReadOnly {
             }
         }
         out.push((RowTable::NotBefore.name(), check));
-        // Indexes: each row must name a readable session of that user / deadline,
-        // and each readable session must be in both.
-        let users = rtx.open_table(USER_SESSIONS).map_err(io)?;
-        let mut check = TableCheck::default();
-        let mut indexed = std::collections::HashSet::new();
-        for row in users.iter().map_err(io)? {
-            let (k, _) = row.map_err(io)?;
-            let (user, id) = k.value();
-            check.rows += 1;
-            if users_of.get(id).is_none_or(|(u, _)| &**u != user) {
-                check.bad += 1;
-            }
-            indexed.insert(*id);
-        }
-        check.bad += users_of.keys().filter(|id| !indexed.contains(*id)).count() as u64;
-        out.push((USER_SESSIONS.name(), check));
+        // Every readable session needs its current expiry row, or it would never
+        // be swept; a stale expiry row is harmless (the sweeper drops it), but
+        // one naming a session under another id is not.
         let expiry = rtx.open_table(EXPIRY).map_err(io)?;
         let mut check = TableCheck::default();
         let mut indexed = std::collections::HashSet::new();
         for row in expiry.iter().map_err(io)? {
-            let (k, _) = row.map_err(io)?;
-            let (deadline, id) = k.value();
+            let (k, v) = row.map_err(io)?;
+            let (deadline, n) = k.value();
             check.rows += 1;
-            if users_of.get(id).is_some_and(|(_, d)| *d == deadline) {
-                indexed.insert(*id);
+            match live.get(&n) {
+                Some((id, d)) if id == v.value() && *d == deadline => {
+                    indexed.insert(n);
+                }
+                Some((id, _)) if id == v.value() => {}
+                Some(_) => check.bad += 1,
+                None => {}
             }
         }
-        // A stale expiry row is harmless (the sweeper drops it); a session
-        // without its current expiry row would never be swept.
-        check.bad += users_of.keys().filter(|id| !indexed.contains(*id)).count() as u64;
+        check.bad += live.keys().filter(|n| !indexed.contains(*n)).count() as u64;
         out.push((EXPIRY.name(), check));
         Ok(out)
     }
@@ -863,16 +936,6 @@ fn stored_format(rtx: &redb::ReadTransaction, names: &[String]) -> Result<Option
         return Ok(None);
     }
     Ok(rtx.open_table(META).map_err(io)?.get(META_FORMAT).map_err(io)?.map(|v| v.value()))
-}
-
-fn user_ids_in(rtx: &redb::ReadTransaction, user: &str) -> Result<Vec<[u8; 16]>, Error> {
-    let idx = rtx.open_table(USER_SESSIONS).map_err(io)?;
-    let mut out = Vec::new();
-    for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
-        let (k, _) = row.map_err(io)?;
-        out.push(*k.value().1);
-    }
-    Ok(out)
 }
 
 #[derive(Debug, PartialEq, Eq)]

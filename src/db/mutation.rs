@@ -9,16 +9,16 @@ use crate::session::{Reader, RecordError};
 /// One row change. Values of authenticated tables are sealed (`mac.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Mutation {
-    PutSession([u8; 16], Arc<[u8]>),
-    DelSession([u8; 16]),
-    PutUser(Box<str>, [u8; 16]),
-    DelUser(Box<str>, [u8; 16]),
-    PutExpiry(u64, [u8; 16]),
-    DelExpiry(u64, [u8; 16]),
+    /// (number, sealed id ‖ record)
+    PutSession(u64, Arc<[u8]>),
+    DelSession(u64),
+    /// (deadline, number, id)
+    PutExpiry(u64, u64, [u8; 16]),
+    DelExpiry(u64, u64),
     PutRevoked(u64, Arc<[u8]>),
     DelRevoked(u64),
-    PutRefresh([u8; 16], Arc<[u8]>),
-    DelRefresh([u8; 16]),
+    PutRefresh(u64, Arc<[u8]>),
+    DelRefresh(u64),
     PutNotBefore(Box<str>, Arc<[u8]>),
     DelNotBefore(Box<str>),
     /// Raise the stored next serial to at least this.
@@ -30,8 +30,6 @@ impl Mutation {
         match self {
             Mutation::PutSession(..) => 1,
             Mutation::DelSession(..) => 2,
-            Mutation::PutUser(..) => 3,
-            Mutation::DelUser(..) => 4,
             Mutation::PutExpiry(..) => 5,
             Mutation::DelExpiry(..) => 6,
             Mutation::PutRevoked(..) => 7,
@@ -62,24 +60,22 @@ pub(crate) fn encode(muts: &[Mutation], out: &mut Vec<u8>) {
     for m in muts {
         out.push(m.tag());
         match m {
-            Mutation::PutSession(id, v) | Mutation::PutRefresh(id, v) => {
-                out.extend_from_slice(id);
+            Mutation::PutSession(n, v) | Mutation::PutRefresh(n, v) | Mutation::PutRevoked(n, v) => {
+                out.extend_from_slice(&n.to_le_bytes());
                 bytes(out, v);
             }
-            Mutation::DelSession(id) | Mutation::DelRefresh(id) => out.extend_from_slice(id),
-            Mutation::PutUser(u, id) | Mutation::DelUser(u, id) => {
-                text(out, u);
-                out.extend_from_slice(id);
+            Mutation::DelSession(n) | Mutation::DelRefresh(n) | Mutation::DelRevoked(n) | Mutation::NextSerial(n) => {
+                out.extend_from_slice(&n.to_le_bytes());
             }
-            Mutation::PutExpiry(d, id) | Mutation::DelExpiry(d, id) => {
+            Mutation::PutExpiry(d, n, id) => {
                 out.extend_from_slice(&d.to_le_bytes());
+                out.extend_from_slice(&n.to_le_bytes());
                 out.extend_from_slice(id);
             }
-            Mutation::PutRevoked(s, v) => {
-                out.extend_from_slice(&s.to_le_bytes());
-                bytes(out, v);
+            Mutation::DelExpiry(d, n) => {
+                out.extend_from_slice(&d.to_le_bytes());
+                out.extend_from_slice(&n.to_le_bytes());
             }
-            Mutation::DelRevoked(s) | Mutation::NextSerial(s) => out.extend_from_slice(&s.to_le_bytes()),
             Mutation::PutNotBefore(u, v) => {
                 text(out, u);
                 bytes(out, v);
@@ -99,16 +95,14 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<Mutation>, RecordError> {
             Ok(std::str::from_utf8(r.take(n)?).map_err(|_| RecordError::BadText)?.into())
         };
         let m = match r.u8()? {
-            1 => Mutation::PutSession(r.array()?, r.bytes_u32()?.into()),
-            2 => Mutation::DelSession(r.array()?),
-            3 => Mutation::PutUser(text(&mut r)?, r.array()?),
-            4 => Mutation::DelUser(text(&mut r)?, r.array()?),
-            5 => Mutation::PutExpiry(r.u64()?, r.array()?),
-            6 => Mutation::DelExpiry(r.u64()?, r.array()?),
+            1 => Mutation::PutSession(r.u64()?, r.bytes_u32()?.into()),
+            2 => Mutation::DelSession(r.u64()?),
+            5 => Mutation::PutExpiry(r.u64()?, r.u64()?, r.array()?),
+            6 => Mutation::DelExpiry(r.u64()?, r.u64()?),
             7 => Mutation::PutRevoked(r.u64()?, r.bytes_u32()?.into()),
             8 => Mutation::DelRevoked(r.u64()?),
-            9 => Mutation::PutRefresh(r.array()?, r.bytes_u32()?.into()),
-            10 => Mutation::DelRefresh(r.array()?),
+            9 => Mutation::PutRefresh(r.u64()?, r.bytes_u32()?.into()),
+            10 => Mutation::DelRefresh(r.u64()?),
             11 => Mutation::PutNotBefore(text(&mut r)?, r.bytes_u32()?.into()),
             12 => Mutation::DelNotBefore(text(&mut r)?),
             13 => Mutation::NextSerial(r.u64()?),
@@ -127,16 +121,14 @@ mod tests {
     fn every_mutation_round_trips_and_truncations_fail() {
         let v: Arc<[u8]> = Arc::from(&b"row"[..]);
         let all = vec![
-            Mutation::PutSession([1; 16], v.clone()),
-            Mutation::DelSession([2; 16]),
-            Mutation::PutUser("ü".into(), [3; 16]),
-            Mutation::DelUser("u".into(), [4; 16]),
-            Mutation::PutExpiry(5, [5; 16]),
-            Mutation::DelExpiry(6, [6; 16]),
+            Mutation::PutSession(1, v.clone()),
+            Mutation::DelSession(2),
+            Mutation::PutExpiry(5, 55, [5; 16]),
+            Mutation::DelExpiry(6, 66),
             Mutation::PutRevoked(7, v.clone()),
             Mutation::DelRevoked(8),
-            Mutation::PutRefresh([9; 16], v.clone()),
-            Mutation::DelRefresh([10; 16]),
+            Mutation::PutRefresh(9, v.clone()),
+            Mutation::DelRefresh(10),
             Mutation::PutNotBefore("nb".into(), v),
             Mutation::DelNotBefore("nb".into()),
             Mutation::NextSerial(13),

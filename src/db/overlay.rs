@@ -9,7 +9,7 @@
 //! an entry pruned before the look is in redb's durable state, which the
 //! transaction opened after it sees.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::mutation::Mutation;
@@ -19,10 +19,10 @@ type Slot<V> = (u64, Option<V>);
 
 #[derive(Default)]
 pub(crate) struct Overlay {
-    pub(crate) sessions: HashMap<[u8; 16], Slot<Arc<[u8]>>>,
-    /// (user, id) → present?
-    pub(crate) users: BTreeMap<(Box<str>, [u8; 16]), (u64, bool)>,
-    pub(crate) refresh: HashMap<[u8; 16], Slot<Arc<[u8]>>>,
+    /// By session number.
+    pub(crate) sessions: HashMap<u64, Slot<Arc<[u8]>>>,
+    /// By session number.
+    pub(crate) refresh: HashMap<u64, Slot<Arc<[u8]>>>,
     pub(crate) not_before: HashMap<Box<str>, Slot<Arc<[u8]>>>,
 }
 
@@ -36,12 +36,6 @@ impl Overlay {
                 }
                 Mutation::DelSession(id) => {
                     self.sessions.insert(*id, (seq, None));
-                }
-                Mutation::PutUser(u, id) => {
-                    self.users.insert((u.clone(), *id), (seq, true));
-                }
-                Mutation::DelUser(u, id) => {
-                    self.users.insert((u.clone(), *id), (seq, false));
                 }
                 Mutation::PutRefresh(id, v) => {
                     self.refresh.insert(*id, (seq, Some(Arc::clone(v))));
@@ -68,33 +62,12 @@ impl Overlay {
     /// Drops entries whose last write is durable in redb.
     pub(crate) fn prune(&mut self, upto: u64) {
         self.sessions.retain(|_, e| e.0 > upto);
-        self.users.retain(|_, e| e.0 > upto);
         self.refresh.retain(|_, e| e.0 > upto);
         self.not_before.retain(|_, e| e.0 > upto);
     }
 
     /// Entries held.
     pub(crate) fn len(&self) -> usize {
-        self.sessions.len() + self.users.len() + self.refresh.len() + self.not_before.len()
+        self.sessions.len() + self.refresh.len() + self.not_before.len()
     }
-
-    /// Changes to `user`'s index: (id, present?).
-    pub(crate) fn user_ids(&self, user: &str) -> Vec<([u8; 16], bool)> {
-        let lo = (Box::<str>::from(user), [0u8; 16]);
-        let hi = (Box::<str>::from(user), [0xffu8; 16]);
-        self.users.range(lo..=hi).map(|((_, id), (_, present))| (*id, *present)).collect()
-    }
-}
-
-/// Merges redb's ids of a user with the overlay's changes, in id order.
-pub(crate) fn merge_ids(stored: Vec<[u8; 16]>, changes: &[([u8; 16], bool)]) -> Vec<[u8; 16]> {
-    let mut set: std::collections::BTreeSet<[u8; 16]> = stored.into_iter().collect();
-    for (id, present) in changes {
-        if *present {
-            set.insert(*id);
-        } else {
-            set.remove(id);
-        }
-    }
-    set.into_iter().collect()
 }

@@ -14,6 +14,7 @@
 //! read it. A journal failure aborts the whole batch (nothing of it is visible
 //! or replayable) and is reported to every waiting caller; the thread carries on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -24,15 +25,16 @@ use parking_lot::Mutex;
 use redb::ReadableDatabase as _;
 
 use super::applier::{Applier, Batch};
+use super::index::{Index, IndexOp};
 use super::journal::Journal;
 use super::mac::{RowMac, RowTable};
 use super::mutation::Mutation;
-use super::overlay::{Overlay, merge_ids};
-use super::tables::{NOT_BEFORE, REFRESH, SESSIONS, USER_SESSIONS};
+use super::overlay::Overlay;
+use super::tables::{NOT_BEFORE, REFRESH, SESSIONS};
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::{Families, FamilyReply};
-use crate::session::{LAST_SEEN_OFFSET, Record};
+use crate::session::Record;
 use crate::token::{SecretHash, SessionId};
 
 /// Most jobs applied in one transaction.
@@ -62,8 +64,9 @@ pub(crate) enum Op {
     /// family bytes, tag checked (`None` if absent), and decides. `NotFound` if the session is gone. (`Option`
     /// so the writer can take the `FnOnce` out.)
     Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
-    /// Delete the sessions of these expiry rows that are still expired at `now`.
-    Sweep { rows: Vec<(u64, SessionId)>, now: u64 },
+    /// Delete the sessions of these expiry rows (deadline, number, id) that are
+    /// still expired at `now`.
+    Sweep { rows: Vec<(u64, u64, SessionId)>, now: u64 },
     /// Drop these revocation entries (serial, id) — picked by the in-memory
     /// time index, so no table scan — and these not-before entries (user, at)
     /// unless raised since.
@@ -274,15 +277,19 @@ struct Worker {
 }
 
 /// What the ops of one batch see and write: their own changes first, then the
-/// overlay (rows not yet checkpointed), then redb as of the batch's start.
+/// overlay (rows not yet checkpointed) and the in-memory indexes, then redb as
+/// of the batch's start.
 struct View<'a> {
     mac: &'a RowMac,
     overlay: &'a parking_lot::RwLock<Overlay>,
-    sessions: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
-    users: redb::ReadOnlyTable<(&'static str, &'static [u8; 16]), ()>,
-    refresh: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8]>,
+    index: &'a Index,
+    sessions: redb::ReadOnlyTable<u64, &'static [u8]>,
+    refresh: redb::ReadOnlyTable<u64, &'static [u8]>,
     not_before: redb::ReadOnlyTable<&'static str, &'static [u8]>,
     staged: Overlay,
+    /// This batch's index changes: id → (number if added, user).
+    staged_index: HashMap<[u8; 16], (Option<u64>, Box<str>)>,
+    index_ops: Vec<IndexOp>,
     muts: Vec<Mutation>,
     max_serial: u64,
     /// Rows that failed their tag or decode.
@@ -417,11 +424,13 @@ impl Worker {
         let mut v = View {
             mac: self.db.mac(),
             overlay: self.db.overlay(),
+            index: self.db.index(),
             sessions: rtx.open_table(SESSIONS).map_err(io)?,
-            users: rtx.open_table(USER_SESSIONS).map_err(io)?,
             refresh: rtx.open_table(REFRESH).map_err(io)?,
             not_before: rtx.open_table(NOT_BEFORE).map_err(io)?,
             staged: Overlay::default(),
+            staged_index: HashMap::new(),
+            index_ops: Vec::new(),
             muts: Vec::new(),
             max_serial: 0,
             corrupt: 0,
@@ -441,6 +450,7 @@ impl Worker {
             let _ = self.db.corrupt(StorageError::new(StorageErrorKind::Corrupt).into());
         }
         let muts = std::mem::take(&mut v.muts);
+        let index_ops = std::mem::take(&mut v.index_ops);
         drop(v);
         drop(rtx);
         let seq = self.next_seq;
@@ -458,6 +468,7 @@ impl Worker {
         }
         if !muts.is_empty() {
             self.db.overlay().write().apply(seq, &muts);
+            self.db.index().apply(&index_ops);
             self.next_seq += 1;
             self.applier.send(Arc::new(Batch { seq, muts }))?;
         }
@@ -477,12 +488,12 @@ impl Worker {
                 if *last_seen <= rec.last_seen {
                     return Ok(Outcome::Done);
                 }
-                let mut bytes = rec.encode();
-                bytes[LAST_SEEN_OFFSET..LAST_SEEN_OFFSET + 8].copy_from_slice(&last_seen.to_le_bytes());
-                t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), *id.as_bytes()));
-                t.put(Mutation::PutExpiry(rec.deadline(*last_seen), *id.as_bytes()));
-                let row = t.mac.seal(RowTable::Session, id.as_bytes(), bytes);
-                t.put(Mutation::PutSession(*id.as_bytes(), row.into()));
+                let (old, n) = (rec.deadline(rec.last_seen), rec.number);
+                let mut new = rec;
+                new.last_seen = *last_seen;
+                t.put(Mutation::DelExpiry(old, n));
+                t.put(Mutation::PutExpiry(new.deadline(*last_seen), n, *id.as_bytes()));
+                t.put(Mutation::PutSession(n, seal_session(t.mac, &new)));
                 self.stats.touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
@@ -496,7 +507,7 @@ impl Worker {
                 let mut new = rec;
                 new.version += 1;
                 new.data = data.clone();
-                t.put(Mutation::PutSession(*id.as_bytes(), seal_session(t.mac, &new)));
+                t.put(Mutation::PutSession(new.number, seal_session(t.mac, &new)));
                 Ok(Outcome::Updated(Arc::new(new)))
             }
             Op::Rotate { id, expected, serial, secret_hash, now, prune_after } => {
@@ -507,20 +518,20 @@ impl Worker {
                     return Err(Error::NotFound); // a concurrent rotate won
                 }
                 let new = rec.rotated(*serial, *secret_hash, *now);
-                let key = *id.as_bytes();
-                t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), key));
+                let n = rec.number;
+                t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), n));
                 // The id stays, so refresh tokens issued before must die without the
                 // family numbers restarting (a restarted number would mint the same
                 // tokens again): drop every family, keep the counter.
                 if let Some(mut families) = t.families(id)? {
                     families.drop_all();
-                    let row = t.mac.seal(RowTable::Refresh, &key, families.encode());
-                    t.put(Mutation::PutRefresh(key, row.into()));
+                    let row = t.mac.seal(RowTable::Refresh, &n.to_le_bytes(), families.encode());
+                    t.put(Mutation::PutRefresh(n, row.into()));
                 }
                 t.revoke(rec.serial, *id, *prune_after);
                 (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
-                t.put(Mutation::PutSession(key, seal_session(t.mac, &new)));
-                t.put(Mutation::PutExpiry(new.deadline(new.last_seen), key));
+                t.put(Mutation::PutSession(n, seal_session(t.mac, &new)));
+                t.put(Mutation::PutExpiry(new.deadline(new.last_seen), n, *id.as_bytes()));
                 t.max_serial = t.max_serial.max(*serial);
                 Ok(Outcome::Updated(Arc::new(new)))
             }
@@ -549,10 +560,10 @@ impl Worker {
             }
             Op::Family { id, prune_after, f } => {
                 let Some(f) = f.take() else { return Err(Error::NotFound) };
-                if t.raw_session(id)?.is_none() {
+                let Some(n) = t.number(id) else {
                     return Err(Error::NotFound);
-                }
-                let stored = t.family_bytes(id)?;
+                };
+                let stored = t.family_bytes(n)?;
                 let change = f(stored.as_deref());
                 if change.revoke_session {
                     if let Some(rec) = t.delete(id)? {
@@ -560,16 +571,16 @@ impl Worker {
                         (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                     }
                 } else if let Some(bytes) = change.write {
-                    let row = t.mac.seal(RowTable::Refresh, id.as_bytes(), bytes);
-                    t.put(Mutation::PutRefresh(*id.as_bytes(), row.into()));
+                    let row = t.mac.seal(RowTable::Refresh, &n.to_le_bytes(), bytes);
+                    t.put(Mutation::PutRefresh(n, row.into()));
                 }
                 Ok(Outcome::Family(change.reply))
             }
             Op::Sweep { rows, now } => {
                 let mut out = Swept::default();
-                for (deadline, id) in rows.iter() {
+                for (deadline, number, id) in rows.iter() {
                     let rec = match t.get(id) {
-                        Ok(r) => r,
+                        Ok(r) => r.filter(|r| r.number == *number),
                         // A corrupt row is left for `cloakroom verify` to report; the
                         // other rows of the sweep go on.
                         Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
@@ -579,17 +590,17 @@ impl Worker {
                         Err(e) => return Err(e),
                     };
                     let Some(rec) = rec else {
-                        t.put(Mutation::DelExpiry(*deadline, *id.as_bytes())); // stale index row
+                        t.put(Mutation::DelExpiry(*deadline, *number)); // stale index row
                         continue;
                     };
                     let current = rec.deadline(rec.last_seen);
                     if current != *deadline {
-                        t.put(Mutation::DelExpiry(*deadline, *id.as_bytes())); // superseded index row
+                        t.put(Mutation::DelExpiry(*deadline, *number)); // superseded index row
                     }
                     if current > *now {
                         continue; // touched since the scan
                     }
-                    if t.raw_family(id)?.is_some() {
+                    if t.raw_family(rec.number)?.is_some() {
                         out.families += 1;
                     }
                     t.delete(id)?;
@@ -626,40 +637,56 @@ impl View<'_> {
         self.muts.push(m);
     }
 
-    /// The sealed session row, from the batch, the overlay or redb.
-    fn raw_session(&self, id: &SessionId) -> Result<Option<Arc<[u8]>>, Error> {
-        let k = id.as_bytes();
-        if let Some(e) = self.staged.sessions.get(k) {
+    fn index_op(&mut self, op: IndexOp) {
+        match &op {
+            IndexOp::Add { id, number, user } => self.staged_index.insert(*id, (Some(*number), user.clone())),
+            IndexOp::AddDamaged { id, number } => self.staged_index.insert(*id, (Some(*number), "".into())),
+            IndexOp::Remove { id, user } => self.staged_index.insert(*id, (None, user.clone())),
+        };
+        self.index_ops.push(op);
+    }
+
+    /// The storage number of session `id`: this batch's changes, then the index.
+    fn number(&self, id: &SessionId) -> Option<u64> {
+        match self.staged_index.get(id.as_bytes()) {
+            Some((n, _)) => *n,
+            None => self.index.number(id.as_bytes()),
+        }
+    }
+
+    /// The sealed session row under number `n`, from the batch, the overlay or redb.
+    fn raw_row(&self, n: u64) -> Result<Option<Arc<[u8]>>, Error> {
+        if let Some(e) = self.staged.sessions.get(&n) {
             return Ok(e.1.clone());
         }
-        if let Some(e) = self.overlay.read().sessions.get(k) {
+        if let Some(e) = self.overlay.read().sessions.get(&n) {
             return Ok(e.1.clone());
         }
-        Ok(self.sessions.get(k).map_err(io)?.map(|v| Arc::from(v.value())))
+        Ok(self.sessions.get(n).map_err(io)?.map(|v| Arc::from(v.value())))
     }
 
     fn get(&mut self, id: &SessionId) -> Result<Option<Record>, Error> {
-        match self.raw_session(id)? {
-            Some(row) => super::decode_session(self.mac, *id, &row).map(Some).inspect_err(|_| self.corrupt += 1),
+        let Some(n) = self.number(id) else { return Ok(None) };
+        match self.raw_row(n)? {
+            Some(row) => super::decode_session(self.mac, *id, n, &row).map(Some).inspect_err(|_| self.corrupt += 1),
             None => Ok(None),
         }
     }
 
-    fn raw_family(&self, id: &SessionId) -> Result<Option<Arc<[u8]>>, Error> {
-        let k = id.as_bytes();
-        if let Some(e) = self.staged.refresh.get(k) {
+    fn raw_family(&self, n: u64) -> Result<Option<Arc<[u8]>>, Error> {
+        if let Some(e) = self.staged.refresh.get(&n) {
             return Ok(e.1.clone());
         }
-        if let Some(e) = self.overlay.read().refresh.get(k) {
+        if let Some(e) = self.overlay.read().refresh.get(&n) {
             return Ok(e.1.clone());
         }
-        Ok(self.refresh.get(k).map_err(io)?.map(|v| Arc::from(v.value())))
+        Ok(self.refresh.get(n).map_err(io)?.map(|v| Arc::from(v.value())))
     }
 
-    /// The family's bytes with their tag checked.
-    fn family_bytes(&mut self, id: &SessionId) -> Result<Option<Vec<u8>>, Error> {
-        match self.raw_family(id)? {
-            Some(row) => match self.mac.open(RowTable::Refresh, id.as_bytes(), &row) {
+    /// The families' bytes with their tag checked.
+    fn family_bytes(&mut self, n: u64) -> Result<Option<Vec<u8>>, Error> {
+        match self.raw_family(n)? {
+            Some(row) => match self.mac.open(RowTable::Refresh, &n.to_le_bytes(), &row) {
                 Ok(b) => Ok(Some(b.to_vec())),
                 Err(e) => {
                     self.corrupt += 1;
@@ -671,8 +698,9 @@ impl View<'_> {
     }
 
     fn families(&mut self, id: &SessionId) -> Result<Option<Families>, Error> {
-        match self.raw_family(id)? {
-            Some(row) => decode_family(self.mac, id, &row).map(Some).inspect_err(|_| self.corrupt += 1),
+        let Some(n) = self.number(id) else { return Ok(None) };
+        match self.raw_family(n)? {
+            Some(row) => decode_family(self.mac, n, &row).map(Some).inspect_err(|_| self.corrupt += 1),
             None => Ok(None),
         }
     }
@@ -691,33 +719,36 @@ impl View<'_> {
         }
     }
 
-    fn user_ids(&self, user: &str) -> Result<Vec<[u8; 16]>, Error> {
-        let mut stored = Vec::new();
-        for row in self.users.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
-            stored.push(*row.map_err(io)?.0.value().1);
+    /// `user`'s session ids: the index with this batch's changes.
+    fn user_ids(&self, user: &str) -> Vec<SessionId> {
+        let mut ids: Vec<[u8; 16]> =
+            self.index.user_ids(user).into_iter().filter(|id| !self.staged_index.contains_key(id)).collect();
+        for (id, (n, u)) in &self.staged_index {
+            if n.is_some() && &**u == user {
+                ids.push(*id);
+            }
         }
-        let ids = merge_ids(stored, &self.overlay.read().user_ids(user));
-        Ok(merge_ids(ids, &self.staged.user_ids(user)))
+        ids.into_iter().map(SessionId::from_bytes).collect()
     }
 
     fn put_new(&mut self, rec: &Record) {
-        let id = *rec.id.as_bytes();
-        self.put(Mutation::PutSession(id, seal_session(self.mac, rec)));
-        self.put(Mutation::PutUser(rec.user.clone(), id));
-        self.put(Mutation::PutExpiry(rec.deadline(rec.last_seen), id));
+        let (id, n) = (*rec.id.as_bytes(), rec.number);
+        self.put(Mutation::PutSession(n, seal_session(self.mac, rec)));
+        self.put(Mutation::PutExpiry(rec.deadline(rec.last_seen), n, id));
+        self.index_op(IndexOp::Add { id, number: n, user: rec.user.clone() });
         self.max_serial = self.max_serial.max(rec.serial);
     }
 
-    /// Deletes a session with its index rows and refresh state; returns what was stored.
+    /// Deletes a session with its expiry row and refresh state; returns what was stored.
     fn delete(&mut self, id: &SessionId) -> Result<Option<Record>, Error> {
         let Some(rec) = self.get(id)? else {
             return Ok(None);
         };
-        let key = *id.as_bytes();
-        self.put(Mutation::DelSession(key));
-        self.put(Mutation::DelUser(rec.user.clone(), key));
-        self.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), key));
-        self.put(Mutation::DelRefresh(key));
+        let n = rec.number;
+        self.put(Mutation::DelSession(n));
+        self.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), n));
+        self.put(Mutation::DelRefresh(n));
+        self.index_op(IndexOp::Remove { id: *id.as_bytes(), user: rec.user.clone() });
         Ok(Some(rec))
     }
 
@@ -728,8 +759,7 @@ impl View<'_> {
         except: Option<SessionId>,
         prune_after: u64,
     ) -> Result<Vec<(u64, SessionId, SecretHash)>, Error> {
-        let ids: Vec<SessionId> =
-            self.user_ids(user)?.into_iter().map(SessionId::from_bytes).filter(|id| Some(*id) != except).collect();
+        let ids: Vec<SessionId> = self.user_ids(user).into_iter().filter(|id| Some(*id) != except).collect();
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
             match self.delete(&id) {
@@ -741,10 +771,11 @@ impl View<'_> {
                 // A row that does not decode cannot be served anyway; remove what
                 // can be named (fail closed) and go on with the user's other sessions.
                 Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
-                    let key = *id.as_bytes();
-                    self.put(Mutation::DelSession(key));
-                    self.put(Mutation::DelUser(user.into(), key));
-                    self.put(Mutation::DelRefresh(key));
+                    if let Some(n) = self.number(&id) {
+                        self.put(Mutation::DelSession(n));
+                        self.put(Mutation::DelRefresh(n));
+                    }
+                    self.index_op(IndexOp::Remove { id: *id.as_bytes(), user: user.into() });
                 }
                 Err(e) => return Err(e),
             }

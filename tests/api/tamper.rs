@@ -8,7 +8,8 @@ use std::path::Path;
 use cloakroom::{Config, Error, Event, NewSession, ReadOnlyStore, StorageErrorKind, Store};
 use redb::{ReadableDatabase as _, TableDefinition};
 
-const SESSIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("sessions");
+/// Format 3: session number → (id ‖ record ‖ tag).
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions_v3");
 const KEY: [u8; 32] = [5; 32];
 
 fn cfg() -> Config {
@@ -81,7 +82,10 @@ fn bit_flips_anywhere_in_the_file_never_serve_a_wrong_answer() {
             let _ = store.close();
             (true, ok, err)
         }));
-        let (was_opened, ok, err) = outcome.unwrap_or_else(|_| panic!("copy {copy}: panicked"));
+        let (was_opened, ok, err) = outcome.unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            panic!("copy {copy}: panicked: {msg:?}")
+        });
         if was_opened {
             opened += 1
         } else {
@@ -99,22 +103,29 @@ fn bit_flips_anywhere_in_the_file_never_serve_a_wrong_answer() {
     assert!(opened > 0 && served > 0, "the test must reach the read path");
 }
 
+/// The number and row of the session whose row starts with `id`.
+fn find(db: &redb::Database, id: &[u8; 16]) -> (u64, Vec<u8>) {
+    let r = db.begin_read().unwrap();
+    let t = r.open_table(SESSIONS).unwrap();
+    let found = redb::ReadableTable::iter(&t)
+        .unwrap()
+        .map(|row| row.unwrap())
+        .find(|(_, v)| v.value().starts_with(id))
+        .map(|(k, v)| (k.value(), v.value().to_vec()));
+    found.expect("row present")
+}
+
 fn rewrite_row(path: &Path, id: &[u8; 16], f: impl FnOnce(&mut Vec<u8>)) {
     let db = redb::Database::create(path).unwrap();
-    let mut row = {
-        let r = db.begin_read().unwrap();
-        r.open_table(SESSIONS).unwrap().get(id).unwrap().unwrap().value().to_vec()
-    };
+    let (n, mut row) = find(&db, id);
     f(&mut row);
     let w = db.begin_write().unwrap();
-    w.open_table(SESSIONS).unwrap().insert(id, row.as_slice()).unwrap();
+    w.open_table(SESSIONS).unwrap().insert(n, row.as_slice()).unwrap();
     w.commit().unwrap();
 }
 
 fn raw_row(path: &Path, id: &[u8; 16]) -> Vec<u8> {
-    let db = redb::Database::create(path).unwrap();
-    let r = db.begin_read().unwrap();
-    r.open_table(SESSIONS).unwrap().get(id).unwrap().unwrap().value().to_vec()
+    find(&redb::Database::create(path).unwrap(), id).1
 }
 
 fn replace(row: &mut [u8], from: &[u8], to: &[u8]) {
@@ -151,12 +162,14 @@ fn rewriting_a_rows_user_without_the_key_is_refused_and_reported() {
     assert_eq!(store.validate(&other.token.to_string()).unwrap().user(), "x999");
     store.close().unwrap();
 
-    // Copying another user's whole row (tag included) under this id: refused too
-    // (the tag covers the key).
+    // Copying another user's whole row (tag included) under this session's
+    // number: refused too (the tag covers the key, and the row names its id).
     let theirs = raw_row(&path, &t_id);
     rewrite_row(&path, &d_id, |row| *row = theirs);
     let store = Store::open(&path, cfg()).unwrap();
-    assert!(matches!(store.validate(&d.token.to_string()), Err(Error::Storage(_))));
+    assert!(store.validate(&d.token.to_string()).is_err());
+    // The copy names t161's id; it never takes over t161's own sound row.
+    assert_eq!(store.validate(&t.token.to_string()).unwrap().user(), "t161");
     store.close().unwrap();
 
     // `verify` finds the row; the rest is clean.

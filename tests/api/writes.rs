@@ -201,12 +201,23 @@ fn a_corrupt_row_fails_only_the_op_that_reads_it() {
         (short, doomed.session.id())
     };
     {
+        // Format 3: number → id ‖ record ‖ tag. Keep the id, break the rest.
+        let def = redb::TableDefinition::<u64, &[u8]>::new("sessions_v3");
         let db = redb::Database::create(&path).unwrap();
+        let n = {
+            let r = redb::ReadableDatabase::begin_read(&db).unwrap();
+            let t = r.open_table(def).unwrap();
+            let found = redb::ReadableTable::iter(&t)
+                .unwrap()
+                .map(|row| row.unwrap())
+                .find(|(_, v)| v.value().starts_with(doomed_id.as_bytes()))
+                .map(|(k, _)| k.value());
+            found.unwrap()
+        };
+        let mut garbage = doomed_id.as_bytes().to_vec();
+        garbage.extend_from_slice(&[9u8, 1, 2, 3]);
         let w = db.begin_write().unwrap();
-        w.open_table(redb::TableDefinition::<&[u8; 16], &[u8]>::new("sessions"))
-            .unwrap()
-            .insert(doomed_id.as_bytes(), &[9u8, 1, 2, 3][..])
-            .unwrap();
+        w.open_table(def).unwrap().insert(n, garbage.as_slice()).unwrap();
         w.commit().unwrap();
     }
     let s = Store::open(&path, config(&clock)).unwrap();
