@@ -242,5 +242,48 @@ fn validate_threads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validate, validate_threads, create, revoke);
+/// Opening a file of 1,000,000 sessions: the open rebuilds the in-memory id
+/// and user indexes with one scan of the sessions table. Also prints the
+/// indexes' memory per session.
+fn open(c: &mut Criterion) {
+    const N: usize = 1_000_000;
+    let mut g = c.benchmark_group("open");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open.redb");
+    let mut cfg = Config::builder();
+    cfg.durability(Durability::Eventual).sweep_interval(None).server_key(&[4; 32]);
+    let cfg = cfg.build().unwrap();
+    {
+        let s = Store::open(&path, cfg.clone()).unwrap();
+        for i in 0..N {
+            s.create(NewSession::new(format!("user-{}", i % 200_000)).data(vec![1; 64])).unwrap();
+        }
+        s.close().unwrap();
+    }
+    let s = Store::open(&path, cfg.clone()).unwrap();
+    let st = s.stats();
+    eprintln!(
+        "open/1M-sessions: {} sessions, indexes {} bytes ({} bytes per session)",
+        st.sessions_stored.unwrap_or(0),
+        st.index_bytes,
+        st.index_bytes / N
+    );
+    s.close().unwrap();
+    g.bench_function("1M-sessions", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let s = Store::open(&path, cfg.clone()).unwrap();
+                total += t.elapsed();
+                s.close().unwrap();
+            }
+            total
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, validate, validate_threads, create, revoke, open);
 criterion_main!(benches);

@@ -96,6 +96,9 @@ pub struct Stats {
     pub replayed_records: usize,
     /// Approximate heap bytes of the in-memory id and user indexes.
     pub index_bytes: usize,
+    /// Times writes waited for a checkpoint because a million rows were not yet
+    /// folded into the file (a sustained write rate above what the file takes).
+    pub lag_waits: u64,
 }
 
 /// The session and token store. Cheap to clone; all clones share one store.
@@ -1101,6 +1104,7 @@ impl Store {
             unapplied_rows: inner.db.overlay().read().len(),
             replayed_records: inner.replayed,
             index_bytes: inner.db.index().heap_bytes(),
+            lag_waits: w.lag_waits.load(Ordering::Relaxed),
         }
     }
 

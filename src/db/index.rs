@@ -12,7 +12,7 @@
 //! takes one shared read lock; writers (one thread) take a shard's write lock
 //! briefly per changed session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher as _, Hasher as _};
 
 use parking_lot::RwLock;
@@ -42,8 +42,9 @@ pub(crate) enum IndexOp {
 
 /// id → number.
 type IdShard = RwLock<HashMap<[u8; 16], u64>>;
-/// user → ids.
-type UserShard = RwLock<HashMap<Box<str>, Vec<[u8; 16]>>>;
+/// user → ids (a set: a user may hold very many sessions, and adds and
+/// removes must not scan them).
+type UserShard = RwLock<HashMap<Box<str>, HashSet<[u8; 16]>>>;
 
 pub(crate) struct Index {
     ids: Box<[IdShard]>,
@@ -84,7 +85,7 @@ impl Index {
 
     /// The ids of `user`'s stored sessions.
     pub(crate) fn user_ids(&self, user: &str) -> Vec<[u8; 16]> {
-        self.users[self.user_shard(user)].read().get(user).cloned().unwrap_or_default()
+        self.users[self.user_shard(user)].read().get(user).map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 
     pub(crate) fn apply(&self, ops: &[IndexOp]) {
@@ -93,10 +94,7 @@ impl Index {
                 IndexOp::Add { id, number, user } => {
                     self.ids[Self::id_shard(id)].write().insert(*id, *number);
                     let mut users = self.users[self.user_shard(user)].write();
-                    let list = users.entry(user.clone()).or_default();
-                    if !list.contains(id) {
-                        list.push(*id);
-                    }
+                    users.entry(user.clone()).or_default().insert(*id);
                 }
                 IndexOp::AddDamaged { id, number } => {
                     self.ids[Self::id_shard(id)].write().insert(*id, *number);
@@ -104,9 +102,9 @@ impl Index {
                 IndexOp::Remove { id, user } => {
                     self.ids[Self::id_shard(id)].write().remove(id);
                     let mut users = self.users[self.user_shard(user)].write();
-                    if let Some(list) = users.get_mut(&**user) {
-                        list.retain(|x| x != id);
-                        if list.is_empty() {
+                    if let Some(set) = users.get_mut(&**user) {
+                        set.remove(id);
+                        if set.is_empty() {
                             users.remove(&**user);
                         }
                     }
@@ -128,7 +126,7 @@ impl Index {
             .iter()
             .map(|s| {
                 let m = s.read();
-                m.capacity() * (16 + 24 + 1) + m.iter().map(|(u, v)| u.len() + v.capacity() * 16).sum::<usize>()
+                m.capacity() * (16 + 48 + 1) + m.iter().map(|(u, v)| u.len() + v.capacity() * (16 + 1)).sum::<usize>()
             })
             .sum();
         ids + users
@@ -145,7 +143,9 @@ mod tests {
         let add = |id: u8, n: u64, u: &str| IndexOp::Add { id: [id; 16], number: n, user: u.into() };
         ix.apply(&[add(1, 10, "a"), add(2, 11, "a"), add(3, 12, "b"), add(1, 10, "a")]);
         assert_eq!(ix.number(&[2; 16]), Some(11));
-        assert_eq!(ix.user_ids("a"), vec![[1; 16], [2; 16]]);
+        let mut a = ix.user_ids("a");
+        a.sort_unstable();
+        assert_eq!(a, vec![[1; 16], [2; 16]]);
         ix.apply(&[IndexOp::Remove { id: [1; 16], user: "a".into() }]);
         assert_eq!(ix.number(&[1; 16]), None);
         assert_eq!(ix.user_ids("a"), vec![[2; 16]]);

@@ -39,6 +39,9 @@ use crate::token::{SecretHash, SessionId};
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
+/// Rows written but not yet checkpointed beyond which the writer waits for a
+/// checkpoint (the memory bound of the overlay).
+const MAX_LAG_ROWS: usize = 1_000_000;
 /// How long a caller waits for room in a full queue before `Error::Busy`.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -158,6 +161,8 @@ pub(crate) struct WriterStats {
     pub(crate) durable_commits: AtomicU64,
     /// Bytes in the journal segments.
     pub(crate) journal_bytes: AtomicU64,
+    /// Times the writer waited for a checkpoint because the lag bound was reached.
+    pub(crate) lag_waits: AtomicU64,
     pub(crate) ops: AtomicU64,
     pub(crate) touches: AtomicU64,
     pub(crate) failed_commits: AtomicU64,
@@ -357,6 +362,13 @@ impl Worker {
     /// Between batches: forget overlay rows a checkpoint covers, and let the
     /// journal clear or switch segments.
     fn maintain(&mut self) {
+        // Bound the lag: past this many rows not yet checkpointed, wait for the
+        // applier to checkpoint them (backpressure on callers; `Busy` past the
+        // enqueue timeout), so memory stays bounded under a sustained overload.
+        if self.db.overlay().read().len() > MAX_LAG_ROWS {
+            self.stats.lag_waits.fetch_add(1, Ordering::Relaxed);
+            let _ = self.applier.checkpoint();
+        }
         let upto = self.applier.progress.checkpointed.load(Ordering::Acquire);
         if upto > self.pruned_upto {
             self.db.overlay().write().prune(upto);
