@@ -37,6 +37,7 @@ pub struct Config {
     pub(crate) cache_shards: usize,
     pub(crate) durability: Durability,
     pub(crate) flush_interval: Duration,
+    pub(crate) checkpoint_interval: Duration,
     pub(crate) max_token_len: usize,
     pub(crate) write_queue: usize,
     pub(crate) db_cache_bytes: usize,
@@ -71,6 +72,7 @@ impl fmt::Debug for Config {
             .field("cache_shards", &self.cache_shards)
             .field("durability", &self.durability)
             .field("flush_interval", &self.flush_interval)
+            .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_token_len", &self.max_token_len)
             .field("access_ttl", &self.access_ttl)
             .field("leeway", &self.leeway)
@@ -124,6 +126,7 @@ pub struct ConfigBuilder {
     cache_shards: usize,
     durability: Durability,
     flush_interval: Duration,
+    checkpoint_interval: Duration,
     max_token_len: usize,
     write_queue: usize,
     db_cache_bytes: usize,
@@ -157,6 +160,7 @@ impl Default for ConfigBuilder {
             cache_shards: 64,
             durability: Durability::Immediate,
             flush_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(1),
             max_token_len: 4096,
             write_queue: 65_536,
             db_cache_bytes: 1 << 30,
@@ -216,6 +220,15 @@ impl ConfigBuilder {
     /// Longest time an [`Durability::Eventual`] write stays non-durable. Default: 1 s; at most 60 s.
     pub fn flush_interval(&mut self, d: Duration) -> &mut Self {
         self.flush_interval = d;
+        self
+    }
+    /// Longest time between checkpoints while writes come in: a checkpoint is
+    /// one durable commit that folds the journal into the database file, off
+    /// the path of any acknowledgement. Shorter means less to replay after a
+    /// crash and less held in memory; longer means fewer, larger commits.
+    /// Default: 1 s; between 1 ms and 60 s.
+    pub fn checkpoint_interval(&mut self, d: Duration) -> &mut Self {
+        self.checkpoint_interval = d;
         self
     }
     /// Longest bearer token accepted by any parser. Default: 4 KiB.
@@ -341,6 +354,7 @@ impl ConfigBuilder {
             cache_shards: self.cache_shards,
             durability: self.durability,
             flush_interval: self.flush_interval,
+            checkpoint_interval: self.checkpoint_interval,
             max_token_len: self.max_token_len,
             write_queue: self.write_queue,
             db_cache_bytes: self.db_cache_bytes,
@@ -387,6 +401,9 @@ impl ConfigBuilder {
         }
         if c.flush_interval.is_zero() || c.flush_interval > Duration::from_secs(60) {
             return bad("flush_interval must be between 1 ms and 60 s");
+        }
+        if c.checkpoint_interval < Duration::from_millis(1) || c.checkpoint_interval > Duration::from_secs(60) {
+            return bad("checkpoint_interval must be between 1 ms and 60 s");
         }
         if !(256..=65_536).contains(&c.max_token_len) {
             return bad("max_token_len must be between 256 and 65536 bytes");
@@ -452,6 +469,8 @@ mod tests {
         assert!(Config::builder().max_data_len(17 << 20).build().is_err());
         assert!(Config::builder().cache_capacity(1).build().is_err());
         assert!(Config::builder().flush_interval(Duration::ZERO).build().is_err());
+        assert!(Config::builder().checkpoint_interval(Duration::ZERO).build().is_err());
+        assert!(Config::builder().checkpoint_interval(Duration::from_secs(61)).build().is_err());
         // L4: the clock leeway is small.
         assert!(Config::builder().leeway(Duration::from_secs(60)).build().is_ok());
         assert!(Config::builder().leeway(Duration::from_secs(61)).build().is_err());

@@ -265,6 +265,7 @@ impl Store {
             }),
             lost: Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id))),
             flush_interval: config.flush_interval,
+            checkpoint_interval: config.checkpoint_interval,
             queue: config.write_queue,
         })?;
         let interval = config.sweep_interval;

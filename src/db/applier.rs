@@ -3,7 +3,7 @@
 //! Batches arrive already durable in the journal (or, for Eventual writes, on
 //! their way there) and already visible through the overlay, so nothing waits
 //! for this thread: it commits with `Durability::None` as batches come, and
-//! every [`CHECKPOINT_INTERVAL`] (or [`CHECKPOINT_MUTATIONS`] changes, or on
+//! every checkpoint interval (`Config::checkpoint_interval`, or [`CHECKPOINT_MUTATIONS`] changes, or on
 //! request) makes one durable commit — the checkpoint — that also records the
 //! last applied seq in `meta`. Only then may the writer prune the overlay and
 //! clear journal segments up to that seq.
@@ -27,8 +27,6 @@ use super::tables::{EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE
 use super::{Db, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
 
-/// Longest time between checkpoints while batches are pending.
-pub(crate) const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Non-durable commits gather at least this long (or [`APPLY_MUTATIONS`]
 /// changes): every commit costs redb a fixed overhead (page checksums, the
 /// allocator state), and nothing waits for them (readers use the overlay).
@@ -37,9 +35,6 @@ pub(crate) const APPLY_INTERVAL: Duration = Duration::from_millis(50);
 pub(crate) const APPLY_MUTATIONS: usize = 20_000;
 /// A checkpoint is also due after this many row changes.
 pub(crate) const CHECKPOINT_MUTATIONS: usize = 200_000;
-/// Batches the writer may run ahead of the applier before it waits (the bound
-/// on the overlay and on how far redb lags the journal).
-const LAG_BATCHES: usize = 4096;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
@@ -52,10 +47,15 @@ pub(crate) struct Batch {
 }
 
 enum Msg {
-    Batch(Arc<Batch>),
-    /// Checkpoint now (everything sent before) and report the seq covered.
+    /// Checkpoint now (everything handed over before) and report the seq covered.
     Checkpoint(Sender<Result<u64, Error>>),
 }
+
+/// Batches handed over and not yet taken by the applier. A plain queue, not a
+/// channel: handing over never wakes the applier thread (which takes the queue
+/// every [`APPLY_INTERVAL`] or on a checkpoint request), so the writer pays no
+/// futex wake per batch.
+type Handover = Arc<Mutex<Vec<Arc<Batch>>>>;
 
 /// Applier counters and progress.
 #[derive(Debug, Default)]
@@ -71,30 +71,30 @@ pub(crate) struct Progress {
 
 pub(crate) struct Applier {
     tx: Mutex<Option<Sender<Msg>>>,
+    queue: Handover,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) progress: Arc<Progress>,
 }
 
 impl Applier {
-    pub(crate) fn start(db: Db, checkpointed: u64) -> Result<Applier, Error> {
-        let (tx, rx) = crossbeam_channel::bounded(LAG_BATCHES);
+    pub(crate) fn start(db: Db, checkpointed: u64, interval: Duration) -> Result<Applier, Error> {
+        let (tx, rx) = crossbeam_channel::bounded(64);
         let progress = Arc::new(Progress::default());
         progress.checkpointed.store(checkpointed, Ordering::Release);
         let p = Arc::clone(&progress);
+        let queue: Handover = Arc::default();
+        let q = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name("cloakroom-applier".into())
-            .spawn(move || Worker { db, progress: p, last_seq: checkpointed }.run(&rx))
+            .spawn(move || Worker { db, progress: p, last_seq: checkpointed, interval, queue: q }.run(&rx))
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
-        Ok(Applier { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), progress })
+        Ok(Applier { tx: Mutex::new(Some(tx)), queue, thread: Mutex::new(Some(thread)), progress })
     }
 
-    /// Hands a journaled batch over; waits only while the applier is
-    /// [`LAG_BATCHES`] behind.
-    pub(crate) fn send(&self, batch: Arc<Batch>) -> Result<(), Error> {
-        match &*self.tx.lock() {
-            Some(tx) => tx.send(Msg::Batch(batch)).map_err(|_| Error::Closed),
-            None => Err(Error::Closed),
-        }
+    /// Hands a journaled batch over (never blocks; the writer bounds the lag by
+    /// the rows not yet checkpointed).
+    pub(crate) fn send(&self, batch: Arc<Batch>) {
+        self.queue.lock().push(batch);
     }
 
     /// Checkpoints everything sent so far; returns the seq covered.
@@ -121,6 +121,9 @@ struct Worker {
     progress: Arc<Progress>,
     /// Seq of the last batch received.
     last_seq: u64,
+    /// Longest time between checkpoints while batches are pending.
+    interval: Duration,
+    queue: Handover,
 }
 
 impl Worker {
@@ -142,34 +145,35 @@ impl Worker {
         let mut waiters: Vec<Sender<Result<u64, Error>>> = Vec::new();
         let mut stopping = false;
         loop {
+            // Wake to take the handover queue, to apply, or to checkpoint.
+            let poll = APPLY_INTERVAL.min(self.interval);
             let wait = if pending.is_empty() {
-                CHECKPOINT_INTERVAL
+                poll
             } else if applied < pending.len() {
-                APPLY_INTERVAL.saturating_sub(last_apply.elapsed())
+                poll.saturating_sub(last_apply.elapsed())
             } else {
-                CHECKPOINT_INTERVAL.saturating_sub(last_checkpoint.elapsed())
-            };
-            let mut take = |m: Msg, pending: &mut Vec<Arc<Batch>>| match m {
-                Msg::Batch(b) => {
-                    rows += b.muts.len();
-                    unapplied += b.muts.len();
-                    self.last_seq = b.seq;
-                    pending.push(b);
-                }
-                Msg::Checkpoint(w) => waiters.push(w),
+                poll.min(self.interval.saturating_sub(last_checkpoint.elapsed()))
             };
             match rx.recv_timeout(wait) {
-                Ok(m) => take(m, &mut pending),
+                Ok(Msg::Checkpoint(w)) => waiters.push(w),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => stopping = true,
             }
-            while let Ok(m) = rx.try_recv() {
-                take(m, &mut pending);
+            while let Ok(Msg::Checkpoint(w)) = rx.try_recv() {
+                waiters.push(w);
+            }
+            // Taken after the requests: every batch handed over before a
+            // checkpoint request is in this checkpoint.
+            for b in std::mem::take(&mut *self.queue.lock()) {
+                rows += b.muts.len();
+                unapplied += b.muts.len();
+                self.last_seq = b.seq;
+                pending.push(b);
             }
             let due = !waiters.is_empty()
                 || stopping
                 || (!pending.is_empty()
-                    && (last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || rows >= CHECKPOINT_MUTATIONS));
+                    && (last_checkpoint.elapsed() >= self.interval || rows >= CHECKPOINT_MUTATIONS));
             let apply_due = last_apply.elapsed() >= APPLY_INTERVAL || unapplied >= APPLY_MUTATIONS;
             let work = (applied < pending.len() && apply_due) || (due && !pending.is_empty());
             let result = if work {

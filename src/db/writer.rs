@@ -144,6 +144,9 @@ enum Msg {
 /// time, before the commit (fail closed).
 pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId, SecretHash)], u64) + Send + Sync>;
 
+/// A decided batch: each job's outcome, and the row changes for the applier.
+type Decided = (Vec<Result<Outcome, Error>>, Option<Arc<Batch>>);
+
 /// Called after a failed batch with the ids of its Eventual creates (never
 /// stored), for the store to forget from its cache.
 pub(crate) type LostHook = Arc<dyn Fn(Vec<SessionId>) + Send + Sync>;
@@ -186,6 +189,7 @@ pub(crate) struct Start {
     pub(crate) hook: RevokeHook,
     pub(crate) lost: LostHook,
     pub(crate) flush_interval: Duration,
+    pub(crate) checkpoint_interval: Duration,
     pub(crate) queue: usize,
 }
 
@@ -193,7 +197,7 @@ impl Writer {
     pub(crate) fn start(s: Start) -> Result<Writer, Error> {
         let (tx, rx) = crossbeam_channel::bounded(s.queue);
         let stats = Arc::new(WriterStats::default());
-        let applier = Arc::new(Applier::start(s.db.clone(), s.checkpointed)?);
+        let applier = Arc::new(Applier::start(s.db.clone(), s.checkpointed, s.checkpoint_interval)?);
         let worker = Worker {
             db: s.db,
             journal: s.journal,
@@ -385,7 +389,7 @@ impl Worker {
         let result = super::guarded(|| self.decide_and_journal(batch, durable));
         self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
-            Ok(outcomes) => {
+            Ok((outcomes, applied)) => {
                 self.backoff = None;
                 if durable {
                     self.dirty_since = None;
@@ -396,6 +400,9 @@ impl Worker {
                     if let Some(ack) = job.ack {
                         let _ = ack.send(out);
                     }
+                }
+                if let Some(b) = applied {
+                    self.applier.send(b);
                 }
             }
             Err(e) => {
@@ -428,9 +435,11 @@ impl Worker {
         }
     }
 
-    /// Decides every job, journals the batch and publishes it. `Err` means
-    /// nothing of the batch is visible, journaled or applied.
-    fn decide_and_journal(&mut self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
+    /// Decides every job, journals the batch and publishes it (overlay and
+    /// index); returns the outcomes and the batch for the applier, handed over
+    /// after the acks. `Err` means nothing of the batch is visible, journaled
+    /// or applied.
+    fn decide_and_journal(&mut self, batch: &mut [Job], durable: bool) -> Result<Decided, Error> {
         let db = self.db.handle()?;
         let rtx = db.begin_read().map_err(io)?;
         let mut v = View {
@@ -478,13 +487,13 @@ impl Worker {
             }
             self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
         }
-        if !muts.is_empty() {
-            self.db.overlay().write().apply(seq, &muts);
-            self.db.index().apply(&index_ops);
-            self.next_seq += 1;
-            self.applier.send(Arc::new(Batch { seq, muts }))?;
+        if muts.is_empty() {
+            return Ok((outcomes, None));
         }
-        Ok(outcomes)
+        self.db.overlay().write().apply(seq, &muts);
+        self.db.index().apply(&index_ops);
+        self.next_seq += 1;
+        Ok((outcomes, Some(Arc::new(Batch { seq, muts }))))
     }
 
     fn apply(&self, t: &mut View<'_>, op: &mut Op) -> Result<Outcome, Error> {
