@@ -33,9 +33,15 @@ struct Revoked {
 /// Serials start at 1; 0 marks an id revoked while its serial was unknown.
 const UNKNOWN_SERIAL: u64 = 0;
 
+/// Called with each (serial, id) revoked (`None` serial: whatever the id's
+/// serial is), so the store can flag a cached record: the hit path then reads
+/// the record's own flag instead of this shared set.
+pub(crate) type Marker = Box<dyn Fn(Option<u64>, &SessionId) + Send + Sync>;
+
 #[derive(Default)]
 pub(crate) struct Revocation {
     revoked: RwLock<Revoked>,
+    marker: std::sync::OnceLock<Marker>,
     not_before: RwLock<HashMap<Box<str>, u64>>,
     /// Bumped by every revocation, before its commit. A cache fill compares it
     /// before and after its database read, so a reader that stalled across a
@@ -47,6 +53,7 @@ impl Revocation {
     pub(crate) fn load(revoked: &[(u64, u64, SessionId)], not_before: Vec<(String, u64)>) -> Self {
         let r = Self {
             revoked: RwLock::default(),
+            marker: std::sync::OnceLock::new(),
             not_before: RwLock::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
             epoch: AtomicU64::new(0),
         };
@@ -71,6 +78,18 @@ impl Revocation {
     pub(crate) fn block_id(&self, id: SessionId) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.revoked.write().ids.entry(id).or_insert(UNKNOWN_SERIAL);
+        self.mark(None, &id);
+    }
+
+    /// Installs the marker (once, at store start).
+    pub(crate) fn set_marker(&self, marker: Marker) {
+        let _ = self.marker.set(marker);
+    }
+
+    fn mark(&self, serial: Option<u64>, id: &SessionId) {
+        if let Some(m) = self.marker.get() {
+            m(serial, id);
+        }
     }
 
     /// For a row just read: if its id was blocked with an unknown serial,
@@ -149,13 +168,20 @@ impl Revocation {
             return;
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        let mut r = self.revoked.write();
-        for &(s, id) in pairs {
-            r.bits.insert(s);
-            r.ids.insert(id, s);
-            if let Some(p) = prune_after {
-                r.due.insert((p, s, id));
+        {
+            let mut r = self.revoked.write();
+            for &(s, id) in pairs {
+                r.bits.insert(s);
+                r.ids.insert(id, s);
+                if let Some(p) = prune_after {
+                    r.due.insert((p, s, id));
+                }
             }
+        }
+        // After the bits: a record cached before them is flagged here; one
+        // cached after them sees the bits when it is filled.
+        for &(s, id) in pairs {
+            self.mark(Some(s), &id);
         }
     }
 

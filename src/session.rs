@@ -154,6 +154,9 @@ pub(crate) struct Live {
     pub(crate) referenced: AtomicBool,
     /// Position in its cache shard's CLOCK ring (meaningful only while cached).
     pub(crate) slot: AtomicU32,
+    /// Set once this record's serial is revoked: what a cache hit checks, so
+    /// the hit path reads no memory shared across sessions for revocation.
+    pub(crate) revoked: AtomicBool,
 }
 
 /// A stored session as kept in the cache and on disk. Immutable once built apart
@@ -237,6 +240,7 @@ impl Live {
             persisted: AtomicU64::new(persisted),
             referenced: AtomicBool::new(false),
             slot: AtomicU32::new(0),
+            revoked: AtomicBool::new(false),
         }
     }
 }

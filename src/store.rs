@@ -255,6 +255,14 @@ impl Store {
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
+        let marked = Arc::clone(&cache);
+        revocation.set_marker(Box::new(move |serial, id| {
+            if let Some(r) = marked.peek(id) {
+                if serial.is_none_or(|s| s == r.serial) {
+                    r.live.revoked.store(true, Ordering::Release);
+                }
+            }
+        }));
         let lost_cache = Arc::clone(&cache);
         let writer = Writer::start(Start {
             db: db.clone(),
@@ -371,8 +379,9 @@ impl Store {
     fn fill(&self, rec: Arc<Record>) {
         let inner = &self.inner;
         let (id, serial) = (rec.id, rec.serial);
-        inner.cache.insert(rec);
+        inner.cache.insert(Arc::clone(&rec));
         if inner.revocation.is_revoked(serial) {
+            rec.live.revoked.store(true, Ordering::Release);
             inner.cache.remove(&id);
         }
     }
@@ -401,6 +410,9 @@ impl Store {
             // Revoked while the row could not be read (storage fault): refuse it now.
             inner.revocation.blocked(id, rec.serial);
             let rec = Arc::new(rec);
+            if inner.revocation.is_revoked(rec.serial) {
+                rec.live.revoked.store(true, Ordering::Release);
+            }
             if attempt == 2 {
                 return Ok(Some(rec)); // fresh enough to answer from; not cached
             }
@@ -671,7 +683,9 @@ impl Store {
 
     /// Revoked → `Revoked`; past the absolute deadline or idle → `Expired`.
     fn status(&self, rec: &Record, now: u64) -> Result<(), Error> {
-        if self.inner.revocation.is_revoked(rec.serial) {
+        // The record's own flag (set by every revocation of its serial, and at
+        // fill for one revoked before): no lock shared across sessions.
+        if rec.live.revoked.load(Ordering::Acquire) {
             self.inner.cache.remove(&rec.id);
             return Err(Error::Revoked);
         }
@@ -685,8 +699,11 @@ impl Store {
     /// Marks activity on a session; writes `last_seen` at most once per granularity.
     fn touch(&self, rec: &Record, now: u64) {
         let inner = &self.inner;
-        if now > rec.seen() {
-            // A plain store: a racing older value only shortens the session (fail closed).
+        // Written at most once per resolution (granularity / 16, at most 1 s), not
+        // on every hit: a hot session's line is not written by every request. A
+        // racing older value, or the skipped part, only shortens the session.
+        let resolution = (duration_millis(inner.config.touch_granularity) / 16).clamp(1, 1000);
+        if now >= rec.seen().saturating_add(resolution) {
             rec.live.last_seen.store(now, Ordering::Relaxed);
         }
         let persisted = rec.live.persisted.load(Ordering::Relaxed);
