@@ -88,6 +88,16 @@ fn validate(c: &mut Criterion) {
             black_box(store.validate(black_box(t)).unwrap());
         });
     });
+    // Well-formed tokens (valid format and checksum) this store never issued:
+    // refused after the cache and the in-memory id index miss, no disk read.
+    let other = Store::in_memory(eventual(1024, 16)).unwrap();
+    let forged: Vec<String> = (0..100).map(|_| other.create(NewSession::new("x")).unwrap().token.to_string()).collect();
+    g.bench_function("forged", |b| {
+        b.iter(|| {
+            let t = &forged[(rng.next() % forged.len() as u64) as usize];
+            assert!(matches!(store.validate(black_box(t)), Err(cloakroom::Error::NotFound)));
+        });
+    });
     g.bench_function("parse-only", |b| {
         b.iter(|| {
             let t = &small[(rng.next() % small.len() as u64) as usize];

@@ -52,6 +52,69 @@ fn verify(c: &mut Criterion) {
     g.finish();
 }
 
+/// Scaling of `verify_access`: N threads verifying one HS256 token at once;
+/// throughput = N × per-thread calls. The 2 ÷ 1 ratio shows whether a verify
+/// writes memory other threads read.
+fn verify_threads(c: &mut Criterion) {
+    const PER: usize = 20_000;
+    let s = store("hs");
+    let tok = s.create(NewSession::new("user-42")).unwrap().token.to_string();
+    let jwt = s.issue_tokens(&tok).unwrap().access;
+    let mut g = c.benchmark_group("verify_access/threads");
+    for n in [1usize, 2] {
+        g.throughput(Throughput::Elements((n * PER) as u64));
+        g.bench_function(format!("{n}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let barrier = std::sync::Barrier::new(n + 1);
+                    let mut start = std::time::Instant::now();
+                    // The scope joins the threads before it returns: timed from
+                    // the common start to the last thread's end.
+                    std::thread::scope(|sc| {
+                        for _ in 0..n {
+                            sc.spawn(|| {
+                                barrier.wait();
+                                for _ in 0..PER {
+                                    black_box(s.verify_access(black_box(&jwt)).unwrap());
+                                }
+                            });
+                        }
+                        barrier.wait();
+                        start = std::time::Instant::now();
+                    });
+                    total += start.elapsed();
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
+/// The stored-row tag (format 3), as `db/mac.rs` computes it: keyed blake3
+/// over table byte, key length, key (a u64 session number) and a 180-byte
+/// value (id + a record with a short user id and 64 bytes of data), truncated
+/// to 16 bytes. Every row read from disk pays one; compare with `validate/miss`.
+fn row_tag(c: &mut Criterion) {
+    let key = [9u8; 32];
+    let value = [7u8; 180];
+    let mut g = c.benchmark_group("row_tag");
+    g.bench_function("keyed-blake3-180B", |b| {
+        b.iter(|| {
+            let mut h = blake3::Hasher::new_keyed(black_box(&key));
+            h.update(&[1]);
+            h.update(&8u32.to_le_bytes());
+            h.update(&42u64.to_le_bytes());
+            h.update(black_box(&value));
+            let mut t = [0u8; 16];
+            t.copy_from_slice(&h.finalize().as_bytes()[..16]);
+            black_box(t)
+        });
+    });
+    g.finish();
+}
+
 fn issue_and_authenticate(c: &mut Criterion) {
     let mut g = c.benchmark_group("tokens");
     g.throughput(Throughput::Elements(1));
@@ -104,5 +167,5 @@ fn refresh(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, verify, issue_and_authenticate, refresh);
+criterion_group!(benches, verify, verify_threads, row_tag, issue_and_authenticate, refresh);
 criterion_main!(benches);

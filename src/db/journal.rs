@@ -484,14 +484,35 @@ fn parse_records(key: &[u8; 32], b: &[u8], first_seq: u64) -> Result<(Vec<Record
     Ok((out, pos as u64))
 }
 
-/// Whether a valid record with a plausible seq starts anywhere after `pos`.
+/// Whether a valid record starts anywhere after `pos`, so the bad record at
+/// `pos` was damaged in place rather than torn by a crash. Records carry
+/// consecutive seqs, so the candidates are frames whose seq is the one the bad
+/// record should have had or the next, whose length fits in the file: anything
+/// else is not a record of this journal's current run (stale frames of a reused
+/// segment have lower seqs). Each candidate costs one tag check; the filter
+/// keeps them rare (a u64 equal to one of two values), so a scan of a long
+/// torn tail stays linear.
+///
+/// More than [`MAX_CANDIDATES`] candidates that fail their tag is not a torn
+/// tail either (a crafted file could otherwise make the scan quadratic): the
+/// journal is then reported as damaged, never silently cut.
 fn valid_record_after(key: &[u8; 32], b: &[u8], pos: usize, expect: u64) -> bool {
+    const MAX_CANDIDATES: usize = 64;
+    let mut candidates = 0;
     let mut p = pos + 1;
     while p + FRAME_HEAD + TAG_LEN <= b.len() {
-        let seq = b.get(p + 4..p + 12).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes);
-        // Cheap filter before the tag check: seqs grow by one per record.
-        if seq >= expect && seq - expect < (1 << 20) && frame_at(key, b, p).is_some() {
-            return true;
+        let seq = b.get(p + 4..p + 12).and_then(|x| x.try_into().ok()).map_or(0, u64::from_le_bytes);
+        if seq == expect || seq == expect + 1 {
+            let len = b.get(p..p + 4).and_then(|x| x.try_into().ok()).map_or(u32::MAX, u32::from_le_bytes) as usize;
+            if p + FRAME_HEAD + len + TAG_LEN <= b.len() {
+                if frame_at(key, b, p).is_some() {
+                    return true;
+                }
+                candidates += 1;
+                if candidates > MAX_CANDIDATES {
+                    return true;
+                }
+            }
         }
         p += 1;
     }
