@@ -267,3 +267,45 @@ fn bench_checks_its_arguments_and_cleans_up() {
     assert_eq!(entries(&dir), ["l.svg", "tmp"]);
     assert_eq!(entries(&dir.join("tmp")).len(), 0, "bench left its temp dir behind");
 }
+
+/// `cloakroom verify`: a clean file passes (exit 0, a line per table, nothing
+/// written); a row edited without the key fails (exit 1) and is counted.
+#[test]
+fn verify_reports_rows_that_fail_their_tag_and_exits_non_zero() {
+    let (_t, dir) = setup();
+    let path = dir.join("v.redb");
+    let s = Store::open(&path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    let victim = s.create(NewSession::new("d161")).unwrap();
+    s.create(NewSession::new("t161")).unwrap();
+    s.close().unwrap();
+    let before = hash(&path);
+    let o = cloakroom(&["verify", "--db", "v.redb"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("sessions") && stdout(&o).contains("ok:"), "{}", stdout(&o));
+    assert_eq!(hash(&path), before, "verify writes nothing");
+    // Re-point d161's row to t161 without the key.
+    {
+        let def = redb::TableDefinition::<u64, &[u8]>::new("sessions_v3");
+        let db = redb::Database::create(&path).unwrap();
+        let (n, mut row) = {
+            let r = redb::ReadableDatabase::begin_read(&db).unwrap();
+            let t = r.open_table(def).unwrap();
+            let found = redb::ReadableTable::iter(&t)
+                .unwrap()
+                .map(|x| x.unwrap())
+                .find(|(_, v)| v.value().starts_with(victim.session.id().as_bytes()))
+                .map(|(k, v)| (k.value(), v.value().to_vec()));
+            found.unwrap()
+        };
+        let at = row.windows(4).position(|w| w == b"d161").unwrap();
+        row[at] = b't';
+        let w = db.begin_write().unwrap();
+        w.open_table(def).unwrap().insert(n, row.as_slice()).unwrap();
+        w.commit().unwrap();
+    }
+    let o = cloakroom(&["verify", "--db", "v.redb"], &dir);
+    assert_eq!(code(&o), 1, "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("1 rows failed"), "{}", stderr(&o));
+    let line = stdout(&o).lines().find(|l| l.starts_with("sessions")).unwrap().to_owned();
+    assert!(line.split_whitespace().eq(["sessions", "2", "1"]), "{line}");
+}

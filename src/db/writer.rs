@@ -144,9 +144,6 @@ enum Msg {
 /// time, before the commit (fail closed).
 pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId, SecretHash)], u64) + Send + Sync>;
 
-/// A decided batch: each job's outcome, and the row changes for the applier.
-type Decided = (Vec<Result<Outcome, Error>>, Option<Arc<Batch>>);
-
 /// Called after a failed batch with the ids of its Eventual creates (never
 /// stored), for the store to forget from its cache.
 pub(crate) type LostHook = Arc<dyn Fn(Vec<SessionId>) + Send + Sync>;
@@ -389,7 +386,7 @@ impl Worker {
         let result = super::guarded(|| self.decide_and_journal(batch, durable));
         self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
-            Ok((outcomes, applied)) => {
+            Ok(outcomes) => {
                 self.backoff = None;
                 if durable {
                     self.dirty_since = None;
@@ -400,9 +397,6 @@ impl Worker {
                     if let Some(ack) = job.ack {
                         let _ = ack.send(out);
                     }
-                }
-                if let Some(b) = applied {
-                    self.applier.send(b);
                 }
             }
             Err(e) => {
@@ -435,11 +429,12 @@ impl Worker {
         }
     }
 
-    /// Decides every job, journals the batch and publishes it (overlay and
-    /// index); returns the outcomes and the batch for the applier, handed over
-    /// after the acks. `Err` means nothing of the batch is visible, journaled
-    /// or applied.
-    fn decide_and_journal(&mut self, batch: &mut [Job], durable: bool) -> Result<Decided, Error> {
+    /// Decides every job, journals the batch and publishes it (overlay, index,
+    /// the applier's handover queue: a plain push that wakes no thread), all
+    /// before any ack, so a `Flush` acked means every batch before it reached
+    /// the applier (what `Store::checkpoint` relies on). `Err` means nothing of
+    /// the batch is visible, journaled or applied.
+    fn decide_and_journal(&mut self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
         let db = self.db.handle()?;
         let rtx = db.begin_read().map_err(io)?;
         let mut v = View {
@@ -487,13 +482,13 @@ impl Worker {
             }
             self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
         }
-        if muts.is_empty() {
-            return Ok((outcomes, None));
+        if !muts.is_empty() {
+            self.db.overlay().write().apply(seq, &muts);
+            self.db.index().apply(&index_ops);
+            self.next_seq += 1;
+            self.applier.send(Arc::new(Batch { seq, muts }));
         }
-        self.db.overlay().write().apply(seq, &muts);
-        self.db.index().apply(&index_ops);
-        self.next_seq += 1;
-        Ok((outcomes, Some(Arc::new(Batch { seq, muts }))))
+        Ok(outcomes)
     }
 
     fn apply(&self, t: &mut View<'_>, op: &mut Op) -> Result<Outcome, Error> {
