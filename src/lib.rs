@@ -124,6 +124,19 @@ pub mod fuzzing {
         }
     }
 
+    /// Decodes journal input two ways: as one record's row changes (a decoded
+    /// list must re-encode to the same bytes), and as a whole segment (header,
+    /// frames, the torn-tail scan) under a fixed key. Must never panic, and the
+    /// scan must stay linear in the input.
+    pub fn decode_journal(data: &[u8]) {
+        if let Ok(muts) = crate::db::mutation::decode(data) {
+            let mut again = Vec::new();
+            crate::db::mutation::encode(&muts, &mut again);
+            assert_eq!(again, data, "row changes must re-encode to the bytes they came from");
+        }
+        crate::db::journal::fuzz_segment(data);
+    }
+
     /// Decodes a stored session record and returns the decoder's verdict.
     ///
     /// # Errors
