@@ -873,34 +873,13 @@ impl ReadOnly {
         }
         out.push((RowTable::Session.name(), check));
         let refresh = rtx.open_table(REFRESH).map_err(io)?;
-        let mut check = TableCheck::default();
-        for row in refresh.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            check.rows += 1;
-            if decode_family(mac, k.value(), v.value()).is_err() {
-                check.bad += 1;
-            }
-        }
+        let check = tally(refresh.iter().map_err(io)?, |n, v| decode_family(mac, n, v).is_ok())?;
         out.push((RowTable::Refresh.name(), check));
         let revoked = rtx.open_table(REVOKED).map_err(io)?;
-        let mut check = TableCheck::default();
-        for row in revoked.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            check.rows += 1;
-            if decode_revoked(mac, k.value(), v.value()).is_err() {
-                check.bad += 1;
-            }
-        }
+        let check = tally(revoked.iter().map_err(io)?, |serial, v| decode_revoked(mac, serial, v).is_ok())?;
         out.push((RowTable::Revoked.name(), check));
         let nb = rtx.open_table(NOT_BEFORE).map_err(io)?;
-        let mut check = TableCheck::default();
-        for row in nb.iter().map_err(io)? {
-            let (k, v) = row.map_err(io)?;
-            check.rows += 1;
-            if decode_not_before(mac, k.value(), v.value()).is_err() {
-                check.bad += 1;
-            }
-        }
+        let check = tally(nb.iter().map_err(io)?, |user, v| decode_not_before(mac, user, v).is_ok())?;
         out.push((RowTable::NotBefore.name(), check));
         // Every readable session needs its current expiry row, or it would never
         // be swept; a stale expiry row is harmless (the sweeper drops it), but
@@ -925,6 +904,22 @@ impl ReadOnly {
         out.push((EXPIRY.name(), check));
         Ok(out)
     }
+}
+
+/// Counts a table's rows and those `sound` refuses.
+fn tally<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rows: redb::Range<'_, K, V>,
+    mut sound: impl for<'a> FnMut(K::SelfType<'a>, V::SelfType<'a>) -> bool,
+) -> Result<TableCheck, Error> {
+    let mut check = TableCheck::default();
+    for row in rows {
+        let (k, v) = row.map_err(io)?;
+        check.rows += 1;
+        if !sound(k.value(), v.value()) {
+            check.bad += 1;
+        }
+    }
+    Ok(check)
 }
 
 fn table_names(rtx: &redb::ReadTransaction) -> Result<Vec<String>, Error> {
