@@ -803,14 +803,10 @@ impl ReadOnly {
         }
     }
 
-    fn revoked_table(&self) -> &'static str {
-        if self.format >= 3 { REVOKED.name() } else { REVOKED_V2.name() }
-    }
-
     /// Number of rows in the revocation table.
     pub(crate) fn revoked_count(&self) -> Result<u64, Error> {
         let rtx = self.rtx()?;
-        if self.revoked_table() == REVOKED.name() {
+        if self.format >= 3 {
             rtx.open_table(REVOKED).map_err(io)?.len().map_err(io)
         } else {
             rtx.open_table(REVOKED_V2).map_err(io)?.len().map_err(io)
