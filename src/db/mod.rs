@@ -397,12 +397,13 @@ impl Db {
 
     fn get_number(&self, id: SessionId, n: u64) -> Result<Option<Record>, Error> {
         let pending = self.shared.overlay.read().sessions.get(&n).map(|e| e.1.clone());
-        let row: Option<Vec<u8>> = match pending {
-            Some(r) => r.map(|r| r.to_vec()),
+        // An overlay row is shared, not copied.
+        let row: Option<Arc<[u8]>> = match pending {
+            Some(r) => r,
             None => {
                 let rtx = self.handle()?.begin_read().map_err(io)?;
                 let t = rtx.open_table(SESSIONS).map_err(io)?;
-                t.get(n).map_err(io)?.map(|v| v.value().to_vec())
+                t.get(n).map_err(io)?.map(|v| Arc::from(v.value()))
             }
         };
         row.map(|r| decode_session(&self.shared.mac, id, n, &r).map_err(|e| self.corrupt(e))).transpose()
@@ -413,12 +414,13 @@ impl Db {
         let Some(n) = self.shared.index.number(id.as_bytes()) else { return Ok(None) };
         guarded(|| {
             let pending = self.shared.overlay.read().refresh.get(&n).map(|e| e.1.clone());
-            let row: Option<Vec<u8>> = match pending {
-                Some(r) => r.map(|r| r.to_vec()),
+            // An overlay row is shared, not copied.
+            let row: Option<Arc<[u8]>> = match pending {
+                Some(r) => r,
                 None => {
                     let rtx = self.handle()?.begin_read().map_err(io)?;
                     let t = rtx.open_table(REFRESH).map_err(io)?;
-                    t.get(n).map_err(io)?.map(|v| v.value().to_vec())
+                    t.get(n).map_err(io)?.map(|v| Arc::from(v.value()))
                 }
             };
             row.map(|r| decode_family(&self.shared.mac, n, &r).map_err(|e| self.corrupt(e))).transpose()
