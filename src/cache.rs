@@ -5,37 +5,15 @@
 //! removals take the shard write lock. The cache never talks to the database.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
 use crate::session::Record;
-use crate::token::SessionId;
+use crate::token::{IdHash, SessionId};
 
-/// Session ids are uniformly random, so their first word is already a good hash.
-/// Attackers cannot choose which ids get inserted (only stored sessions are), so
-/// this is not a hash-flooding risk.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `SessionId::hash`; fold anything else.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type IdMap = HashMap<SessionId, Arc<Record>, BuildHasherDefault<IdHasher>>;
+type IdMap = HashMap<SessionId, Arc<Record>, IdHash>;
 
 /// One shard: the map answers lookups with one probe straight to the record;
 /// the ring (a second `Arc` to each record) drives CLOCK eviction. Each record

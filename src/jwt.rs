@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
-use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::to_millis;
 use crate::error::{Error, JwtError};
+use crate::snapshot::Snapshot;
 
 /// A signature algorithm. Each key is bound to exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +76,7 @@ pub struct KeyInfo {
     pub state: KeyState,
 }
 
+#[derive(Clone)]
 struct Key {
     kid: String,
     alg: Algorithm,
@@ -98,7 +99,9 @@ enum Material {
 /// tokens. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct Keyring {
-    keys: Arc<RwLock<Vec<Key>>>,
+    /// The keys as a read-mostly snapshot: verification loads the current
+    /// list without a lock or a shared write; a change publishes a new list.
+    keys: Arc<Snapshot<Vec<Key>>>,
 }
 
 impl fmt::Debug for Keyring {
@@ -167,16 +170,17 @@ impl Keyring {
         if key.kid.is_empty() || key.kid.len() > 64 || !key.kid.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(key_error("kid must be 1 to 64 printable ASCII characters"));
         }
-        let mut keys = self.keys.write();
-        if keys.iter().any(|k| k.kid == key.kid) {
-            return Err(key_error("duplicate kid"));
-        }
-        let mut key = key;
-        if key.encoding.is_some() && !keys.iter().any(|k| k.state == KeyState::Signing) {
-            key.state = KeyState::Signing;
-        }
-        keys.push(key);
-        Ok(())
+        self.keys.write(|keys| {
+            if keys.iter().any(|k| k.kid == key.kid) {
+                return Err(key_error("duplicate kid"));
+            }
+            let mut key = key;
+            if key.encoding.is_some() && !keys.iter().any(|k| k.state == KeyState::Signing) {
+                key.state = KeyState::Signing;
+            }
+            keys.push(key);
+            Ok(())
+        })
     }
 
     /// Adds an HS256 key (secret of at least 32 bytes). It signs if no key signs yet.
@@ -244,16 +248,17 @@ impl Keyring {
     /// # Errors
     /// [`Error::Config`] if the kid is unknown, retired, or has no private key.
     pub fn promote(&self, kid: &str) -> Result<(), Error> {
-        let mut keys = self.keys.write();
-        let Some(i) = keys.iter().position(|k| k.kid == kid) else { return Err(key_error("unknown kid")) };
-        if keys[i].encoding.is_none() || matches!(keys[i].state, KeyState::Retired { .. }) {
-            return Err(key_error("key cannot sign (verify-only or retired)"));
-        }
-        for k in keys.iter_mut().filter(|k| k.state == KeyState::Signing) {
-            k.state = KeyState::Verifying;
-        }
-        keys[i].state = KeyState::Signing;
-        Ok(())
+        self.keys.write(|keys| {
+            let Some(i) = keys.iter().position(|k| k.kid == kid) else { return Err(key_error("unknown kid")) };
+            if keys[i].encoding.is_none() || matches!(keys[i].state, KeyState::Retired { .. }) {
+                return Err(key_error("key cannot sign (verify-only or retired)"));
+            }
+            for k in keys.iter_mut().filter(|k| k.state == KeyState::Signing) {
+                k.state = KeyState::Verifying;
+            }
+            keys[i].state = KeyState::Signing;
+            Ok(())
+        })
     }
 
     /// Retires `kid`: it stops signing at once and verifies until `until`.
@@ -262,21 +267,23 @@ impl Keyring {
     /// # Errors
     /// [`Error::Config`] if the kid is unknown or is the signing key (promote another first).
     pub fn retire(&self, kid: &str, until: SystemTime) -> Result<(), Error> {
-        let mut keys = self.keys.write();
-        let Some(k) = keys.iter_mut().find(|k| k.kid == kid) else { return Err(key_error("unknown kid")) };
-        if k.state == KeyState::Signing {
-            return Err(key_error("cannot retire the signing key; promote another key first"));
-        }
-        k.state = KeyState::Retired { until };
-        Ok(())
+        self.keys.write(|keys| {
+            let Some(k) = keys.iter_mut().find(|k| k.kid == kid) else { return Err(key_error("unknown kid")) };
+            if k.state == KeyState::Signing {
+                return Err(key_error("cannot retire the signing key; promote another key first"));
+            }
+            k.state = KeyState::Retired { until };
+            Ok(())
+        })
     }
 
     /// Drops retired keys whose verification window has passed; returns how many.
     pub fn prune(&self, now: SystemTime) -> usize {
-        let mut keys = self.keys.write();
-        let before = keys.len();
-        keys.retain(|k| !matches!(k.state, KeyState::Retired { until } if until <= now));
-        before - keys.len()
+        self.keys.write(|keys| {
+            let before = keys.len();
+            keys.retain(|k| !matches!(k.state, KeyState::Retired { until } if until <= now));
+            before - keys.len()
+        })
     }
 
     /// Every key's id, algorithm and state.
@@ -400,9 +407,11 @@ impl Keyring {
 
     /// Makes `kid` verify-only (used while loading a key file).
     fn demote(&self, kid: &str) {
-        for k in self.keys.write().iter_mut().filter(|k| k.kid == kid && k.state == KeyState::Signing) {
-            k.state = KeyState::Verifying;
-        }
+        self.keys.write(|keys| {
+            for k in keys.iter_mut().filter(|k| k.kid == kid && k.state == KeyState::Signing) {
+                k.state = KeyState::Verifying;
+            }
+        });
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -425,8 +434,8 @@ impl Keyring {
     /// decoded and parsed once, the signature checked by jsonwebtoken's crypto
     /// layer (`crypto::verify`, the `rust_crypto` backend) over the signing
     /// input, and the claims decoded and parsed once by the single-pass
-    /// [`AccessClaims`] deserializer; the keyring lock is released before any
-    /// cryptography runs.
+    /// [`AccessClaims`] deserializer. The key comes from the keyring's
+    /// snapshot: no lock, no shared write, no copy of the key.
     pub(crate) fn verify(&self, token: &str, policy: &Policy, now: SystemTime) -> Result<AccessClaims, JwtError> {
         check_compact(token)?;
         let (signing_input, signature) = token.rsplit_once('.').ok_or(JwtError::Malformed)?;
@@ -444,19 +453,16 @@ impl Keyring {
             return Err(JwtError::Header("typ must be at+jwt"));
         }
         let kid = header.kid.as_deref().ok_or(JwtError::Header("kid missing"))?;
-        let (alg, decoding) = {
-            let keys = self.keys.read();
-            let key = keys
-                .iter()
-                .find(|k| k.kid == kid && !matches!(k.state, KeyState::Retired { until } if until <= now))
-                .ok_or(JwtError::Header("unknown kid"))?;
-            (key.alg, key.decoding.clone())
-        };
+        let keys = self.keys.read();
+        let key = keys
+            .iter()
+            .find(|k| k.kid == kid && !matches!(k.state, KeyState::Retired { until } if until <= now))
+            .ok_or(JwtError::Header("unknown kid"))?;
         // The allow-list: the kid's one algorithm, compared as an exact string.
-        if header.alg != alg.name() {
+        if header.alg != key.alg.name() {
             return Err(JwtError::Header("alg not allowed for this kid"));
         }
-        match jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &decoding, alg.jwt()) {
+        match jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &key.decoding, key.alg.jwt()) {
             Ok(true) => {}
             Ok(false) => return Err(JwtError::Signature),
             Err(e) => return Err(map_error(e)),

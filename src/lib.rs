@@ -76,6 +76,7 @@ mod readonly;
 mod refresh;
 mod revocation;
 mod session;
+mod snapshot;
 mod store;
 mod sweeper;
 mod token;

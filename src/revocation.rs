@@ -1,6 +1,11 @@
 //! The in-memory revocation state: a roaring bitmap of revoked session serials,
 //! and (for access tokens) per-user not-before cut-offs.
 //!
+//! Both are read by every `verify_access` (and every cache fill), so both are
+//! [`Snapshot`]s: a check loads the current bitmap or map with no lock and no
+//! shared write. The bitmap is split by serial into [`BIT_SHARDS`] snapshots so
+//! a revocation copies only 1/16 of it.
+//!
 //! Both are persisted by the writer (`revoked` and `not_before` tables) and loaded
 //! at open. Bits are set before the durable commit, so after a revoke returns no
 //! check on any thread passes, and a failed commit leaves them set (fail closed).
@@ -11,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::RwLock;
 use roaring::RoaringTreemap;
 
+use crate::snapshot::Snapshot;
 use crate::token::{SecretHash, SessionId};
 
-/// Revoked serials (checked on every validate and verify) plus the ids of the
-/// revoked sessions, so a token whose row is gone still reads as `Revoked`.
+/// The ids of the revoked sessions, so a token whose row is gone still reads
+/// as `Revoked`, and what pruning needs. (The serials are in `Revocation::bits`.)
 #[derive(Default)]
 struct Revoked {
-    bits: RoaringTreemap,
     /// id → serial of its latest revocation; [`UNKNOWN_SERIAL`] for an id
     /// refused before its serial could be read (a revoke during a storage fault).
     ids: HashMap<SessionId, u64>,
@@ -38,11 +43,19 @@ const UNKNOWN_SERIAL: u64 = 0;
 /// the record's own flag instead of this shared set.
 pub(crate) type Marker = Box<dyn Fn(Option<u64>, &SessionId) + Send + Sync>;
 
+/// How many snapshots the revoked-serial bitmap is split into (by serial).
+const BIT_SHARDS: usize = 16;
+
+/// Revoked serials, checked by every verify and cache fill: shard `s % 16`
+/// holds serial `s`.
+type Bits = [Snapshot<RoaringTreemap>; BIT_SHARDS];
+
 #[derive(Default)]
 pub(crate) struct Revocation {
+    bits: Bits,
     revoked: RwLock<Revoked>,
     marker: std::sync::OnceLock<Marker>,
-    not_before: RwLock<HashMap<Box<str>, u64>>,
+    not_before: Snapshot<HashMap<Box<str>, u64>>,
     /// Bumped by every revocation, before its commit. A cache fill compares it
     /// before and after its database read, so a reader that stalled across a
     /// revocation (and its later pruning) never caches what it read.
@@ -52,20 +65,49 @@ pub(crate) struct Revocation {
 impl Revocation {
     pub(crate) fn load(revoked: &[(u64, u64, SessionId)], not_before: Vec<(String, u64)>) -> Self {
         let r = Self {
+            bits: Bits::default(),
             revoked: RwLock::default(),
             marker: std::sync::OnceLock::new(),
-            not_before: RwLock::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
+            not_before: Snapshot::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
             epoch: AtomicU64::new(0),
         };
         {
             let mut w = r.revoked.write();
             for &(s, prune_after, id) in revoked {
-                w.bits.insert(s);
                 w.ids.insert(id, s);
                 w.due.insert((prune_after, s, id));
             }
         }
+        r.set_bits(revoked.iter().map(|&(s, _, _)| s), true);
         r
+    }
+
+    fn shard(&self, serial: u64) -> &Snapshot<RoaringTreemap> {
+        #[allow(clippy::cast_possible_truncation)] // < BIT_SHARDS
+        &self.bits[(serial % BIT_SHARDS as u64) as usize]
+    }
+
+    /// Sets (`on`) or clears serials, publishing each touched shard once.
+    fn set_bits(&self, serials: impl IntoIterator<Item = u64>, on: bool) {
+        let mut by_shard: [Vec<u64>; BIT_SHARDS] = Default::default();
+        for s in serials {
+            #[allow(clippy::cast_possible_truncation)] // < BIT_SHARDS
+            by_shard[(s % BIT_SHARDS as u64) as usize].push(s);
+        }
+        for (shard, serials) in self.bits.iter().zip(by_shard) {
+            if serials.is_empty() {
+                continue;
+            }
+            shard.write(|bits| {
+                for s in serials {
+                    if on {
+                        bits.insert(s);
+                    } else {
+                        bits.remove(s);
+                    }
+                }
+            });
+        }
     }
 
     /// The revocation epoch (see the field).
@@ -98,8 +140,7 @@ impl Revocation {
         if self.revoked.read().ids.get(id) != Some(&UNKNOWN_SERIAL) {
             return false;
         }
-        let mut w = self.revoked.write();
-        w.bits.insert(serial);
+        self.set_bits([serial], true);
         true
     }
 
@@ -126,17 +167,18 @@ impl Revocation {
 
     /// Forgets not-before entries that were pruned on disk (unless raised since).
     pub(crate) fn forget_not_before(&self, entries: &[(String, u64)]) {
-        let mut map = self.not_before.write();
-        for (u, at) in entries {
-            if map.get(u.as_str()) == Some(at) {
-                map.remove(u.as_str());
+        self.not_before.write(|map| {
+            for (u, at) in entries {
+                if map.get(u.as_str()) == Some(at) {
+                    map.remove(u.as_str());
+                }
             }
-        }
+        });
     }
 
     /// Is this session serial revoked?
     pub(crate) fn is_revoked(&self, serial: u64) -> bool {
-        self.revoked.read().bits.contains(serial)
+        self.shard(serial).read().contains(serial)
     }
 
     /// Was the session with this id revoked (and not yet pruned)? Only for
@@ -168,10 +210,10 @@ impl Revocation {
             return;
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.set_bits(pairs.iter().map(|&(s, _)| s), true);
         {
             let mut r = self.revoked.write();
             for &(s, id) in pairs {
-                r.bits.insert(s);
                 r.ids.insert(id, s);
                 if let Some(p) = prune_after {
                     r.due.insert((p, s, id));
@@ -190,8 +232,8 @@ impl Revocation {
         let mut r = self.revoked.write();
         let pairs: std::collections::HashSet<(u64, SessionId)> = pairs.iter().copied().collect();
         r.due.retain(|(_, s, id)| !pairs.contains(&(*s, *id)));
+        self.set_bits(pairs.iter().map(|&(s, _)| s), false);
         for (s, id) in &pairs {
-            r.bits.remove(*s);
             // A session keeps its id across rotations: only drop the id if it
             // still names this serial (not a later revocation of the same id).
             if r.ids.get(id) == Some(s) {
@@ -203,7 +245,7 @@ impl Revocation {
 
     /// How many serials are held.
     pub(crate) fn len(&self) -> u64 {
-        self.revoked.read().bits.len()
+        self.bits.iter().map(|b| b.read().len()).sum()
     }
 
     /// How many users have a not-before cut-off.
@@ -218,9 +260,10 @@ impl Revocation {
 
     /// Raises the user's not-before cut-off to `at` (ms).
     pub(crate) fn set_not_before(&self, user: &str, at: u64) {
-        let mut map = self.not_before.write();
-        let e = map.entry(user.into()).or_insert(0);
-        *e = (*e).max(at);
+        self.not_before.write(|map| {
+            let e = map.entry(user.into()).or_insert(0);
+            *e = (*e).max(at);
+        });
     }
 }
 

@@ -90,6 +90,30 @@ impl SessionId {
     }
 }
 
+/// Session ids are uniformly random, so their first word is already a good hash.
+/// Attackers cannot choose which ids get inserted (only stored sessions are), so
+/// this is not a hash-flooding risk: a forged id only costs its own probe.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `SessionId::hash`; fold anything else.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Builds [`IdHasher`]s: the hasher of every map keyed by [`SessionId`].
+pub(crate) type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
 impl std::hash::Hash for SessionId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash_word());

@@ -17,6 +17,8 @@ use std::hash::{BuildHasher as _, Hasher as _};
 
 use parking_lot::RwLock;
 
+use crate::token::{IdHash, SessionId};
+
 const SHARDS: usize = 16;
 
 /// One change to the indexes, recorded by the writer as it decides a batch.
@@ -41,7 +43,9 @@ pub(crate) enum IndexOp {
 }
 
 /// id → number.
-type IdShard = RwLock<HashMap<[u8; 16], u64>>;
+/// Keyed by the id's first word ([`IdHash`]): ids come from the CSPRNG, and the
+/// lookup of a never-issued id costs one probe and no SipHash.
+type IdShard = RwLock<HashMap<SessionId, u64, IdHash>>;
 /// user → ids (a set: a user may hold very many sessions, and adds and
 /// removes must not scan them).
 type UserShard = RwLock<HashMap<Box<str>, HashSet<[u8; 16]>>>;
@@ -57,7 +61,7 @@ pub(crate) struct Index {
 impl Default for Index {
     fn default() -> Self {
         Index {
-            ids: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            ids: (0..SHARDS).map(|_| RwLock::new(HashMap::default())).collect(),
             users: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             shard_hasher: std::hash::BuildHasherDefault::default(),
         }
@@ -80,7 +84,7 @@ impl Index {
 
     /// The storage number of session `id`, if it is stored.
     pub(crate) fn number(&self, id: &[u8; 16]) -> Option<u64> {
-        self.ids[Self::id_shard(id)].read().get(id).copied()
+        self.ids[Self::id_shard(id)].read().get(&SessionId::from_bytes(*id)).copied()
     }
 
     /// The ids of `user`'s stored sessions.
@@ -92,15 +96,15 @@ impl Index {
         for op in ops {
             match op {
                 IndexOp::Add { id, number, user } => {
-                    self.ids[Self::id_shard(id)].write().insert(*id, *number);
+                    self.ids[Self::id_shard(id)].write().insert(SessionId::from_bytes(*id), *number);
                     let mut users = self.users[self.user_shard(user)].write();
                     users.entry(user.clone()).or_default().insert(*id);
                 }
                 IndexOp::AddDamaged { id, number } => {
-                    self.ids[Self::id_shard(id)].write().insert(*id, *number);
+                    self.ids[Self::id_shard(id)].write().insert(SessionId::from_bytes(*id), *number);
                 }
                 IndexOp::Remove { id, user } => {
-                    self.ids[Self::id_shard(id)].write().remove(id);
+                    self.ids[Self::id_shard(id)].write().remove(&SessionId::from_bytes(*id));
                     let mut users = self.users[self.user_shard(user)].write();
                     if let Some(set) = users.get_mut(&**user) {
                         set.remove(id);
