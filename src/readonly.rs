@@ -163,6 +163,17 @@ impl ReadOnlyStore {
         Ok(out)
     }
 
+    /// The live refresh families of `session` (as listed by
+    /// [`ReadOnlyStore::list_user`]), oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the read fails or the row fails its tag.
+    pub fn refresh_families(&self, session: &Session) -> Result<Vec<crate::RefreshFamily>, Error> {
+        let mut list = self.db.families(session.record.number)?.map(|f| f.listing()).unwrap_or_default();
+        list.sort_by_key(|f| f.family);
+        Ok(list)
+    }
+
     /// The access-token keys a [`crate::Store`] opened on this file with the
     /// default configuration would use: the `<db>.keys` file if present, else
     /// the HS256 key derived from the `<db>.key` server key file. `None` when

@@ -309,3 +309,24 @@ fn verify_reports_rows_that_fail_their_tag_and_exits_non_zero() {
     let line = stdout(&o).lines().find(|l| l.starts_with("sessions")).unwrap().to_owned();
     assert!(line.split_whitespace().eq(["sessions", "2", "1"]), "{line}");
 }
+
+/// `cloakroom sessions` lists each session's refresh families (one per
+/// `issue_tokens`: a device or tab), with their generations.
+#[test]
+fn sessions_lists_refresh_families() {
+    let (_t, dir) = setup();
+    let db = dir.join("f.redb");
+    let s = Store::open(&db, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    let tok = s.create(NewSession::new("carol")).unwrap().token.to_string();
+    let first = s.issue_tokens(&tok).unwrap();
+    s.issue_tokens(&tok).unwrap();
+    s.refresh(&first.refresh.to_string()).unwrap();
+    s.close().unwrap();
+    let o = cloakroom(&["sessions", "--db", "f.redb", "--user", "carol"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    let families: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with("refresh family")).collect();
+    assert_eq!(families.len(), 2, "{out}");
+    assert!(families[0].contains("generation 2"), "{out}");
+    assert!(families[1].contains("generation 1"), "{out}");
+}

@@ -795,6 +795,18 @@ impl ReadOnly {
         Ok(out)
     }
 
+    /// A format-3 session's refresh families, by its storage number (older
+    /// formats have none listed: they kept one unnumbered family per session).
+    pub(crate) fn families(&self, number: u64) -> Result<Option<Families>, Error> {
+        if self.format < 3 {
+            return Ok(None);
+        }
+        let mac = self.mac()?;
+        let rtx = self.rtx()?;
+        let row = rtx.open_table(REFRESH).map_err(io)?.get(number).map_err(io)?;
+        row.map(|v| decode_family(mac, number, v.value())).transpose()
+    }
+
     /// Number of stored sessions.
     pub(crate) fn session_count(&self) -> Result<u64, Error> {
         let rtx = self.rtx()?;

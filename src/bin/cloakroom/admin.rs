@@ -99,6 +99,15 @@ pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
             ua,
             m.label.as_deref().unwrap_or("-")
         );
+        for f in s.refresh_families(x)? {
+            println!(
+                "  refresh family {:<4} generation {:<6} last rotated {}  expires {}",
+                f.family,
+                f.generation,
+                utc(f.last_rotated),
+                utc(f.expires_at)
+            );
+        }
     }
     println!("{} live session(s) for {user}", list.len());
     Ok(())
