@@ -39,6 +39,9 @@ pub(crate) struct Derived {
     key_id: u32,
     /// Seed of the default HS256 access-token key.
     pub(crate) access_hs256: [u8; 32],
+    /// Key of the web layer's CSRF tokens (a keyed hash of the session id).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) csrf: [u8; 32],
 }
 
 impl Derived {
@@ -48,7 +51,8 @@ impl Derived {
         let fp = blake3::hash(&mac);
         let mut id = [0u8; 4];
         id.copy_from_slice(&fp.as_bytes()[..4]);
-        Self { mac, key_id: u32::from_le_bytes(id), access_hs256 }
+        let csrf = blake3::derive_key("cloakroom 2026 web CSRF token v1", server_key);
+        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf }
     }
 
     fn mac(&self, id: &SessionId, generation: u64) -> [u8; 32] {

@@ -675,6 +675,19 @@ impl Store {
         Ok(list)
     }
 
+    /// The web layer's CSRF key (derived from the server key).
+    #[cfg(feature = "axum")]
+    pub(crate) fn csrf_key(&self) -> &[u8; 32] {
+        &self.inner.derived.csrf
+    }
+
+    /// Is the session this token names in the cache? (Then `validate` does no
+    /// I/O and may run on an async worker.) Parses only; no secret check.
+    #[cfg(feature = "axum")]
+    pub(crate) fn is_cached(&self, token: &str) -> bool {
+        SessionToken::parse(token).is_ok_and(|t| self.inner.cache.peek(&t.id()).is_some())
+    }
+
     fn emit(&self, event: impl FnOnce() -> Event) {
         if let Some(handler) = &self.inner.config.on_event {
             handler(&event());

@@ -1,0 +1,227 @@
+//! Login, logout and token endpoints as helpers on [`Web`]. Every store write
+//! runs on the blocking pool.
+
+use axum::Json;
+use axum::http::HeaderMap;
+use axum_extra::extract::cookie::CookieJar;
+use serde::Serialize;
+
+use super::layer::check_csrf_for;
+use super::{Auth, Web, WebError, blocking};
+use crate::{Error, NewSession, RefreshToken, Session, SessionId};
+
+/// The result of [`Web::login`].
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// The new session.
+    pub session: Session,
+    /// Its CSRF token (for the next page's forms).
+    pub csrf_token: String,
+}
+
+/// The JSON body of the token endpoints (OAuth 2.0 token response shape).
+#[derive(Clone, Serialize)]
+pub struct AccessTokenResponse {
+    /// The access JWT: send it as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// The session's CSRF token, for the `x-csrf-token` header of the next
+    /// refresh call.
+    pub csrf_token: String,
+}
+
+impl std::fmt::Debug for AccessTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessTokenResponse").field("expires_in", &self.expires_in).finish_non_exhaustive()
+    }
+}
+
+impl Web {
+    fn now(&self) -> std::time::SystemTime {
+        self.store().config().clock().now()
+    }
+
+    /// Signs in: revokes the session the request's cookie names, if any
+    /// (session-fixation defence: a token planted before login dies, and the
+    /// new session has a new id and secret), creates `new`, and sets the
+    /// session cookie. Check the password before calling this.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] for invalid session input; store failures.
+    pub async fn login(&self, jar: CookieJar, new: NewSession) -> Result<(CookieJar, LoggedIn), WebError> {
+        let store = self.store().clone();
+        let pre_login = jar.get(&self.config().session.name).map(|c| c.value().to_owned());
+        let issued = blocking(move || {
+            if let Some(old) = pre_login {
+                match store.validate(&old) {
+                    Ok(s) => match store.revoke(s.id()) {
+                        Ok(()) | Err(Error::NotFound | Error::Revoked) => {}
+                        Err(e) => return Err(e),
+                    },
+                    Err(Error::Storage(e)) => return Err(Error::Storage(e)),
+                    Err(_) => {} // already dead
+                }
+            }
+            store.create(new)
+        })
+        .await?;
+        let cookie = self.config().session.build(issued.token.to_string(), issued.session.expires_at(), self.now());
+        let csrf_token = self.csrf_token(issued.session.id());
+        let jar = jar.add(cookie).remove(self.config().refresh.removal());
+        Ok((jar, LoggedIn { session: issued.session, csrf_token }))
+    }
+
+    /// Signs out this session: revokes it (and with it its refresh families
+    /// and access tokens) and deletes both cookies.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] when an access JWT authenticated (sign out
+    /// with the session cookie or token); store failures.
+    pub async fn logout(&self, jar: CookieJar, auth: &Auth) -> Result<CookieJar, WebError> {
+        let id =
+            auth.session_id().ok_or_else(|| WebError::BadRequest("sign out needs the session, not a JWT".into()))?;
+        let store = self.store().clone();
+        blocking(move || match store.revoke(id) {
+            Ok(()) | Err(Error::NotFound | Error::Revoked) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(self.clear(jar))
+    }
+
+    /// Signs the user out everywhere: every session revoked, every access
+    /// token issued before now refused. Deletes this client's cookies.
+    /// Returns how many sessions were revoked.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn logout_everywhere(&self, jar: CookieJar, auth: &Auth) -> Result<(CookieJar, usize), WebError> {
+        let (store, user) = (self.store().clone(), auth.user().to_owned());
+        let n = blocking(move || store.logout_everywhere(&user)).await?;
+        Ok((self.clear(jar), n))
+    }
+
+    /// Revokes one of the caller's own sessions (a "your devices" page).
+    ///
+    /// # Errors
+    /// [`WebError::Forbidden`] if the session is not the caller's (or does
+    /// not exist: no oracle on other users' ids); store failures.
+    pub async fn revoke_device(&self, auth: &Auth, id: SessionId) -> Result<(), WebError> {
+        let (store, user) = (self.store().clone(), auth.user().to_owned());
+        blocking(move || {
+            match store.session(id)? {
+                Some(s) if s.user() == user => {}
+                _ => return Ok(false),
+            }
+            match store.revoke(id) {
+                Ok(()) | Err(Error::NotFound | Error::Revoked) => Ok(true),
+                Err(e) => Err(e),
+            }
+        })
+        .await?
+        .then_some(())
+        .ok_or(WebError::Forbidden)
+    }
+
+    /// Revokes every session of the caller except the current one
+    /// ("sign out everywhere else"). Returns how many were revoked.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn revoke_others(&self, auth: &Auth) -> Result<usize, WebError> {
+        let (store, user, keep) = (self.store().clone(), auth.user().to_owned(), auth.session_id());
+        blocking(move || {
+            let mut n = 0;
+            for s in store.list_user(&user)? {
+                if Some(s.id()) != keep {
+                    match store.revoke(s.id()) {
+                        Ok(()) => n += 1,
+                        Err(Error::NotFound | Error::Revoked) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// The token endpoint: for a session-authenticated caller, issues an
+    /// access JWT (in the JSON body) and a new refresh family whose token goes
+    /// in the `HttpOnly` refresh cookie, scoped to the refresh path.
+    ///
+    /// # Errors
+    /// [`WebError::BadRequest`] when an access JWT authenticated; store failures.
+    pub async fn issue_tokens(
+        &self,
+        jar: CookieJar,
+        auth: &Auth,
+    ) -> Result<(CookieJar, Json<AccessTokenResponse>), WebError> {
+        let token = auth
+            .session_token()
+            .ok_or_else(|| WebError::BadRequest("tokens are issued for a session, not for a JWT".into()))?
+            .to_owned();
+        let store = self.store().clone();
+        let pair = blocking(move || store.issue_tokens(&token)).await?;
+        let csrf = auth.csrf_token().unwrap_or_default().to_owned();
+        Ok(self.token_response(jar, pair, csrf))
+    }
+
+    /// The refresh endpoint: rotates the refresh token from the refresh
+    /// cookie (reuse of an old one revokes the session), after the CSRF
+    /// checks (`x-csrf-token` header for the token's session, `Origin`,
+    /// `Sec-Fetch-Site`). Any failure deletes the refresh cookie.
+    ///
+    /// # Errors
+    /// `(jar, error)`: 401 for a missing, dead or replayed refresh token, 403
+    /// for a failed CSRF check, store failures.
+    pub async fn refresh(
+        &self,
+        jar: CookieJar,
+        headers: &HeaderMap,
+    ) -> Result<(CookieJar, Json<AccessTokenResponse>), (CookieJar, WebError)> {
+        let unauth = WebError::Unauthenticated { redirect: None };
+        let Some(value) = jar.get(&self.config().refresh.name).map(|c| c.value().to_owned()) else {
+            return Err((jar, unauth));
+        };
+        let Ok(parsed) = RefreshToken::parse(&value) else {
+            return Err((self.clear_refresh(jar), unauth));
+        };
+        let session = parsed.session_id();
+        if let Err(e) = check_csrf_for(self, &session, headers) {
+            return Err((jar, e));
+        }
+        let store = self.store().clone();
+        match blocking(move || store.refresh(&value)).await {
+            Ok(pair) => {
+                let csrf = self.csrf_token(session);
+                Ok(self.token_response(jar, pair, csrf))
+            }
+            Err(e) => Err((self.clear_refresh(jar), e)),
+        }
+    }
+
+    fn token_response(
+        &self,
+        jar: CookieJar,
+        pair: crate::TokenPair,
+        csrf_token: String,
+    ) -> (CookieJar, Json<AccessTokenResponse>) {
+        let now = self.now();
+        let cookie = self.config().refresh.build(pair.refresh.to_string(), pair.refresh_expires_at, now);
+        let expires_in = pair.access_expires_at.duration_since(now).map_or(0, |d| d.as_secs());
+        let body = AccessTokenResponse { access_token: pair.access, token_type: "Bearer", expires_in, csrf_token };
+        (jar.add(cookie), Json(body))
+    }
+
+    fn clear_refresh(&self, jar: CookieJar) -> CookieJar {
+        jar.remove(self.config().refresh.removal())
+    }
+
+    fn clear(&self, jar: CookieJar) -> CookieJar {
+        self.clear_refresh(jar).remove(self.config().session.removal())
+    }
+}
