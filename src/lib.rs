@@ -60,7 +60,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `cli` | the `cloakroom` binary (`demo`) |
-//! | `axum` | [`axum`](crate::axum): session extractor, secure cookies, CSRF, login/logout and token endpoints for axum 0.8 |
+//! | `axum` | [`axum`](mod@crate::axum): session extractor, secure cookies, CSRF, login/logout and token endpoints for axum 0.8 |
 //! | `test-util` | [`Store::open_with_backend`] for fault-injection tests |
 //!
 //! [redb]: https://docs.rs/redb
