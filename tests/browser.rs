@@ -8,7 +8,8 @@
 //!
 //! Needs `chromium` and `chromedriver` (`.ci/run` installs Debian's
 //! `chromium` and `chromium-driver`); without them the test prints
-//! `SKIPPED: chromium not installed` and passes.
+//! `SKIPPED: chromium not installed` and passes (unless
+//! `CLOAKROOM_REQUIRE_BROWSER` is set, as `.ci/run` does: then it fails).
 
 #[path = "../examples/axum_app/app.rs"]
 #[allow(dead_code)]
@@ -125,6 +126,10 @@ async fn text_until(c: &Client, id: &str, pred: impl Fn(&str) -> bool) -> String
 async fn the_example_app_in_headless_chromium() {
     let (Some(chromium), Some(chromedriver)) = (tool(&["chromium", "chromium-browser"]), tool(&["chromedriver"]))
     else {
+        assert!(
+            std::env::var_os("CLOAKROOM_REQUIRE_BROWSER").is_none(),
+            "chromium/chromedriver required but not found"
+        );
         println!("SKIPPED: chromium not installed");
         return;
     };
