@@ -487,3 +487,11 @@ fn cookie_settings_a_browser_would_drop_are_refused() {
     assert!(Web::new(store(), base.clone().unauthenticated(Unauthenticated::RedirectPages("//evil".into()))).is_err());
     assert!(Web::new(store(), base.allowed_origin("http://app.example")).is_err(), "http origin outside dev mode");
 }
+
+/// The README's axum snippet is `examples/axum_minimal.rs`, which CI compiles.
+#[test]
+fn readme_axum_snippet_is_the_compiled_example() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/axum_minimal.rs")).unwrap();
+    assert!(readme.contains(&format!("```rust,ignore\n{example}```")), "README's snippet differs from the example");
+}
