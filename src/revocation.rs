@@ -17,7 +17,7 @@ use parking_lot::RwLock;
 use roaring::RoaringTreemap;
 
 use crate::snapshot::Snapshot;
-use crate::token::{SecretHash, SessionId};
+use crate::token::{IdHash, SecretHash, SessionId};
 
 /// The ids of the revoked sessions, so a token whose row is gone still reads
 /// as `Revoked`, and what pruning needs. (The serials are in `Revocation::bits`.)
@@ -25,14 +25,14 @@ use crate::token::{SecretHash, SessionId};
 struct Revoked {
     /// id → serial of its latest revocation; [`UNKNOWN_SERIAL`] for an id
     /// refused before its serial could be read (a revoke during a storage fault).
-    ids: HashMap<SessionId, u64>,
+    ids: HashMap<SessionId, u64, IdHash>,
     /// (prune-after ms, serial, id): what pruning may drop, in time order, so a
     /// prune never scans the whole `revoked` table.
     due: BTreeSet<(u64, u64, SessionId)>,
     /// blake3(secret) of revoked sessions, when the revocation came through the
     /// writer in this process: so a token answers `Revoked` only to whoever
     /// holds its secret (anyone else gets `NotFound`: no oracle on ids).
-    secrets: HashMap<SessionId, SecretHash>,
+    secrets: HashMap<SessionId, SecretHash, IdHash>,
 }
 
 /// Serials start at 1; 0 marks an id revoked while its serial was unknown.
