@@ -167,7 +167,8 @@ async fn login(http: &Http, addr: SocketAddr, side: Side, user: &str) -> Signed 
 }
 
 async fn me(http: &Http, addr: SocketAddr, s: &Signed) {
-    let req = Request::get(format!("http://{addr}/me")).header(header::COOKIE, &s.cookie).body(Full::default()).unwrap();
+    let req =
+        Request::get(format!("http://{addr}/me")).header(header::COOKIE, &s.cookie).body(Full::default()).unwrap();
     let r = http.request(req).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.into_body().collect().await.unwrap();
