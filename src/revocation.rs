@@ -94,7 +94,13 @@ impl Revocation {
             #[allow(clippy::cast_possible_truncation)] // < BIT_SHARDS
             by_shard[(s % BIT_SHARDS as u64) as usize].push(s);
         }
-        for (shard, serials) in self.bits.iter().zip(by_shard) {
+        for (shard, mut serials) in self.bits.iter().zip(by_shard) {
+            // Most marks repeat one made moments ago (the provisional mark
+            // before the commit, then the writer's): copy a shard only to change it.
+            {
+                let current = shard.read();
+                serials.retain(|&s| current.contains(s) != on);
+            }
             if serials.is_empty() {
                 continue;
             }
