@@ -47,7 +47,9 @@ impl Web {
     /// Signs in: revokes the session the request's cookie names, if any
     /// (session-fixation defence: a token planted before login dies, and the
     /// new session has a new id and secret), creates `new`, and sets the
-    /// session cookie. Check the password before calling this.
+    /// session cookie. Check the password before calling this. The pre-login
+    /// session's data is not carried over: read it first (e.g. an anonymous
+    /// cart) and pass it in `new` if you need it.
     ///
     /// # Errors
     /// [`WebError::BadRequest`] for invalid session input; store failures.
