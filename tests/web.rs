@@ -81,6 +81,19 @@ fn with_cookie(b: axum::http::request::Builder, name: &str, value: &str) -> axum
     b.header(header::COOKIE, format!("{name}={value}"))
 }
 
+fn bearer(b: axum::http::request::Builder, credential: &str) -> axum::http::request::Builder {
+    b.header(header::AUTHORIZATION, format!("Bearer {credential}"))
+}
+
+fn empty(b: axum::http::request::Builder) -> Request<Body> {
+    b.body(Body::empty()).unwrap()
+}
+
+/// A `fetch`-style POST: cookie `name=value` and the `x-csrf-token` header.
+fn csrf_post(uri: &str, name: &str, value: &str, csrf: &str) -> Request<Body> {
+    empty(with_cookie(post(uri), name, value).header("x-csrf-token", csrf))
+}
+
 const SESSION: &str = "__Host-session";
 const REFRESH: &str = "__Secure-refresh";
 
@@ -109,7 +122,7 @@ async fn login_sets_a_host_prefixed_httponly_secure_lax_cookie() {
     assert!(!c.contains("Domain"), "{c}");
     assert!(c.contains("Max-Age=3600"), "lives until the session's absolute deadline: {c}");
     let token = cookie(&r, SESSION).unwrap();
-    let home = text(send(&t, with_cookie(get("/"), SESSION, &token).body(Body::empty()).unwrap()).await).await;
+    let home = text(send(&t, empty(with_cookie(get("/"), SESSION, &token))).await).await;
     assert!(home.contains("Signed in as <b>alice</b>"), "{home}");
 }
 
@@ -126,10 +139,10 @@ async fn a_wrong_password_or_unknown_user_sets_no_cookie() {
 #[tokio::test]
 async fn no_cookie_redirects_pages_and_refuses_apis() {
     let t = setup();
-    let r = send(&t, get("/devices").header(header::ACCEPT, "text/html").body(Body::empty()).unwrap()).await;
+    let r = send(&t, empty(get("/devices").header(header::ACCEPT, "text/html"))).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&r), "/login");
-    let r = send(&t, get("/api/me").body(Body::empty()).unwrap()).await;
+    let r = send(&t, empty(get("/api/me"))).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers().get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
 }
@@ -147,23 +160,23 @@ async fn forged_tampered_expired_and_revoked_cookies_are_refused_and_deleted() {
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     for (what, value) in [("forged", forged.as_str()), ("tampered", &tampered), ("garbage", "crs_%%%"), ("empty", "")] {
-        let r = send(&t, with_cookie(get("/api/me"), SESSION, value).body(Body::empty()).unwrap()).await;
+        let r = send(&t, empty(with_cookie(get("/api/me"), SESSION, value))).await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
         if !value.is_empty() {
             assert_eq!(cookie(&r, SESSION).as_deref(), Some(""), "{what}: the dead cookie is deleted");
         }
     }
     // Expired: idle timeout passes.
-    let r = send(&t, with_cookie(get("/api/me"), SESSION, &good).body(Body::empty()).unwrap()).await;
+    let r = send(&t, empty(with_cookie(get("/api/me"), SESSION, &good))).await;
     assert_eq!(r.status(), StatusCode::OK);
     t.clock.advance(Duration::from_secs(601));
-    let r = send(&t, with_cookie(get("/api/me"), SESSION, &good).body(Body::empty()).unwrap()).await;
+    let r = send(&t, empty(with_cookie(get("/api/me"), SESSION, &good))).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "idle-expired");
     // Revoked.
     let fresh = login(&t, "alice", ALICE_PW).await;
     let id = t.web.store().validate(&fresh).unwrap().id();
     t.web.store().revoke(id).unwrap();
-    let r = send(&t, with_cookie(get("/api/me"), SESSION, &fresh).body(Body::empty()).unwrap()).await;
+    let r = send(&t, empty(with_cookie(get("/api/me"), SESSION, &fresh))).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "revoked");
 }
 
@@ -172,25 +185,11 @@ async fn a_cookie_and_a_bearer_of_different_sessions_are_refused() {
     let t = setup();
     let alice = login(&t, "alice", ALICE_PW).await;
     let bob = login(&t, "bob", BOB_PW).await;
-    let r = send(
-        &t,
-        with_cookie(get("/api/me"), SESSION, &alice)
-            .header(header::AUTHORIZATION, format!("Bearer {bob}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let r = send(&t, empty(bearer(with_cookie(get("/api/me"), SESSION, &alice), &bob))).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(text(r).await.contains("disagree"));
     // The same session by both: fine, and the bearer wins (no CSRF needed).
-    let r = send(
-        &t,
-        with_cookie(get("/api/me"), SESSION, &alice)
-            .header(header::AUTHORIZATION, format!("Bearer {alice}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let r = send(&t, empty(bearer(with_cookie(get("/api/me"), SESSION, &alice), &alice))).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -208,9 +207,7 @@ async fn cookie_posts_need_the_csrf_token_and_a_same_origin() {
         assert!(text(r).await.contains("CSRF"), "a clear body");
         assert!(alive(&t), "no state change");
     }
-    let r =
-        send(&t, with_cookie(post("/logout"), SESSION, &s).header("x-csrf-token", "nope").body(Body::empty()).unwrap())
-            .await;
+    let r = send(&t, csrf_post("/logout", SESSION, &s, "nope")).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // The right token from another origin, or a cross-site fetch.
     let r = send(
@@ -259,15 +256,7 @@ async fn a_cross_origin_login_post_is_refused() {
 async fn bearer_requests_are_exempt_from_csrf() {
     let t = setup();
     let s = login(&t, "alice", ALICE_PW).await;
-    let r = send(
-        &t,
-        Request::post("/auth/token")
-            .header(header::HOST, HOST)
-            .header(header::AUTHORIZATION, format!("Bearer {s}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let r = send(&t, empty(bearer(Request::post("/auth/token").header(header::HOST, HOST), &s))).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -276,11 +265,7 @@ async fn token_endpoint_refresh_rotation_and_replay() {
     let t = setup();
     let s = login(&t, "alice", ALICE_PW).await;
     let token = csrf(&t, &s);
-    let r = send(
-        &t,
-        with_cookie(post("/auth/token"), SESSION, &s).header("x-csrf-token", &token).body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(&t, csrf_post("/auth/token", SESSION, &s, &token)).await;
     assert_eq!(r.status(), StatusCode::OK);
     let rc = set_cookies(&r).into_iter().find(|c| c.starts_with("__Secure-refresh=")).unwrap();
     for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/auth/refresh"] {
@@ -292,9 +277,7 @@ async fn token_endpoint_refresh_rotation_and_replay() {
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["expires_in"], 300);
 
-    let me = |access: String| {
-        get("/api/me").header(header::AUTHORIZATION, format!("Bearer {access}")).body(Body::empty()).unwrap()
-    };
+    let me = |access: String| empty(bearer(get("/api/me"), &access));
     let r = send(&t, me(access.clone())).await;
     assert_eq!(r.status(), StatusCode::OK);
     let j: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
@@ -303,9 +286,7 @@ async fn token_endpoint_refresh_rotation_and_replay() {
     // The access token expires; the refresh cookie gets a new one.
     t.clock.advance(Duration::from_secs(331));
     assert_eq!(send(&t, me(access)).await.status(), StatusCode::UNAUTHORIZED);
-    let refresh = |value: &str, csrf: &str| {
-        with_cookie(post("/auth/refresh"), REFRESH, value).header("x-csrf-token", csrf).body(Body::empty()).unwrap()
-    };
+    let refresh = |value: &str, csrf: &str| csrf_post("/auth/refresh", REFRESH, value, csrf);
     // CSRF applies to the refresh endpoint too.
     let r = send(&t, refresh(&refresh1, "wrong")).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -330,27 +311,19 @@ async fn a_refresh_token_never_authenticates_anywhere_else() {
     let t = setup();
     let s = login(&t, "alice", ALICE_PW).await;
     let token = csrf(&t, &s);
-    let r = send(
-        &t,
-        with_cookie(post("/auth/token"), SESSION, &s).header("x-csrf-token", &token).body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(&t, csrf_post("/auth/token", SESSION, &s, &token)).await;
     let refresh = cookie(&r, REFRESH).unwrap();
     // Sent as a cookie to another path, as the session cookie, or as a bearer.
     for req in [
-        with_cookie(get("/api/me"), REFRESH, &refresh).body(Body::empty()).unwrap(),
-        with_cookie(get("/api/me"), SESSION, &refresh).body(Body::empty()).unwrap(),
-        get("/api/me").header(header::AUTHORIZATION, format!("Bearer {refresh}")).body(Body::empty()).unwrap(),
-        with_cookie(post("/auth/token"), REFRESH, &refresh).header("x-csrf-token", &token).body(Body::empty()).unwrap(),
+        empty(with_cookie(get("/api/me"), REFRESH, &refresh)),
+        empty(with_cookie(get("/api/me"), SESSION, &refresh)),
+        empty(bearer(get("/api/me"), &refresh)),
+        csrf_post("/auth/token", REFRESH, &refresh, &token),
     ] {
         assert_eq!(send(&t, req).await.status(), StatusCode::UNAUTHORIZED);
     }
     // A session token in the refresh cookie is not a refresh token.
-    let r = send(
-        &t,
-        with_cookie(post("/auth/refresh"), REFRESH, &s).header("x-csrf-token", &token).body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &s, &token)).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -358,11 +331,9 @@ async fn a_refresh_token_never_authenticates_anywhere_else() {
 async fn a_megabyte_header_is_refused_without_work() {
     let t = setup();
     let big = "a".repeat(1 << 20);
-    let r = send(&t, with_cookie(get("/api/me"), SESSION, &big).body(Body::empty()).unwrap()).await;
+    let r = send(&t, empty(with_cookie(get("/api/me"), SESSION, &big))).await;
     assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    let r =
-        send(&t, get("/api/me").header(header::AUTHORIZATION, format!("Bearer {big}")).body(Body::empty()).unwrap())
-            .await;
+    let r = send(&t, empty(bearer(get("/api/me"), &big))).await;
     assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     // A big form body on a cookie POST without the header token: 413, nothing done.
     let s = login(&t, "alice", ALICE_PW).await;
@@ -402,7 +373,7 @@ async fn devices_page_revoke_one_others_and_everywhere() {
     let two = login(&t, "alice", ALICE_PW).await;
     let three = login(&t, "alice", ALICE_PW).await;
     let bob = login(&t, "bob", BOB_PW).await;
-    let page = text(send(&t, with_cookie(get("/devices"), SESSION, &two).body(Body::empty()).unwrap()).await).await;
+    let page = text(send(&t, empty(with_cookie(get("/devices"), SESSION, &two))).await).await;
     assert_eq!(page.matches("<tr class=\"device").count(), 3, "{page}");
     assert_eq!(page.matches("this device").count(), 1);
     let id_one = t.web.store().validate(&one).unwrap().id();
@@ -430,20 +401,14 @@ async fn devices_page_revoke_one_others_and_everywhere() {
     assert!(t.web.store().validate(&three).is_err());
     assert!(t.web.store().validate(&two).is_ok());
     // Everywhere: the session and its live access tokens.
-    let r = send(
-        &t,
-        with_cookie(post("/auth/token"), SESSION, &two).header("x-csrf-token", &token).body(Body::empty()).unwrap(),
-    )
-    .await;
+    let r = send(&t, csrf_post("/auth/token", SESSION, &two, &token)).await;
     let body: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
     let access = body["access_token"].as_str().unwrap().to_owned();
     let r =
         send(&t, form(with_cookie(post("/logout-everywhere"), SESSION, &two), &format!("csrf_token={token}"))).await;
     assert_eq!((r.status(), location(&r)), (StatusCode::SEE_OTHER, "/login"));
     assert!(t.web.store().validate(&two).is_err());
-    let r =
-        send(&t, get("/api/me").header(header::AUTHORIZATION, format!("Bearer {access}")).body(Body::empty()).unwrap())
-            .await;
+    let r = send(&t, empty(bearer(get("/api/me"), &access))).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(t.web.store().validate(&bob).is_ok(), "other users untouched");
 }
@@ -460,7 +425,7 @@ async fn html_from_the_user_agent_is_escaped_on_the_devices_page() {
     )
     .await;
     let s = cookie(&r, SESSION).unwrap();
-    let page = text(send(&t, with_cookie(get("/devices"), SESSION, &s).body(Body::empty()).unwrap()).await).await;
+    let page = text(send(&t, empty(with_cookie(get("/devices"), SESSION, &s))).await).await;
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
 }
