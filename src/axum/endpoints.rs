@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::layer::check_csrf_for;
 use super::{Auth, Web, WebError, blocking};
-use crate::{Error, NewSession, RefreshToken, Session, SessionId};
+use crate::{Error, NewSession, RefreshToken, Scope, Session, SessionId};
 
 /// The result of [`Web::login`].
 #[derive(Debug, Clone)]
@@ -134,21 +134,11 @@ impl Web {
     /// # Errors
     /// Store failures.
     pub async fn revoke_others(&self, auth: &Auth) -> Result<usize, WebError> {
-        let (store, user, keep) = (self.store().clone(), auth.user().to_owned(), auth.session_id());
-        blocking(move || {
-            let mut n = 0;
-            for s in store.list_user(&user)? {
-                if Some(s.id()) != keep {
-                    match store.revoke(s.id()) {
-                        Ok(()) => n += 1,
-                        Err(Error::NotFound | Error::Revoked) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Ok(n)
-        })
-        .await
+        let (store, user) = (self.store().clone(), auth.user().to_owned());
+        // One durable batch through the store's own scope (an access JWT names
+        // no session to keep: all of the user's sessions end).
+        let scope = auth.session_id().map_or(Scope::All, Scope::Others);
+        blocking(move || store.revoke_user(&user, scope)).await
     }
 
     /// The token endpoint: for a session-authenticated caller, issues an
