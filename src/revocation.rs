@@ -94,25 +94,24 @@ impl Revocation {
             #[allow(clippy::cast_possible_truncation)] // < BIT_SHARDS
             by_shard[(s % BIT_SHARDS as u64) as usize].push(s);
         }
-        for (shard, mut serials) in self.bits.iter().zip(by_shard) {
-            // Most marks repeat one made moments ago (the provisional mark
-            // before the commit, then the writer's): copy a shard only to change it.
-            {
-                let current = shard.read();
-                serials.retain(|&s| current.contains(s) != on);
-            }
+        for (shard, serials) in self.bits.iter().zip(by_shard) {
             if serials.is_empty() {
                 continue;
             }
-            shard.write(|bits| {
-                for s in serials {
-                    if on {
-                        bits.insert(s);
-                    } else {
-                        bits.remove(s);
+            // Most marks repeat one made moments ago (the provisional mark
+            // before the commit, then the writer's): copy a shard only to change it.
+            shard.write_if(
+                |bits| serials.iter().any(|&s| bits.contains(s) != on),
+                |bits| {
+                    for &s in &serials {
+                        if on {
+                            bits.insert(s);
+                        } else {
+                            bits.remove(s);
+                        }
                     }
-                }
-            });
+                },
+            );
         }
     }
 

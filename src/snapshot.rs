@@ -38,6 +38,20 @@ impl<T: Clone> Snapshot<T> {
         self.current.store(Arc::new(value));
         r
     }
+
+    /// Like [`Snapshot::write`], but only when `needed` says the current value
+    /// must change (checked under the writers' lock, so no change is missed):
+    /// a no-op costs no copy.
+    pub(crate) fn write_if(&self, needed: impl FnOnce(&T) -> bool, f: impl FnOnce(&mut T)) {
+        let _edit = self.edit.lock();
+        let current = self.current.load_full();
+        if !needed(&current) {
+            return;
+        }
+        let mut value = T::clone(&current);
+        f(&mut value);
+        self.current.store(Arc::new(value));
+    }
 }
 
 #[cfg(test)]
@@ -50,6 +64,16 @@ mod tests {
         let old = s.read();
         s.write(|v| v.push(2));
         assert_eq!(**old, vec![1]);
+        assert_eq!(**s.read(), vec![1, 2]);
+    }
+
+    #[test]
+    fn write_if_publishes_only_a_needed_change() {
+        let s = Snapshot::new(vec![1]);
+        let before = s.read();
+        s.write_if(|v| !v.contains(&1), |v| v.push(1));
+        assert!(Arc::ptr_eq(&before, &s.read()), "nothing needed: the same value, no copy");
+        s.write_if(|v| !v.contains(&2), |v| v.push(2));
         assert_eq!(**s.read(), vec![1, 2]);
     }
 
