@@ -30,7 +30,7 @@ async fn login(
 }
 
 async fn me(auth: Auth) -> String {
-    format!("hello {} (csrf token for your forms: {})", auth.user(), auth.csrf_token().unwrap_or("-"))
+    format!("hello {} (csrf token for your forms: {})", auth.user(), auth.csrf_token().as_deref().unwrap_or("-"))
 }
 
 async fn logout(State(web): State<Web>, jar: CookieJar, auth: Auth) -> Result<CookieJar, WebError> {

@@ -69,7 +69,7 @@ fn page(title: &str, body: &str) -> Html<String> {
 /// A hidden CSRF field for forms posted by a signed-in session.
 fn csrf_field(auth: Option<&Auth>) -> String {
     auth.and_then(Auth::csrf_token)
-        .map(|t| format!("<input type=hidden name=csrf_token value=\"{}\">", esc(t)))
+        .map(|t| format!("<input type=hidden name=csrf_token value=\"{}\">", esc(&t)))
         .unwrap_or_default()
 }
 
@@ -222,7 +222,7 @@ async fn revoke_others(State(web): State<Web>, auth: Auth) -> Result<Redirect, W
 /// A single page that gets an access token, calls the API with it, and
 /// refreshes it when the API answers 401.
 async fn spa(auth: Auth) -> Html<String> {
-    let csrf = esc(auth.csrf_token().unwrap_or_default());
+    let csrf = esc(&auth.csrf_token().unwrap_or_default());
     page(
         "API demo",
         &format!(

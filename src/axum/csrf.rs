@@ -32,6 +32,12 @@ pub(crate) fn matches(key: &[u8; 32], session: &SessionId, presented: &str) -> b
     expected.len() == presented.len() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
 }
 
+/// Does the `x-csrf-token` header hold the session's token? `None` without the header.
+pub(crate) fn header_matches(key: &[u8; 32], session: &SessionId, headers: &HeaderMap) -> Option<bool> {
+    let t = headers.get(HEADER)?;
+    Some(t.to_str().is_ok_and(|t| matches(key, session, t)))
+}
+
 /// Why a request was refused (the 403 body says it).
 pub(crate) fn origin_problem(headers: &HeaderMap, config: &WebConfig) -> Option<&'static str> {
     if headers.get_all("sec-fetch-site").iter().count() > 1 || headers.get_all(header::ORIGIN).iter().count() > 1 {

@@ -158,7 +158,7 @@ impl Web {
             .to_owned();
         let store = self.store().clone();
         let pair = blocking(move || store.issue_tokens(&token)).await?;
-        let csrf = auth.csrf_token().unwrap_or_default().to_owned();
+        let csrf = auth.csrf_token().unwrap_or_default();
         Ok(self.token_response(jar, pair, csrf))
     }
 

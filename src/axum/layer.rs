@@ -23,7 +23,9 @@ pub struct Auth {
     /// The session token that authenticated (cookie or bearer), kept to issue
     /// access tokens for it. Never printed.
     session_token: Option<String>,
-    csrf: Option<String>,
+    /// The CSRF key (a copy: no shared counter touched per request); the
+    /// token is computed only when a page asks for it.
+    csrf_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Auth {
@@ -78,8 +80,8 @@ impl Auth {
     /// The session's CSRF token, to put in forms (`csrf_token` field) or in
     /// the `x-csrf-token` header of `fetch` calls. `None` for an access JWT.
     #[must_use]
-    pub fn csrf_token(&self) -> Option<&str> {
-        self.csrf.as_deref()
+    pub fn csrf_token(&self) -> Option<String> {
+        self.principal.session.map(|id| csrf::token(&self.csrf_key, &id))
     }
 
     pub(crate) fn session_token(&self) -> Option<&str> {
@@ -214,9 +216,9 @@ async fn principal(web: &Web, credential: String) -> Result<Result<Auth, Error>,
     };
     match r {
         Ok(p) => {
-            let csrf = p.session.map(|id| web.csrf_token(id));
             let session_token = p.session.map(|_| credential);
-            Ok(Ok(Auth { principal: p, via_cookie: false, session_token, csrf }))
+            let csrf_key = *web.store().csrf_key();
+            Ok(Ok(Auth { principal: p, via_cookie: false, session_token, csrf_key }))
         }
         Err(e) => match WebError::from(e.clone()) {
             WebError::Unauthenticated { .. } => Ok(Err(e)),
@@ -245,8 +247,8 @@ fn redirect_for(method: &Method, headers: &HeaderMap, config: &super::WebConfig)
 async fn token_presented(web: &Web, a: &Auth, headers: &HeaderMap, body: Body) -> Result<(bool, Body), WebError> {
     let Some(id) = a.session_id() else { return Ok((false, body)) };
     let key = web.store().csrf_key();
-    if let Some(t) = headers.get(csrf::HEADER) {
-        return Ok((t.to_str().is_ok_and(|t| csrf::matches(key, &id, t)), body));
+    if let Some(ok) = csrf::header_matches(key, &id, headers) {
+        return Ok((ok, body));
     }
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -273,9 +275,9 @@ pub(crate) fn check_csrf_for(web: &Web, session: &SessionId, headers: &HeaderMap
     if let Some(why) = csrf::origin_problem(headers, web.config()) {
         return Err(WebError::Csrf(why));
     }
-    let ok = headers
-        .get(csrf::HEADER)
-        .and_then(|t| t.to_str().ok())
-        .is_some_and(|t| csrf::matches(web.store().csrf_key(), session, t));
-    if ok { Ok(()) } else { Err(WebError::Csrf("missing or wrong CSRF token")) }
+    if csrf::header_matches(web.store().csrf_key(), session, headers) == Some(true) {
+        Ok(())
+    } else {
+        Err(WebError::Csrf("missing or wrong CSRF token"))
+    }
 }
