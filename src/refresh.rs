@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use crate::session::Reader;
-use crate::token::{RefreshToken, SessionId};
+use crate::token::{RefreshToken, SessionId, TagKey};
 
 /// What to do when an old refresh token is presented again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub(crate) struct Derived {
     /// Key of the web layer's CSRF tokens (a keyed hash of the session id).
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) csrf: [u8; 32],
+    /// Key of the session-token tag (checked before any lookup).
+    pub(crate) token_tag: TagKey,
 }
 
 impl Derived {
@@ -52,7 +54,8 @@ impl Derived {
         let mut id = [0u8; 4];
         id.copy_from_slice(&fp.as_bytes()[..4]);
         let csrf = blake3::derive_key("cloakroom 2026 web CSRF token v1", server_key);
-        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf }
+        let token_tag = TagKey(blake3::derive_key("cloakroom 2026 session token tag v1", server_key));
+        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf, token_tag }
     }
 
     fn mac(&self, id: &SessionId, generation: u64) -> [u8; 32] {

@@ -13,7 +13,7 @@ use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
 use crate::db::journal::Journal;
 use crate::db::writer::{FamilyChange, Op, Outcome, Start, Wait, Writer};
-use crate::db::{Db, Loaded};
+use crate::db::{Db, LegacyTokens, Loaded};
 use crate::error::{Error, InputError, JwtError, Malformed};
 use crate::events::{Event, RevokeReason};
 use crate::jwt::{AccessClaims, Keyring, Policy, RESERVED_CLAIMS};
@@ -22,7 +22,7 @@ use crate::revocation::Revocation;
 use crate::session::{NewSession, Record, RecordParts, Session, check_user};
 use crate::sweeper::{BATCH, SweepReport, Sweeper};
 use crate::token::{REFRESH_PREFIX, RefreshToken, SESSION_PREFIX, looks_like_jwt};
-use crate::token::{SecretHash, SessionId, SessionToken};
+use crate::token::{SecretHash, SessionId, SessionToken, TagState};
 
 /// Which of a user's sessions [`Store::revoke_user`] ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,13 @@ pub struct Stats {
     pub lag_waits: u64,
 }
 
+/// A parsed session token whose tag checked out.
+struct Checked {
+    tok: SessionToken,
+    /// Carries the pre-tag checksum (accepted only for sessions from before the tag).
+    legacy: bool,
+}
+
 /// The session and token store. Cheap to clone; all clones share one store.
 ///
 /// Dropping the last clone closes it (flushes and joins the writer thread).
@@ -119,6 +126,8 @@ pub(crate) struct Inner {
     derived: Derived,
     policy: Policy,
     next_serial: AtomicU64,
+    /// Which pre-tag session tokens this store still accepts.
+    legacy: LegacyTokens,
     /// Journal records replayed at open.
     replayed: usize,
     closed: AtomicBool,
@@ -286,6 +295,7 @@ impl Store {
             derived,
             policy,
             next_serial: AtomicU64::new(loaded.next_serial.max(1)),
+            legacy: loaded.legacy,
             replayed: loaded.replayed,
             closed: AtomicBool::new(false),
             sweeper: interval.and_then(|every| {
@@ -339,7 +349,7 @@ impl Store {
                 return Err(InputError::IdleBelowGranularity { granularity_ms }.into());
             }
         }
-        let token = SessionToken::generate()?;
+        let token = SessionToken::generate(&inner.derived.token_tag)?;
         let rec = Arc::new(
             RecordParts {
                 id: token.id(),
@@ -434,14 +444,28 @@ impl Store {
     /// [`Error::Revoked`], [`Error::Expired`], or [`Error::Storage`] on a failed
     /// read after a cache miss.
     pub fn validate(&self, token: &str) -> Result<Session, Error> {
-        let tok = SessionToken::parse(token)?;
+        let tok = self.parse_session(token)?;
         self.live()?;
         self.check(&tok)
     }
 
+    /// Parses a session token and checks its tag: a token this store did not
+    /// issue is refused here, before any lookup (one keyed hash).
+    fn parse_session(&self, token: &str) -> Result<Checked, Error> {
+        let tok = SessionToken::parse(token)?;
+        let legacy = &self.inner.legacy;
+        let open = self.now_ms() < legacy.until;
+        match tok.tag_state(&self.inner.derived.token_tag, open) {
+            TagState::Keyed => Ok(Checked { tok, legacy: false }),
+            TagState::Legacy => Ok(Checked { tok, legacy: true }),
+            TagState::Bad => Err(Malformed::BadChecksum.into()),
+        }
+    }
+
     /// Validates an already-parsed token (see [`Store::validate`]).
-    pub(crate) fn check(&self, tok: &SessionToken) -> Result<Session, Error> {
+    fn check(&self, checked: &Checked) -> Result<Session, Error> {
         let inner = &self.inner;
+        let tok = &checked.tok;
         // `Revoked` only for the holder of the revoked secret; a guess, a stale
         // copy of another secret or a bare id reads `NotFound` (no oracle).
         let revoked_or_unknown = || {
@@ -454,6 +478,11 @@ impl Store {
         let Some(rec) = self.lookup(&tok.id())? else {
             return Err(revoked_or_unknown());
         };
+        // A pre-tag token is only good for a session that predates the tag:
+        // every later serial was issued with a keyed tag.
+        if checked.legacy && rec.serial >= inner.legacy.tagged_since {
+            return Err(revoked_or_unknown()); // e.g. rotated since the upgrade
+        }
         if !rec.secret_hash.matches(&tok.secret_hash()) {
             return Err(revoked_or_unknown()); // e.g. the token from before a rotation
         }
@@ -476,12 +505,13 @@ impl Store {
     /// # Errors
     /// As [`Store::validate`]; [`Error::NotFound`] if a concurrent rotate or revoke won.
     pub fn rotate(&self, token: &str) -> Result<Issued, Error> {
-        let tok = SessionToken::parse(token)?;
+        let checked = self.parse_session(token)?;
         self.live()?;
-        let old = self.check(&tok)?;
+        let old = self.check(&checked)?;
+        let tok = &checked.tok;
         let inner = &self.inner;
         let id = old.id();
-        let token = SessionToken::with_new_secret(id)?;
+        let token = SessionToken::with_new_secret(id, &inner.derived.token_tag)?;
         let now = self.now_ms();
         let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
         let prune_after = self.prune_after(now);
@@ -685,7 +715,7 @@ impl Store {
     /// I/O and may run on an async worker.) Parses only; no secret check.
     #[cfg(feature = "axum")]
     pub(crate) fn is_cached(&self, token: &str) -> bool {
-        SessionToken::parse(token).is_ok_and(|t| self.inner.cache.peek(&t.id()).is_some())
+        self.parse_session(token).is_ok_and(|t| self.inner.cache.peek(&t.tok.id()).is_some())
     }
 
     fn emit(&self, event: impl FnOnce() -> Event) {

@@ -1,11 +1,19 @@
 //! Token formats: generate, encode, parse. No I/O here: this is the fuzz surface.
 //!
-//! Session token: `crs_` + base64url(id 16 B ‖ secret 32 B ‖ checksum 4 B), 74 chars.
+//! Session token: `crs_` + base64url(id 16 B ‖ secret 32 B ‖ tag 4 B), 74 chars.
 //! Refresh token: `crr_` + base64url(id 16 B ‖ generation 8 B ‖ key id 4 B ‖ MAC 32 B), 84 chars.
 //!
-//! The checksum is an unkeyed FNV-1a over prefix and payload: it catches typos and
-//! truncation cheaply so garbage never reaches the cache or the disk. It is not a
-//! security boundary; the secret (compared as a blake3 hash) and the MAC are.
+//! The tag is the first 4 bytes of a keyed blake3 (a key derived from the
+//! server key) over prefix ‖ id ‖ secret. The store that issued a token checks
+//! it before any lookup, so a typo, a truncated copy or a token forged without
+//! the server key is refused in one hash, never reaching the cache, the index or
+//! the disk. It is a filter, not the security boundary: the secret (compared as
+//! a blake3 hash) and the refresh MAC are.
+//!
+//! Tokens issued before the tag (cloakroom 0.1 up to the keyed-tag change)
+//! carried an unkeyed checksum in the same 4 bytes ([`TagState::Legacy`]). A
+//! store accepts those only for sessions that existed when its file was first
+//! opened by a tagging version, and only until the last of them expires.
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,8 +41,8 @@ pub const REFRESH_PREFIX: &str = "crr_";
 
 const ID_LEN: usize = 16;
 const SECRET_LEN: usize = 32; // 256 bits from the OS CSPRNG (SECURITY.md S1)
-const CHECKSUM_LEN: usize = 4;
-const SESSION_RAW_LEN: usize = ID_LEN + SECRET_LEN + CHECKSUM_LEN; // 52
+const TAG_LEN: usize = 4;
+const SESSION_RAW_LEN: usize = ID_LEN + SECRET_LEN + TAG_LEN; // 52
 /// Length of an encoded session token: 4-char prefix + ceil(52 * 4 / 3) = 74.
 pub const SESSION_TOKEN_LEN: usize = SESSION_PREFIX.len() + (SESSION_RAW_LEN * 4).div_ceil(3);
 const MAC_LEN: usize = 32;
@@ -179,7 +187,35 @@ impl fmt::Debug for SecretHash {
     }
 }
 
-/// An opaque session token: the id plus a 256-bit secret.
+/// The key of the session-token tag, derived from the server key.
+pub(crate) struct TagKey(pub(crate) [u8; 32]);
+
+impl TagKey {
+    fn tag(&self, id: &SessionId, secret: &Secret) -> [u8; TAG_LEN] {
+        let mut m = [0u8; 4 + ID_LEN + SECRET_LEN];
+        m[..4].copy_from_slice(SESSION_PREFIX.as_bytes());
+        m[4..4 + ID_LEN].copy_from_slice(&id.0);
+        m[4 + ID_LEN..].copy_from_slice(&secret.0);
+        let h = blake3::keyed_hash(&self.0, &m);
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(&h.as_bytes()[..TAG_LEN]);
+        t
+    }
+}
+
+/// How a parsed session token's last 4 bytes check out against a store's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagState {
+    /// The keyed tag of this store: issued by it (or by a store with its server key).
+    Keyed,
+    /// The unkeyed checksum of tokens issued before the tag existed.
+    Legacy,
+    /// Neither: a typo, a truncated copy, another store's token or a forgery.
+    Bad,
+}
+
+/// An opaque session token: the id plus a 256-bit secret (and the issuing
+/// store's tag over both).
 ///
 /// `Display` yields the `crs_…` string to hand to the client (e.g. in a cookie).
 /// `Debug` shows only the id.
@@ -187,18 +223,21 @@ impl fmt::Debug for SecretHash {
 pub struct SessionToken {
     id: SessionId,
     secret: Secret,
+    tag: [u8; TAG_LEN],
 }
 
 impl SessionToken {
-    pub(crate) fn generate() -> Result<Self, Error> {
-        Self::with_new_secret(SessionId::random()?)
+    pub(crate) fn generate(key: &TagKey) -> Result<Self, Error> {
+        Self::with_new_secret(SessionId::random()?, key)
     }
 
     /// A token for an existing session id with a fresh secret (rotation).
-    pub(crate) fn with_new_secret(id: SessionId) -> Result<Self, Error> {
+    pub(crate) fn with_new_secret(id: SessionId, key: &TagKey) -> Result<Self, Error> {
         let mut s = [0u8; SECRET_LEN];
         os_random(&mut s)?;
-        Ok(Self { id, secret: Secret(s) })
+        let secret = Secret(s);
+        let tag = key.tag(&id, &secret);
+        Ok(Self { id, secret, tag })
     }
 
     /// The session id (not secret).
@@ -211,8 +250,22 @@ impl SessionToken {
         self.secret.hash()
     }
 
-    /// Parses a `crs_…` token. Rejects every malformed input with
-    /// [`Error::Malformed`]; never panics, never allocates.
+    /// Checks the tag against `key` (constant time), then, if `legacy` allows
+    /// it, against the pre-tag checksum.
+    pub(crate) fn tag_state(&self, key: &TagKey, legacy: bool) -> TagState {
+        if bool::from(key.tag(&self.id, &self.secret).ct_eq(&self.tag)) {
+            TagState::Keyed
+        } else if legacy && legacy_checksum(&self.id, &self.secret) == self.tag {
+            TagState::Legacy
+        } else {
+            TagState::Bad
+        }
+    }
+
+    /// Parses a `crs_…` token: prefix, length and strict base64url. Rejects
+    /// every malformed input with [`Error::Malformed`]; never panics, never
+    /// allocates. The tag needs the server key: the store checks it
+    /// ([`Malformed::BadChecksum`] from `validate`), before any lookup.
     ///
     /// # Errors
     /// [`Error::Malformed`] with the reason.
@@ -221,10 +274,18 @@ impl SessionToken {
     }
 }
 
-/// Typo/truncation check over prefix ‖ payload: a multiply-xorshift mix of
-/// 8-byte words (the payload is 48 bytes), folded to 32 bits. Word-at-a-time so
-/// the hot path pays ~7 multiplies, not one per byte.
-fn checksum(prefix: &[u8; 4], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
+/// The checksum of pre-tag tokens over prefix ‖ id ‖ secret: a
+/// multiply-xorshift mix of 8-byte words folded to 32 bits. Unkeyed: anyone can
+/// compute it, so it only admits tokens to the legacy path's full check.
+fn legacy_checksum(id: &SessionId, secret: &Secret) -> [u8; TAG_LEN] {
+    let mut payload = [0u8; ID_LEN + SECRET_LEN];
+    payload[..ID_LEN].copy_from_slice(&id.0);
+    payload[ID_LEN..].copy_from_slice(&secret.0);
+    checksum(b"crs_", &payload)
+}
+
+/// Word-at-a-time, so checking one costs ~7 multiplies.
+fn checksum(prefix: &[u8; 4], payload: &[u8]) -> [u8; TAG_LEN] {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut h = u64::from(u32::from_le_bytes(*prefix)) ^ (payload.len() as u64).wrapping_mul(K);
     let mut chunks = payload.chunks_exact(8);
@@ -287,15 +348,13 @@ fn decode_exact<const N: usize>(b64: &[u8]) -> Result<[u8; N], Malformed> {
 fn parse_session(s: &[u8]) -> Result<SessionToken, Malformed> {
     check_frame(s, SESSION_PREFIX, SESSION_TOKEN_LEN)?;
     let raw: [u8; SESSION_RAW_LEN] = decode_exact(&s[SESSION_PREFIX.len()..])?;
-    let (payload, sum) = raw.split_at(ID_LEN + SECRET_LEN);
-    if checksum(b"crs_", payload) != sum {
-        return Err(Malformed::BadChecksum);
-    }
     let mut id = [0u8; ID_LEN];
-    id.copy_from_slice(&payload[..ID_LEN]);
+    id.copy_from_slice(&raw[..ID_LEN]);
     let mut secret = [0u8; SECRET_LEN];
-    secret.copy_from_slice(&payload[ID_LEN..]);
-    Ok(SessionToken { id: SessionId(id), secret: Secret(secret) })
+    secret.copy_from_slice(&raw[ID_LEN..ID_LEN + SECRET_LEN]);
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&raw[ID_LEN + SECRET_LEN..]);
+    Ok(SessionToken { id: SessionId(id), secret: Secret(secret), tag })
 }
 
 impl fmt::Display for SessionToken {
@@ -303,8 +362,7 @@ impl fmt::Display for SessionToken {
         let mut raw = [0u8; SESSION_RAW_LEN];
         raw[..ID_LEN].copy_from_slice(&self.id.0);
         raw[ID_LEN..ID_LEN + SECRET_LEN].copy_from_slice(&self.secret.0);
-        let sum = checksum(b"crs_", &raw[..ID_LEN + SECRET_LEN]);
-        raw[ID_LEN + SECRET_LEN..].copy_from_slice(&sum);
+        raw[ID_LEN + SECRET_LEN..].copy_from_slice(&self.tag);
         let mut buf = [0u8; 72];
         let n = B64.encode_slice(raw, &mut buf).map_err(|_| fmt::Error)?;
         f.write_str(SESSION_PREFIX)?;
@@ -423,9 +481,11 @@ impl fmt::Debug for RefreshToken {
 mod tests {
     use super::*;
 
+    const KEY: TagKey = TagKey([5; 32]);
+
     #[test]
     fn session_token_round_trips_and_has_fixed_length() {
-        let t = SessionToken::generate().unwrap();
+        let t = SessionToken::generate(&KEY).unwrap();
         let s = t.to_string();
         assert_eq!(s.len(), SESSION_TOKEN_LEN);
         assert!(s.starts_with("crs_"));
@@ -436,7 +496,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secret() {
-        let t = SessionToken::generate().unwrap();
+        let t = SessionToken::generate(&KEY).unwrap();
         let s = t.to_string();
         let dbg = format!("{t:?}");
         assert!(!dbg.contains(&s[4..]), "{dbg}");
@@ -445,7 +505,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        let s = SessionToken::generate().unwrap().to_string();
+        let s = SessionToken::generate(&KEY).unwrap().to_string();
         for i in 0..s.len() {
             assert!(SessionToken::parse(&s[..i]).is_err(), "prefix of len {i} accepted");
         }
@@ -453,19 +513,34 @@ mod tests {
 
     #[test]
     fn every_single_char_change_is_rejected() {
-        let s = SessionToken::generate().unwrap().to_string();
+        let s = SessionToken::generate(&KEY).unwrap().to_string();
         for i in 4..s.len() {
             let mut b = s.clone().into_bytes();
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let m = String::from_utf8(b).unwrap();
-            assert!(SessionToken::parse(&m).is_err(), "mutation at {i} accepted");
+            let checked = SessionToken::parse(&m).map(|t| t.tag_state(&KEY, true));
+            assert!(!matches!(checked, Ok(TagState::Keyed | TagState::Legacy)), "mutation at {i} accepted");
         }
     }
 
     #[test]
     fn checksum_is_stable() {
-        // Pinned: changing the checksum invalidates every token in circulation.
+        // Pinned: pre-tag tokens in circulation carry it.
         assert_eq!(checksum(b"crs_", &[0u8; 48]), [44, 13, 126, 101]);
+    }
+
+    #[test]
+    fn the_tag_is_keyed_and_stable() {
+        let (id, secret) = (SessionId([0; 16]), Secret([0; 32]));
+        // Pinned: changing the tag invalidates every token in circulation.
+        assert_eq!(KEY.tag(&id, &secret), [12, 13, 78, 207]);
+        assert_ne!(TagKey([6; 32]).tag(&id, &secret), KEY.tag(&id, &secret));
+        let t = SessionToken::generate(&KEY).unwrap();
+        assert_eq!(t.tag_state(&KEY, false), TagState::Keyed);
+        assert_eq!(t.tag_state(&TagKey([6; 32]), true), TagState::Bad);
+        let old = SessionToken { tag: legacy_checksum(&t.id, &t.secret), ..t.clone() };
+        assert_eq!(old.tag_state(&KEY, true), TagState::Legacy);
+        assert_eq!(old.tag_state(&KEY, false), TagState::Bad);
     }
 
     #[test]
@@ -477,7 +552,7 @@ mod tests {
         assert_eq!((p.id, p.generation, p.key_id, p.mac), (t.id, 9, 3, [1; 32]));
         assert!(SessionToken::parse(&s).is_err());
         assert!(matches!(
-            RefreshToken::parse(&SessionToken::generate().unwrap().to_string()),
+            RefreshToken::parse(&SessionToken::generate(&KEY).unwrap().to_string()),
             Err(Error::Malformed(Malformed::WrongKind))
         ));
     }

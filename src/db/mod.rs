@@ -36,9 +36,9 @@ use journal::JournalIo;
 use mac::{RowMac, RowTable};
 use overlay::Overlay;
 use tables::{
-    EXPIRY, EXPIRY_V2, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, META_NEXT_SERIAL,
-    META_SCRATCH, NOT_BEFORE, NOT_BEFORE_V2, REFRESH, REFRESH_V2, REVOKED, REVOKED_V2, SESSIONS, SESSIONS_V2,
-    USER_SESSIONS_V2,
+    EXPIRY, EXPIRY_V2, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, META_LEGACY_UNTIL,
+    META_NEXT_SERIAL, META_SCRATCH, META_TAGGED_SINCE, NOT_BEFORE, NOT_BEFORE_V2, REFRESH, REFRESH_V2, REVOKED,
+    REVOKED_V2, SESSIONS, SESSIONS_V2, USER_SESSIONS_V2,
 };
 
 /// Reopens the database file after an I/O failure (redb refuses every operation
@@ -91,6 +91,8 @@ pub(crate) struct Pending {
 /// What opening learned from the file.
 pub(crate) struct Loaded {
     pub(crate) next_serial: u64,
+    /// Which pre-tag session tokens the file's sessions may still present.
+    pub(crate) legacy: LegacyTokens,
     /// (serial, prune-after ms, session id) of every revoked entry.
     pub(crate) revoked: Vec<(u64, u64, SessionId)>,
     /// (user, not-before ms).
@@ -99,6 +101,17 @@ pub(crate) struct Loaded {
     pub(crate) checkpointed: u64,
     /// Journal records replayed by this open.
     pub(crate) replayed: usize,
+}
+
+/// Session tokens issued before the keyed tag carry an unkeyed checksum. A
+/// store accepts them only for sessions whose serial is below `tagged_since`
+/// (the next serial when a tagging version first opened the file) and only
+/// before `until` (ms: the latest absolute deadline among those sessions, after
+/// which none can be alive). A file created by a tagging version has none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LegacyTokens {
+    pub(crate) tagged_since: u64,
+    pub(crate) until: u64,
 }
 
 pub(crate) fn storage(kind: StorageErrorKind) -> impl FnOnce(redb::Error) -> Error {
@@ -301,6 +314,8 @@ impl Db {
             let mut meta = wtx.open_table(META).map_err(io)?;
             meta.insert(META_FORMAT, FORMAT_VERSION).map_err(io)?;
             meta.insert(META_NEXT_SERIAL, 1).map_err(io)?;
+            meta.insert(META_TAGGED_SINCE, 1).map_err(io)?;
+            meta.insert(META_LEGACY_UNTIL, 0).map_err(io)?;
             meta.insert(META_JOURNAL_ID, random_u64()?).map_err(io)?;
             meta.insert(META_JOURNAL_SEQ, 0).map_err(io)?;
             if scratch {
@@ -533,11 +548,15 @@ impl Db {
         let sessions = rtx.open_table(SESSIONS).map_err(io)?;
         let mut ops = Vec::new();
         let mut damaged = Vec::new();
+        let mut latest_deadline = 0;
         for row in sessions.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
             let n = k.value();
             match decode_row(self.mac(), n, v.value()) {
-                Ok(rec) => ops.push(IndexOp::Add { id: *rec.id.as_bytes(), number: n, user: rec.user }),
+                Ok(rec) => {
+                    latest_deadline = latest_deadline.max(rec.expires_at);
+                    ops.push(IndexOp::Add { id: *rec.id.as_bytes(), number: n, user: rec.user });
+                }
                 // Fail closed: indexed by the id it claims only, so its token fails as corrupt.
                 Err(_) => {
                     self.shared.corrupt_rows.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +577,22 @@ impl Db {
         drop(sessions);
         let meta = rtx.open_table(META).map_err(io)?;
         let next_serial = meta.get(META_NEXT_SERIAL).map_err(io)?.map_or(1, |v| v.value());
+        let legacy = match (meta.get(META_TAGGED_SINCE).map_err(io)?, meta.get(META_LEGACY_UNTIL).map_err(io)?) {
+            (Some(since), Some(until)) => LegacyTokens { tagged_since: since.value(), until: until.value() },
+            // First open by a tagging version: every session here was issued
+            // an untagged token. Recorded before any new session is created.
+            _ => {
+                let legacy = LegacyTokens { tagged_since: next_serial, until: latest_deadline };
+                let wtx = self.handle()?.begin_write().map_err(io)?;
+                {
+                    let mut meta = wtx.open_table(META).map_err(io)?;
+                    meta.insert(META_TAGGED_SINCE, legacy.tagged_since).map_err(io)?;
+                    meta.insert(META_LEGACY_UNTIL, legacy.until).map_err(io)?;
+                }
+                wtx.commit().map_err(io)?;
+                legacy
+            }
+        };
         let revoked = rtx.open_table(REVOKED).map_err(io)?;
         let mut list = Vec::with_capacity(usize::try_from(revoked.len().map_err(io)?).unwrap_or(0));
         for row in revoked.iter().map_err(io)? {
@@ -584,7 +619,7 @@ impl Db {
             });
             not_before.push((user.to_owned(), at));
         }
-        Ok(Loaded { next_serial, revoked: list, not_before, checkpointed: 0, replayed: 0 })
+        Ok(Loaded { next_serial, legacy, revoked: list, not_before, checkpointed: 0, replayed: 0 })
     }
 }
 

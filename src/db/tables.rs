@@ -52,3 +52,7 @@ pub(crate) const META_NEXT_SERIAL: &str = "next_serial";
 pub(crate) const META_SCRATCH: &str = "scratch";
 pub(crate) const META_JOURNAL_SEQ: &str = "journal_seq";
 pub(crate) const META_JOURNAL_ID: &str = "journal_id";
+/// The first serial issued with a keyed session-token tag (see `LegacyTokens`).
+pub(crate) const META_TAGGED_SINCE: &str = "tagged_since";
+/// Pre-tag session tokens are refused from this time on (ms since epoch).
+pub(crate) const META_LEGACY_UNTIL: &str = "legacy_tokens_until";

@@ -1,7 +1,7 @@
 //! The bad-token table: every malformed input is refused with the exact error,
 //! before any lookup (the cache-miss counter does not move).
 
-use cloakroom::{Error, Malformed, NewSession, REFRESH_PREFIX};
+use cloakroom::{Config, Error, Malformed, ManualClock, NewSession, REFRESH_PREFIX, Store};
 
 use super::common::store;
 
@@ -66,40 +66,64 @@ fn bad_session_tokens_are_refused_before_any_lookup() {
     s.validate(&good).unwrap();
 }
 
+/// A store with a known server key, so a test can compute the keyed tag.
+fn keyed_store(key: &[u8; 32]) -> Store {
+    let cfg = Config::builder().server_key(key).clock(ManualClock::fixed()).build().unwrap();
+    Store::in_memory(cfg).unwrap()
+}
+
+/// The tag of src/token.rs: keyed blake3 over prefix ‖ id ‖ secret, first 4 bytes.
+fn tag(server_key: &[u8; 32], raw: &[u8]) -> [u8; 4] {
+    let key = blake3::derive_key("cloakroom 2026 session token tag v1", server_key);
+    let mut m = b"crs_".to_vec();
+    m.extend_from_slice(&raw[..48]);
+    blake3::keyed_hash(&key, &m).as_bytes()[..4].try_into().unwrap()
+}
+
 #[test]
-fn well_formed_but_unknown_or_wrong_secret_is_not_found() {
-    let (s, _) = store();
+fn a_token_from_another_server_key_is_refused_before_any_lookup() {
+    let s = keyed_store(&[1; 32]);
     s.create(NewSession::new("u")).unwrap();
-    // A well-formed token this store never issued (from another store).
-    let (other, _) = store();
-    let never = other.create(NewSession::new("u")).unwrap().token.to_string();
+    // Well formed, issued by a store with another server key (or forged without it).
+    let never = keyed_store(&[2; 32]).create(NewSession::new("u")).unwrap().token.to_string();
+    let before = s.stats();
+    assert!(matches!(s.validate(&never), Err(Error::Malformed(Malformed::BadChecksum))));
+    assert!(matches!(s.rotate(&never), Err(Error::Malformed(Malformed::BadChecksum))));
+    let after = s.stats();
+    assert_eq!(
+        (after.cache_hits, after.cache_misses),
+        (before.cache_hits, before.cache_misses),
+        "it reached the cache"
+    );
+}
+
+#[test]
+fn well_formed_and_tagged_but_unknown_is_not_found() {
+    // Same server key, another store: the tag checks out, the lookup finds nothing.
+    let s = keyed_store(&[1; 32]);
+    let never = keyed_store(&[1; 32]).create(NewSession::new("u")).unwrap().token.to_string();
     assert!(matches!(s.validate(&never), Err(Error::NotFound)));
 }
 
-/// Rebuilds a token with the same id, another secret and a valid checksum: it
-/// passes the format check, so only the constant-time secret comparison stops it.
-fn forge_secret(good: &str) -> String {
+/// Rebuilds a token with the same id, another secret and a valid tag (the
+/// test knows the server key): it passes the tag check, so only the
+/// constant-time secret comparison stops it.
+fn forge_secret(server_key: &[u8; 32], good: &str) -> String {
     use base64::Engine as _;
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut raw = e.decode(&good[4..]).unwrap();
     raw[16..48].iter_mut().for_each(|b| *b ^= 0xff);
-    // The checksum of src/token.rs: multiply-xorshift over 8-byte words.
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = u64::from(u32::from_le_bytes(*b"crs_")) ^ 48u64.wrapping_mul(K);
-    for c in raw[..48].chunks_exact(8) {
-        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(K);
-        h ^= h >> 29;
-    }
-    h ^= h >> 32;
-    raw[48..].copy_from_slice(&(h as u32).to_le_bytes());
+    let t = tag(server_key, &raw);
+    raw[48..].copy_from_slice(&t);
     format!("crs_{}", e.encode(raw))
 }
 
 #[test]
 fn right_id_wrong_secret_is_not_found() {
-    let (s, _) = store();
+    let s = keyed_store(&[1; 32]);
     let good = s.create(NewSession::new("u")).unwrap().token.to_string();
-    let forged = forge_secret(&good);
+    assert_eq!(forge_secret(&[1; 32], &forge_secret(&[1; 32], &good)), good, "the test's tag is the store's");
+    let forged = forge_secret(&[1; 32], &good);
     assert!(cloakroom::SessionToken::parse(&forged).is_ok(), "forgery must pass the format check");
     assert!(matches!(s.validate(&forged), Err(Error::NotFound)));
     assert!(matches!(s.rotate(&forged), Err(Error::NotFound)));

@@ -3,6 +3,7 @@
 //! nothing, and a format-1 file from the previous version still opens.
 
 use std::path::Path;
+use std::time::Duration;
 
 use cloakroom::{Config, Error, ManualClock, NewSession, ReadOnlyStore, StorageErrorKind, Store};
 
@@ -101,9 +102,11 @@ fn an_existing_database_without_its_key_file_is_refused_until_told_otherwise() {
     b.clock(clock.clone()).replace_lost_server_key();
     let s = Store::open(&path, b.build().unwrap()).unwrap();
     assert!(key.exists());
+    // A token issued under the lost key fails its tag before any lookup (and
+    // its row, sealed under that key, would fail as corrupt).
     match s.validate(&token) {
-        Err(Error::Storage(e)) => assert_eq!(e.kind(), cloakroom::StorageErrorKind::Corrupt),
-        other => panic!("a row sealed under the lost key was served: {other:?}"),
+        Err(Error::Malformed(cloakroom::Malformed::BadChecksum)) => {}
+        other => panic!("a token of the lost key was served: {other:?}"),
     }
     let fresh = s.create(NewSession::new("bob")).unwrap().token.to_string();
     assert_eq!(s.validate(&fresh).unwrap().user(), "bob");
@@ -322,4 +325,84 @@ fn error_messages_do_not_repeat_themselves() {
         }
     }
     assert!(messages[2].starts_with("storage error: I/O error: "), "{}", messages[2]);
+}
+
+/// The pre-tag checksum of src/token.rs (tokens issued before the keyed tag):
+/// multiply-xorshift over 8-byte words of id ‖ secret. Re-encodes `good` with it.
+fn with_legacy_checksum(good: &str) -> String {
+    use base64::Engine as _;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut raw = e.decode(&good[4..]).unwrap();
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = u64::from(u32::from_le_bytes(*b"crs_")) ^ 48u64.wrapping_mul(K);
+    for c in raw[..48].chunks_exact(8) {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(K);
+        h ^= h >> 29;
+    }
+    h ^= h >> 32;
+    raw[48..].copy_from_slice(&(h as u32).to_le_bytes());
+    format!("crs_{}", e.encode(raw))
+}
+
+/// `tests/fixtures/v3.redb` was written at commit 8b4c623 (format 3, session
+/// tokens with the unkeyed checksum) with server key [7; 32]; `v3.tokens`
+/// lists its tokens. The first open by the keyed-tag version records which
+/// serials predate the tag: their old tokens keep working (no forced logout),
+/// a rotation hands out a tagged token, and no session created later accepts
+/// an untagged one, in this open or the next.
+#[test]
+fn untagged_tokens_of_a_format_3_file_keep_working_for_its_sessions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.redb");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v3.redb"), &path).unwrap();
+    let clock = ManualClock::new(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_200_000));
+    let mut b = Config::builder();
+    b.server_key(&[7; 32]).sweep_interval(None).reuse(cloakroom::Reuse::Strict).clock(clock.clone());
+    let cfg = b.build().unwrap();
+    let listing = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v3.tokens")).unwrap();
+    let mut later = None;
+    for round in 0..2 {
+        let store = Store::open(&path, cfg.clone()).unwrap();
+        let mut seen = 0;
+        for line in listing.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
+            match data {
+                "REVOKED" => assert!(matches!(store.validate(token), Err(Error::NotFound | Error::Revoked))),
+                "ROTATED" => assert!(matches!(store.validate(token), Err(Error::NotFound | Error::Revoked)), "{user}"),
+                "REFRESH" if round == 0 => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
+                "REFRESH" => assert!(matches!(store.refresh(token), Err(Error::ReuseDetected))),
+                _ => {
+                    let s = store.validate(token).unwrap();
+                    assert_eq!((s.user(), s.data()), (user, data.as_bytes()));
+                    assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), ip);
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(seen, 4);
+        // A session created by this version: its tagged token works, the same
+        // id and secret under the old checksum do not (in this open and the next).
+        let fresh = store.create(NewSession::new("frank")).unwrap().token.to_string();
+        for t in std::iter::once(&fresh).chain(later.as_ref()) {
+            assert!(store.validate(t).is_ok());
+            assert!(matches!(store.validate(&with_legacy_checksum(t)), Err(Error::NotFound)));
+        }
+        later = Some(fresh);
+        store.close().unwrap();
+    }
+    // Rotating an old token hands out a tagged one; the old one is dead.
+    let store = Store::open(&path, cfg.clone()).unwrap();
+    let bob = listing.lines().find(|l| l.contains(" bob ")).unwrap().split(' ').next().unwrap();
+    let rotated = store.rotate(bob).unwrap().token.to_string();
+    assert!(matches!(store.validate(bob), Err(Error::Revoked)));
+    assert!(matches!(store.validate(&with_legacy_checksum(&rotated)), Err(Error::NotFound)));
+    assert_eq!(store.validate(&rotated).unwrap().user(), "bob");
+    // Once the last pre-tag session's deadline has passed, an untagged token is
+    // refused by its tag, before any lookup.
+    clock.advance(Duration::from_secs(101 * 365 * 24 * 3600));
+    let alice = listing.lines().next().unwrap().split(' ').next().unwrap();
+    let before = store.stats();
+    assert!(matches!(store.validate(alice), Err(Error::Malformed(cloakroom::Malformed::BadChecksum))));
+    assert_eq!(store.stats().cache_misses, before.cache_misses);
 }
