@@ -54,7 +54,7 @@ impl Derived {
         let mut id = [0u8; 4];
         id.copy_from_slice(&fp.as_bytes()[..4]);
         let csrf = blake3::derive_key("cloakroom 2026 web CSRF token v1", server_key);
-        let token_tag = TagKey(blake3::derive_key("cloakroom 2026 session token tag v1", server_key));
+        let token_tag = TagKey::new(&blake3::derive_key("cloakroom 2026 session token tag v1", server_key));
         Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf, token_tag }
     }
 

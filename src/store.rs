@@ -453,9 +453,9 @@ impl Store {
     /// issue is refused here, before any lookup (one keyed hash).
     fn parse_session(&self, token: &str) -> Result<Checked, Error> {
         let tok = SessionToken::parse(token)?;
-        let legacy = &self.inner.legacy;
-        let open = self.now_ms() < legacy.until;
-        match tok.tag_state(&self.inner.derived.token_tag, open) {
+        let until = self.inner.legacy.until;
+        // The clock is read only for a tag that failed, and only if pre-tag tokens exist.
+        match tok.tag_state(&self.inner.derived.token_tag, || until > 0 && self.now_ms() < until) {
             TagState::Keyed => Ok(Checked { tok, legacy: false }),
             TagState::Legacy => Ok(Checked { tok, legacy: true }),
             TagState::Bad => Err(Malformed::BadChecksum.into()),

@@ -3,8 +3,8 @@
 //! Session token: `crs_` + base64url(id 16 B ‖ secret 32 B ‖ tag 4 B), 74 chars.
 //! Refresh token: `crr_` + base64url(id 16 B ‖ generation 8 B ‖ key id 4 B ‖ MAC 32 B), 84 chars.
 //!
-//! The tag is the first 4 bytes of a keyed blake3 (a key derived from the
-//! server key) over prefix ‖ id ‖ secret. The store that issued a token checks
+//! The tag is SipHash-1-3 (a keyed PRF built for short inputs; the 128-bit key is
+//! derived from the server key) over id ‖ secret, folded to 4 bytes. The store that issued a token checks
 //! it before any lookup, so a typo, a truncated copy or a token forged without
 //! the server key is refused in one hash, never reaching the cache, the index or
 //! the disk. It is a filter, not the security boundary: the secret (compared as
@@ -188,18 +188,25 @@ impl fmt::Debug for SecretHash {
 }
 
 /// The key of the session-token tag, derived from the server key.
-pub(crate) struct TagKey(pub(crate) [u8; 32]);
+pub(crate) struct TagKey(siphasher::sip::SipHasher13);
 
 impl TagKey {
+    /// A tag key from 32 derived bytes (SipHash takes the first 16).
+    pub(crate) fn new(derived: &[u8; 32]) -> Self {
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&derived[..16]);
+        Self(siphasher::sip::SipHasher13::new_with_key(&k))
+    }
+
     fn tag(&self, id: &SessionId, secret: &Secret) -> [u8; TAG_LEN] {
-        let mut m = [0u8; 4 + ID_LEN + SECRET_LEN];
-        m[..4].copy_from_slice(SESSION_PREFIX.as_bytes());
-        m[4..4 + ID_LEN].copy_from_slice(&id.0);
-        m[4 + ID_LEN..].copy_from_slice(&secret.0);
-        let h = blake3::keyed_hash(&self.0, &m);
-        let mut t = [0u8; TAG_LEN];
-        t.copy_from_slice(&h.as_bytes()[..TAG_LEN]);
-        t
+        // 48 bytes, six SipHash blocks; the derived key separates the domain.
+        let mut m = [0u8; ID_LEN + SECRET_LEN];
+        m[..ID_LEN].copy_from_slice(&id.0);
+        m[ID_LEN..].copy_from_slice(&secret.0);
+        let h = self.0.hash(&m);
+        #[allow(clippy::cast_possible_truncation)] // folding 64 bits to 32 on purpose
+        let folded = (h ^ (h >> 32)) as u32;
+        folded.to_le_bytes()
     }
 }
 
@@ -250,12 +257,12 @@ impl SessionToken {
         self.secret.hash()
     }
 
-    /// Checks the tag against `key` (constant time), then, if `legacy` allows
-    /// it, against the pre-tag checksum.
-    pub(crate) fn tag_state(&self, key: &TagKey, legacy: bool) -> TagState {
+    /// Checks the tag against `key` (constant time), then, if `legacy()` says
+    /// pre-tag tokens are still accepted, against the pre-tag checksum.
+    pub(crate) fn tag_state(&self, key: &TagKey, legacy: impl FnOnce() -> bool) -> TagState {
         if bool::from(key.tag(&self.id, &self.secret).ct_eq(&self.tag)) {
             TagState::Keyed
-        } else if legacy && legacy_checksum(&self.id, &self.secret) == self.tag {
+        } else if legacy() && legacy_checksum(&self.id, &self.secret) == self.tag {
             TagState::Legacy
         } else {
             TagState::Bad
@@ -345,9 +352,53 @@ fn decode_exact<const N: usize>(b64: &[u8]) -> Result<[u8; N], Malformed> {
     Ok(out)
 }
 
+/// base64url alphabet value of each byte; 0xFF = not in the alphabet.
+const B64_VALUE: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Strict base64url decode of a session token body (70 chars → 52 bytes), the
+/// same rules as [`B64`] (no padding, canonical trailing bits) with one table
+/// lookup per char: the validate hot path. Equivalence is tested against
+/// `B64` below and fuzzed through `SessionToken::parse`.
+fn decode_session_body(b64: &[u8]) -> Result<[u8; SESSION_RAW_LEN], Malformed> {
+    const BODY: usize = SESSION_TOKEN_LEN - SESSION_PREFIX.len(); // 70 = 17 quads + 2
+    if b64.len() != BODY {
+        return Err(Malformed::WrongLength);
+    }
+    let mut out = [0u8; SESSION_RAW_LEN];
+    let mut bad = 0u8;
+    let v = |c: u8, bad: &mut u8| {
+        let x = B64_VALUE[c as usize];
+        *bad |= x & 0x80;
+        u32::from(x & 0x3F)
+    };
+    for (quad, o) in b64.chunks_exact(4).zip(out.chunks_exact_mut(3)) {
+        let n =
+            v(quad[0], &mut bad) << 18 | v(quad[1], &mut bad) << 12 | v(quad[2], &mut bad) << 6 | v(quad[3], &mut bad);
+        o.copy_from_slice(&n.to_be_bytes()[1..]);
+    }
+    let (c0, c1) = (v(b64[68], &mut bad), v(b64[69], &mut bad));
+    // Two chars carry one byte; the low 4 bits of the second must be zero.
+    if bad != 0 || c1 & 0x0F != 0 {
+        return Err(Malformed::BadEncoding);
+    }
+    #[allow(clippy::cast_possible_truncation)] // 8 bits by construction
+    let last = (c0 << 2 | c1 >> 4) as u8;
+    out[SESSION_RAW_LEN - 1] = last;
+    Ok(out)
+}
+
 fn parse_session(s: &[u8]) -> Result<SessionToken, Malformed> {
     check_frame(s, SESSION_PREFIX, SESSION_TOKEN_LEN)?;
-    let raw: [u8; SESSION_RAW_LEN] = decode_exact(&s[SESSION_PREFIX.len()..])?;
+    let raw = decode_session_body(&s[SESSION_PREFIX.len()..])?;
     let mut id = [0u8; ID_LEN];
     id.copy_from_slice(&raw[..ID_LEN]);
     let mut secret = [0u8; SECRET_LEN];
@@ -481,11 +532,13 @@ impl fmt::Debug for RefreshToken {
 mod tests {
     use super::*;
 
-    const KEY: TagKey = TagKey([5; 32]);
+    fn key(b: u8) -> TagKey {
+        TagKey::new(&[b; 32])
+    }
 
     #[test]
     fn session_token_round_trips_and_has_fixed_length() {
-        let t = SessionToken::generate(&KEY).unwrap();
+        let t = SessionToken::generate(&key(5)).unwrap();
         let s = t.to_string();
         assert_eq!(s.len(), SESSION_TOKEN_LEN);
         assert!(s.starts_with("crs_"));
@@ -496,7 +549,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secret() {
-        let t = SessionToken::generate(&KEY).unwrap();
+        let t = SessionToken::generate(&key(5)).unwrap();
         let s = t.to_string();
         let dbg = format!("{t:?}");
         assert!(!dbg.contains(&s[4..]), "{dbg}");
@@ -505,7 +558,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        let s = SessionToken::generate(&KEY).unwrap().to_string();
+        let s = SessionToken::generate(&key(5)).unwrap().to_string();
         for i in 0..s.len() {
             assert!(SessionToken::parse(&s[..i]).is_err(), "prefix of len {i} accepted");
         }
@@ -513,12 +566,12 @@ mod tests {
 
     #[test]
     fn every_single_char_change_is_rejected() {
-        let s = SessionToken::generate(&KEY).unwrap().to_string();
+        let s = SessionToken::generate(&key(5)).unwrap().to_string();
         for i in 4..s.len() {
             let mut b = s.clone().into_bytes();
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let m = String::from_utf8(b).unwrap();
-            let checked = SessionToken::parse(&m).map(|t| t.tag_state(&KEY, true));
+            let checked = SessionToken::parse(&m).map(|t| t.tag_state(&key(5), || true));
             assert!(!matches!(checked, Ok(TagState::Keyed | TagState::Legacy)), "mutation at {i} accepted");
         }
     }
@@ -530,18 +583,59 @@ mod tests {
     }
 
     #[test]
+    fn siphash_is_siphash_2_4() {
+        // The reference vector of the SipHash paper (Aumasson, Bernstein), appendix A.
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        let msg: Vec<u8> = (0u8..15).collect();
+        assert_eq!(siphasher::sip::SipHasher24::new_with_key(&key).hash(&msg), 0xa129_ca61_49be_45e5);
+    }
+
+    #[test]
     fn the_tag_is_keyed_and_stable() {
         let (id, secret) = (SessionId([0; 16]), Secret([0; 32]));
         // Pinned: changing the tag invalidates every token in circulation.
-        assert_eq!(KEY.tag(&id, &secret), [12, 13, 78, 207]);
-        assert_ne!(TagKey([6; 32]).tag(&id, &secret), KEY.tag(&id, &secret));
-        let t = SessionToken::generate(&KEY).unwrap();
-        assert_eq!(t.tag_state(&KEY, false), TagState::Keyed);
-        assert_eq!(t.tag_state(&TagKey([6; 32]), true), TagState::Bad);
+        assert_eq!(key(5).tag(&id, &secret), [235, 64, 224, 93]);
+        assert_ne!(key(6).tag(&id, &secret), key(5).tag(&id, &secret));
+        let t = SessionToken::generate(&key(5)).unwrap();
+        assert_eq!(t.tag_state(&key(5), || false), TagState::Keyed);
+        assert_eq!(t.tag_state(&key(6), || true), TagState::Bad);
         let old = SessionToken { tag: legacy_checksum(&t.id, &t.secret), ..t.clone() };
-        assert_eq!(old.tag_state(&KEY, true), TagState::Legacy);
-        assert_eq!(old.tag_state(&KEY, false), TagState::Bad);
+        assert_eq!(old.tag_state(&key(5), || true), TagState::Legacy);
+        assert_eq!(old.tag_state(&key(5), || false), TagState::Bad);
     }
+
+    proptest::proptest! {
+        /// The hot-path decoder answers exactly as the general strict engine.
+        #[test]
+        fn session_body_decoder_matches_the_strict_engine(
+            body in proptest::collection::vec(proptest::sample::select(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=.A".to_vec()), 70),
+            raw in proptest::array::uniform32(0u8..),
+        ) {
+            let mut buf = [0u8; 64];
+            let general = B64.decode_slice(&body, &mut buf).ok().filter(|&n| n == SESSION_RAW_LEN).map(|_| buf[..52].to_vec());
+            proptest::prop_assert_eq!(decode_session_body(&body).ok().map(|r| r.to_vec()), general);
+            // And every encoding of random bytes decodes back.
+            let mut bytes = [0u8; SESSION_RAW_LEN];
+            bytes[..32].copy_from_slice(&raw);
+            bytes[32..].copy_from_slice(&raw[..20]);
+            let mut enc = [0u8; 72];
+            let n = B64.encode_slice(bytes, &mut enc).unwrap();
+            proptest::prop_assert_eq!(decode_session_body(&enc[..n]).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn non_canonical_trailing_bits_are_rejected() {
+        let s = SessionToken::generate(&key(5)).unwrap().to_string();
+        let mut b = s.into_bytes();
+        let last = b.len() - 1;
+        // The final char carries 2 data bits + 4 zero bits: set one of those.
+        b[last] = B64_ALPHABET[usize::from(B64_VALUE[usize::from(b[last])] | 1)];
+        assert!(matches!(parse_session(&b), Err(Malformed::BadEncoding)));
+    }
+
+    const B64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
     #[test]
     fn refresh_token_round_trips() {
@@ -552,7 +646,7 @@ mod tests {
         assert_eq!((p.id, p.generation, p.key_id, p.mac), (t.id, 9, 3, [1; 32]));
         assert!(SessionToken::parse(&s).is_err());
         assert!(matches!(
-            RefreshToken::parse(&SessionToken::generate(&KEY).unwrap().to_string()),
+            RefreshToken::parse(&SessionToken::generate(&key(5)).unwrap().to_string()),
             Err(Error::Malformed(Malformed::WrongKind))
         ));
     }

@@ -72,12 +72,12 @@ fn keyed_store(key: &[u8; 32]) -> Store {
     Store::in_memory(cfg).unwrap()
 }
 
-/// The tag of src/token.rs: keyed blake3 over prefix ‖ id ‖ secret, first 4 bytes.
+/// The tag of src/token.rs: SipHash-1-3 over id ‖ secret under the
+/// first 16 bytes of a key derived from the server key, folded to 4 bytes.
 fn tag(server_key: &[u8; 32], raw: &[u8]) -> [u8; 4] {
     let key = blake3::derive_key("cloakroom 2026 session token tag v1", server_key);
-    let mut m = b"crs_".to_vec();
-    m.extend_from_slice(&raw[..48]);
-    blake3::keyed_hash(&key, &m).as_bytes()[..4].try_into().unwrap()
+    let h = siphasher::sip::SipHasher13::new_with_key(key[..16].try_into().unwrap()).hash(&raw[..48]);
+    ((h ^ (h >> 32)) as u32).to_le_bytes()
 }
 
 #[test]
