@@ -196,6 +196,54 @@ fn revoke(c: &mut Criterion) {
     g.finish();
 }
 
+/// Worker threads that live across criterion's samples: each sample hands
+/// every worker the iteration count and takes the slowest worker's time, so
+/// thread start-up (a fresh allocator arena, first-touch page faults, new
+/// thread-local slots) is never inside a measurement.
+struct Crew {
+    go: Vec<std::sync::mpsc::Sender<u64>>,
+    took: std::sync::mpsc::Receiver<Duration>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Crew {
+    /// `n` workers; worker `t` runs `work(t, iters)` per sample.
+    fn new(n: usize, work: std::sync::Arc<dyn Fn(usize, u64) + Send + Sync>) -> Self {
+        let (done, took) = std::sync::mpsc::channel();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let mut go = Vec::new();
+        let mut handles = Vec::new();
+        for t in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel::<u64>();
+            let (work, done, start) = (work.clone(), done.clone(), start.clone());
+            handles.push(std::thread::spawn(move || {
+                for iters in rx {
+                    start.wait();
+                    let t0 = Instant::now();
+                    work(t, iters);
+                    let _ = done.send(t0.elapsed());
+                }
+            }));
+            go.push(tx);
+        }
+        Self { go, took, handles }
+    }
+
+    fn run(&self, iters: u64) -> Duration {
+        for g in &self.go {
+            g.send(iters).unwrap();
+        }
+        (0..self.go.len()).map(|_| self.took.recv().unwrap()).max().unwrap_or_default()
+    }
+
+    fn stop(self) {
+        drop(self.go);
+        for h in self.handles {
+            h.join().unwrap();
+        }
+    }
+}
+
 /// Scaling of the hit path: N threads validating at once, (a) uniformly over
 /// 100,000 sessions, (b) all on one hot session. Throughput = N validates per
 /// iteration; the 2÷1 ratio shows whether a hit writes memory other threads read.
@@ -204,56 +252,35 @@ fn validate_threads(c: &mut Criterion) {
     let tokens = fill(&store, 100_000);
     // Measure with the setup folded into the file, not while the applier folds it.
     store.checkpoint().unwrap();
-    let streams: Vec<TokenStream> =
-        (0..2).map(|t| token_stream(&tokens, 1 << 18, &mut Rng(0x9E37_79B9_7F4A_7C15 + t))).collect();
+    let streams: std::sync::Arc<Vec<TokenStream>> = std::sync::Arc::new(
+        (0..2).map(|t| token_stream(&tokens, 1 << 18, &mut Rng(0x9E37_79B9_7F4A_7C15 + t))).collect(),
+    );
     let hot = tokens[0].clone();
     let mut g = c.benchmark_group("validate/threads");
     for n in [1usize, 2] {
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(format!("{n}"), |b| {
-            b.iter_custom(|iters| {
-                let start = std::sync::Barrier::new(n);
-                let took: Vec<Duration> = std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..n)
-                        .map(|t| {
-                            let (store, stream, start) = (&store, &streams[t], &start);
-                            s.spawn(move || {
-                                start.wait();
-                                let t0 = Instant::now();
-                                for i in 0..iters as usize {
-                                    black_box(store.validate(stream.get(i)).unwrap());
-                                }
-                                t0.elapsed()
-                            })
-                        })
-                        .collect();
-                    hs.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                took.into_iter().max().unwrap_or_default()
-            });
-        });
-        g.bench_function(format!("hot/{n}"), |b| {
-            b.iter_custom(|iters| {
-                let start = std::sync::Barrier::new(n);
-                let took: Vec<Duration> = std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..n)
-                        .map(|_| {
-                            let (store, hot, start) = (&store, &hot, &start);
-                            s.spawn(move || {
-                                start.wait();
-                                let t0 = Instant::now();
-                                for _ in 0..iters {
-                                    black_box(store.validate(black_box(hot)).unwrap());
-                                }
-                                t0.elapsed()
-                            })
-                        })
-                        .collect();
-                    hs.into_iter().map(|h| h.join().unwrap()).collect()
-                });
-                took.into_iter().max().unwrap_or_default()
-            });
-        });
+        let (s, st) = (store.clone(), streams.clone());
+        let uniform = Crew::new(
+            n,
+            std::sync::Arc::new(move |t, iters| {
+                for i in 0..iters as usize {
+                    black_box(s.validate(st[t].get(i)).unwrap());
+                }
+            }),
+        );
+        g.bench_function(format!("{n}"), |b| b.iter_custom(|iters| uniform.run(iters)));
+        uniform.stop();
+        let (s, h) = (store.clone(), hot.clone());
+        let one_session = Crew::new(
+            n,
+            std::sync::Arc::new(move |_, iters| {
+                for _ in 0..iters {
+                    black_box(s.validate(black_box(&h)).unwrap());
+                }
+            }),
+        );
+        g.bench_function(format!("hot/{n}"), |b| b.iter_custom(|iters| one_session.run(iters)));
+        one_session.stop();
     }
     g.finish();
 }

@@ -1,69 +1,109 @@
-//! Sharded, bounded session cache with CLOCK eviction.
+//! Sharded, bounded session cache with CLOCK eviction and lock-free reads.
 //!
-//! `get` takes only a shard read lock and sets the entry's CLOCK bit with a relaxed
-//! atomic, so concurrent validates never serialise on a write lock. Inserts and
-//! removals take the shard write lock. The cache never talks to the database.
+//! The map is a `papaya` concurrent hash map (lock-free reads; memory of
+//! removed entries reclaimed by `seize` once no reader holds it). `get` pins
+//! the map and probes: no lock, and the pin writes only a per-thread slot, so
+//! concurrent validates of one session or of many write no shared memory. The
+//! record is lent to the caller's closure, never cloned out (its `Arc` count is
+//! not touched). Writers (insert, remove, eviction) take their shard's mutex,
+//! which guards the shard's CLOCK ring and orders its map changes. Hit and miss counters are striped by
+//! thread. The cache never talks to the database.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 
 use crate::session::Record;
 use crate::token::{IdHash, SessionId};
 
-type IdMap = HashMap<SessionId, Arc<Record>, IdHash>;
-
-/// One shard: the map answers lookups with one probe straight to the record;
-/// the ring (a second `Arc` to each record) drives CLOCK eviction. Each record
-/// knows its ring position (`Live::slot`), so removal is O(1).
-struct Shard {
-    map: IdMap,
+/// What only writers touch: the CLOCK ring (a second `Arc` to each record,
+/// which knows its ring position, `Live::slot`, so removal is O(1)).
+struct Ring {
     ring: Vec<Option<Arc<Record>>>,
     free: Vec<u32>,
     hand: usize,
     capacity: usize,
+    len: usize,
 }
 
-impl Shard {
-    fn evict_one(&mut self) -> Option<u32> {
-        // Each pass clears at most `len` bits, so two passes always find a victim.
-        for _ in 0..self.ring.len() * 2 {
-            let i = self.hand;
-            self.hand = (self.hand + 1) % self.ring.len();
-            if let Some(r) = &self.ring[i] {
-                if r.live.referenced.swap(false, Ordering::Relaxed) {
-                    continue;
-                }
-                self.map.remove(&r.id);
-                self.ring[i] = None;
-                #[allow(clippy::cast_possible_truncation)]
-                // capacity per shard < 2^32 (config check)
-                return Some(i as u32);
-            }
-        }
-        None
-    }
-}
-
-/// Counts without a locked read-modify-write: concurrent bumps of one shard's
-/// counter may occasionally lose an increment. Statistics only.
-fn bump(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
-}
-
-/// One shard plus its counters, padded to its own cache lines.
+/// One shard: its writers' mutex and CLOCK ring, padded to its own cache lines.
 #[repr(align(128))]
-struct Slot {
-    shard: RwLock<Shard>,
+struct Shard {
+    ring: Mutex<Ring>,
+}
+
+type Map = papaya::HashMap<SessionId, Arc<Record>, IdHash>;
+
+fn evict_one(map: &Map, ring: &mut Ring) -> Option<u32> {
+    // Each pass clears at most `len` bits, so two passes always find a victim.
+    for _ in 0..ring.ring.len() * 2 {
+        let i = ring.hand;
+        ring.hand = (ring.hand + 1) % ring.ring.len();
+        if let Some(r) = &ring.ring[i] {
+            if r.live.referenced.swap(false, Ordering::Relaxed) {
+                continue;
+            }
+            map.pin().remove(&r.id);
+            ring.ring[i] = None;
+            ring.len -= 1;
+            #[allow(clippy::cast_possible_truncation)]
+            // capacity per shard < 2^32 (config check)
+            return Some(i as u32);
+        }
+    }
+    None
+}
+
+/// Counters striped by thread: each thread bumps its own cache line (threads
+/// are dealt stripes round-robin), so counting a hit writes nothing another
+/// thread's hit writes. Statistics only: a bump is a plain load and store.
+struct Striped {
+    stripes: Box<[Stripe]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe {
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
+const STRIPES: usize = 64;
+
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    MINE.with(|i| *i)
+}
+
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+impl Striped {
+    fn new() -> Self {
+        Self { stripes: (0..STRIPES).map(|_| Stripe::default()).collect() }
+    }
+
+    fn mine(&self) -> &Stripe {
+        &self.stripes[stripe_index()]
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        self.stripes
+            .iter()
+            .fold((0, 0), |(h, m), s| (h + s.hits.load(Ordering::Relaxed), m + s.misses.load(Ordering::Relaxed)))
+    }
+}
+
 pub(crate) struct Cache {
-    shards: Box<[Slot]>,
+    map: Map,
+    shards: Box<[Shard]>,
     mask: u64,
+    counters: Striped,
     evictions: AtomicU64,
 }
 
@@ -79,59 +119,56 @@ pub(crate) struct CacheStats {
 impl Cache {
     pub(crate) fn new(capacity: usize, shards: usize) -> Self {
         let per = capacity.div_ceil(shards).max(1);
-        let shards: Box<[Slot]> = (0..shards)
-            .map(|_| Slot {
-                shard: RwLock::new(Shard {
-                    map: IdMap::default(),
-                    ring: Vec::new(),
-                    free: Vec::new(),
-                    hand: 0,
-                    capacity: per,
-                }),
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
+        let shards: Box<[Shard]> = (0..shards)
+            .map(|_| Shard {
+                ring: Mutex::new(Ring { ring: Vec::new(), free: Vec::new(), hand: 0, capacity: per, len: 0 }),
             })
             .collect();
         let mask = (shards.len() as u64).saturating_sub(1);
-        Self { shards, mask, evictions: AtomicU64::new(0) }
+        // Grown as it fills (incrementally): a table sized for the full capacity up
+        // front would spread a few entries over many pages.
+        let map = Map::with_capacity_and_hasher(capacity.min(4096), IdHash::default());
+        Self { map, shards, mask, counters: Striped::new(), evictions: AtomicU64::new(0) }
     }
 
-    fn slot(&self, id: &SessionId) -> &Slot {
-        // Bytes 8..16 pick the shard; bytes 0..8 feed the shard's map, so the two are independent.
+    fn shard(&self, id: &SessionId) -> &Shard {
+        // Bytes 8..16 pick the shard; bytes 0..8 feed the map, so the two are independent.
         #[allow(clippy::cast_possible_truncation)] // masked to < shard count
         &self.shards[(id.shard_word() & self.mask) as usize]
     }
 
-    /// Looks up a session; marks it recently used.
-    pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Record>> {
-        let slot = self.slot(id);
-        let found = {
-            let shard = slot.shard.read();
-            shard.map.get(id).cloned()
-        };
-        match &found {
-            Some(r) => {
-                if !r.live.referenced.load(Ordering::Relaxed) {
-                    r.live.referenced.store(true, Ordering::Relaxed);
-                }
-                bump(&slot.hits);
+    /// Looks up a session and lends it to `f`; marks it recently used. No lock,
+    /// no write shared with other threads (the CLOCK bit is written only when
+    /// clear, once per eviction sweep).
+    pub(crate) fn get_with<R>(&self, id: &SessionId, f: impl FnOnce(&Arc<Record>) -> R) -> Option<R> {
+        let map = self.map.pin();
+        let found = map.get(id).map(|r| {
+            if !r.live.referenced.load(Ordering::Relaxed) {
+                r.live.referenced.store(true, Ordering::Relaxed);
             }
-            None => bump(&slot.misses),
-        }
+            f(r)
+        });
+        let stripe = self.counters.mine();
+        bump(if found.is_some() { &stripe.hits } else { &stripe.misses });
         found
+    }
+
+    /// Looks up a session (a clone of its `Arc`); marks it recently used.
+    pub(crate) fn get(&self, id: &SessionId) -> Option<Arc<Record>> {
+        self.get_with(id, Arc::clone)
     }
 
     /// Looks up a session without marking it used or counting (maintenance reads).
     pub(crate) fn peek(&self, id: &SessionId) -> Option<Arc<Record>> {
-        self.slot(id).shard.read().map.get(id).cloned()
+        self.map.pin().get(id).cloned()
     }
 
     /// Inserts or replaces a record. A replacement with an older data version
     /// (a racing writer's stale result) is ignored; the newest `last_seen` is kept.
     pub(crate) fn insert(&self, rec: Arc<Record>) {
-        let slot = self.slot(&rec.id);
-        let mut shard = slot.shard.write();
-        if let Some(old) = shard.map.get(&rec.id) {
+        let mut ring = self.shard(&rec.id).ring.lock();
+        let map = self.map.pin();
+        if let Some(old) = map.get(&rec.id) {
             // Keep the newest: a rotation raises the serial (ids are stable), an
             // update the version. A slow caller must never put back an older record.
             if (old.serial, old.version) > (rec.serial, rec.version) {
@@ -141,46 +178,44 @@ impl Cache {
             rec.live.persisted.fetch_max(old.live.persisted.load(Ordering::Relaxed), Ordering::Relaxed);
             let i = old.live.slot.load(Ordering::Relaxed);
             rec.live.slot.store(i, Ordering::Relaxed);
-            shard.ring[i as usize] = Some(Arc::clone(&rec));
-            shard.map.insert(rec.id, rec);
+            ring.ring[i as usize] = Some(Arc::clone(&rec));
+            map.insert(rec.id, rec);
             return;
         }
-        let idx = if let Some(i) = shard.free.pop() {
+        let idx = if let Some(i) = ring.free.pop() {
             i
-        } else if shard.ring.len() < shard.capacity {
-            shard.ring.push(None);
+        } else if ring.ring.len() < ring.capacity {
+            ring.ring.push(None);
             #[allow(clippy::cast_possible_truncation)] // capacity per shard < 2^32
-            let i = (shard.ring.len() - 1) as u32;
+            let i = (ring.ring.len() - 1) as u32;
             i
-        } else if let Some(i) = shard.evict_one() {
+        } else if let Some(i) = evict_one(&self.map, &mut ring) {
             self.evictions.fetch_add(1, Ordering::Relaxed);
             i
         } else {
             return;
         };
         rec.live.slot.store(idx, Ordering::Relaxed);
-        shard.ring[idx as usize] = Some(Arc::clone(&rec));
-        shard.map.insert(rec.id, rec);
+        ring.ring[idx as usize] = Some(Arc::clone(&rec));
+        ring.len += 1;
+        map.insert(rec.id, rec);
     }
 
     /// Drops a session from the cache (revocation, deletion).
     pub(crate) fn remove(&self, id: &SessionId) {
-        let mut shard = self.slot(id).shard.write();
-        if let Some(r) = shard.map.remove(id) {
+        let mut ring = self.shard(id).ring.lock();
+        if let Some(r) = self.map.pin().remove(id) {
             let i = r.live.slot.load(Ordering::Relaxed);
-            shard.ring[i as usize] = None;
-            shard.free.push(i);
+            ring.ring[i as usize] = None;
+            ring.free.push(i);
+            ring.len -= 1;
         }
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
-        let mut s = CacheStats { evictions: self.evictions.load(Ordering::Relaxed), ..CacheStats::default() };
-        for slot in &*self.shards {
-            s.entries += slot.shard.read().map.len();
-            s.hits += slot.hits.load(Ordering::Relaxed);
-            s.misses += slot.misses.load(Ordering::Relaxed);
-        }
-        s
+        let (hits, misses) = self.counters.totals();
+        let entries = self.shards.iter().map(|s| s.ring.lock().len).sum();
+        CacheStats { entries, hits, misses, evictions: self.evictions.load(Ordering::Relaxed) }
     }
 }
 
@@ -224,6 +259,55 @@ mod tests {
         let s = c.stats();
         assert!(s.entries <= 64, "{}", s.entries);
         assert!(s.evictions >= 1000 - 64);
+    }
+
+    /// Records whose ids share their hash word (one probe chain): every
+    /// insert, replacement, removal and eviction keeps each cached record
+    /// findable and the ring and map in step (checked against a model).
+    #[test]
+    fn colliding_ids_stay_findable_through_removals_and_evictions() {
+        let c = Cache::new(8, 1); // a ring of 8
+        let mut model: std::collections::BTreeMap<u64, ()> = std::collections::BTreeMap::new();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let colliding = |n: u64| {
+            let mut id = [0u8; 16];
+            // Only four hash words: long collision chains.
+            id[..8].copy_from_slice(&((n % 4) * 5 + 12).to_le_bytes());
+            id[8..].copy_from_slice(&n.to_le_bytes());
+            let mut r = (*rec(n)).clone();
+            r.id = SessionId::from_bytes(id);
+            Arc::new(r)
+        };
+        for _ in 0..5000 {
+            let n = next() % 24;
+            if next() % 3 == 0 {
+                c.remove(&colliding(n).id);
+                model.remove(&n);
+            } else {
+                let before = c.stats().evictions;
+                c.insert(colliding(n));
+                model.insert(n, ());
+                if c.stats().evictions > before {
+                    // Which one went is CLOCK's choice: forget what is gone.
+                    model.retain(|m, ()| c.peek(&colliding(*m).id).is_some());
+                }
+            }
+            for m in 0..24 {
+                let found = c.peek(&colliding(m).id);
+                assert_eq!(found.is_some(), model.contains_key(&m), "record {m}");
+                if let Some(r) = found {
+                    assert_eq!(r.serial, m);
+                }
+            }
+            assert_eq!(c.stats().entries, model.len());
+            assert!(model.len() <= 8);
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! [`ReadOnlyStore`]: a read-only view of a store file for admin tools.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::clock::to_millis;
@@ -156,10 +155,10 @@ impl ReadOnlyStore {
         for rec in self.db.list_user(user)? {
             if now < rec.deadline(rec.last_seen) && !self.db.is_revoked(rec.serial)? {
                 let last_seen = rec.last_seen;
-                out.push(Session { record: Arc::new(rec), last_seen });
+                out.push(Session::of(&rec, last_seen));
             }
         }
-        out.sort_by_key(|s| (s.record.created_at, s.serial()));
+        out.sort_by_key(|s| (s.created_at, s.serial()));
         Ok(out)
     }
 
@@ -169,7 +168,7 @@ impl ReadOnlyStore {
     /// # Errors
     /// [`Error::Storage`] if the read fails or the row fails its tag.
     pub fn refresh_families(&self, session: &Session) -> Result<Vec<crate::RefreshFamily>, Error> {
-        let mut list = self.db.families(session.record.number)?.map(|f| f.listing()).unwrap_or_default();
+        let mut list = self.db.families(session.number)?.map(|f| f.listing()).unwrap_or_default();
         list.sort_by_key(|f| f.family);
         Ok(list)
     }

@@ -19,7 +19,6 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -184,6 +183,16 @@ pub(crate) struct Record {
     pub(crate) data: Box<[u8]>,
 }
 
+/// The idle deadline (ms) given a last-seen time; `u64::MAX` without an idle timeout (0).
+fn idle_deadline(idle_timeout: u64, last_seen: u64) -> u64 {
+    if idle_timeout == 0 { u64::MAX } else { last_seen.saturating_add(idle_timeout) }
+}
+
+/// min(absolute deadline, idle deadline), in ms.
+fn deadline(expires_at: u64, idle_timeout: u64, last_seen: u64) -> u64 {
+    expires_at.min(idle_deadline(idle_timeout, last_seen))
+}
+
 /// Why a stored record failed to decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -251,14 +260,9 @@ impl Record {
         self.live.last_seen.load(Ordering::Relaxed)
     }
 
-    /// The deadline of the idle timeout given a last-seen time; `u64::MAX` if none.
-    pub(crate) fn idle_deadline(&self, last_seen: u64) -> u64 {
-        if self.idle_timeout == 0 { u64::MAX } else { last_seen.saturating_add(self.idle_timeout) }
-    }
-
     /// When this session stops being valid, given a last-seen time: the key of the `expiry` index.
     pub(crate) fn deadline(&self, last_seen: u64) -> u64 {
-        self.expires_at.min(self.idle_deadline(last_seen))
+        deadline(self.expires_at, self.idle_timeout, last_seen)
     }
 
     pub(crate) fn meta(&self) -> &Meta {
@@ -451,48 +455,81 @@ impl RecordParts {
 
 /// A live session, as returned by `validate`, `create` and `list_user`.
 ///
-/// Cheap to clone (shares the stored record).
+/// A copy of the stored record's public fields, owned by the caller: it holds
+/// no reference into the cache, so returning one writes nothing shared with
+/// other threads' validates.
 #[derive(Clone)]
 pub struct Session {
-    pub(crate) record: Arc<Record>,
+    id: SessionId,
+    serial: u64,
+    pub(crate) number: u64,
+    pub(crate) created_at: u64,
+    pub(crate) expires_at: u64,
+    idle_timeout: u64,
     pub(crate) last_seen: u64,
+    version: u64,
+    user: Box<str>,
+    data: Box<[u8]>,
+    meta: Option<Box<Meta>>,
 }
 
 impl Session {
+    /// The caller's copy of `rec`, last seen at `last_seen`.
+    pub(crate) fn of(rec: &Record, last_seen: u64) -> Self {
+        Self {
+            id: rec.id,
+            serial: rec.serial,
+            number: rec.number,
+            created_at: rec.created_at,
+            expires_at: rec.expires_at,
+            idle_timeout: rec.idle_timeout,
+            last_seen,
+            version: rec.version,
+            user: rec.user.clone(),
+            data: rec.data.clone(),
+            meta: rec.meta.clone(),
+        }
+    }
+
+    /// min(absolute deadline, last seen + idle timeout), in ms.
+    pub(crate) fn deadline_ms(&self) -> u64 {
+        deadline(self.expires_at, self.idle_timeout, self.last_seen)
+    }
+
     /// The session id (safe to log).
     #[must_use]
     pub fn id(&self) -> SessionId {
-        self.record.id
+        self.id
     }
     /// The user this session belongs to.
     #[must_use]
     pub fn user(&self) -> &str {
-        &self.record.user
+        &self.user
     }
     /// The monotonic serial number of this session; access tokens carry it as `sid`.
     #[must_use]
     pub fn serial(&self) -> u64 {
-        self.record.serial
+        self.serial
     }
     /// When the session was created.
     #[must_use]
     pub fn created_at(&self) -> SystemTime {
-        from_millis(self.record.created_at)
+        from_millis(self.created_at)
     }
     /// The absolute deadline.
     #[must_use]
     pub fn expires_at(&self) -> SystemTime {
-        from_millis(self.record.expires_at)
+        from_millis(self.expires_at)
     }
     /// The idle timeout, if any.
     #[must_use]
     pub fn idle_timeout(&self) -> Option<Duration> {
-        (self.record.idle_timeout != 0).then(|| Duration::from_millis(self.record.idle_timeout))
+        (self.idle_timeout != 0).then(|| Duration::from_millis(self.idle_timeout))
     }
     /// When the session expires if it stays idle from now on: min(absolute deadline, last seen + idle timeout).
     #[must_use]
     pub fn idle_deadline(&self) -> SystemTime {
-        from_millis(self.record.deadline(self.last_seen))
+        from_millis(self.deadline_ms())
     }
     /// The last time the session was validated.
     #[must_use]
@@ -502,17 +539,17 @@ impl Session {
     /// The data version; starts at 1 and grows with each `update_data`.
     #[must_use]
     pub fn version(&self) -> u64 {
-        self.record.version
+        self.version
     }
     /// Application data.
     #[must_use]
     pub fn data(&self) -> &[u8] {
-        &self.record.data
+        &self.data
     }
     /// Client metadata.
     #[must_use]
     pub fn meta(&self) -> &Meta {
-        self.record.meta()
+        self.meta.as_deref().unwrap_or(&EMPTY_META)
     }
 }
 
@@ -522,11 +559,11 @@ impl fmt::Debug for Session {
             .field("id", &self.id())
             .field("user", &self.user())
             .field("serial", &self.serial())
-            .field("created_at", &self.record.created_at)
-            .field("expires_at", &self.record.expires_at)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
             .field("last_seen", &self.last_seen)
             .field("version", &self.version())
-            .field("data_len", &self.record.data.len())
+            .field("data_len", &self.data.len())
             .field("meta", self.meta())
             .finish()
     }

@@ -101,6 +101,14 @@ pub struct Stats {
     pub lag_waits: u64,
 }
 
+/// Whom an access token is minted for: the session's user, serial and deadline.
+struct Holder<'a> {
+    id: SessionId,
+    user: &'a str,
+    serial: u64,
+    expires_at: u64,
+}
+
 /// A parsed session token whose tag checked out.
 struct Checked {
     tok: SessionToken,
@@ -380,7 +388,7 @@ impl Store {
         }
         self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;
-        Ok(Issued { token, session: Session { record: rec, last_seen } })
+        Ok(Issued { token, session: Session::of(&rec, last_seen) })
     }
 
     /// Puts a record in the cache unless it has been revoked meanwhile. Checking the
@@ -402,10 +410,16 @@ impl Store {
     /// while the row was being read, what was read may predate it (and its bit
     /// may even have been pruned since), so it is not cached and is read again.
     pub(crate) fn lookup(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
-        let inner = &self.inner;
-        if let Some(r) = inner.cache.get(id) {
+        if let Some(r) = self.inner.cache.get(id) {
             return Ok(Some(r));
         }
+        self.load(id)
+    }
+
+    /// The record for `id` from the database, filled into the cache (see
+    /// [`Store::lookup`]; the caller has missed the cache).
+    fn load(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
+        let inner = &self.inner;
         for attempt in 0..3 {
             let epoch = inner.revocation.epoch();
             let rec = match inner.db.get(id) {
@@ -462,36 +476,40 @@ impl Store {
         }
     }
 
-    /// Validates an already-parsed token (see [`Store::validate`]).
+    /// Validates an already-parsed token (see [`Store::validate`]). A cache
+    /// hit is checked on the cached record in place (lent by the cache, not
+    /// cloned out), so it writes no memory shared with other validates.
     fn check(&self, checked: &Checked) -> Result<Session, Error> {
-        let inner = &self.inner;
         let tok = &checked.tok;
-        // `Revoked` only for the holder of the revoked secret; a guess, a stale
-        // copy of another secret or a bare id reads `NotFound` (no oracle).
-        let revoked_or_unknown = || {
-            if inner.revocation.revoked_with_secret(&tok.id(), &tok.secret_hash()) {
-                Error::Revoked
-            } else {
-                Error::NotFound
-            }
-        };
-        let Some(rec) = self.lookup(&tok.id())? else {
-            return Err(revoked_or_unknown());
-        };
-        // A pre-tag token is only good for a session that predates the tag:
-        // every later serial was issued with a keyed tag.
-        if checked.legacy && rec.serial >= inner.legacy.tagged_since {
-            return Err(revoked_or_unknown()); // e.g. rotated since the upgrade
-        }
-        if !rec.secret_hash.matches(&tok.secret_hash()) {
-            return Err(revoked_or_unknown()); // e.g. the token from before a rotation
-        }
+        let (id, hash) = (tok.id(), tok.secret_hash());
         let now = self.now_ms();
-        self.status(&rec, now)?;
-        // Sliding expiry: remember the visit; write it once per granularity.
+        if let Some(verdict) = self.inner.cache.get_with(&id, |rec| self.admit(rec, checked.legacy, &hash, now)) {
+            return verdict;
+        }
+        match self.load(&id)? {
+            Some(rec) => self.admit(&rec, checked.legacy, &hash, now),
+            None => Err(self.revoked_or_unknown(&id, &hash)),
+        }
+    }
+
+    /// `Revoked` only for the holder of the revoked secret; a guess, a stale
+    /// copy of another secret or a bare id reads `NotFound` (no oracle).
+    fn revoked_or_unknown(&self, id: &SessionId, hash: &SecretHash) -> Error {
+        if self.inner.revocation.revoked_with_secret(id, hash) { Error::Revoked } else { Error::NotFound }
+    }
+
+    /// The checks of a found record: secret, revocation, deadlines; then the
+    /// visit is remembered (sliding expiry, written once per granularity).
+    fn admit(&self, rec: &Record, legacy: bool, hash: &SecretHash, now: u64) -> Result<Session, Error> {
+        // A pre-tag token is only good for a session that predates the tag:
+        // every later serial (e.g. rotated since the upgrade) has a keyed tag.
+        if (legacy && rec.serial >= self.inner.legacy.tagged_since) || !rec.secret_hash.matches(hash) {
+            return Err(self.revoked_or_unknown(&rec.id, hash)); // e.g. the token from before a rotation
+        }
+        self.status(rec, now)?;
         let last_seen = now.max(rec.seen());
-        self.touch(&rec, now);
-        Ok(Session { record: rec, last_seen })
+        self.touch(rec, now);
+        Ok(Session::of(rec, last_seen))
     }
 
     /// Gives a session a new token (new secret) and a new serial, and kills the
@@ -524,7 +542,7 @@ impl Store {
         self.fill(Arc::clone(&rec));
         self.emit(|| Event::Rotated { old: id, new: id });
         self.emit(|| Event::Revoked { sessions: vec![id], reason: RevokeReason::Rotated });
-        Ok(Issued { token, session: Session { record: rec, last_seen: now } })
+        Ok(Issued { token, session: Session::of(&rec, now) })
     }
 
     /// Replaces a session's data unconditionally; returns the new version.
@@ -659,11 +677,11 @@ impl Store {
             .into_iter()
             .map(|rec| {
                 let seen = inner.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
-                Session { record: Arc::new(rec), last_seen: seen }
+                Session::of(&rec, seen)
             })
-            .filter(|s| now < s.record.deadline(s.last_seen) && !inner.revocation.is_revoked(s.serial()))
+            .filter(|s| now < s.deadline_ms() && !inner.revocation.is_revoked(s.serial()))
             .collect();
-        out.sort_by_key(|s| (s.record.created_at, s.serial()));
+        out.sort_by_key(|s| (s.created_at, s.serial()));
         Ok(out)
     }
 
@@ -687,7 +705,7 @@ impl Store {
         if inner.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
             return Ok(None);
         }
-        Ok(Some(Session { record: rec, last_seen }))
+        Ok(Some(Session::of(&rec, last_seen)))
     }
 
     /// The live refresh families of a live session (one per `issue_tokens`
@@ -802,7 +820,7 @@ impl Store {
         }
         let session = self.validate(session_token)?;
         let now = self.now_ms();
-        let deadline = session.record.expires_at;
+        let deadline = session.expires_at;
         // A new family (one per device or tab): earlier families keep rotating
         // on their own, so a second tab never turns the first one's token into
         // a "reuse".
@@ -826,7 +844,9 @@ impl Store {
         let reply = self.family_op(session.id(), f)?.ok_or(Error::NotFound)?;
         let Verdict::Rotated(generation) = reply.verdict else { return Err(Error::NotFound) };
         self.emit(|| Event::Refreshed { session: session.id(), generation });
-        self.pair(&session.record, reply.family, generation, &reply.claims, now)
+        let holder =
+            Holder { id: session.id(), user: session.user(), serial: session.serial(), expires_at: session.expires_at };
+        self.pair(&holder, reply.family, generation, &reply.claims, now)
     }
 
     fn family_op(&self, id: SessionId, f: crate::db::writer::FamilyFn) -> Result<Option<FamilyReply>, Error> {
@@ -839,7 +859,7 @@ impl Store {
 
     fn pair(
         &self,
-        rec: &Record,
+        rec: &Holder<'_>,
         family: u32,
         generation: u64,
         claims_json: &[u8],
@@ -945,7 +965,8 @@ impl Store {
                 if matches!(reply.verdict, Verdict::Rotated(_)) {
                     self.emit(|| Event::Refreshed { session: rec.id, generation });
                 }
-                self.pair(&rec, family, generation, &reply.claims, now)
+                let holder = Holder { id: rec.id, user: &rec.user, serial: rec.serial, expires_at: rec.expires_at };
+                self.pair(&holder, family, generation, &reply.claims, now)
             }
             Verdict::Reuse { current } => {
                 inner.cache.remove(&rec.id);

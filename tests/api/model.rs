@@ -24,6 +24,10 @@ enum Op {
     Refresh(usize, u8),
     Verify(usize),
     LogoutEverywhere(usize),
+    /// `update_data` of the session an entry names, with one byte of data.
+    Update(usize, u8),
+    /// `update_data_if`, with the current version or (`stale`) the one before.
+    UpdateIf(usize, bool, u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +43,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<usize>(), prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)]).prop_map(|(i, b)| Op::Refresh(i, b)),
         3 => any::<usize>().prop_map(Op::Verify),
         1 => (0..USERS).prop_map(Op::LogoutEverywhere),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Op::Update(i, b)),
+        2 => (any::<usize>(), any::<bool>(), any::<u8>()).prop_map(|(i, s, b)| Op::UpdateIf(i, s, b)),
     ]
 }
 
@@ -129,10 +135,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut now = clock.now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut store = Store::open(&path, config(&clock)).unwrap();
     let mut model: Vec<M> = Vec::new();
+    // Data version and data of each session, by id (a rotation keeps both).
+    let mut data: std::collections::HashMap<cloakroom::SessionId, (u64, Vec<u8>)> = std::collections::HashMap::new();
     for op in ops {
         match op {
             Op::Create(u) => {
                 let i = store.create(NewSession::new(format!("user{u}"))).unwrap();
+                data.insert(i.session.id(), (1, Vec::new()));
                 model.push(M {
                     token: i.token.to_string(),
                     id: i.session.id(),
@@ -155,9 +164,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let want = m.want_session(now);
-                prop_assert_eq!(got(&store.validate(&m.token)), want, "validate {}", m.id);
-                if want == Want::Ok {
+                let r = store.validate(&m.token);
+                prop_assert_eq!(got(&r), want, "validate {}", m.id);
+                if let Ok(s) = r {
                     m.last_seen = now;
+                    let (version, bytes) = &data[&m.id];
+                    prop_assert_eq!((s.version(), s.data()), (*version, &bytes[..]), "data of {}", m.id);
                 }
             }
             Op::Rotate(i) if !model.is_empty() => {
@@ -302,6 +314,35 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     expect += usize::from(!m.rotated_away);
                 }
                 prop_assert_eq!(n, expect);
+            }
+            Op::Update(i, b) | Op::UpdateIf(i, _, b) if !model.is_empty() => {
+                let id = model[i % model.len()].id;
+                // The entry that holds the session now (the latest with this id).
+                let live = model.iter().rev().find(|m| m.id == id).map(|m| m.want(now));
+                let (version, _) = data[&id];
+                let (r, conflict) = match op {
+                    Op::UpdateIf(_, true, _) if version > 1 => (store.update_data_if(id, version - 1, vec![b]), true),
+                    Op::UpdateIf(..) => (store.update_data_if(id, version, vec![b]), false),
+                    _ => (store.update_data(id, vec![b]), false),
+                };
+                match (live, &r) {
+                    (Some(Want::Ok), _) if conflict => {
+                        prop_assert!(matches!(r, Err(Error::Conflict { current }) if current == version), "{:?}", r)
+                    }
+                    (Some(Want::Ok), Ok(v)) => {
+                        prop_assert_eq!(*v, version + 1);
+                        data.insert(id, (version + 1, vec![b]));
+                    }
+                    (Some(Want::Ok), Err(e)) => prop_assert!(false, "update of a live session: {:?}", e),
+                    // A revoked session's data can no longer be changed.
+                    (Some(Want::Revoked), _) => prop_assert!(r.is_err(), "update of a revoked session"),
+                    // Expired but not yet swept: whatever it answers, no validate
+                    // will show the data again; keep the model in step.
+                    (_, Ok(v)) => {
+                        data.insert(id, (*v, vec![b]));
+                    }
+                    _ => {}
+                }
             }
             Op::Advance(s) => {
                 clock.advance(Duration::from_secs(s));
