@@ -12,9 +12,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
-
+use crate::revocation::{Marker, Revocation};
 use crate::session::Record;
+use crate::sync::{Mutex, step};
 use crate::token::{IdHash, SessionId};
 
 /// What only writers touch: the CLOCK ring (a second `Arc` to each record,
@@ -45,6 +45,7 @@ fn evict_one(map: &Map, ring: &mut Ring) -> Option<u32> {
                 continue;
             }
             map.pin().remove(&r.id);
+            step();
             ring.ring[i] = None;
             ring.len -= 1;
             #[allow(clippy::cast_possible_truncation)]
@@ -168,7 +169,9 @@ impl Cache {
     pub(crate) fn insert(&self, rec: Arc<Record>) {
         let mut ring = self.shard(&rec.id).ring.lock();
         let map = self.map.pin();
-        if let Some(old) = map.get(&rec.id) {
+        let old = map.get(&rec.id);
+        step();
+        if let Some(old) = old {
             // Keep the newest: a rotation raises the serial (ids are stable), an
             // update the version. A slow caller must never put back an older record.
             if (old.serial, old.version) > (rec.serial, rec.version) {
@@ -179,6 +182,7 @@ impl Cache {
             let i = old.live.slot.load(Ordering::Relaxed);
             rec.live.slot.store(i, Ordering::Relaxed);
             ring.ring[i as usize] = Some(Arc::clone(&rec));
+            step();
             map.insert(rec.id, rec);
             return;
         }
@@ -198,6 +202,7 @@ impl Cache {
         rec.live.slot.store(idx, Ordering::Relaxed);
         ring.ring[idx as usize] = Some(Arc::clone(&rec));
         ring.len += 1;
+        step();
         map.insert(rec.id, rec);
     }
 
@@ -205,6 +210,7 @@ impl Cache {
     pub(crate) fn remove(&self, id: &SessionId) {
         let mut ring = self.shard(id).ring.lock();
         if let Some(r) = self.map.pin().remove(id) {
+            step();
             let i = r.live.slot.load(Ordering::Relaxed);
             ring.ring[i as usize] = None;
             ring.free.push(i);
@@ -217,6 +223,32 @@ impl Cache {
         let entries = self.shards.iter().map(|s| s.ring.lock().len).sum();
         CacheStats { entries, hits, misses, evictions: self.evictions.load(Ordering::Relaxed) }
     }
+}
+
+/// Puts a record in the cache unless it has been revoked meanwhile. Checking
+/// the bit after the insert closes the race with a concurrent revocation,
+/// which sets the bit before it flags cached records (see [`revocation_marker`]).
+pub(crate) fn fill(cache: &Cache, revocation: &Revocation, rec: Arc<Record>) {
+    let (id, serial) = (rec.id, rec.serial);
+    cache.insert(Arc::clone(&rec));
+    step();
+    if revocation.is_revoked(serial) {
+        rec.live.revoked.store(true, Ordering::Release);
+        cache.remove(&id);
+    }
+}
+
+/// The revocation marker of a store: flags the cached record of a revoked
+/// (serial, id) — `None` serial: whatever serial it has — so a hit reads the
+/// record's own flag, not the shared bitmap.
+pub(crate) fn revocation_marker(cache: Arc<Cache>) -> Marker {
+    Box::new(move |serial, id| {
+        if let Some(r) = cache.peek(id) {
+            if serial.is_none_or(|s| s == r.serial) {
+                r.live.revoked.store(true, Ordering::Release);
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -323,5 +355,156 @@ mod tests {
         c.remove(&r.id);
         assert!(c.get(&r.id).is_none());
         assert_eq!(c.stats().entries, 0);
+    }
+}
+
+/// Model-checked interleavings (`RUSTFLAGS="--cfg shuttle" cargo test --lib shuttle`).
+#[cfg(all(test, shuttle))]
+mod shuttle_tests {
+    use super::*;
+    use crate::session::{NewSession, RecordParts};
+    use crate::token::SecretHash;
+    use shuttle::thread;
+    use std::time::Duration;
+
+    const RUNS: usize = 3000;
+
+    fn rec(n: u64, serial: u64) -> Arc<Record> {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&n.to_le_bytes());
+        id[8..].copy_from_slice(&n.to_le_bytes());
+        Arc::new(
+            RecordParts {
+                id: SessionId::from_bytes(id),
+                serial,
+                secret_hash: SecretHash([0; 32]),
+                now: 0,
+                ttl: Duration::from_secs(1),
+                idle_timeout: None,
+            }
+            .build(NewSession::new("u")),
+        )
+    }
+
+    fn store_parts() -> (Arc<Cache>, Arc<Revocation>) {
+        let cache = Arc::new(Cache::new(2, 1));
+        let revocation = Arc::new(Revocation::default());
+        revocation.set_marker(revocation_marker(Arc::clone(&cache)));
+        (cache, revocation)
+    }
+
+    /// A fill (after a miss) racing a revocation of the same serial: whatever
+    /// the order, no unflagged record of that serial stays cached.
+    #[test]
+    fn a_fill_racing_a_revocation_never_leaves_a_live_cached_record() {
+        shuttle::check_random(
+            || {
+                let (cache, revocation) = store_parts();
+                let r = rec(1, 10);
+                let id = r.id;
+                let (c, v) = (Arc::clone(&cache), Arc::clone(&revocation));
+                let filler = thread::spawn(move || fill(&c, &v, r));
+                let v = Arc::clone(&revocation);
+                let revoker = thread::spawn(move || v.revoke(&[(10, id)], None));
+                filler.join().unwrap();
+                revoker.join().unwrap();
+                if let Some(cached) = cache.peek(&id) {
+                    assert!(cached.live.revoked.load(Ordering::Acquire), "a revoked serial is served from the cache");
+                }
+                assert!(revocation.is_revoked(10));
+            },
+            RUNS,
+        );
+    }
+
+    /// A rotation's fill (new serial) racing a revocation of the old serial
+    /// of the same id: the new record is never flagged by the old revocation,
+    /// the old one never survives unflagged.
+    #[test]
+    fn a_revocation_of_the_old_serial_never_flags_the_rotated_record() {
+        shuttle::check_random(
+            || {
+                let (cache, revocation) = store_parts();
+                let old = rec(1, 10);
+                let id = old.id;
+                fill(&cache, &revocation, Arc::clone(&old));
+                let new = Arc::new(Record { serial: 11, ..(*old).clone() });
+                let (c, v, n) = (Arc::clone(&cache), Arc::clone(&revocation), Arc::clone(&new));
+                let filler = thread::spawn(move || fill(&c, &v, n));
+                let v = Arc::clone(&revocation);
+                let revoker = thread::spawn(move || v.revoke(&[(10, id)], None));
+                filler.join().unwrap();
+                revoker.join().unwrap();
+                let cached = cache.peek(&id).expect("the rotated record is cached");
+                assert_eq!(cached.serial, 11);
+                assert!(!cached.live.revoked.load(Ordering::Acquire), "the new serial was flagged");
+                assert!(old.live.revoked.load(Ordering::Acquire) || !Arc::ptr_eq(&cached, &old));
+            },
+            RUNS,
+        );
+    }
+
+    /// Inserts racing an eviction and a removal in a 2-entry cache, with a
+    /// reader: the ring and the map stay in step (entries = findable records,
+    /// never over capacity), and a lookup only ever returns the id it asked for.
+    #[test]
+    fn inserts_evictions_and_removals_keep_ring_and_map_in_step() {
+        shuttle::check_random(
+            || {
+                let cache = Arc::new(Cache::new(2, 1));
+                let recs: Vec<Arc<Record>> = (1..=4).map(|n| rec(n, n)).collect();
+                cache.insert(Arc::clone(&recs[0]));
+                cache.insert(Arc::clone(&recs[1]));
+                let mut hs = Vec::new();
+                for r in [&recs[2], &recs[3]] {
+                    let (c, r) = (Arc::clone(&cache), Arc::clone(r));
+                    hs.push(thread::spawn(move || c.insert(r)));
+                }
+                let (c, id) = (Arc::clone(&cache), recs[0].id);
+                hs.push(thread::spawn(move || c.remove(&id)));
+                let (c, ids) = (Arc::clone(&cache), recs.iter().map(|r| r.id).collect::<Vec<_>>());
+                hs.push(thread::spawn(move || {
+                    for id in &ids {
+                        if let Some(found) = c.get_with(id, |r| r.id) {
+                            assert_eq!(found, *id);
+                        }
+                    }
+                }));
+                for h in hs {
+                    h.join().unwrap();
+                }
+                let present = recs.iter().filter(|r| cache.peek(&r.id).is_some()).count();
+                let st = cache.stats();
+                assert_eq!(st.entries, present, "ring and map disagree");
+                assert!(present <= 2, "over capacity: {present}");
+            },
+            RUNS,
+        );
+    }
+
+    /// Two revocations of serials in the same bitmap shard racing a prune of a
+    /// third: copy-on-write loses no bit and revives none.
+    #[test]
+    fn concurrent_revocations_and_a_prune_lose_no_bit() {
+        shuttle::check_random(
+            || {
+                let revocation = Arc::new(Revocation::default());
+                let id = |n: u8| SessionId::from_bytes([n; 16]);
+                revocation.revoke(&[(48, id(3))], Some(0));
+                let mut hs = Vec::new();
+                for (s, n) in [(16u64, 1u8), (32, 2)] {
+                    let v = Arc::clone(&revocation);
+                    hs.push(thread::spawn(move || v.revoke(&[(s, id(n))], Some(5))));
+                }
+                let v = Arc::clone(&revocation);
+                hs.push(thread::spawn(move || v.forget(&[(48, id(3))])));
+                for h in hs {
+                    h.join().unwrap();
+                }
+                assert!(revocation.is_revoked(16) && revocation.is_revoked(32), "a concurrent revocation was lost");
+                assert!(!revocation.is_revoked(48), "the pruned serial is still revoked");
+            },
+            RUNS,
+        );
     }
 }

@@ -82,6 +82,7 @@ mod session;
 mod snapshot;
 mod store;
 mod sweeper;
+mod sync;
 mod token;
 
 /// The README's examples compile and run as doctests.

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::RwLock;
+use crate::sync::{RwLock, step};
 use roaring::RoaringTreemap;
 
 use crate::snapshot::Snapshot;
@@ -216,6 +216,7 @@ impl Revocation {
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.set_bits(pairs.iter().map(|&(s, _)| s), true);
+        step();
         {
             let mut r = self.revoked.write();
             for &(s, id) in pairs {

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::sync::{Mutex, step};
 use arc_swap::ArcSwap;
-use parking_lot::Mutex;
 
 /// A value readers load without locking; writers replace it copy-on-write.
 #[derive(Default)]
@@ -34,6 +34,7 @@ impl<T: Clone> Snapshot<T> {
     pub(crate) fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let _edit = self.edit.lock();
         let mut value = T::clone(&self.current.load());
+        step();
         let r = f(&mut value);
         self.current.store(Arc::new(value));
         r
@@ -49,6 +50,7 @@ impl<T: Clone> Snapshot<T> {
             return;
         }
         let mut value = T::clone(&current);
+        step();
         f(&mut value);
         self.current.store(Arc::new(value));
     }

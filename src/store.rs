@@ -272,14 +272,7 @@ impl Store {
         let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
         let hook_rev = Arc::clone(&revocation);
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
-        let marked = Arc::clone(&cache);
-        revocation.set_marker(Box::new(move |serial, id| {
-            if let Some(r) = marked.peek(id) {
-                if serial.is_none_or(|s| s == r.serial) {
-                    r.live.revoked.store(true, Ordering::Release);
-                }
-            }
-        }));
+        revocation.set_marker(crate::cache::revocation_marker(Arc::clone(&cache)));
         let lost_cache = Arc::clone(&cache);
         let writer = Writer::start(Start {
             db: db.clone(),
@@ -395,13 +388,7 @@ impl Store {
     /// bit after the insert closes the race with a concurrent revoke, which sets the
     /// bit before its commit and evicts after it.
     fn fill(&self, rec: Arc<Record>) {
-        let inner = &self.inner;
-        let (id, serial) = (rec.id, rec.serial);
-        inner.cache.insert(Arc::clone(&rec));
-        if inner.revocation.is_revoked(serial) {
-            rec.live.revoked.store(true, Ordering::Release);
-            inner.cache.remove(&id);
-        }
+        crate::cache::fill(&self.inner.cache, &self.inner.revocation, rec);
     }
 
     /// The record for `id`, from the cache or else the database (filling the cache).
