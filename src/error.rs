@@ -11,7 +11,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The token failed the format check (prefix, length, base64, checksum).
+    /// The token failed the format check (prefix, length, base64) or, for a
+    /// session token, its keyed tag.
     /// Rejected before any cache or disk access. Treat as unauthenticated.
     #[error("malformed token: {0}")]
     Malformed(Malformed),
@@ -99,7 +100,8 @@ pub enum Malformed {
     /// Not strict, unpadded, canonical base64url.
     #[error("bad encoding")]
     BadEncoding,
-    /// The checksum does not match (a typo or truncated copy).
+    /// A session token's keyed tag does not match: a typo, a truncated copy,
+    /// a token of another server key, or a forgery. Checked before any lookup.
     #[error("bad checksum")]
     BadChecksum,
 }
