@@ -211,6 +211,35 @@ fn scratch_marks_only_new_files() {
     assert!(!ReadOnlyStore::open(&other).unwrap().is_scratch().unwrap(), "an existing file never becomes scratch");
 }
 
+/// One line of a fixture's token listing (`tests/fixtures/v*.tokens`):
+/// token, user, ip (`-` for none), data or a marker (REVOKED, REFRESH, ...).
+struct Listed {
+    token: String,
+    user: String,
+    ip: String,
+    data: String,
+}
+
+fn listing(name: &str) -> Vec<Listed> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            Listed { token: f[0].into(), user: f[1].into(), ip: f[2].into(), data: f[3].into() }
+        })
+        .collect()
+}
+
+/// A listed live session validates with its user, data and ip.
+fn validates_as_listed(store: &Store, l: &Listed) -> cloakroom::Session {
+    let s = store.validate(&l.token).unwrap();
+    assert_eq!((s.user(), s.data()), (l.user.as_str(), l.data.as_bytes()));
+    assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), l.ip);
+    s
+}
+
 /// `tests/fixtures/v1.redb` was written by cloakroom 0.1.0 at commit cc9de33
 /// (format 1, ips stored as text), with server key [7; 32]; `v1.tokens` lists
 /// its tokens, users, ips and data.
@@ -222,18 +251,13 @@ fn a_format_1_file_opens_and_serves_its_sessions() {
     assert_eq!(ReadOnlyStore::open(&path).unwrap().format_version().unwrap(), 1);
     let cfg = Config::builder().server_key(&[7; 32]).sweep_interval(None).build().unwrap();
     let store = Store::open(&path, cfg.clone()).unwrap();
-    let listing = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1.tokens")).unwrap();
     let mut seen = 0;
-    for line in listing.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
-        match data {
-            "REVOKED" => assert!(matches!(store.validate(token), Err(Error::NotFound))),
-            "REFRESH" => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
+    for l in listing("v1.tokens") {
+        match l.data.as_str() {
+            "REVOKED" => assert!(matches!(store.validate(&l.token), Err(Error::NotFound))),
+            "REFRESH" => assert_eq!(store.refresh(&l.token).unwrap().refresh.generation(), 2),
             _ => {
-                let s = store.validate(token).unwrap();
-                assert_eq!((s.user(), s.data()), (user, data.as_bytes()));
-                assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), ip);
+                validates_as_listed(&store, &l);
                 seen += 1;
             }
         }
@@ -264,21 +288,17 @@ fn a_format_2_file_is_migrated_to_sealed_rows_and_serves_its_sessions() {
     assert_eq!(ReadOnlyStore::open(&path).unwrap().format_version().unwrap(), 2);
     let cfg =
         Config::builder().server_key(&[7; 32]).sweep_interval(None).reuse(cloakroom::Reuse::Strict).build().unwrap();
-    let listing = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2.tokens")).unwrap();
+    let listed = listing("v2.tokens");
     for round in 0..2 {
         let store = Store::open(&path, cfg.clone()).unwrap();
         let mut seen = 0;
-        for line in listing.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
-            match data {
-                "REVOKED" => assert!(store.validate(token).is_err(), "{user} revived"),
-                "REFRESH" if round == 0 => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
-                "REFRESH" => assert!(matches!(store.refresh(token), Err(Error::ReuseDetected))),
+        for l in &listed {
+            match l.data.as_str() {
+                "REVOKED" => assert!(store.validate(&l.token).is_err(), "{} revived", l.user),
+                "REFRESH" if round == 0 => assert_eq!(store.refresh(&l.token).unwrap().refresh.generation(), 2),
+                "REFRESH" => assert!(matches!(store.refresh(&l.token), Err(Error::ReuseDetected))),
                 _ => {
-                    let s = store.validate(token).unwrap();
-                    assert_eq!((s.user(), s.data()), (user, data.as_bytes()));
-                    assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), ip);
+                    let s = validates_as_listed(&store, l);
                     assert_eq!(s.meta().user_agent.as_deref(), Some("fixture-agent"));
                     seen += 1;
                 }
@@ -359,23 +379,22 @@ fn untagged_tokens_of_a_format_3_file_keep_working_for_its_sessions_only() {
     let mut b = Config::builder();
     b.server_key(&[7; 32]).sweep_interval(None).reuse(cloakroom::Reuse::Strict).clock(clock.clone());
     let cfg = b.build().unwrap();
-    let listing = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v3.tokens")).unwrap();
+    let listed = listing("v3.tokens");
     let mut later = None;
     for round in 0..2 {
         let store = Store::open(&path, cfg.clone()).unwrap();
         let mut seen = 0;
-        for line in listing.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            let (token, user, ip, data) = (f[0], f[1], f[2], f[3]);
-            match data {
+        for l in &listed {
+            let token = l.token.as_str();
+            match l.data.as_str() {
                 "REVOKED" => assert!(matches!(store.validate(token), Err(Error::NotFound | Error::Revoked))),
-                "ROTATED" => assert!(matches!(store.validate(token), Err(Error::NotFound | Error::Revoked)), "{user}"),
+                "ROTATED" => {
+                    assert!(matches!(store.validate(token), Err(Error::NotFound | Error::Revoked)), "{}", l.user);
+                }
                 "REFRESH" if round == 0 => assert_eq!(store.refresh(token).unwrap().refresh.generation(), 2),
                 "REFRESH" => assert!(matches!(store.refresh(token), Err(Error::ReuseDetected))),
                 _ => {
-                    let s = store.validate(token).unwrap();
-                    assert_eq!((s.user(), s.data()), (user, data.as_bytes()));
-                    assert_eq!(s.meta().ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()), ip);
+                    validates_as_listed(&store, l);
                     seen += 1;
                 }
             }
@@ -393,7 +412,7 @@ fn untagged_tokens_of_a_format_3_file_keep_working_for_its_sessions_only() {
     }
     // Rotating an old token hands out a tagged one; the old one is dead.
     let store = Store::open(&path, cfg.clone()).unwrap();
-    let bob = listing.lines().find(|l| l.contains(" bob ")).unwrap().split(' ').next().unwrap();
+    let bob = &listed.iter().find(|l| l.user == "bob").unwrap().token;
     let rotated = store.rotate(bob).unwrap().token.to_string();
     assert!(matches!(store.validate(bob), Err(Error::Revoked)));
     assert!(matches!(store.validate(&with_legacy_checksum(&rotated)), Err(Error::NotFound)));
@@ -401,7 +420,7 @@ fn untagged_tokens_of_a_format_3_file_keep_working_for_its_sessions_only() {
     // Once the last pre-tag session's deadline has passed, an untagged token is
     // refused by its tag, before any lookup.
     clock.advance(Duration::from_secs(101 * 365 * 24 * 3600));
-    let alice = listing.lines().next().unwrap().split(' ').next().unwrap();
+    let alice = &listed[0].token;
     let before = store.stats();
     assert!(matches!(store.validate(alice), Err(Error::Malformed(cloakroom::Malformed::BadChecksum))));
     assert_eq!(store.stats().cache_misses, before.cache_misses);
