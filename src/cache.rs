@@ -393,6 +393,17 @@ mod shuttle_tests {
         (cache, revocation)
     }
 
+    /// Runs a fill of `rec` and a revocation of (`serial`, `id`) on two threads.
+    fn race_fill_and_revoke(cache: &Arc<Cache>, revocation: &Arc<Revocation>, rec: Arc<Record>, serial: u64) {
+        let id = rec.id;
+        let (c, v) = (Arc::clone(cache), Arc::clone(revocation));
+        let filler = thread::spawn(move || fill(&c, &v, rec));
+        let v = Arc::clone(revocation);
+        let revoker = thread::spawn(move || v.revoke(&[(serial, id)], None));
+        filler.join().unwrap();
+        revoker.join().unwrap();
+    }
+
     /// A fill (after a miss) racing a revocation of the same serial: whatever
     /// the order, no unflagged record of that serial stays cached.
     #[test]
@@ -402,12 +413,7 @@ mod shuttle_tests {
                 let (cache, revocation) = store_parts();
                 let r = rec(1, 10);
                 let id = r.id;
-                let (c, v) = (Arc::clone(&cache), Arc::clone(&revocation));
-                let filler = thread::spawn(move || fill(&c, &v, r));
-                let v = Arc::clone(&revocation);
-                let revoker = thread::spawn(move || v.revoke(&[(10, id)], None));
-                filler.join().unwrap();
-                revoker.join().unwrap();
+                race_fill_and_revoke(&cache, &revocation, r, 10);
                 if let Some(cached) = cache.peek(&id) {
                     assert!(cached.live.revoked.load(Ordering::Acquire), "a revoked serial is served from the cache");
                 }
@@ -429,12 +435,8 @@ mod shuttle_tests {
                 let id = old.id;
                 fill(&cache, &revocation, Arc::clone(&old));
                 let new = Arc::new(Record { serial: 11, ..(*old).clone() });
-                let (c, v, n) = (Arc::clone(&cache), Arc::clone(&revocation), Arc::clone(&new));
-                let filler = thread::spawn(move || fill(&c, &v, n));
-                let v = Arc::clone(&revocation);
-                let revoker = thread::spawn(move || v.revoke(&[(10, id)], None));
-                filler.join().unwrap();
-                revoker.join().unwrap();
+                // The revocation names the old serial (10); the fill brings the new one.
+                race_fill_and_revoke(&cache, &revocation, new, 10);
                 let cached = cache.peek(&id).expect("the rotated record is cached");
                 assert_eq!(cached.serial, 11);
                 assert!(!cached.live.revoked.load(Ordering::Acquire), "the new serial was flagged");
