@@ -1,4 +1,5 @@
-//! The server key and the private key files beside a database.
+//! The server key, the keys derived from it, and the private key files beside
+//! a database.
 //!
 //! `<db>.key` holds the 32-byte server key (refresh-token MACs, the default
 //! HS256 access-token key); `<db>.keys` holds a saved [`crate::Keyring`]. Both
@@ -13,7 +14,9 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, StorageError, StorageErrorKind};
-use crate::token::os_random;
+use crate::jwt::Keyring;
+use crate::refresh::pack;
+use crate::token::{RefreshToken, SessionId, TagKey, os_random};
 
 /// Where the 32-byte server key comes from.
 #[derive(Clone)]
@@ -188,6 +191,60 @@ fn key_file(path: &Path, may_create: bool) -> Result<[u8; 32], Error> {
     }
 }
 
+/// Keys derived from the server key. Never stored in the database.
+pub(crate) struct Derived {
+    mac: [u8; 32],
+    /// Identifies the MAC key; a token under another key is refused cheaply.
+    key_id: u32,
+    /// Seed of the default HS256 access-token key.
+    pub(crate) access_hs256: [u8; 32],
+    /// Key of the web layer's CSRF tokens (a keyed hash of the session id).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) csrf: [u8; 32],
+    /// Key of the session-token tag (checked before any lookup).
+    pub(crate) token_tag: TagKey,
+}
+
+impl Derived {
+    pub(crate) fn new(server_key: &[u8; 32]) -> Self {
+        let mac = blake3::derive_key("cloakroom 2026 refresh-token MAC v1", server_key);
+        let access_hs256 = blake3::derive_key("cloakroom 2026 access-token HS256 v1", server_key);
+        let fp = blake3::hash(&mac);
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&fp.as_bytes()[..4]);
+        let csrf = blake3::derive_key("cloakroom 2026 web CSRF token v1", server_key);
+        let token_tag = TagKey::new(&blake3::derive_key("cloakroom 2026 session token tag v1", server_key));
+        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf, token_tag }
+    }
+
+    fn mac(&self, id: &SessionId, generation: u64) -> [u8; 32] {
+        *blake3::keyed_hash(&self.mac, &RefreshToken::mac_input(id, generation, self.key_id)).as_bytes()
+    }
+
+    /// The refresh token for (session, family, generation). Deterministic: the
+    /// same generation of a family always yields the same token.
+    pub(crate) fn mint(&self, id: SessionId, family: u32, generation: u64) -> RefreshToken {
+        let counter = pack(family, generation);
+        RefreshToken { id, generation: counter, key_id: self.key_id, mac: self.mac(&id, counter) }
+    }
+
+    /// Is this token's MAC ours? Constant-time.
+    pub(crate) fn authentic(&self, t: &RefreshToken) -> bool {
+        t.key_id == self.key_id && t.mac_matches(&self.mac(&t.id, t.generation))
+    }
+}
+
+/// The keyring used when the config sets none: one HS256 key derived from the
+/// server key, with kid `hs256-<first 4 bytes of its blake3 fingerprint, hex>`.
+pub(crate) fn default_keyring(derived: &Derived) -> Result<Keyring, Error> {
+    let fp = blake3::hash(&derived.access_hs256);
+    let mut head = [0u8; 4];
+    head.copy_from_slice(&fp.as_bytes()[..4]);
+    let k = Keyring::new();
+    k.add_hs256(&format!("hs256-{:08x}", u32::from_be_bytes(head)), &derived.access_hs256)?;
+    Ok(k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +305,21 @@ mod tests {
         assert!(parse_hex_key(&"ab".repeat(31)).is_none());
         assert!(parse_hex_key(&"zz".repeat(32)).is_none());
         assert!(parse_hex_key(&"+a".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn mac_binds_id_and_generation() {
+        let d = Derived::new(&[1; 32]);
+        let id = SessionId::from_bytes([2; 16]);
+        let t = d.mint(id, 0, 5);
+        assert!(d.authentic(&t));
+        let mut forged = t.clone();
+        forged.generation = 6;
+        assert!(!d.authentic(&forged));
+        let mut other_family = t.clone();
+        other_family.generation = pack(1, 5);
+        assert!(!d.authentic(&other_family));
+        assert!(!Derived::new(&[2; 32]).authentic(&t));
+        assert_eq!(d.mint(id, 0, 5).to_string(), t.to_string(), "deterministic per generation");
     }
 }

@@ -67,6 +67,7 @@
 
 #[cfg(feature = "axum")]
 pub mod axum;
+mod backend;
 mod cache;
 mod clock;
 mod config;
@@ -83,6 +84,7 @@ mod snapshot;
 mod store;
 mod sweeper;
 mod sync;
+mod table;
 mod token;
 
 /// The README's examples compile and run as doctests.

@@ -190,6 +190,6 @@ impl ReadOnlyStore {
             return Ok(None);
         }
         let server_key = crate::keys::ServerKey::Default.resolve(Some((&self.path, crate::keys::DbState::Existing)))?;
-        Ok(Some(crate::store::default_keyring(&crate::refresh::Derived::new(&server_key))?.keys()))
+        Ok(Some(crate::keys::default_keyring(&crate::keys::Derived::new(&server_key))?.keys()))
     }
 }

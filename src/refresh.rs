@@ -1,4 +1,5 @@
-//! Refresh tokens: the server key, MACs, family state and the reuse policy.
+//! Refresh tokens: family state and the reuse policy (the token MAC's key is
+//! derived in [`crate::keys`]).
 //!
 //! Each `issue_tokens` call starts one family (one device or tab) under its
 //! session; the `refresh` table keeps a session's [`Families`]: for each, its
@@ -11,8 +12,8 @@
 
 use std::time::Duration;
 
+use crate::backend::{FamilyChange, FamilyFn};
 use crate::session::Reader;
-use crate::token::{RefreshToken, SessionId, TagKey};
 
 /// What to do when an old refresh token is presented again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,49 +30,6 @@ pub enum Reuse {
 impl Default for Reuse {
     fn default() -> Self {
         Reuse::Grace(Duration::from_secs(10))
-    }
-}
-
-/// Keys derived from the server key. Never stored in the database.
-pub(crate) struct Derived {
-    mac: [u8; 32],
-    /// Identifies the MAC key; a token under another key is refused cheaply.
-    key_id: u32,
-    /// Seed of the default HS256 access-token key.
-    pub(crate) access_hs256: [u8; 32],
-    /// Key of the web layer's CSRF tokens (a keyed hash of the session id).
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) csrf: [u8; 32],
-    /// Key of the session-token tag (checked before any lookup).
-    pub(crate) token_tag: TagKey,
-}
-
-impl Derived {
-    pub(crate) fn new(server_key: &[u8; 32]) -> Self {
-        let mac = blake3::derive_key("cloakroom 2026 refresh-token MAC v1", server_key);
-        let access_hs256 = blake3::derive_key("cloakroom 2026 access-token HS256 v1", server_key);
-        let fp = blake3::hash(&mac);
-        let mut id = [0u8; 4];
-        id.copy_from_slice(&fp.as_bytes()[..4]);
-        let csrf = blake3::derive_key("cloakroom 2026 web CSRF token v1", server_key);
-        let token_tag = TagKey::new(&blake3::derive_key("cloakroom 2026 session token tag v1", server_key));
-        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf, token_tag }
-    }
-
-    fn mac(&self, id: &SessionId, generation: u64) -> [u8; 32] {
-        *blake3::keyed_hash(&self.mac, &RefreshToken::mac_input(id, generation, self.key_id)).as_bytes()
-    }
-
-    /// The refresh token for (session, family, generation). Deterministic: the
-    /// same generation of a family always yields the same token.
-    pub(crate) fn mint(&self, id: SessionId, family: u32, generation: u64) -> RefreshToken {
-        let counter = pack(family, generation);
-        RefreshToken { id, generation: counter, key_id: self.key_id, mac: self.mac(&id, counter) }
-    }
-
-    /// Is this token's MAC ours? Constant-time.
-    pub(crate) fn authentic(&self, t: &RefreshToken) -> bool {
-        t.key_id == self.key_id && t.mac_matches(&self.mac(&t.id, t.generation))
     }
 }
 
@@ -306,6 +264,63 @@ pub(crate) fn decide(family: &Family, presented: u64, now: u64, reuse: Reuse) ->
     Verdict::Reuse { current: cur }
 }
 
+/// The family op of `issue_tokens`: a new family (one per device or tab),
+/// expiring with the session at `deadline`. Earlier families keep rotating on
+/// their own, so a second tab never turns the first one's token into a "reuse".
+pub(crate) fn issue(now: u64, deadline: u64, claims: Vec<u8>) -> FamilyFn {
+    Box::new(move |stored: Option<&[u8]>| {
+        let mut set = match stored {
+            Some(b) => match Families::decode(b) {
+                Some(set) => set,
+                None => return FamilyChange::none(),
+            },
+            None => Families::default(),
+        };
+        let Some(family) = set.issue(now, deadline, claims.clone()) else {
+            return FamilyChange::none();
+        };
+        FamilyChange {
+            write: Some(set.encode()),
+            revoke_session: false,
+            reply: Some(FamilyReply { verdict: Verdict::Rotated(1), family, claims: claims.clone() }),
+        }
+    })
+}
+
+/// The family op of `refresh`: rotate family `family` if `presented` is its
+/// current generation, else decide by the reuse policy (see [`decide`]); a
+/// reuse revokes the session.
+pub(crate) fn rotate(family: u32, presented: u64, now: u64, reuse: Reuse) -> FamilyFn {
+    Box::new(move |stored: Option<&[u8]>| {
+        let Some(mut set) = stored.and_then(Families::decode) else { return FamilyChange::none() };
+        let only = |verdict| FamilyChange {
+            write: None,
+            revoke_session: false,
+            reply: Some(FamilyReply { verdict, family, claims: Vec::new() }),
+        };
+        let fam = match set.get(family) {
+            Lookup::Live(fam) => fam.clone(),
+            // Dropped by a rotation of the session or by the cap: dead, no reuse signal.
+            Lookup::Dropped => return only(Verdict::Dead),
+            Lookup::Unknown => return only(Verdict::Ahead),
+        };
+        if now >= fam.deadline {
+            // The family's own deadline (the session's at issue time) has passed.
+            return FamilyChange::none();
+        }
+        let verdict = decide(&fam, presented, now, reuse);
+        let write = match verdict {
+            Verdict::Rotated(generation) => {
+                set.rotated(family, generation, now);
+                Some(set.encode())
+            }
+            _ => None,
+        };
+        let revoke_session = matches!(verdict, Verdict::Reuse { .. });
+        FamilyChange { write, revoke_session, reply: Some(FamilyReply { verdict, family, claims: fam.claims }) }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,21 +379,5 @@ mod tests {
         assert_eq!(set.issue(0, 0, Vec::new()), Some(MAX_FAMILIES as u32 + 3));
         assert_eq!(unpack(pack(7, 9)), (7, 9));
         assert_eq!(unpack(5), (0, 5), "pre-family tokens are family 0");
-    }
-
-    #[test]
-    fn mac_binds_id_and_generation() {
-        let d = Derived::new(&[1; 32]);
-        let id = SessionId::from_bytes([2; 16]);
-        let t = d.mint(id, 0, 5);
-        assert!(d.authentic(&t));
-        let mut forged = t.clone();
-        forged.generation = 6;
-        assert!(!d.authentic(&forged));
-        let mut other_family = t.clone();
-        other_family.generation = pack(1, 5);
-        assert!(!d.authentic(&other_family));
-        assert!(!Derived::new(&[2; 32]).authentic(&t));
-        assert_eq!(d.mint(id, 0, 5).to_string(), t.to_string(), "deterministic per generation");
     }
 }

@@ -6,9 +6,10 @@
 //! shared write. The bitmap is split by serial into [`BIT_SHARDS`] snapshots so
 //! a revocation copies only 1/16 of it.
 //!
-//! Both are persisted by the writer (`revoked` and `not_before` tables) and loaded
-//! at open. Bits are set before the durable commit, so after a revoke returns no
-//! check on any thread passes, and a failed commit leaves them set (fail closed).
+//! Both are persisted by the backend (redb: the `revoked` and `not_before`
+//! tables) and loaded at open. A revoke sets its bits before it is submitted and
+//! again with what the backend committed, so after a revoke returns no check on
+//! any thread passes, and a failed commit leaves them set (fail closed).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{RwLock, step};
 use roaring::RoaringTreemap;
 
+use crate::backend::Revoked as Committed;
 use crate::snapshot::Snapshot;
 use crate::token::{IdHash, SecretHash, SessionId};
 
@@ -34,6 +36,9 @@ struct Revoked {
     /// holds its secret (anyone else gets `NotFound`: no oracle on ids).
     secrets: HashMap<SessionId, SecretHash, IdHash>,
 }
+
+/// One revocation mark: serial, id, prune-after (if committed), secret hash (if known).
+type Mark = (u64, SessionId, Option<u64>, Option<SecretHash>);
 
 /// Serials start at 1; 0 marks an id revoked while its serial was unknown.
 const UNKNOWN_SERIAL: u64 = 0;
@@ -197,38 +202,44 @@ impl Revocation {
         self.revoked.read().secrets.get(id).is_some_and(|h| h.matches(secret))
     }
 
-    /// The writer's mark: (serial, id, secret hash) revoked, prunable after `prune_after`.
-    pub(crate) fn revoke_committed(&self, entries: &[(u64, SessionId, SecretHash)], prune_after: u64) {
-        let pairs: Vec<(u64, SessionId)> = entries.iter().map(|&(s, id, _)| (s, id)).collect();
-        self.revoke(&pairs, Some(prune_after));
-        let mut r = self.revoked.write();
-        for &(_, id, h) in entries {
-            r.secrets.insert(id, h);
-        }
+    /// The mark of revocations a backend committed: each serial with its id,
+    /// secret hash and prune-after time.
+    pub(crate) fn revoke_committed(&self, entries: &[Committed]) {
+        let marks: Vec<Mark> =
+            entries.iter().map(|e| (e.serial, e.id, Some(e.prune_after), Some(e.secret_hash))).collect();
+        self.mark_all(&marks);
     }
 
     /// Marks (serial, id) pairs revoked. `prune_after`: when they may be
     /// pruned (`None` for a provisional in-memory mark before the commit; the
-    /// writer's mark adds it).
+    /// committed mark adds it).
     pub(crate) fn revoke(&self, pairs: &[(u64, SessionId)], prune_after: Option<u64>) {
-        if pairs.is_empty() {
+        let marks: Vec<Mark> = pairs.iter().map(|&(s, id)| (s, id, prune_after, None)).collect();
+        self.mark_all(&marks);
+    }
+
+    fn mark_all(&self, marks: &[Mark]) {
+        if marks.is_empty() {
             return;
         }
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.set_bits(pairs.iter().map(|&(s, _)| s), true);
+        self.set_bits(marks.iter().map(|m| m.0), true);
         step();
         {
             let mut r = self.revoked.write();
-            for &(s, id) in pairs {
+            for &(s, id, prune_after, secret) in marks {
                 r.ids.insert(id, s);
                 if let Some(p) = prune_after {
                     r.due.insert((p, s, id));
+                }
+                if let Some(h) = secret {
+                    r.secrets.insert(id, h);
                 }
             }
         }
         // After the bits: a record cached before them is flagged here; one
         // cached after them sees the bits when it is filled.
-        for &(s, id) in pairs {
+        for &(s, id, ..) in marks {
             self.mark(Some(s), &id);
         }
     }

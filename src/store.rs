@@ -1,5 +1,6 @@
 //! [`Store`]: the facade. Every public operation starts here and delegates to the
-//! token parser, cache, revocation set, database and writer.
+//! token parser, the session table (cache, revocation state and backend), the
+//! refresh policy and the keyring.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,19 +9,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::backend::redb::{Redb, Tuning};
+use crate::backend::{FamilyFn, Op, Outcome, Wait};
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
 use crate::db::journal::Journal;
-use crate::db::writer::{FamilyChange, Op, Outcome, Start, Wait, Writer};
 use crate::db::{Db, LegacyTokens, Loaded};
 use crate::error::{Error, InputError, JwtError, Malformed};
 use crate::events::{Event, RevokeReason};
 use crate::jwt::{AccessClaims, Keyring, Policy, RESERVED_CLAIMS};
-use crate::refresh::{Derived, Families, FamilyReply, Lookup, Verdict, decide, unpack};
+use crate::keys::{Derived, default_keyring};
+use crate::refresh::{FamilyReply, Verdict, unpack};
 use crate::revocation::Revocation;
 use crate::session::{NewSession, Record, RecordParts, Session, check_user};
-use crate::sweeper::{BATCH, SweepReport, Sweeper};
+use crate::sweeper::{SweepReport, Sweeper};
+use crate::table::SessionTable;
 use crate::token::{REFRESH_PREFIX, RefreshToken, SESSION_PREFIX, looks_like_jwt};
 use crate::token::{SecretHash, SessionId, SessionToken, TagState};
 
@@ -126,18 +130,13 @@ pub struct Store {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    db: Db,
-    writer: Writer,
-    cache: Arc<Cache>,
-    pub(crate) revocation: Arc<Revocation>,
+    table: SessionTable,
     keyring: Keyring,
     derived: Derived,
     policy: Policy,
     next_serial: AtomicU64,
     /// Which pre-tag session tokens this store still accepts.
     legacy: LegacyTokens,
-    /// Journal records replayed at open.
-    replayed: usize,
     closed: AtomicBool,
     sweeper: Option<Sweeper>,
 }
@@ -147,8 +146,7 @@ impl Drop for Inner {
         if let Some(s) = &self.sweeper {
             s.stop();
         }
-        let _ = self.writer.close();
-        self.db.close();
+        let _ = self.table.backend.close();
     }
 }
 
@@ -269,35 +267,26 @@ impl Store {
             None => default_keyring(&derived)?,
         };
         let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
-        let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before));
-        let hook_rev = Arc::clone(&revocation);
+        let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before.clone()));
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
         revocation.set_marker(crate::cache::revocation_marker(Arc::clone(&cache)));
         let lost_cache = Arc::clone(&cache);
-        let writer = Writer::start(Start {
-            db: db.clone(),
-            journal,
-            checkpointed: loaded.checkpointed,
-            hook: Arc::new(move |entries: &[(u64, SessionId, SecretHash)], prune_after| {
-                hook_rev.revoke_committed(entries, prune_after);
-            }),
-            lost: Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id))),
+        let tuning = Tuning {
             flush_interval: config.flush_interval,
             checkpoint_interval: config.checkpoint_interval,
             queue: config.write_queue,
-        })?;
+        };
+        let lost = Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id)));
+        let backend = Box::new(Redb::start(db, &loaded, journal, lost, tuning)?);
+        let table = SessionTable::new(cache, revocation, backend, config.touch_granularity, config.on_event.clone());
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
-            db,
-            writer,
-            cache,
-            revocation,
+            table,
             keyring,
             derived,
             policy,
             next_serial: AtomicU64::new(loaded.next_serial.max(1)),
             legacy: loaded.legacy,
-            replayed: loaded.replayed,
             closed: AtomicBool::new(false),
             sweeper: interval.and_then(|every| {
                 Sweeper::start(weak.clone(), every, |inner| {
@@ -364,76 +353,24 @@ impl Store {
         );
         let wait = match cfg.durability {
             Durability::Eventual => {
-                self.fill(Arc::clone(&rec));
+                self.inner.table.fill(Arc::clone(&rec));
                 Wait::Queued
             }
             Durability::Immediate => Wait::Durable,
         };
-        if let Err(e) = inner.writer.submit(Op::Create(Arc::clone(&rec)), wait) {
+        if let Err(e) = inner.table.submit(Op::Create(Arc::clone(&rec)), wait) {
             // Not stored: an Eventual create must not stay visible from the cache.
-            inner.cache.remove(&rec.id);
+            inner.table.cache.remove(&rec.id);
             return Err(e);
         }
         if wait == Wait::Durable {
             // (An Eventual create is already cached; filling again here could
             // undo the writer's eviction of a create whose batch failed.)
-            self.fill(Arc::clone(&rec));
+            self.inner.table.fill(Arc::clone(&rec));
         }
         self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;
         Ok(Issued { token, session: Session::of(&rec, last_seen) })
-    }
-
-    /// Puts a record in the cache unless it has been revoked meanwhile. Checking the
-    /// bit after the insert closes the race with a concurrent revoke, which sets the
-    /// bit before its commit and evicts after it.
-    fn fill(&self, rec: Arc<Record>) {
-        crate::cache::fill(&self.inner.cache, &self.inner.revocation, rec);
-    }
-
-    /// The record for `id`, from the cache or else the database (filling the cache).
-    ///
-    /// A fill is guarded by the revocation epoch: if any revocation happened
-    /// while the row was being read, what was read may predate it (and its bit
-    /// may even have been pruned since), so it is not cached and is read again.
-    pub(crate) fn lookup(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
-        if let Some(r) = self.inner.cache.get(id) {
-            return Ok(Some(r));
-        }
-        self.load(id)
-    }
-
-    /// The record for `id` from the database, filled into the cache (see
-    /// [`Store::lookup`]; the caller has missed the cache).
-    fn load(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
-        let inner = &self.inner;
-        for attempt in 0..3 {
-            let epoch = inner.revocation.epoch();
-            let rec = match inner.db.get(id) {
-                Ok(Some(rec)) => rec,
-                Ok(None) => return Ok(None),
-                Err(Error::Storage(e)) if e.kind() == crate::error::StorageErrorKind::Corrupt => {
-                    self.emit(|| Event::CorruptRow { session: *id });
-                    return Err(Error::Storage(e));
-                }
-                Err(e) => return Err(e),
-            };
-            // Revoked while the row could not be read (storage fault): refuse it now.
-            inner.revocation.blocked(id, rec.serial);
-            let rec = Arc::new(rec);
-            if inner.revocation.is_revoked(rec.serial) {
-                rec.live.revoked.store(true, Ordering::Release);
-            }
-            if attempt == 2 {
-                return Ok(Some(rec)); // fresh enough to answer from; not cached
-            }
-            self.fill(Arc::clone(&rec));
-            if inner.revocation.epoch() == epoch {
-                return Ok(Some(rec));
-            }
-            inner.cache.remove(id);
-        }
-        Ok(None)
     }
 
     /// Checks a session token: format, secret, revocation, absolute deadline and
@@ -470,10 +407,10 @@ impl Store {
         let tok = &checked.tok;
         let (id, hash) = (tok.id(), tok.secret_hash());
         let now = self.now_ms();
-        if let Some(verdict) = self.inner.cache.get_with(&id, |rec| self.admit(rec, checked.legacy, &hash, now)) {
+        if let Some(verdict) = self.inner.table.cache.get_with(&id, |rec| self.admit(rec, checked.legacy, &hash, now)) {
             return verdict;
         }
-        match self.load(&id)? {
+        match self.inner.table.load(&id)? {
             Some(rec) => self.admit(&rec, checked.legacy, &hash, now),
             None => Err(self.revoked_or_unknown(&id, &hash)),
         }
@@ -482,7 +419,7 @@ impl Store {
     /// `Revoked` only for the holder of the revoked secret; a guess, a stale
     /// copy of another secret or a bare id reads `NotFound` (no oracle).
     fn revoked_or_unknown(&self, id: &SessionId, hash: &SecretHash) -> Error {
-        if self.inner.revocation.revoked_with_secret(id, hash) { Error::Revoked } else { Error::NotFound }
+        if self.inner.table.revocation.revoked_with_secret(id, hash) { Error::Revoked } else { Error::NotFound }
     }
 
     /// The checks of a found record: secret, revocation, deadlines; then the
@@ -495,7 +432,7 @@ impl Store {
         }
         self.status(rec, now)?;
         let last_seen = now.max(rec.seen());
-        self.touch(rec, now);
+        self.inner.table.touch(rec, now);
         Ok(Session::of(rec, last_seen))
     }
 
@@ -522,11 +459,11 @@ impl Store {
         let prune_after = self.prune_after(now);
         let op =
             Op::Rotate { id, expected: tok.secret_hash(), serial, secret_hash: token.secret_hash(), now, prune_after };
-        let Outcome::Updated(rec) = inner.writer.submit(op, Wait::Durable)? else {
+        let Outcome::Rotated { rec, .. } = inner.table.submit(op, Wait::Durable)? else {
             return Err(Error::NotFound);
         };
         // Replaces the pre-rotation entry (higher serial), never a newer update's.
-        self.fill(Arc::clone(&rec));
+        self.inner.table.fill(Arc::clone(&rec));
         self.emit(|| Event::Rotated { old: id, new: id });
         self.emit(|| Event::Revoked { sessions: vec![id], reason: RevokeReason::Rotated });
         Ok(Issued { token, session: Session::of(&rec, now) })
@@ -563,10 +500,10 @@ impl Store {
             Durability::Immediate => Wait::Durable,
         };
         let op = Op::UpdateData { id, expected, data: data.into_boxed_slice() };
-        match inner.writer.submit(op, wait)? {
+        match inner.table.submit(op, wait)? {
             Outcome::Updated(rec) => {
                 let v = rec.version;
-                self.fill(rec);
+                self.inner.table.fill(rec);
                 Ok(v)
             }
             _ => Err(Error::NotFound),
@@ -588,14 +525,14 @@ impl Store {
         let prune_after = self.prune_after(self.now_ms());
         // Fail closed even if the writer never reaches the op (e.g. the database
         // cannot be reopened): refuse the session in memory first.
-        match self.lookup(&id) {
-            Ok(Some(rec)) => self.inner.revocation.revoke(&[(rec.serial, id)], None),
+        match self.inner.table.lookup(&id) {
+            Ok(Some(rec)) => self.inner.table.refuse(&[(rec.serial, id)]),
             Ok(None) => {}
             // The row cannot be read (storage fault): refuse the id whatever its
             // serial turns out to be, so it cannot validate once the disk recovers.
             Err(_) => {
-                self.inner.revocation.block_id(id);
-                self.inner.cache.remove(&id);
+                self.inner.table.revocation.block_id(id);
+                self.inner.table.cache.remove(&id);
             }
         }
         let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
@@ -630,23 +567,20 @@ impl Store {
     /// Best effort, before a user-wide revocation is submitted: refuse the user's
     /// stored sessions in memory, so a failed commit still fails closed.
     fn revoke_in_memory(&self, user: &str, except: Option<SessionId>) {
-        if let Ok(recs) = self.inner.db.list_user(user) {
+        if let Ok(recs) = self.inner.table.backend.list_user(user) {
             let pairs: Vec<(u64, SessionId)> =
                 recs.iter().filter(|r| Some(r.id) != except).map(|r| (r.serial, r.id)).collect();
-            self.inner.revocation.revoke(&pairs, None);
+            self.inner.table.refuse(&pairs);
         }
     }
 
-    pub(crate) fn revoke_op(&self, op: Op) -> Result<Vec<SessionId>, Error> {
-        let inner = self.live()?;
-        let ids = match inner.writer.submit(op, Wait::Durable)? {
-            Outcome::Revoked(ids) => ids,
-            _ => Vec::new(),
-        };
-        for id in &ids {
-            inner.cache.remove(id);
+    /// Submits a revoking op; returns the ids it revoked (the session table
+    /// has applied them to the bitmap and the cache).
+    fn revoke_op(&self, op: Op) -> Result<Vec<SessionId>, Error> {
+        match self.live()?.table.submit(op, Wait::Durable)? {
+            Outcome::Revoked(list) => Ok(list.iter().map(|r| r.id).collect()),
+            _ => Ok(Vec::new()),
         }
-        Ok(ids)
     }
 
     /// A user's live sessions (expired and revoked ones left out), oldest first,
@@ -657,16 +591,17 @@ impl Store {
     pub fn list_user(&self, user: &str) -> Result<Vec<Session>, Error> {
         check_user(user)?;
         let inner = self.live()?;
-        let db = &inner.db;
         let now = self.now_ms();
-        let mut out: Vec<Session> = db
+        let mut out: Vec<Session> = inner
+            .table
+            .backend
             .list_user(user)?
             .into_iter()
             .map(|rec| {
-                let seen = inner.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
+                let seen = inner.table.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
                 Session::of(&rec, seen)
             })
-            .filter(|s| now < s.deadline_ms() && !inner.revocation.is_revoked(s.serial()))
+            .filter(|s| now < s.deadline_ms() && !inner.table.revocation.is_revoked(s.serial()))
             .collect();
         out.sort_by_key(|s| (s.created_at, s.serial()));
         Ok(out)
@@ -681,15 +616,15 @@ impl Store {
     pub fn session(&self, id: SessionId) -> Result<Option<Session>, Error> {
         let inner = self.live()?;
         let now = self.now_ms();
-        let rec = match inner.cache.get(&id) {
+        let rec = match inner.table.cache.get(&id) {
             Some(r) => r,
-            None => match inner.db.get(&id)? {
+            None => match inner.table.backend.get(&id)? {
                 Some(r) => Arc::new(r),
                 None => return Ok(None),
             },
         };
         let last_seen = rec.seen().max(rec.last_seen);
-        if inner.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
+        if inner.table.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
             return Ok(None);
         }
         Ok(Some(Session::of(&rec, last_seen)))
@@ -705,7 +640,7 @@ impl Store {
         if self.session(id)?.is_none() {
             return Ok(Vec::new());
         }
-        let mut list = self.inner.db.families(&id)?.map(|f| f.listing()).unwrap_or_default();
+        let mut list = self.inner.table.backend.families(&id)?.map(|f| f.listing()).unwrap_or_default();
         list.sort_by_key(|f| f.family);
         Ok(list)
     }
@@ -720,13 +655,11 @@ impl Store {
     /// I/O and may run on an async worker.) Parses only; no secret check.
     #[cfg(feature = "axum")]
     pub(crate) fn is_cached(&self, token: &str) -> bool {
-        self.parse_session(token).is_ok_and(|t| self.inner.cache.peek(&t.tok.id()).is_some())
+        self.parse_session(token).is_ok_and(|t| self.inner.table.cache.peek(&t.tok.id()).is_some())
     }
 
     fn emit(&self, event: impl FnOnce() -> Event) {
-        if let Some(handler) = &self.inner.config.on_event {
-            handler(&event());
-        }
+        self.inner.table.emit(event);
     }
 
     /// Revoked → `Revoked`; past the absolute deadline or idle → `Expired`.
@@ -734,7 +667,7 @@ impl Store {
         // The record's own flag (set by every revocation of its serial, and at
         // fill for one revoked before): no lock shared across sessions.
         if rec.live.revoked.load(Ordering::Acquire) {
-            self.inner.cache.remove(&rec.id);
+            self.inner.table.cache.remove(&rec.id);
             return Err(Error::Revoked);
         }
         if now >= rec.deadline(rec.seen()) {
@@ -742,25 +675,6 @@ impl Store {
             return Err(Error::Expired);
         }
         Ok(())
-    }
-
-    /// Marks activity on a session; writes `last_seen` at most once per granularity.
-    fn touch(&self, rec: &Record, now: u64) {
-        let inner = &self.inner;
-        // Written at most once per resolution (granularity / 16, at most 1 s), not
-        // on every hit: a hot session's line is not written by every request. A
-        // racing older value, or the skipped part, only shortens the session.
-        let resolution = (duration_millis(inner.config.touch_granularity) / 16).clamp(1, 1000);
-        if now >= rec.seen().saturating_add(resolution) {
-            rec.live.last_seen.store(now, Ordering::Relaxed);
-        }
-        let persisted = rec.live.persisted.load(Ordering::Relaxed);
-        if rec.idle_timeout != 0
-            && now.saturating_sub(persisted) >= duration_millis(inner.config.touch_granularity)
-            && rec.live.persisted.compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            inner.writer.offer(Op::Touch { id: rec.id, last_seen: now });
-        }
     }
 
     /// The access-token keyring: add and promote keys, list them, export JWKS.
@@ -808,26 +722,7 @@ impl Store {
         let session = self.validate(session_token)?;
         let now = self.now_ms();
         let deadline = session.expires_at;
-        // A new family (one per device or tab): earlier families keep rotating
-        // on their own, so a second tab never turns the first one's token into
-        // a "reuse".
-        let f = Box::new(move |stored: Option<&[u8]>| {
-            let mut set = match stored {
-                Some(b) => match Families::decode(b) {
-                    Some(set) => set,
-                    None => return FamilyChange { write: None, revoke_session: false, reply: None },
-                },
-                None => Families::default(),
-            };
-            let Some(family) = set.issue(now, deadline, claims_json.clone()) else {
-                return FamilyChange { write: None, revoke_session: false, reply: None };
-            };
-            FamilyChange {
-                write: Some(set.encode()),
-                revoke_session: false,
-                reply: Some(FamilyReply { verdict: Verdict::Rotated(1), family, claims: claims_json }),
-            }
-        });
+        let f = crate::refresh::issue(now, deadline, claims_json);
         let reply = self.family_op(session.id(), f)?.ok_or(Error::NotFound)?;
         let Verdict::Rotated(generation) = reply.verdict else { return Err(Error::NotFound) };
         self.emit(|| Event::Refreshed { session: session.id(), generation });
@@ -836,10 +731,10 @@ impl Store {
         self.pair(&holder, reply.family, generation, &reply.claims, now)
     }
 
-    fn family_op(&self, id: SessionId, f: crate::db::writer::FamilyFn) -> Result<Option<FamilyReply>, Error> {
+    fn family_op(&self, id: SessionId, f: FamilyFn) -> Result<Option<FamilyReply>, Error> {
         let prune_after = self.prune_after(self.now_ms());
-        match self.live()?.writer.submit(Op::Family { id, prune_after, f: Some(f) }, Wait::Durable)? {
-            Outcome::Family(reply) => Ok(reply),
+        match self.live()?.table.submit(Op::Family { id, prune_after, f }, Wait::Durable)? {
+            Outcome::Family { reply, .. } => Ok(reply),
             _ => Ok(None),
         }
     }
@@ -900,55 +795,20 @@ impl Store {
         if !inner.derived.authentic(&t) {
             return Err(Error::NotFound);
         }
-        let Some(rec) = self.lookup(&t.id)? else {
-            return Err(if inner.revocation.is_revoked_id(&t.id) { Error::Revoked } else { Error::NotFound });
+        let Some(rec) = self.inner.table.lookup(&t.id)? else {
+            return Err(if inner.table.revocation.is_revoked_id(&t.id) { Error::Revoked } else { Error::NotFound });
         };
         let now = self.now_ms();
         self.status(&rec, now)?;
-        if inner.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
+        if inner.table.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
             return Err(Error::Revoked);
         }
         let ((family, presented), reuse) = (unpack(t.generation), inner.config.reuse);
-        let f = Box::new(move |stored: Option<&[u8]>| {
-            let none = || FamilyChange { write: None, revoke_session: false, reply: None };
-            let Some(mut set) = stored.and_then(Families::decode) else { return none() };
-            let fam = match set.get(family) {
-                Lookup::Live(fam) => fam.clone(),
-                // Dropped by a rotation of the session or by the cap: dead, no reuse signal.
-                Lookup::Dropped => {
-                    return FamilyChange {
-                        write: None,
-                        revoke_session: false,
-                        reply: Some(FamilyReply { verdict: Verdict::Dead, family, claims: Vec::new() }),
-                    };
-                }
-                Lookup::Unknown => {
-                    return FamilyChange {
-                        write: None,
-                        revoke_session: false,
-                        reply: Some(FamilyReply { verdict: Verdict::Ahead, family, claims: Vec::new() }),
-                    };
-                }
-            };
-            if now >= fam.deadline {
-                // The family's own deadline (the session's at issue time) has passed.
-                return none();
-            }
-            let verdict = decide(&fam, presented, now, reuse);
-            let write = match verdict {
-                Verdict::Rotated(generation) => {
-                    set.rotated(family, generation, now);
-                    Some(set.encode())
-                }
-                _ => None,
-            };
-            let revoke_session = matches!(verdict, Verdict::Reuse { .. });
-            FamilyChange { write, revoke_session, reply: Some(FamilyReply { verdict, family, claims: fam.claims }) }
-        });
+        let f = crate::refresh::rotate(family, presented, now, reuse);
         let reply = self.family_op(t.id, f)?.ok_or(Error::NotFound)?;
         match reply.verdict {
             Verdict::Rotated(generation) | Verdict::Current(generation) => {
-                self.touch(&rec, now);
+                self.inner.table.touch(&rec, now);
                 if matches!(reply.verdict, Verdict::Rotated(_)) {
                     self.emit(|| Event::Refreshed { session: rec.id, generation });
                 }
@@ -956,7 +816,7 @@ impl Store {
                 self.pair(&holder, family, generation, &reply.claims, now)
             }
             Verdict::Reuse { current } => {
-                inner.cache.remove(&rec.id);
+                // (The session table has revoked the session and evicted it.)
                 self.emit(|| Event::ReuseDetected { session: rec.id, user: rec.user.to_string(), presented, current });
                 self.emit(|| Event::Revoked { sessions: vec![rec.id], reason: RevokeReason::ReuseDetected });
                 Err(Error::ReuseDetected)
@@ -978,12 +838,12 @@ impl Store {
         }
         self.live()?;
         let c = inner.keyring.verify(jwt, &inner.policy, inner.config.clock.now())?;
-        if inner.revocation.is_revoked(c.sid) {
+        if inner.table.revocation.is_revoked(c.sid) {
             return Err(Error::Revoked);
         }
         // Second resolution: tokens issued in the cut-off second pass this check,
         // but their sessions were revoked by serial in the same logout.
-        if inner.revocation.not_before(&c.sub).is_some_and(|nb| c.iat < nb / 1000) {
+        if inner.table.revocation.not_before(&c.sub).is_some_and(|nb| c.iat < nb / 1000) {
             return Err(Error::Revoked);
         }
         Ok(c)
@@ -1041,7 +901,7 @@ impl Store {
     pub fn logout_everywhere(&self, user: &str) -> Result<usize, Error> {
         check_user(user)?;
         let now = self.now_ms();
-        self.live()?.revocation.set_not_before(user, now);
+        self.live()?.table.revocation.set_not_before(user, now);
         self.revoke_in_memory(user, None);
         let prune_after = self.prune_after(now);
         let ids = self.revoke_op(Op::LogoutEverywhere { user: user.into(), at: now, prune_after })?;
@@ -1071,44 +931,8 @@ impl Store {
         // Barrier: everything acknowledged before the sweep is in the database
         // file, whose expiry index the sweep scans.
         self.checkpoint()?;
-        let now = self.now_ms();
-        let db = &inner.db;
         let mut report = SweepReport::default();
-        let mut after = None;
-        loop {
-            let rows = db.expired(now, after, BATCH)?;
-            let full = rows.len() == BATCH;
-            report.rows_scanned += rows.len();
-            after = rows.last().map(|&(d, n, _)| (d, n));
-            let mut doomed = Vec::with_capacity(rows.len());
-            for (deadline, number, id) in rows {
-                if let Some(c) = inner.cache.peek(&id) {
-                    let seen = c.seen();
-                    if now < c.deadline(seen) {
-                        // Alive by a visit not yet written: write it, keep the session.
-                        inner.writer.offer(Op::Touch { id, last_seen: seen });
-                        continue;
-                    }
-                }
-                doomed.push((deadline, number, id));
-            }
-            if !doomed.is_empty() {
-                report.batches += 1;
-                if let Outcome::Swept(sw) = inner.writer.submit(Op::Sweep { rows: doomed, now }, Wait::Applied)? {
-                    for id in sw.absolute.iter().chain(&sw.idle) {
-                        inner.cache.remove(id);
-                        self.emit(|| Event::Expired { session: *id });
-                    }
-                    report.expired_absolute += sw.absolute.len();
-                    report.expired_idle += sw.idle.len();
-                    report.refresh_families += sw.families;
-                    report.corrupt_rows += sw.corrupt;
-                }
-            }
-            if !full {
-                break;
-            }
-        }
+        crate::sweeper::sweep_expired(&inner.table, self.now_ms(), &mut report)?;
         // Durable: also makes the sweep batches above durable.
         let (revocations, keys) = self.prune_revocations()?;
         report.revocations_pruned = revocations;
@@ -1130,14 +954,15 @@ impl Store {
     pub fn prune_revocations(&self) -> Result<(usize, usize), Error> {
         let inner = self.live()?;
         let now = self.now_ms();
-        let entries = inner.revocation.due(now);
-        let not_before = inner.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
-        let (pruned, users) = match inner.writer.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
+        let entries = inner.table.revocation.due(now);
+        let not_before =
+            inner.table.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
+        let (pruned, users) = match inner.table.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
             Outcome::Pruned(p, u) => (p, u),
             _ => (Vec::new(), Vec::new()),
         };
-        inner.revocation.forget(&pruned);
-        inner.revocation.forget_not_before(&users);
+        inner.table.revocation.forget(&pruned);
+        inner.table.revocation.forget_not_before(&users);
         let keys = inner.keyring.prune(inner.config.clock.now());
         Ok((pruned.len(), keys))
     }
@@ -1146,35 +971,18 @@ impl Store {
     #[must_use]
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
-        let c = inner.cache.stats();
-        let w = &inner.writer.stats;
-        let a = &inner.writer.applier.progress;
-        let sessions_stored = inner.db.session_count().ok();
-        Stats {
-            sessions_stored,
+        let c = inner.table.cache.stats();
+        let mut stats = Stats {
             cached_sessions: c.entries,
             cache_hits: c.hits,
             cache_misses: c.misses,
             cache_evictions: c.evictions,
-            revoked_serials: inner.revocation.len(),
-            not_before_users: inner.revocation.not_before_len(),
-            commits: w.commits.load(Ordering::Relaxed),
-            durable_commits: w.durable_commits.load(Ordering::Relaxed),
-            write_ops: w.ops.load(Ordering::Relaxed),
-            touch_writes: w.touches.load(Ordering::Relaxed),
-            failed_commits: w.failed_commits.load(Ordering::Relaxed),
-            lost_eventual_writes: w.lost_eventual.load(Ordering::Relaxed),
-            dropped_touches: w.dropped_touches.load(Ordering::Relaxed),
-            corrupt_rows: inner.db.corrupt_rows(),
-            checkpoints: a.checkpoints.load(Ordering::Relaxed),
-            last_checkpoint_us: a.last_checkpoint_us.load(Ordering::Relaxed),
-            failed_checkpoints: a.failed_commits.load(Ordering::Relaxed),
-            journal_bytes: w.journal_bytes.load(Ordering::Relaxed),
-            unapplied_rows: inner.db.overlay().read().len(),
-            replayed_records: inner.replayed,
-            index_bytes: inner.db.index().heap_bytes(),
-            lag_waits: w.lag_waits.load(Ordering::Relaxed),
-        }
+            revoked_serials: inner.table.revocation.len(),
+            not_before_users: inner.table.revocation.not_before_len(),
+            ..Stats::default()
+        };
+        inner.table.backend.stats(&mut stats);
+        stats
     }
 
     /// Makes every write queued so far durable (including pending sliding-expiry touches).
@@ -1182,7 +990,7 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if the commit failed; [`Error::Closed`].
     pub fn flush(&self) -> Result<(), Error> {
-        self.live()?.writer.submit(Op::Flush, Wait::Durable).map(|_| ())
+        self.live()?.table.submit(Op::Flush, Wait::Durable).map(|_| ())
     }
 
     /// Folds every write acknowledged so far into the database file with one
@@ -1195,10 +1003,7 @@ impl Store {
     /// [`Error::Storage`] if the commit failed (nothing acknowledged is lost:
     /// the journal still holds it, and the applier retries); [`Error::Closed`].
     pub fn checkpoint(&self) -> Result<(), Error> {
-        let inner = self.live()?;
-        // Every batch queued before has reached the applier once this returns.
-        inner.writer.submit(Op::Flush, Wait::Applied)?;
-        inner.writer.applier.checkpoint().map(|_| ())
+        self.live()?.table.backend.checkpoint()
     }
 
     /// Flushes everything, stops the writer thread and releases the file. Every
@@ -1213,21 +1018,8 @@ impl Store {
         if let Some(s) = &inner.sweeper {
             s.stop();
         }
-        let r = inner.writer.close();
-        inner.db.close();
-        r
+        inner.table.backend.close()
     }
-}
-
-/// The keyring used when the config sets none: one HS256 key derived from the
-/// server key, with kid `hs256-<first 4 bytes of its blake3 fingerprint, hex>`.
-pub(crate) fn default_keyring(derived: &Derived) -> Result<Keyring, Error> {
-    let fp = blake3::hash(&derived.access_hs256);
-    let mut head = [0u8; 4];
-    head.copy_from_slice(&fp.as_bytes()[..4]);
-    let k = Keyring::new();
-    k.add_hs256(&format!("hs256-{:08x}", u32::from_be_bytes(head)), &derived.access_hs256)?;
-    Ok(k)
 }
 
 /// A pair of tokens for one session: a short-lived access JWT and a refresh token.

@@ -14,6 +14,11 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use crate::backend::{Op, Outcome, Wait};
+use crate::error::Error;
+use crate::events::Event;
+use crate::table::SessionTable;
+
 /// What a sweep removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,6 +54,49 @@ impl SweepReport {
 
 /// Expiry-index rows handled per write transaction.
 pub(crate) const BATCH: usize = 1000;
+
+/// Removes the table's expired sessions at `now` in batches of [`BATCH`]
+/// through the backend, into `report`. A session the cache saw active more
+/// recently than its persisted `last_seen` is kept, and its touch is written.
+/// The caller has checkpointed first, so the backend's expiry index holds
+/// everything acknowledged.
+pub(crate) fn sweep_expired(table: &SessionTable, now: u64, report: &mut SweepReport) -> Result<(), Error> {
+    let mut after = None;
+    loop {
+        let rows = table.backend.expired(now, after, BATCH)?;
+        let full = rows.len() == BATCH;
+        report.rows_scanned += rows.len();
+        after = rows.last().map(|&(d, n, _)| (d, n));
+        let mut doomed = Vec::with_capacity(rows.len());
+        for (deadline, number, id) in rows {
+            if let Some(c) = table.cache.peek(&id) {
+                let seen = c.seen();
+                if now < c.deadline(seen) {
+                    // Alive by a visit not yet written: write it, keep the session.
+                    table.backend.offer(Op::Touch { id, last_seen: seen });
+                    continue;
+                }
+            }
+            doomed.push((deadline, number, id));
+        }
+        if !doomed.is_empty() {
+            report.batches += 1;
+            if let Outcome::Swept(sw) = table.submit(Op::Sweep { rows: doomed, now }, Wait::Applied)? {
+                for id in sw.absolute.iter().chain(&sw.idle) {
+                    table.cache.remove(id);
+                    table.emit(|| Event::Expired { session: *id });
+                }
+                report.expired_absolute += sw.absolute.len();
+                report.expired_idle += sw.idle.len();
+                report.refresh_families += sw.families;
+                report.corrupt_rows += sw.corrupt;
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
 
 /// The background sweeper thread. It holds only a weak reference to the store,
 /// so dropping the last `Store` still closes it; `stop` ends it promptly.

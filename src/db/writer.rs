@@ -32,10 +32,11 @@ use super::mutation::Mutation;
 use super::overlay::Overlay;
 use super::tables::{NOT_BEFORE, REFRESH, SESSIONS};
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
+use crate::backend::{Failure, Op, Outcome, Revoked, Swept, Wait};
 use crate::error::{Error, StorageError, StorageErrorKind};
-use crate::refresh::{Families, FamilyReply};
+use crate::refresh::Families;
 use crate::session::Record;
-use crate::token::{SecretHash, SessionId};
+use crate::token::SessionId;
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -45,89 +46,7 @@ const MAX_LAG_ROWS: usize = 1_000_000;
 /// How long a caller waits for room in a full queue before `Error::Busy`.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A write. Each variant checks its preconditions before changing anything.
-pub(crate) enum Op {
-    /// Insert a new session.
-    Create(Arc<Record>),
-    /// Persist a newer `last_seen` and move the session's expiry row.
-    Touch { id: SessionId, last_seen: u64 },
-    /// Replace the data; `expected` makes it a compare-and-swap on the version.
-    UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
-    /// Give session `id` a new secret and serial, built from the *stored* row (so
-    /// no data written before is lost), if its secret is still `expected`;
-    /// revoke the old serial and drop the refresh family. The id stays.
-    Rotate { id: SessionId, expected: SecretHash, serial: u64, secret_hash: SecretHash, now: u64, prune_after: u64 },
-    /// Delete one session and record its serial as revoked.
-    Revoke { id: SessionId, prune_after: u64 },
-    /// Revoke all of a user's sessions, except one if given.
-    RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
-    /// Raise a user's not-before cut-off to `at` (ms) and revoke all their sessions.
-    LogoutEverywhere { user: Box<str>, at: u64, prune_after: u64 },
-    /// Read-modify-write of a session's refresh family: `f` sees the stored
-    /// family bytes, tag checked (`None` if absent), and decides. `NotFound` if the session is gone. (`Option`
-    /// so the writer can take the `FnOnce` out.)
-    Family { id: SessionId, prune_after: u64, f: Option<FamilyFn> },
-    /// Delete the sessions of these expiry rows (deadline, number, id) that are
-    /// still expired at `now`.
-    Sweep { rows: Vec<(u64, u64, SessionId)>, now: u64 },
-    /// Drop these revocation entries (serial, id) — picked by the in-memory
-    /// time index, so no table scan — and these not-before entries (user, at)
-    /// unless raised since.
-    PruneRevoked { entries: Vec<(u64, SessionId)>, not_before: Vec<(String, u64)> },
-    /// No change; a durable barrier.
-    Flush,
-}
-
-/// What a successful op reports.
-pub(crate) enum Outcome {
-    Done,
-    Updated(Arc<Record>),
-    /// Ids of the sessions deleted and revoked.
-    Revoked(Vec<SessionId>),
-    /// What a `Family` closure decided (`None`: no usable family).
-    Family(Option<FamilyReply>),
-    /// (serial, id) of the revocation entries pruned, and the not-before
-    /// entries (user, at) removed.
-    Pruned(Vec<(u64, SessionId)>, Vec<(String, u64)>),
-    /// What a sweep batch removed.
-    Swept(Swept),
-}
-
-/// Counts of one sweep batch.
-#[derive(Debug, Default)]
-pub(crate) struct Swept {
-    pub(crate) absolute: Vec<SessionId>,
-    pub(crate) idle: Vec<SessionId>,
-    pub(crate) families: usize,
-    /// Rows skipped because they failed to decode.
-    pub(crate) corrupt: usize,
-}
-
-/// A refresh-family decision, run inside the write transaction.
-pub(crate) type FamilyFn = Box<dyn FnOnce(Option<&[u8]>) -> FamilyChange + Send>;
-
-/// What a [`FamilyFn`] wants done.
-pub(crate) struct FamilyChange {
-    /// New family bytes to store, if any.
-    pub(crate) write: Option<Vec<u8>>,
-    /// Revoke the session (and with it the family).
-    pub(crate) revoke_session: bool,
-    /// Handed back to the caller as `Outcome::Family`.
-    pub(crate) reply: Option<FamilyReply>,
-}
-
-/// How long `submit` waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Until the op's transaction is durably committed (fsync).
-    Durable,
-    /// Until the op's transaction is committed, durable or not.
-    Applied,
-    /// Only until the op is queued.
-    Queued,
-}
-
-type Ack = Sender<Result<Outcome, Error>>;
+type Ack = Sender<Result<Outcome, Failure>>;
 
 struct Job {
     op: Op,
@@ -139,10 +58,6 @@ enum Msg {
     Job(Job),
     Shutdown,
 }
-
-/// Called with the (serial, id) pairs an op revokes and their prune-after
-/// time, before the commit (fail closed).
-pub(crate) type RevokeHook = Arc<dyn Fn(&[(u64, SessionId, SecretHash)], u64) + Send + Sync>;
 
 /// Called after a failed batch with the ids of its Eventual creates (never
 /// stored), for the store to forget from its cache.
@@ -183,7 +98,6 @@ pub(crate) struct Start {
     pub(crate) journal: Journal,
     /// Seq covered by redb's last durable commit (the next record gets seq + 1).
     pub(crate) checkpointed: u64,
-    pub(crate) hook: RevokeHook,
     pub(crate) lost: LostHook,
     pub(crate) flush_interval: Duration,
     pub(crate) checkpoint_interval: Duration,
@@ -201,7 +115,6 @@ impl Writer {
             applier: Arc::clone(&applier),
             next_seq: s.checkpointed + 1,
             pruned_upto: s.checkpointed,
-            hook: s.hook,
             lost: s.lost,
             flush_interval: s.flush_interval,
             stats: Arc::clone(&stats),
@@ -217,7 +130,7 @@ impl Writer {
 
     /// Enqueues `op` and waits as `wait` says; returns the op's outcome
     /// (`Outcome::Done` for [`Wait::Queued`]).
-    pub(crate) fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Error> {
+    pub(crate) fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Failure> {
         let durable = wait == Wait::Durable;
         let (ack, rx) = if wait == Wait::Queued {
             (None, None)
@@ -227,12 +140,12 @@ impl Writer {
         };
         match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
             Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy),
-            Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed),
+            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy.into()),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed.into()),
         }
         match rx {
             // A dropped ack means the writer stopped before reaching the job.
-            Some(rx) => rx.recv().unwrap_or(Err(Error::Closed)),
+            Some(rx) => rx.recv().unwrap_or_else(|_| Err(Error::Closed.into())),
             None => Ok(Outcome::Done),
         }
     }
@@ -255,7 +168,7 @@ impl Writer {
         let Some(handle) = thread.take() else {
             return Ok(());
         };
-        let flushed = self.submit(Op::Flush, Wait::Durable).map(|_| ());
+        let flushed = self.submit(Op::Flush, Wait::Durable).map(|_| ()).map_err(|f| f.error);
         let _ = self.tx.send(Msg::Shutdown);
         let joined = handle.join();
         drop(thread);
@@ -272,7 +185,6 @@ struct Worker {
     next_seq: u64,
     /// The overlay holds nothing at or below this seq.
     pruned_upto: u64,
-    hook: RevokeHook,
     lost: LostHook,
     flush_interval: Duration,
     stats: Arc<WriterStats>,
@@ -383,10 +295,11 @@ impl Worker {
     fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
         self.maintain();
         // A panic inside redb on a damaged page fails the batch, not the thread.
-        let result = super::guarded(|| self.decide_and_journal(batch, durable));
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let result = super::guarded(|| self.decide_and_journal(batch, durable, &mut outcomes));
         self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         match result {
-            Ok(outcomes) => {
+            Ok(()) => {
                 self.backoff = None;
                 if durable {
                     self.dirty_since = None;
@@ -395,17 +308,24 @@ impl Worker {
                 }
                 for (job, out) in batch.drain(..).zip(outcomes) {
                     if let Some(ack) = job.ack {
-                        let _ = ack.send(out);
+                        let _ = ack.send(out.map_err(Failure::from));
                     }
                 }
             }
             Err(e) => {
                 self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                 let mut lost = Vec::new();
+                let mut decided = outcomes.into_iter();
                 for job in batch.drain(..) {
+                    // What the op had decided to revoke before the batch failed:
+                    // the store still refuses it in memory (fail closed).
+                    let unsaved = match decided.next() {
+                        Some(Ok(out)) => out.revoked().to_vec(),
+                        _ => Vec::new(),
+                    };
                     match job.ack {
                         Some(ack) => {
-                            let _ = ack.send(Err(e.clone()));
+                            let _ = ack.send(Err(Failure { error: e.clone(), unsaved }));
                         }
                         None => {
                             self.stats.lost_eventual.fetch_add(1, Ordering::Relaxed);
@@ -434,7 +354,14 @@ impl Worker {
     /// before any ack, so a `Flush` acked means every batch before it reached
     /// the applier (what `Store::checkpoint` relies on). `Err` means nothing of
     /// the batch is visible, journaled or applied.
-    fn decide_and_journal(&mut self, batch: &mut [Job], durable: bool) -> Result<Vec<Result<Outcome, Error>>, Error> {
+    /// `outcomes` gets each op's decision, in order, as it is made (also when
+    /// the batch then fails).
+    fn decide_and_journal(
+        &mut self,
+        batch: &mut [Job],
+        durable: bool,
+        outcomes: &mut Vec<Result<Outcome, Error>>,
+    ) -> Result<(), Error> {
         let db = self.db.handle()?;
         let rtx = db.begin_read().map_err(io)?;
         let mut v = View {
@@ -451,7 +378,6 @@ impl Worker {
             max_serial: 0,
             corrupt: 0,
         };
-        let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch.iter_mut() {
             match self.apply(&mut v, &mut job.op) {
                 // A corrupt row fails only the op that read it; the batch goes on.
@@ -488,7 +414,7 @@ impl Worker {
             self.next_seq += 1;
             self.applier.send(Arc::new(Batch { seq, muts }));
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     fn apply(&self, t: &mut View<'_>, op: &mut Op) -> Result<Outcome, Error> {
@@ -545,24 +471,20 @@ impl Worker {
                     t.put(Mutation::PutRefresh(n, row.into()));
                 }
                 t.revoke(rec.serial, *id, *prune_after);
-                (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
                 t.put(Mutation::PutSession(n, seal_session(t.mac, &new)));
                 t.put(Mutation::PutExpiry(new.deadline(new.last_seen), n, *id.as_bytes()));
                 t.max_serial = t.max_serial.max(*serial);
-                Ok(Outcome::Updated(Arc::new(new)))
+                Ok(Outcome::Rotated { rec: Arc::new(new), old: Revoked::of(&rec, *prune_after) })
             }
             Op::Revoke { id, prune_after } => {
                 let Some(rec) = t.delete(id)? else {
                     return Ok(Outcome::Revoked(Vec::new()));
                 };
                 t.revoke(rec.serial, *id, *prune_after);
-                (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
-                Ok(Outcome::Revoked(vec![*id]))
+                Ok(Outcome::Revoked(vec![Revoked::of(&rec, *prune_after)]))
             }
             Op::RevokeUser { user, except, prune_after } => {
-                let revoked = t.revoke_user(user, *except, *prune_after)?;
-                (self.hook)(&revoked, *prune_after);
-                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id, _)| id).collect()))
+                Ok(Outcome::Revoked(t.revoke_user(user, *except, *prune_after)?))
             }
             Op::LogoutEverywhere { user, at, prune_after } => {
                 let stored = t.not_before_of(user)?.unwrap_or(0);
@@ -570,27 +492,25 @@ impl Worker {
                     let row = seal_not_before(t.mac, user, *at);
                     t.put(Mutation::PutNotBefore(user.clone(), row.into()));
                 }
-                let revoked = t.revoke_user(user, None, *prune_after)?;
-                (self.hook)(&revoked, *prune_after);
-                Ok(Outcome::Revoked(revoked.into_iter().map(|(_, id, _)| id).collect()))
+                Ok(Outcome::Revoked(t.revoke_user(user, None, *prune_after)?))
             }
             Op::Family { id, prune_after, f } => {
-                let Some(f) = f.take() else { return Err(Error::NotFound) };
                 let Some(n) = t.number(id) else {
                     return Err(Error::NotFound);
                 };
                 let stored = t.family_bytes(n)?;
                 let change = f(stored.as_deref());
+                let mut revoked = None;
                 if change.revoke_session {
                     if let Some(rec) = t.delete(id)? {
                         t.revoke(rec.serial, *id, *prune_after);
-                        (self.hook)(&[(rec.serial, *id, rec.secret_hash)], *prune_after);
+                        revoked = Some(Revoked::of(&rec, *prune_after));
                     }
                 } else if let Some(bytes) = change.write {
                     let row = t.mac.seal(RowTable::Refresh, &n.to_le_bytes(), bytes);
                     t.put(Mutation::PutRefresh(n, row.into()));
                 }
-                Ok(Outcome::Family(change.reply))
+                Ok(Outcome::Family { reply: change.reply, revoked })
             }
             Op::Sweep { rows, now } => {
                 let mut out = Swept::default();
@@ -769,19 +689,14 @@ impl View<'_> {
     }
 
     /// Deletes and revokes a user's sessions (all, or all but `except`).
-    fn revoke_user(
-        &mut self,
-        user: &str,
-        except: Option<SessionId>,
-        prune_after: u64,
-    ) -> Result<Vec<(u64, SessionId, SecretHash)>, Error> {
+    fn revoke_user(&mut self, user: &str, except: Option<SessionId>, prune_after: u64) -> Result<Vec<Revoked>, Error> {
         let ids: Vec<SessionId> = self.user_ids(user).into_iter().filter(|id| Some(*id) != except).collect();
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
             match self.delete(&id) {
                 Ok(Some(rec)) => {
                     self.revoke(rec.serial, id, prune_after);
-                    revoked.push((rec.serial, id, rec.secret_hash));
+                    revoked.push(Revoked::of(&rec, prune_after));
                 }
                 Ok(None) => {}
                 // A row that does not decode cannot be served anyway; remove what

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use cloakroom::{Config, Error, NewSession, StorageErrorKind, Store};
+use cloakroom::{Config, Error, NewSession, Reuse, StorageErrorKind, Store};
 use redb::StorageBackend;
 use redb::backends::InMemoryBackend;
 
@@ -145,6 +145,26 @@ fn failed_commits_report_storage_errors_fail_closed_and_recover() {
     assert_eq!(store.validate(&keep.token.to_string()).unwrap().data(), b"v1");
     assert_eq!(store.list_user("bob").unwrap().len(), 1);
     assert!(store.validate(&victim.token.to_string()).is_err());
+}
+
+#[test]
+fn a_refresh_reuse_whose_commit_fails_still_refuses_the_session() {
+    let mut b = Config::builder();
+    b.sweep_interval(None).server_key(&[3; 32]).reuse(Reuse::Strict);
+    let (store, rig) = faulty_store(b.build().unwrap());
+    let s = store.create(NewSession::new("alice")).unwrap();
+    let token = s.token.to_string();
+    let first = store.issue_tokens(&token).unwrap();
+    let second = store.refresh(&first.refresh.to_string()).unwrap();
+    rig.fail(true);
+    // A replay of the first generation: reuse. The revocation cannot be written...
+    assert!(matches!(store.refresh(&first.refresh.to_string()), Err(Error::Storage(_))));
+    // ...but the backend's decision reached the revocation state: refused at once.
+    assert!(matches!(store.validate(&token), Err(Error::Revoked)));
+    assert!(matches!(store.verify_access(&second.access), Err(Error::Revoked)));
+    rig.fail(false);
+    assert!(matches!(store.validate(&token), Err(Error::Revoked)), "still refused after the fault");
+    assert!(store.refresh(&second.refresh.to_string()).is_err());
 }
 
 #[test]

@@ -1,0 +1,195 @@
+//! The backend boundary: what differs between "one redb file" and any other
+//! place sessions are kept.
+//!
+//! A backend stores session records, refresh families, revocation entries and
+//! not-before cut-offs, and applies the write ops below, each atomically with
+//! its preconditions. It does not know about the cache, the revocation bitmap,
+//! token formats or the refresh policy: those are shared by every backend and
+//! live above it ([`crate::table`], [`crate::refresh`]). A backend never calls
+//! back up: what an op revoked comes back in its [`Outcome`] (or, if the op
+//! failed after deciding, in its [`Failure`]), and the session table applies it.
+//!
+//! Implementations: [`redb::Redb`] (the embedded default: a redb file or
+//! memory, the journal and the writer thread in `crate::db`).
+
+pub(crate) mod redb;
+
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::refresh::{Families, FamilyReply};
+use crate::session::Record;
+use crate::token::{SecretHash, SessionId};
+
+/// A write. Each variant checks its preconditions before changing anything.
+pub(crate) enum Op {
+    /// Insert a new session.
+    Create(Arc<Record>),
+    /// Persist a newer `last_seen` and move the session's expiry row.
+    Touch { id: SessionId, last_seen: u64 },
+    /// Replace the data; `expected` makes it a compare-and-swap on the version.
+    UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
+    /// Give session `id` a new secret and serial, built from the *stored* row (so
+    /// no data written before is lost), if its secret is still `expected`;
+    /// revoke the old serial and drop the refresh families. The id stays.
+    Rotate { id: SessionId, expected: SecretHash, serial: u64, secret_hash: SecretHash, now: u64, prune_after: u64 },
+    /// Delete one session and record its serial as revoked.
+    Revoke { id: SessionId, prune_after: u64 },
+    /// Revoke all of a user's sessions, except one if given.
+    RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
+    /// Raise a user's not-before cut-off to `at` (ms) and revoke all their sessions.
+    LogoutEverywhere { user: Box<str>, at: u64, prune_after: u64 },
+    /// Read-modify-write of a session's refresh families: `f` sees the stored
+    /// family bytes, tag checked (`None` if absent), and decides. `NotFound` if
+    /// the session is gone. A backend may call `f` more than once (an optimistic
+    /// backend retries after a lost compare-and-swap); only the last call's
+    /// change is applied.
+    Family { id: SessionId, prune_after: u64, f: FamilyFn },
+    /// Delete the sessions of these expiry rows (deadline, number, id) that are
+    /// still expired at `now`.
+    Sweep { rows: Vec<(u64, u64, SessionId)>, now: u64 },
+    /// Drop these revocation entries (serial, id) — picked by the in-memory
+    /// time index, so no table scan — and these not-before entries (user, at)
+    /// unless raised since.
+    PruneRevoked { entries: Vec<(u64, SessionId)>, not_before: Vec<(String, u64)> },
+    /// No change; a durable barrier.
+    Flush,
+}
+
+/// A session serial an op revoked: the bitmap bit, the id (so a token whose
+/// row is gone reads `Revoked`), the secret hash (so only its holder learns
+/// that) and when the entry may be pruned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Revoked {
+    pub(crate) serial: u64,
+    pub(crate) id: SessionId,
+    pub(crate) secret_hash: SecretHash,
+    pub(crate) prune_after: u64,
+}
+
+impl Revoked {
+    pub(crate) fn of(rec: &Record, prune_after: u64) -> Revoked {
+        Revoked { serial: rec.serial, id: rec.id, secret_hash: rec.secret_hash, prune_after }
+    }
+}
+
+/// What a successful op reports.
+pub(crate) enum Outcome {
+    Done,
+    /// The record as stored after an update.
+    Updated(Arc<Record>),
+    /// The record as stored after a rotation, and the old serial it revoked.
+    Rotated {
+        rec: Arc<Record>,
+        old: Revoked,
+    },
+    /// The sessions deleted and revoked.
+    Revoked(Vec<Revoked>),
+    /// What a `Family` closure decided (`None`: no usable family), and the
+    /// session's revocation if it decided one (reuse).
+    Family {
+        reply: Option<FamilyReply>,
+        revoked: Option<Revoked>,
+    },
+    /// (serial, id) of the revocation entries pruned, and the not-before
+    /// entries (user, at) removed.
+    Pruned(Vec<(u64, SessionId)>, Vec<(String, u64)>),
+    /// What a sweep batch removed.
+    Swept(Swept),
+}
+
+impl Outcome {
+    /// The revocations this op made.
+    pub(crate) fn revoked(&self) -> &[Revoked] {
+        match self {
+            Outcome::Rotated { old, .. } => std::slice::from_ref(old),
+            Outcome::Revoked(list) => list,
+            Outcome::Family { revoked: Some(r), .. } => std::slice::from_ref(r),
+            _ => &[],
+        }
+    }
+}
+
+/// An op that did not take effect: why, and the revocations it had decided
+/// before its batch failed (the session table still refuses them in memory:
+/// fail closed).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) unsaved: Vec<Revoked>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure { error, unsaved: Vec::new() }
+    }
+}
+
+/// Counts of one sweep batch.
+#[derive(Debug, Default)]
+pub(crate) struct Swept {
+    pub(crate) absolute: Vec<SessionId>,
+    pub(crate) idle: Vec<SessionId>,
+    pub(crate) families: usize,
+    /// Rows skipped because they failed to decode.
+    pub(crate) corrupt: usize,
+}
+
+/// A refresh-family decision, run where the op is applied (inside the write
+/// transaction, or in a compare-and-swap loop). Pure: it may run more than once.
+pub(crate) type FamilyFn = Box<dyn Fn(Option<&[u8]>) -> FamilyChange + Send>;
+
+/// What a [`FamilyFn`] wants done.
+pub(crate) struct FamilyChange {
+    /// New family bytes to store, if any.
+    pub(crate) write: Option<Vec<u8>>,
+    /// Revoke the session (and with it the family).
+    pub(crate) revoke_session: bool,
+    /// Handed back to the caller in `Outcome::Family`.
+    pub(crate) reply: Option<FamilyReply>,
+}
+
+impl FamilyChange {
+    /// No change and no usable family.
+    pub(crate) fn none() -> FamilyChange {
+        FamilyChange { write: None, revoke_session: false, reply: None }
+    }
+}
+
+/// How long `submit` waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Until the op is durable.
+    Durable,
+    /// Until the op is applied (visible to reads), durable or not.
+    Applied,
+    /// Only until the op is queued.
+    Queued,
+}
+
+/// Where sessions are stored. Reads may run on any thread; writes go through
+/// [`Backend::submit`] (and [`Backend::offer`] for droppable touches).
+pub(crate) trait Backend: Send + Sync {
+    /// The stored record of `id`, if any (expired or not).
+    fn get(&self, id: &SessionId) -> Result<Option<Record>, Error>;
+    /// Every stored record of `user`.
+    fn list_user(&self, user: &str) -> Result<Vec<Record>, Error>;
+    /// The refresh families of session `id`.
+    fn families(&self, id: &SessionId) -> Result<Option<Families>, Error>;
+    /// Up to `limit` expiry entries (deadline, number, id) with a deadline at
+    /// or before `now`, after `after` (deadline, number), in order. A backend
+    /// that expires rows by itself returns none.
+    fn expired(&self, now: u64, after: Option<(u64, u64)>, limit: usize) -> Result<Vec<(u64, u64, SessionId)>, Error>;
+    /// Applies `op` and waits as `wait` says (`Outcome::Done` for [`Wait::Queued`]).
+    fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Failure>;
+    /// As `submit` with [`Wait::Queued`], but never blocks: a full queue drops
+    /// the op (touches, whose loss only shortens a session).
+    fn offer(&self, op: Op);
+    /// Makes everything acknowledged so far part of the backend's durable,
+    /// compacted state (redb: one checkpoint of the journal into the file).
+    fn checkpoint(&self) -> Result<(), Error>;
+    /// Flushes and stops. Idempotent.
+    fn close(&self) -> Result<(), Error>;
+    /// The backend's counters, into `stats`.
+    fn stats(&self, stats: &mut crate::Stats);
+}

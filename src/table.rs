@@ -1,0 +1,153 @@
+//! The session table: the cache, the backend and the revocation state as one
+//! thing the store reads and writes through — lookup (cache, then backend,
+//! filled under the revocation epoch), touch (sliding expiry, written once per
+//! granularity) and submit (a backend op, whose revocations are applied to the
+//! bitmap and the cache here, whether the op committed or failed).
+//!
+//! Every backend gets the same cache and revocation logic; only
+//! [`Backend`] differs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::backend::{Backend, Op, Outcome, Wait};
+use crate::cache::Cache;
+use crate::clock::duration_millis;
+use crate::error::{Error, StorageErrorKind};
+use crate::events::{Event, EventHandler};
+use crate::revocation::Revocation;
+use crate::session::Record;
+use crate::token::SessionId;
+
+pub(crate) struct SessionTable {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) revocation: Arc<Revocation>,
+    pub(crate) backend: Box<dyn Backend>,
+    /// `last_seen` is persisted at most once per granularity (ms).
+    granularity_ms: u64,
+    on_event: Option<EventHandler>,
+}
+
+impl SessionTable {
+    pub(crate) fn new(
+        cache: Arc<Cache>,
+        revocation: Arc<Revocation>,
+        backend: Box<dyn Backend>,
+        granularity: std::time::Duration,
+        on_event: Option<EventHandler>,
+    ) -> SessionTable {
+        SessionTable { cache, revocation, backend, granularity_ms: duration_millis(granularity), on_event }
+    }
+
+    /// Tells the configured event handler, if any.
+    pub(crate) fn emit(&self, event: impl FnOnce() -> Event) {
+        if let Some(handler) = &self.on_event {
+            handler(&event());
+        }
+    }
+
+    /// The record for `id`, from the cache or else the backend (filling the cache).
+    pub(crate) fn lookup(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
+        if let Some(r) = self.cache.get(id) {
+            return Ok(Some(r));
+        }
+        self.load(id)
+    }
+
+    /// The record for `id` from the backend, filled into the cache (the caller
+    /// has missed the cache).
+    ///
+    /// A fill is guarded by the revocation epoch: if any revocation happened
+    /// while the row was being read, what was read may predate it (and its bit
+    /// may even have been pruned since), so it is not cached and is read again.
+    pub(crate) fn load(&self, id: &SessionId) -> Result<Option<Arc<Record>>, Error> {
+        for attempt in 0..3 {
+            let epoch = self.revocation.epoch();
+            let rec = match self.backend.get(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => return Ok(None),
+                Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
+                    self.emit(|| Event::CorruptRow { session: *id });
+                    return Err(Error::Storage(e));
+                }
+                Err(e) => return Err(e),
+            };
+            // Revoked while the row could not be read (storage fault): refuse it now.
+            self.revocation.blocked(id, rec.serial);
+            let rec = Arc::new(rec);
+            if self.revocation.is_revoked(rec.serial) {
+                rec.live.revoked.store(true, Ordering::Release);
+            }
+            if attempt == 2 {
+                return Ok(Some(rec)); // fresh enough to answer from; not cached
+            }
+            self.fill(Arc::clone(&rec));
+            if self.revocation.epoch() == epoch {
+                return Ok(Some(rec));
+            }
+            self.cache.remove(id);
+        }
+        Ok(None)
+    }
+
+    /// Puts a record in the cache unless it has been revoked meanwhile. Checking the
+    /// bit after the insert closes the race with a concurrent revoke, which sets the
+    /// bit before its commit and evicts after it.
+    pub(crate) fn fill(&self, rec: Arc<Record>) {
+        crate::cache::fill(&self.cache, &self.revocation, rec);
+    }
+
+    /// Marks activity on a session; writes `last_seen` at most once per granularity.
+    pub(crate) fn touch(&self, rec: &Record, now: u64) {
+        // Written at most once per resolution (granularity / 16, at most 1 s), not
+        // on every hit: a hot session's line is not written by every request. A
+        // racing older value, or the skipped part, only shortens the session.
+        let resolution = (self.granularity_ms / 16).clamp(1, 1000);
+        if now >= rec.seen().saturating_add(resolution) {
+            rec.live.last_seen.store(now, Ordering::Relaxed);
+        }
+        let persisted = rec.live.persisted.load(Ordering::Relaxed);
+        if rec.idle_timeout != 0
+            && now.saturating_sub(persisted) >= self.granularity_ms
+            && rec.live.persisted.compare_exchange(persisted, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.backend.offer(Op::Touch { id: rec.id, last_seen: now });
+        }
+    }
+
+    /// Refuses these (serial, id) pairs in memory now, before the backend is
+    /// asked to revoke them, so a failed commit still fails closed.
+    pub(crate) fn refuse(&self, pairs: &[(u64, SessionId)]) {
+        self.revocation.revoke(pairs, None);
+    }
+
+    /// Applies `op` through the backend. What it revoked is applied to the
+    /// bitmap and evicted from the cache before this returns — also what a
+    /// failed op had decided to revoke (fail closed).
+    pub(crate) fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Error> {
+        match self.backend.submit(op, wait) {
+            Ok(out) => {
+                let revoked = out.revoked();
+                // Flags a cached record of each revoked serial (the marker).
+                self.revocation.revoke_committed(revoked);
+                // A revoked session is deleted, so its entry goes. A rotated one
+                // lives on under a new serial: its entry may already be a newer
+                // update's, so it stays (the caller fills the rotated record).
+                if !matches!(out, Outcome::Rotated { .. }) {
+                    for r in revoked {
+                        self.cache.remove(&r.id);
+                    }
+                }
+                Ok(out)
+            }
+            Err(f) => {
+                let pairs: Vec<(u64, SessionId)> = f.unsaved.iter().map(|r| (r.serial, r.id)).collect();
+                self.refuse(&pairs);
+                for (_, id) in &pairs {
+                    self.cache.remove(id);
+                }
+                Err(f.error)
+            }
+        }
+    }
+}
