@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::backend::redb::{Redb, Tuning};
-use crate::backend::{FamilyFn, Op, Outcome, Wait};
+use crate::backend::{Backend, FamilyFn, LostHook, Op, Outcome, Wait};
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
 use crate::config::{Config, Durability};
@@ -103,6 +103,18 @@ pub struct Stats {
     /// Times writes waited for a checkpoint because a million rows were not yet
     /// folded into the file (a sustained write rate above what the file takes).
     pub lag_waits: u64,
+}
+
+/// What the shared layers load from a backend at open.
+struct Boot<'a> {
+    /// The next session serial to hand out.
+    next_serial: u64,
+    /// Which pre-tag session tokens are still accepted.
+    legacy: LegacyTokens,
+    /// (serial, prune-after ms, session id) of every revocation entry.
+    revoked: &'a [(u64, u64, SessionId)],
+    /// (user, not-before ms).
+    not_before: Vec<(String, u64)>,
 }
 
 /// Whom an access token is minted for: the session's user, serial and deadline.
@@ -256,10 +268,36 @@ impl Store {
         Self::start(done, config, &key)
     }
 
+    /// Starts a store on an opened redb database.
     fn start(
         (db, loaded, journal): (Db, Loaded, Journal),
         config: Config,
         server_key: &[u8; 32],
+    ) -> Result<Store, Error> {
+        let tuning = Tuning {
+            flush_interval: config.flush_interval,
+            checkpoint_interval: config.checkpoint_interval,
+            queue: config.write_queue,
+        };
+        let boot = Boot {
+            next_serial: loaded.next_serial,
+            legacy: loaded.legacy,
+            revoked: &loaded.revoked,
+            not_before: loaded.not_before.clone(),
+        };
+        Self::assemble(config, server_key, boot, |lost| {
+            Ok(Box::new(Redb::start(db, &loaded, journal, lost, tuning)?) as Box<dyn Backend>)
+        })
+    }
+
+    /// Builds the shared layers (keys, keyring, revocation state, cache, session
+    /// table, sweeper) over the backend `make` returns; `make` gets the hook
+    /// through which the backend reports eventual creates it lost.
+    fn assemble(
+        config: Config,
+        server_key: &[u8; 32],
+        boot: Boot<'_>,
+        make: impl FnOnce(LostHook) -> Result<Box<dyn Backend>, Error>,
     ) -> Result<Store, Error> {
         let derived = Derived::new(server_key);
         let keyring = match &config.keyring {
@@ -267,17 +305,12 @@ impl Store {
             None => default_keyring(&derived)?,
         };
         let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
-        let revocation = Arc::new(Revocation::load(&loaded.revoked, loaded.not_before.clone()));
+        let revocation = Arc::new(Revocation::load(boot.revoked, boot.not_before));
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
         revocation.set_marker(crate::cache::revocation_marker(Arc::clone(&cache)));
         let lost_cache = Arc::clone(&cache);
-        let tuning = Tuning {
-            flush_interval: config.flush_interval,
-            checkpoint_interval: config.checkpoint_interval,
-            queue: config.write_queue,
-        };
-        let lost = Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id)));
-        let backend = Box::new(Redb::start(db, &loaded, journal, lost, tuning)?);
+        let lost: LostHook = Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id)));
+        let backend = make(lost)?;
         let table = SessionTable::new(cache, revocation, backend, config.touch_granularity, config.on_event.clone());
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
@@ -285,8 +318,8 @@ impl Store {
             keyring,
             derived,
             policy,
-            next_serial: AtomicU64::new(loaded.next_serial.max(1)),
-            legacy: loaded.legacy,
+            next_serial: AtomicU64::new(boot.next_serial.max(1)),
+            legacy: boot.legacy,
             closed: AtomicBool::new(false),
             sweeper: interval.and_then(|every| {
                 Sweeper::start(weak.clone(), every, |inner| {

@@ -156,6 +156,10 @@ impl FamilyChange {
     }
 }
 
+/// Called after a failed batch with the ids of its Eventual creates (never
+/// stored), for the session table to forget from its cache.
+pub(crate) type LostHook = Arc<dyn Fn(Vec<SessionId>) + Send + Sync>;
+
 /// How long `submit` waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Backend, Failure, Op, Outcome, Wait};
+use super::{Backend, Failure, LostHook, Op, Outcome, Wait};
 use crate::db::journal::Journal;
-use crate::db::writer::{LostHook, Start, Writer};
+use crate::db::writer::{Start, Writer};
 use crate::db::{Db, Loaded};
 use crate::error::Error;
 use crate::refresh::Families;

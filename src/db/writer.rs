@@ -32,7 +32,7 @@ use super::mutation::Mutation;
 use super::overlay::Overlay;
 use super::tables::{NOT_BEFORE, REFRESH, SESSIONS};
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
-use crate::backend::{Failure, Op, Outcome, Revoked, Swept, Wait};
+use crate::backend::{Failure, LostHook, Op, Outcome, Revoked, Swept, Wait};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;
@@ -58,10 +58,6 @@ enum Msg {
     Job(Job),
     Shutdown,
 }
-
-/// Called after a failed batch with the ids of its Eventual creates (never
-/// stored), for the store to forget from its cache.
-pub(crate) type LostHook = Arc<dyn Fn(Vec<SessionId>) + Send + Sync>;
 
 /// First pause after a failed batch; doubles per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(5);
