@@ -218,6 +218,15 @@ impl Cache {
         }
     }
 
+    /// Drops every entry (a Redis-backed node that may have missed
+    /// invalidation events). Each id is removed under its shard's lock.
+    pub(crate) fn clear(&self) {
+        let ids: Vec<SessionId> = self.map.pin().keys().copied().collect();
+        for id in &ids {
+            self.remove(id);
+        }
+    }
+
     pub(crate) fn stats(&self) -> CacheStats {
         let (hits, misses) = self.counters.totals();
         let entries = self.shards.iter().map(|s| s.ring.lock().len).sum();

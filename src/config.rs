@@ -104,6 +104,38 @@ impl Config {
         self.access_ttl + self.leeway
     }
 
+    /// A builder holding this configuration, to derive a variant of it (e.g.
+    /// the same settings with a server key for `Store::redis`).
+    #[must_use]
+    pub fn to_builder(&self) -> ConfigBuilder {
+        let c = self.clone();
+        ConfigBuilder {
+            session_ttl: c.session_ttl,
+            idle_timeout: c.idle_timeout,
+            touch_granularity: Some(c.touch_granularity),
+            max_data_len: c.max_data_len,
+            cache_capacity: c.cache_capacity,
+            cache_shards: c.cache_shards,
+            durability: c.durability,
+            flush_interval: c.flush_interval,
+            checkpoint_interval: c.checkpoint_interval,
+            max_token_len: c.max_token_len,
+            write_queue: c.write_queue,
+            db_cache_bytes: c.db_cache_bytes,
+            access_ttl: c.access_ttl,
+            leeway: c.leeway,
+            issuer: c.issuer,
+            audience: c.audience,
+            reuse: c.reuse,
+            keyring: c.keyring,
+            server_key: c.server_key,
+            on_event: c.on_event,
+            sweep_interval: c.sweep_interval,
+            clock: c.clock,
+            scratch: c.scratch,
+        }
+    }
+
     /// The default write durability.
     #[must_use]
     pub fn durability(&self) -> Durability {
@@ -443,6 +475,23 @@ impl ConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_builder_gives_back_the_same_settings() {
+        let c = Config::builder()
+            .session_ttl(Duration::from_secs(90))
+            .idle_timeout(None)
+            .touch_granularity(Duration::from_secs(7))
+            .durability(Durability::Eventual)
+            .issuer("iss")
+            .server_key(&[3; 32])
+            .build()
+            .unwrap();
+        let again = c.to_builder().build().unwrap();
+        assert_eq!(format!("{c:?}"), format!("{again:?}"));
+        assert_eq!(again.touch_granularity, Duration::from_secs(7));
+        assert!(matches!(again.server_key, ServerKey::Bytes(k) if k == [3; 32]));
+    }
 
     #[test]
     fn defaults_are_valid_and_documented_values() {

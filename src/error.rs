@@ -232,6 +232,13 @@ pub enum StorageErrorKind {
     /// copy from elsewhere) or were written under another server key: nothing
     /// was changed. Put back the right files or the right key.
     JournalMismatch,
+    /// The Redis server could not be reached, or did not answer within the
+    /// configured timeout, or answered with an error. Nothing is assumed
+    /// written; retry when it is back.
+    Unavailable,
+    /// The Redis database was first used under another server key: every node
+    /// of an app must be configured with the same server key.
+    KeyMismatch,
 }
 
 impl StorageError {
@@ -276,10 +283,14 @@ impl fmt::Display for StorageError {
             StorageErrorKind::JournalMismatch => {
                 "journal files belong to another database or server key (left untouched)"
             }
+            StorageErrorKind::Unavailable => "Redis server unavailable or did not answer in time",
+            StorageErrorKind::KeyMismatch => {
+                "this Redis database was first used under another server key; configure every node with the same key"
+            }
         };
         // The cause adds information only where the category does not say it all.
         match (&self.source, self.kind) {
-            (Some(s), StorageErrorKind::Io | StorageErrorKind::Commit) => write!(f, "{what}: {s}"),
+            (Some(s), StorageErrorKind::Io | StorageErrorKind::Commit | StorageErrorKind::Unavailable) => write!(f, "{what}: {s}"),
             _ => f.write_str(what),
         }
     }

@@ -61,6 +61,7 @@
 //! |---|---|
 //! | `cli` | the `cloakroom` binary (`demo`) |
 //! | `axum` | [`axum`](mod@crate::axum): session extractor, secure cookies, CSRF, login/logout and token endpoints for axum 0.8 |
+//! | `redis` | `Store::redis`: the same API over a Redis/Valkey server shared by several nodes ([`RedisOptions`]) |
 //! | `test-util` | [`Store::open_with_backend`] for fault-injection tests |
 //!
 //! [redb]: https://docs.rs/redb
@@ -101,6 +102,8 @@ pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};
 pub use readonly::{ReadOnlyStore, TableReport, VerifyReport};
 pub use refresh::{RefreshFamily, Reuse};
 pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
+#[cfg(feature = "redis")]
+pub use backend::redis::RedisOptions;
 pub use store::{Issued, Principal, Scope, Source, Stats, Store, TokenPair};
 pub use sweeper::SweepReport;
 pub use token::{

@@ -156,6 +156,9 @@ pub(crate) struct Live {
     /// Set once this record's serial is revoked: what a cache hit checks, so
     /// the hit path reads no memory shared across sessions for revocation.
     pub(crate) revoked: AtomicBool,
+    /// When (ms) this copy was read from a shared backend (or made here): a
+    /// Redis-backed node re-reads entries older than its staleness bound.
+    pub(crate) fetched: AtomicU64,
 }
 
 /// A stored session as kept in the cache and on disk. Immutable once built apart
@@ -250,6 +253,7 @@ impl Live {
             referenced: AtomicBool::new(false),
             slot: AtomicU32::new(0),
             revoked: AtomicBool::new(false),
+            fetched: AtomicU64::new(last_seen),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::backend::redb::{Redb, Tuning};
+use crate::backend::coherence::Coherence;
 use crate::backend::{Backend, FamilyFn, LostHook, Op, Outcome, Wait};
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
@@ -117,6 +118,48 @@ struct Boot<'a> {
     not_before: Vec<(String, u64)>,
 }
 
+/// Where session serials come from: this process's counter (the only writer
+/// of its database), or blocks reserved from a backend shared by several nodes.
+enum Serials {
+    Local(AtomicU64),
+    Blocks {
+        /// The next serial of the current block, and the block's end (exclusive).
+        next: parking_lot::Mutex<(u64, u64)>,
+        /// Reserves this many serials; returns the first.
+        reserve: Box<dyn Fn(u64) -> Result<u64, Error> + Send + Sync>,
+    },
+}
+
+/// Serials a node reserves from a shared backend at a time (one round trip per block).
+const SERIAL_BLOCK: u64 = 1024;
+
+impl Serials {
+    fn take(&self) -> Result<u64, Error> {
+        match self {
+            Serials::Local(n) => Ok(n.fetch_add(1, Ordering::Relaxed)),
+            Serials::Blocks { next, reserve } => {
+                let mut b = next.lock();
+                if b.0 >= b.1 {
+                    let first = reserve(SERIAL_BLOCK)?;
+                    *b = (first, first + SERIAL_BLOCK);
+                }
+                b.0 += 1;
+                Ok(b.0 - 1)
+            }
+        }
+    }
+}
+
+/// What a backend shared by several nodes adds to the shared layers: serials
+/// reserved in blocks, and a follower thread that keeps this node's cache and
+/// revocation bitmap coherent with the other nodes' writes.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+struct SharedTier {
+    reserve: Box<dyn Fn(u64) -> Result<u64, Error> + Send + Sync>,
+    coherence: Arc<Coherence>,
+    follow: Box<dyn FnOnce(Arc<Cache>, Arc<Revocation>) -> Result<std::thread::JoinHandle<()>, Error>>,
+}
+
 /// Whom an access token is minted for: the session's user, serial and deadline.
 struct Holder<'a> {
     id: SessionId,
@@ -146,7 +189,11 @@ pub(crate) struct Inner {
     keyring: Keyring,
     derived: Derived,
     policy: Policy,
-    next_serial: AtomicU64,
+    serials: Serials,
+    /// For a backend shared by several nodes: whether cached entries may answer.
+    coherence: Option<Arc<Coherence>>,
+    /// The follower thread of a shared backend (joined at drop).
+    follower: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Which pre-tag session tokens this store still accepts.
     legacy: LegacyTokens,
     closed: AtomicBool,
@@ -157,6 +204,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(s) = &self.sweeper {
             s.stop();
+        }
+        if let Some(c) = &self.coherence {
+            c.stop();
+        }
+        if let Some(h) = self.follower.lock().take() {
+            let _ = h.join();
         }
         let _ = self.table.backend.close();
     }
@@ -248,6 +301,72 @@ impl Store {
         Self::start(done, config, &key)
     }
 
+    /// A store whose sessions live in a Redis (or Valkey) server shared by
+    /// several nodes of an app, with [`RedisOptions`](crate::RedisOptions)'
+    /// defaults. See [`Store::redis_with`].
+    ///
+    /// # Errors
+    /// As [`Store::redis_with`].
+    #[cfg(feature = "redis")]
+    pub fn redis(url: &str, config: Config) -> Result<Store, Error> {
+        Self::redis_with(url, crate::RedisOptions::default(), config)
+    }
+
+    /// A store whose sessions live in a Redis (or Valkey, Redis ≥ 7.0) server
+    /// at `url` (`redis://host:port/db`), shared by every node that opens the
+    /// same server and prefix. The API, tokens and guarantees are those of
+    /// [`Store::open`]; each node keeps its own cache and revocation bitmap in
+    /// front of Redis, kept coherent by the server's pub/sub (see the README's
+    /// "Scaling out" and `docs/architecture.md`).
+    ///
+    /// Every node must use the same server key ([`ConfigBuilder::server_key`](crate::ConfigBuilder::server_key)
+    /// or `server_key_env`) and the same access-token keyring: the first open
+    /// records a check value derived from the key in Redis, and a node with
+    /// another key is refused.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without a configured server key, for a bad URL, or
+    /// when `Durability::Immediate` is asked of a server that does not fsync
+    /// every write (see [`RedisOptions::require_fsync_always`](crate::RedisOptions::require_fsync_always));
+    /// [`Error::Storage`] of kind `Unavailable` if the server cannot be reached,
+    /// or `KeyMismatch` if the data was written under another server key.
+    #[cfg(feature = "redis")]
+    pub fn redis_with(url: &str, options: crate::RedisOptions, config: Config) -> Result<Store, Error> {
+        use crate::backend::redis::{Keys, Pool, RedisBackend, load, sync};
+        if matches!(config.server_key, crate::keys::ServerKey::Default | crate::keys::ServerKey::ReplaceLost) {
+            return Err(Error::Config(
+                "a Redis-backed store needs the same server key on every node: set it with \
+                 ConfigBuilder::server_key or server_key_env"
+                    .into(),
+            ));
+        }
+        let key = config.server_key.resolve(None)?;
+        let pool = Arc::new(Pool::new(url, options.pool_size, options.timeout)?);
+        let keys = Keys::new(&options.prefix);
+        let fsync = options.require_fsync_always && config.durability == Durability::Immediate;
+        let backend = RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, fsync)?;
+        let loaded = load(&pool, &keys)?;
+        let revoked: Vec<(u64, u64, SessionId)> =
+            loaded.revoked.iter().map(|r| (r.serial, r.prune_after, r.id)).collect();
+        let boot = Boot {
+            next_serial: 1,
+            legacy: LegacyTokens { tagged_since: 0, until: 0 },
+            revoked: &revoked,
+            not_before: loaded.not_before,
+        };
+        let coherence = Arc::new(Coherence::new(options.staleness));
+        let (reserve_pool, reserve_keys) = (Arc::clone(&pool), keys.clone());
+        let follow_coherence = Arc::clone(&coherence);
+        let tier = SharedTier {
+            reserve: Box::new(move |n| RedisBackend::reserve(&reserve_pool, &reserve_keys, n)),
+            coherence,
+            follow: Box::new(move |cache, revocation| {
+                sync::start(pool, keys, sync::Targets { cache, revocation }, follow_coherence)
+            }),
+        };
+        Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))
+    }
+
     /// Opens a store on a custom redb storage backend (fault injection in tests).
     ///
     /// `make` builds the database backend: once now, and again whenever the
@@ -285,9 +404,13 @@ impl Store {
             revoked: &loaded.revoked,
             not_before: loaded.not_before.clone(),
         };
-        Self::assemble(config, server_key, boot, |lost| {
-            Ok(Box::new(Redb::start(db, &loaded, journal, lost, tuning)?) as Box<dyn Backend>)
-        })
+        Self::assemble(
+            config,
+            server_key,
+            boot,
+            |lost| Ok(Box::new(Redb::start(db, &loaded, journal, lost, tuning)?) as Box<dyn Backend>),
+            None,
+        )
     }
 
     /// Builds the shared layers (keys, keyring, revocation state, cache, session
@@ -298,6 +421,7 @@ impl Store {
         server_key: &[u8; 32],
         boot: Boot<'_>,
         make: impl FnOnce(LostHook) -> Result<Box<dyn Backend>, Error>,
+        tier: Option<SharedTier>,
     ) -> Result<Store, Error> {
         let derived = Derived::new(server_key);
         let keyring = match &config.keyring {
@@ -311,6 +435,14 @@ impl Store {
         let lost_cache = Arc::clone(&cache);
         let lost: LostHook = Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id)));
         let backend = make(lost)?;
+        let (serials, coherence, follower) = match tier {
+            None => (Serials::Local(AtomicU64::new(boot.next_serial.max(1))), None, None),
+            Some(t) => {
+                let follower = (t.follow)(Arc::clone(&cache), Arc::clone(&revocation))?;
+                let serials = Serials::Blocks { next: parking_lot::Mutex::new((0, 0)), reserve: t.reserve };
+                (serials, Some(t.coherence), Some(follower))
+            }
+        };
         let table = SessionTable::new(cache, revocation, backend, config.touch_granularity, config.on_event.clone());
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
@@ -318,7 +450,9 @@ impl Store {
             keyring,
             derived,
             policy,
-            next_serial: AtomicU64::new(boot.next_serial.max(1)),
+            serials,
+            coherence,
+            follower: parking_lot::Mutex::new(follower),
             legacy: boot.legacy,
             closed: AtomicBool::new(false),
             sweeper: interval.and_then(|every| {
@@ -373,10 +507,11 @@ impl Store {
             }
         }
         let token = SessionToken::generate(&inner.derived.token_tag)?;
+        let serial = inner.serials.take()?;
         let rec = Arc::new(
             RecordParts {
                 id: token.id(),
-                serial: inner.next_serial.fetch_add(1, Ordering::Relaxed),
+                serial,
                 secret_hash: token.secret_hash(),
                 now: self.now_ms(),
                 ttl,
@@ -404,6 +539,21 @@ impl Store {
         self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;
         Ok(Issued { token, session: Session::of(&rec, last_seen) })
+    }
+
+    /// As [`Store::validate`], but always reads the session from the backend
+    /// (and refreshes the cached copy) instead of answering from the cache.
+    /// With a Redis-backed store this sees every other node's write that
+    /// returned before it, whatever the staleness bound; use it where one
+    /// stale answer matters (a payment, a password change). On a redb store
+    /// it is an uncached validate.
+    ///
+    /// # Errors
+    /// As [`Store::validate`].
+    pub fn validate_strict(&self, token: &str) -> Result<Session, Error> {
+        let tok = self.parse_session(token)?;
+        self.live()?;
+        self.check_stored(&tok, self.now_ms())
     }
 
     /// Checks a session token: format, secret, revocation, absolute deadline and
@@ -440,11 +590,28 @@ impl Store {
         let tok = &checked.tok;
         let (id, hash) = (tok.id(), tok.secret_hash());
         let now = self.now_ms();
-        if let Some(verdict) = self.inner.table.cache.get_with(&id, |rec| self.admit(rec, checked.legacy, &hash, now)) {
+        // A node of a shared backend answers from its cache only while it is
+        // following the other nodes' writes, and only within the staleness bound.
+        let fresh = |rec: &Record| {
+            self.inner.coherence.as_ref().is_none_or(|c| c.fresh(rec.live.fetched.load(Ordering::Relaxed), now))
+        };
+        let cached =
+            self.inner.table.cache.get_with(&id, |rec| fresh(rec).then(|| self.admit(rec, checked.legacy, &hash, now)));
+        if let Some(Some(verdict)) = cached {
             return verdict;
         }
+        self.check_stored(checked, now)
+    }
+
+    /// Validates against the backend, bypassing (and refilling) the cache.
+    fn check_stored(&self, checked: &Checked, now: u64) -> Result<Session, Error> {
+        let tok = &checked.tok;
+        let (id, hash) = (tok.id(), tok.secret_hash());
         match self.inner.table.load(&id)? {
-            Some(rec) => self.admit(&rec, checked.legacy, &hash, now),
+            Some(rec) => {
+                rec.live.fetched.fetch_max(now, Ordering::Relaxed);
+                self.admit(&rec, checked.legacy, &hash, now)
+            }
             None => Err(self.revoked_or_unknown(&id, &hash)),
         }
     }
@@ -488,7 +655,7 @@ impl Store {
         let id = old.id();
         let token = SessionToken::with_new_secret(id, &inner.derived.token_tag)?;
         let now = self.now_ms();
-        let serial = inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        let serial = inner.serials.take()?;
         let prune_after = self.prune_after(now);
         let op =
             Op::Rotate { id, expected: tok.secret_hash(), serial, secret_hash: token.secret_hash(), now, prune_after };

@@ -1,4 +1,11 @@
 //! Integration tests, built as one binary (faster to compile and link).
+//!
+//! The backend-independent modules open their stores through
+//! `common::open`; `tests/api_redis.rs` runs those same modules again on a
+//! Redis-backed store.
+
+/// Whether this binary runs the suite on Redis (see `common::open`).
+const REDIS: bool = false;
 
 mod api {
     mod common;

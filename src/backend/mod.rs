@@ -10,9 +10,14 @@
 //! failed after deciding, in its [`Failure`]), and the session table applies it.
 //!
 //! Implementations: [`redb::Redb`] (the embedded default: a redb file or
-//! memory, the journal and the writer thread in `crate::db`).
+//! memory, the journal and the writer thread in `crate::db`) and, with the
+//! `redis` feature, `redis::RedisBackend` (one Redis shared by several nodes;
+//! each node's cache is kept coherent by `redis::sync`).
 
+pub(crate) mod coherence;
 pub(crate) mod redb;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use std::sync::Arc;
 

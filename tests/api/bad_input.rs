@@ -69,7 +69,7 @@ fn bad_session_tokens_are_refused_before_any_lookup() {
 /// A store with a known server key, so a test can compute the keyed tag.
 fn keyed_store(key: &[u8; 32]) -> Store {
     let cfg = Config::builder().server_key(key).clock(ManualClock::fixed()).build().unwrap();
-    Store::in_memory(cfg).unwrap()
+    super::common::open_as_is(cfg)
 }
 
 /// The tag of src/token.rs: SipHash-1-3 over id ‖ secret under the

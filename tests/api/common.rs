@@ -15,7 +15,72 @@ pub(crate) fn store() -> (Store, ManualClock) {
         .clock(clock.clone())
         .build()
         .unwrap();
-    (Store::in_memory(cfg).unwrap(), clock)
+    (open(cfg), clock)
+}
+
+/// The server key `open` gives a Redis-backed store whose config sets none.
+pub(crate) const REDIS_SERVER_KEY: [u8; 32] = [0x5e; 32];
+
+/// A store on the backend under test: in memory, or (in `tests/api_redis.rs`)
+/// on this test thread's `redis-server` under a fresh key prefix, with
+/// [`REDIS_SERVER_KEY`] as its server key.
+pub(crate) fn open(cfg: Config) -> Store {
+    if crate::REDIS {
+        let cfg = cfg.to_builder().server_key(&REDIS_SERVER_KEY).build().unwrap();
+        open_as_is(cfg)
+    } else {
+        Store::in_memory(cfg).unwrap()
+    }
+}
+
+/// As `open`, keeping the config's own server key (which a Redis-backed store needs).
+pub(crate) fn open_as_is(cfg: Config) -> Store {
+    if crate::REDIS { redis::open(cfg) } else { Store::in_memory(cfg).unwrap() }
+}
+
+#[cfg(feature = "redis")]
+pub(crate) mod redis {
+    use std::cell::RefCell;
+
+    use cloakroom::{Config, RedisOptions, Store};
+
+    use crate::redis_side::RedisServer;
+
+    thread_local! {
+        /// This test thread's server: killed when the thread ends, pass or fail.
+        static SERVER: RefCell<Option<RedisServer>> = const { RefCell::new(None) };
+    }
+
+    /// The URL of this thread's `redis-server` (started on first use).
+    pub(crate) fn url() -> String {
+        SERVER.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.is_none() {
+                *s = Some(RedisServer::start("always").unwrap_or_else(|e| panic!("{e}")));
+            }
+            s.as_ref().map(RedisServer::url).unwrap_or_default()
+        })
+    }
+
+    /// Options with a key prefix no other store of this process uses.
+    pub(crate) fn options() -> RedisOptions {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let mut o = RedisOptions::default();
+        o.prefix = format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        o
+    }
+
+    pub(crate) fn open(cfg: Config) -> Store {
+        Store::redis_with(&url(), options(), cfg).unwrap()
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+pub(crate) mod redis {
+    pub(crate) fn open(_: cloakroom::Config) -> cloakroom::Store {
+        unreachable!("tests/api_redis.rs runs only with --features redis")
+    }
 }
 
 /// The same configuration for a file-backed store.

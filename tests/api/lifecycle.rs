@@ -149,7 +149,8 @@ fn stats_count_hits_misses_and_sessions() {
     }
     s.checkpoint().unwrap();
     let st = s.stats();
-    assert_eq!(st.sessions_stored, Some(1));
+    // Redis expires sessions by itself, so a Redis-backed store does not count them.
+    assert_eq!(st.sessions_stored, if crate::REDIS { None } else { Some(1) });
     assert_eq!(st.cached_sessions, 1);
     assert!(st.cache_hits >= 10);
     assert!(st.durable_commits >= 1);
@@ -159,7 +160,7 @@ fn stats_count_hits_misses_and_sessions() {
 fn eventual_create_on_a_closed_store_is_refused_and_caches_nothing() {
     let mut b = cloakroom::Config::builder();
     b.durability(cloakroom::Durability::Eventual).sweep_interval(None);
-    let s = cloakroom::Store::in_memory(b.build().unwrap()).unwrap();
+    let s = super::common::open(b.build().unwrap());
     let clone = s.clone();
     s.close().unwrap();
     assert!(matches!(clone.create(NewSession::new("u")), Err(Error::Closed)));

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cloakroom::{Config, Error, InputError, JwtError, ManualClock, NewSession, Store};
+use cloakroom::{Config, Error, InputError, JwtError, ManualClock, NewSession};
 
 use super::common::store;
 
@@ -48,7 +48,7 @@ fn verify_signature_has_the_caps_of_verify_access() {
     keys.add_hs256("old", &[1; 32]).unwrap();
     keys.add_hs256("new", &[2; 32]).unwrap();
     let cfg = Config::builder().keyring(keys.clone()).clock(clock.clone()).build().unwrap();
-    let s = Store::in_memory(cfg).unwrap();
+    let s = super::common::open(cfg);
     let t = s.create(NewSession::new("dave")).unwrap().token.to_string();
     let jwt = s.issue_tokens(&t).unwrap().access; // signed by "old"
     let now = cloakroom::Clock::now(&clock);

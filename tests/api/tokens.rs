@@ -43,7 +43,7 @@ fn setup_with(reuse: Reuse, keys: Keyring) -> T {
         .on_event(move |e| ev.lock().unwrap().push(e.clone()))
         .build()
         .unwrap();
-    T { store: Store::in_memory(cfg).unwrap(), clock, events }
+    T { store: super::common::open(cfg), clock, events }
 }
 
 fn setup() -> T {

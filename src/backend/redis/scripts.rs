@@ -1,0 +1,138 @@
+//! The Lua scripts of the Redis backend. Each multi-key mutation is one script
+//! (sent by `EVALSHA`, loaded again after a `NOSCRIPT`), so it is atomic on the
+//! server and costs one round trip.
+//!
+//! Every key of one store shares the hash tag `{prefix}`, so on a Redis Cluster
+//! the scripts run within one slot. Session keys that a script reaches through
+//! the user index are built inside the script from `ARGV[1]` (the session key
+//! prefix); they are in the same slot.
+
+use redis::Script;
+
+/// Revokes the session at key `k` whose hash fields are `h` = {ser, sh, id}:
+/// records `ser → id ‖ sh` in the revoked hash and its prune time in the
+/// revoked zset, deletes the session and publishes the revocation.
+const REVOKE_FN: &str = r"
+local function revoke(k, h, rv, rvt, ev, prune)
+  redis.call('HSET', rv, h[1], h[3] .. h[2])
+  redis.call('ZADD', rvt, prune, h[1])
+  redis.call('DEL', k)
+  redis.call('PUBLISH', ev, 'R' .. h[1] .. ':' .. prune .. ':' .. h[3] .. h[2])
+end
+";
+
+/// KEYS: session, user index. ARGV: r, num, ser, sh, id, user, ttl ms,
+/// index member, index score (absolute deadline), now (drops index members
+/// whose absolute deadline passed). Returns 1, or 0 if the id is taken.
+const CREATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'r', ARGV[1], 'num', ARGV[2], 'ser', ARGV[3], 'sh', ARGV[4], 'id', ARGV[5], 'u', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[10])
+redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8])
+return 1
+";
+
+/// Compare-and-swap on one session. KEYS: session, user index, revoked hash,
+/// revoked zset, events channel. ARGV:
+/// 1 expected `r` (`*`: any), 2 expected `f` (`*` any, `` absent),
+/// 3 mode (`put` or `del`), 4 new `r` (`` keep), 5 new `f` (`-` keep, `` delete),
+/// 6 ttl ms (`` keep), 7 new serial (`` keep), 8 new secret hash,
+/// 9 prune-after of a revocation, 10 index member, 11 index score (`` keep),
+/// 12 revoke the old serial on `put` (`1`: a rotation), 13 event on `put`
+/// (`` none, else published as is).
+/// Returns {1, old serial, old secret hash}, {0} if the session is gone, or
+/// {-1} if it changed since it was read (the caller reads again and retries).
+const CAS: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'r', 'f')
+if not h[1] then return {0} end
+if ARGV[1] ~= '*' and h[4] ~= ARGV[1] then return {-1} end
+if ARGV[2] ~= '*' then
+  if ARGV[2] == '' then
+    if h[5] then return {-1} end
+  elseif h[5] ~= ARGV[2] then return {-1} end
+end
+if ARGV[3] == 'del' then
+  revoke(KEYS[1], h, KEYS[3], KEYS[4], KEYS[5], ARGV[9])
+  redis.call('ZREM', KEYS[2], ARGV[10])
+  return {1, h[1], h[2]}
+end
+if ARGV[12] == '1' then
+  redis.call('HSET', KEYS[3], h[1], h[3] .. h[2])
+  redis.call('ZADD', KEYS[4], ARGV[9], h[1])
+  redis.call('PUBLISH', KEYS[5], 'R' .. h[1] .. ':' .. ARGV[9] .. ':' .. h[3] .. h[2])
+end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'r', ARGV[4]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'ser', ARGV[7], 'sh', ARGV[8]) end
+if ARGV[5] == '' then redis.call('HDEL', KEYS[1], 'f')
+elseif ARGV[5] ~= '-' then redis.call('HSET', KEYS[1], 'f', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+if ARGV[11] ~= '' then redis.call('ZADD', KEYS[2], ARGV[11], ARGV[10]) end
+if ARGV[13] ~= '' then redis.call('PUBLISH', KEYS[5], ARGV[13]) end
+return {1, h[1], h[2]}
+";
+
+/// Revokes a user's sessions. KEYS: user index, revoked hash, revoked zset,
+/// events channel, not-before hash. ARGV: session key prefix, member to keep
+/// (`` none), prune-after, not-before user (`` none), not-before time.
+/// Returns a flat list {ser, id, sh, ...} of what it revoked.
+const REVOKE_USER: &str = r"
+if ARGV[4] ~= '' then
+  local cur = tonumber(redis.call('HGET', KEYS[5], ARGV[4]) or '0')
+  if tonumber(ARGV[5]) > cur then
+    redis.call('HSET', KEYS[5], ARGV[4], ARGV[5])
+    redis.call('PUBLISH', KEYS[4], 'N' .. ARGV[5] .. ':' .. ARGV[4])
+  end
+end
+local out = {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if m ~= ARGV[2] then
+    local k = ARGV[1] .. m
+    local h = redis.call('HMGET', k, 'ser', 'sh', 'id')
+    if h[1] then
+      revoke(k, h, KEYS[2], KEYS[3], KEYS[4], ARGV[3])
+      table.insert(out, h[1]); table.insert(out, h[3]); table.insert(out, h[2])
+    end
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+return out
+";
+
+/// Prunes revocation and not-before entries. KEYS: revoked hash, revoked
+/// zset, not-before hash. ARGV: n, n serials, then (user, at) pairs. Returns
+/// the users whose entry was removed (unchanged since it was picked).
+const PRUNE: &str = r"
+local n = tonumber(ARGV[1])
+for i = 2, n + 1 do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+end
+local out = {}
+for i = n + 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[3], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    table.insert(out, ARGV[i])
+  end
+end
+return out
+";
+
+/// The scripts, hashed once.
+pub(crate) struct Scripts {
+    pub(crate) create: Script,
+    pub(crate) cas: Script,
+    pub(crate) revoke_user: Script,
+    pub(crate) prune: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts {
+            create: Script::new(CREATE),
+            cas: Script::new(&format!("{REVOKE_FN}{CAS}")),
+            revoke_user: Script::new(&format!("{REVOKE_FN}{REVOKE_USER}")),
+            prune: Script::new(PRUNE),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Cross-node invalidation: each Redis-backed store runs one subscriber
+//! thread on the store's events channel. Every revocation (`R`), change of a
+//! session's data or secret (`U`) and not-before cut-off (`N`) that any node's
+//! script makes is published by that script, and each node applies it to its
+//! cache and revocation bitmap.
+//!
+//! Events can be missed (a dropped connection, a restarted server), so:
+//! - while the subscriber is not connected and caught up, the node serves no
+//!   cached hit ([`Coherence::synced`] is false: every validate asks Redis);
+//! - on every (re)connect it subscribes first, then flushes its cache and
+//!   reloads the revocation entries and cut-offs, then serves cached hits again;
+//! - it pings the server when the channel is quiet for 250 ms, and a ping
+//!   unanswered within 250 ms counts as a lost connection;
+//! - and a cached entry is re-read from Redis once it is older than the
+//!   staleness bound, whatever the events say.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{Keys, Pool, load, split_id_hash};
+use crate::backend::Revoked;
+use crate::backend::coherence::Coherence;
+use crate::cache::Cache;
+use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::revocation::Revocation;
+use crate::token::SessionId;
+
+/// The pieces the subscriber updates.
+pub(crate) struct Targets {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) revocation: Arc<Revocation>,
+}
+
+/// How often a quiet channel is pinged (and so how soon a dead connection is noticed).
+const PING_EVERY: Duration = Duration::from_millis(250);
+
+/// Starts the subscriber thread.
+pub(crate) fn start(
+    pool: Arc<Pool>,
+    keys: Keys,
+    targets: Targets,
+    coherence: Arc<Coherence>,
+) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name("cloakroom-redis-events".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(10);
+            while !coherence.stopped() {
+                if follow(&pool, &keys, &targets, &coherence).is_ok() {
+                    backoff = Duration::from_millis(10);
+                }
+                coherence.set_synced(false);
+                if coherence.stopped() {
+                    break;
+                }
+                // The server is gone or the connection broke: what was cached
+                // may miss events from now on.
+                targets.cache.clear();
+                pool.clear();
+                coherence.pause(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        })
+        .map_err(|e| StorageError::with_source(StorageErrorKind::Io, e).into())
+}
+
+/// One connection's life: subscribe, catch up, apply events until it breaks.
+fn follow(pool: &Pool, keys: &Keys, t: &Targets, coherence: &Coherence) -> Result<(), Error> {
+    let mut con = pool.connect()?;
+    con.set_read_timeout(Some(PING_EVERY)).map_err(super::unavailable)?;
+    let mut sub = con.as_pubsub();
+    sub.subscribe(keys.events()).map_err(super::unavailable)?;
+    // Subscribed first, so nothing published from here on is missed; then
+    // catch up on what may have been missed before.
+    t.cache.clear();
+    let loaded = load(pool, keys)?;
+    t.revocation.revoke_committed(&loaded.revoked);
+    for (user, at) in &loaded.not_before {
+        t.revocation.set_not_before(user, *at);
+    }
+    coherence.resyncs.fetch_add(1, Ordering::Relaxed);
+    coherence.set_synced(true);
+    while !coherence.stopped() {
+        match sub.get_message() {
+            Ok(msg) => apply(t, msg.get_payload_bytes()),
+            // Quiet for a whole interval: the server must answer a ping within
+            // the next one, or the connection counts as lost.
+            Err(e) if e.is_timeout() => {
+                sub.ping::<redis::Value>().map_err(super::unavailable)?;
+            }
+            Err(e) => return Err(super::unavailable(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Applies one event: `R<serial>:<prune-after>:<id ‖ secret hash>`,
+/// `U<id>`, `N<at>:<user>`. Anything else is ignored.
+pub(crate) fn apply(t: &Targets, payload: &[u8]) {
+    match payload.split_first() {
+        Some((b'R', rest)) => {
+            let mut parts = rest.splitn(3, |&b| b == b':');
+            let num = |p: Option<&[u8]>| p.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse::<u64>().ok());
+            let (serial, prune_after) = (num(parts.next()), num(parts.next()));
+            if let (Some(serial), Some(prune_after), Some((id, secret_hash))) =
+                (serial, prune_after, parts.next().and_then(split_id_hash))
+            {
+                t.revocation.revoke_committed(&[Revoked { serial, id, secret_hash, prune_after }]);
+                t.cache.remove(&id);
+            }
+        }
+        Some((b'U', rest)) => {
+            if let Ok(id) = <[u8; 16]>::try_from(rest) {
+                t.cache.remove(&SessionId::from_bytes(id));
+            }
+        }
+        Some((b'N', rest)) => {
+            let text = String::from_utf8_lossy(rest);
+            if let Some((at, user)) = text.split_once(':') {
+                if let Ok(at) = at.parse::<u64>() {
+                    t.revocation.set_not_before(user, at);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,26 @@
+//! The backend-independent part of the API suite (the same files as
+//! `tests/api.rs`, not copies), run on Redis-backed stores: each test thread
+//! starts its own `redis-server` on a free 127.0.0.1 port (stopped when the
+//! thread ends, pass or fail), and each store gets its own key prefix.
+//!
+//! Without `redis-server` on PATH the tests fail and say how to install it
+//! (`.ci/run` installs it).
+
+/// Whether this binary runs the suite on Redis (see `common::open`).
+const REDIS: bool = true;
+
+#[path = "../src/bin/cloakroom/redis_side.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod redis_side;
+
+#[path = "api"]
+mod api {
+    mod common;
+
+    mod bad_input;
+    mod expiry;
+    mod faults; // helpers for bad_input (its own tests run on redb)
+    mod lifecycle;
+    mod policy;
+    mod tokens;
+}
