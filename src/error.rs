@@ -290,7 +290,9 @@ impl fmt::Display for StorageError {
         };
         // The cause adds information only where the category does not say it all.
         match (&self.source, self.kind) {
-            (Some(s), StorageErrorKind::Io | StorageErrorKind::Commit | StorageErrorKind::Unavailable) => write!(f, "{what}: {s}"),
+            (Some(s), StorageErrorKind::Io | StorageErrorKind::Commit | StorageErrorKind::Unavailable) => {
+                write!(f, "{what}: {s}")
+            }
             _ => f.write_str(what),
         }
     }

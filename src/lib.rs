@@ -94,6 +94,8 @@ mod token;
 struct ReadmeDoctests;
 
 // The public interface is:
+#[cfg(feature = "redis")]
+pub use backend::redis::RedisOptions;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, Durability};
 pub use error::{Error, InputError, JwtError, Malformed, Result, StorageError, StorageErrorKind};
@@ -102,8 +104,6 @@ pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};
 pub use readonly::{ReadOnlyStore, TableReport, VerifyReport};
 pub use refresh::{RefreshFamily, Reuse};
 pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
-#[cfg(feature = "redis")]
-pub use backend::redis::RedisOptions;
 pub use store::{Issued, Principal, Scope, Source, Stats, Store, TokenPair};
 pub use sweeper::SweepReport;
 pub use token::{

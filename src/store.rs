@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::backend::redb::{Redb, Tuning};
 use crate::backend::coherence::Coherence;
+use crate::backend::redb::{Redb, Tuning};
 use crate::backend::{Backend, FamilyFn, LostHook, Op, Outcome, Wait};
 use crate::cache::Cache;
 use crate::clock::{duration_millis, to_millis};
@@ -101,6 +101,13 @@ pub struct Stats {
     pub replayed_records: usize,
     /// Approximate heap bytes of the in-memory id and user indexes.
     pub index_bytes: usize,
+    /// For a store on a backend shared by several nodes (Redis): whether its
+    /// event follower is connected and caught up (while it is not, every
+    /// validate asks the backend). `None` for a redb store.
+    pub following: Option<bool>,
+    /// For a store on a shared backend: how many times the follower
+    /// (re)connected, flushed the cache and reloaded the revocation state.
+    pub resyncs: u64,
     /// Times writes waited for a checkpoint because a million rows were not yet
     /// folded into the file (a sustained write rate above what the file takes).
     pub lag_waits: u64,
@@ -1182,6 +1189,10 @@ impl Store {
             ..Stats::default()
         };
         inner.table.backend.stats(&mut stats);
+        if let Some(c) = &inner.coherence {
+            stats.following = Some(c.synced());
+            stats.resyncs = c.resyncs.load(Ordering::Relaxed);
+        }
         stats
     }
 

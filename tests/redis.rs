@@ -1,1 +1,306 @@
-//! placeholder
+//! Several nodes on one Redis: two `Store`s in this process on one
+//! `redis-server` (started here on a free 127.0.0.1 port and stopped when the
+//! test ends, pass or fail), and faults: the server killed and restarted, the
+//! subscriber connection dropped, the script cache flushed.
+//!
+//! Waits are bounded polls of 1 ms (the stores' clocks are manual where
+//! expiry or staleness matters); a poll loop that runs out fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use cloakroom::{Config, Error, ManualClock, NewSession, RedisOptions, Reuse, Scope, StorageErrorKind, Store};
+
+const KEY: [u8; 32] = [0x42; 32];
+/// Bounded polls of 1 ms.
+const POLL: Duration = Duration::from_millis(1);
+
+/// A `redis-server` on a fixed free port with its own directory (AOF on,
+/// `appendfsync always`), so it can be killed and started again with its data.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Server { child: None, port, dir };
+        s.run();
+        s
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found on PATH: install it with `apt-get install redis-server`");
+        self.child = Some(child);
+        for _ in 0..5000 {
+            if self.cmd(&mut redis::cmd("PING")).is_ok() {
+                return;
+            }
+            std::thread::sleep(POLL); // waiting for a process to listen, not for time
+        }
+        panic!("redis-server did not answer within 5000 polls");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cmd(&self, c: &mut redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_millis(200))?;
+        c.query(&mut con)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Deletes every session row of prefix `app` behind the nodes' backs (no
+/// event is published, as if one were lost); returns how many.
+fn delete_rows_silently(server: &Server) -> usize {
+    let keys: Vec<String> = redis::from_redis_value(server.cmd(redis::cmd("KEYS").arg("{app}:s:*")).unwrap()).unwrap();
+    for k in &keys {
+        server.cmd(redis::cmd("DEL").arg(k)).unwrap();
+    }
+    keys.len()
+}
+
+fn options(prefix: &str) -> RedisOptions {
+    let mut o = RedisOptions::default();
+    o.prefix = prefix.into();
+    o.timeout = Duration::from_millis(300);
+    o
+}
+
+fn config(clock: &ManualClock, reuse: Reuse) -> Config {
+    Config::builder().server_key(&KEY).clock(clock.clone()).reuse(reuse).sweep_interval(None).build().unwrap()
+}
+
+/// Two nodes on one prefix, both following events.
+fn two_nodes(server: &Server, reuse: Reuse) -> (Store, Store, ManualClock) {
+    let clock = ManualClock::fixed();
+    let a = Store::redis_with(&server.url(), options("app"), config(&clock, reuse)).unwrap();
+    let b = Store::redis_with(&server.url(), options("app"), config(&clock, reuse)).unwrap();
+    until("both followers are caught up", || a.stats().following == Some(true) && b.stats().following == Some(true));
+    (a, b, clock)
+}
+
+/// Polls `f` every millisecond, at most 5000 times.
+fn until(what: &str, mut f: impl FnMut() -> bool) -> u32 {
+    for n in 0..5000 {
+        if f() {
+            return n;
+        }
+        std::thread::sleep(POLL);
+    }
+    panic!("never happened within 5000 polls: {what}");
+}
+
+#[test]
+fn a_revoke_on_one_node_is_refused_by_the_other_within_50_ms() {
+    let server = Server::start();
+    let (a, b, _) = two_nodes(&server, Reuse::default());
+    let issued = a.create(NewSession::new("alice")).unwrap();
+    let t = issued.token.to_string();
+    b.validate(&t).unwrap(); // a miss: B fills its cache
+    let hits = b.stats().cache_hits;
+    b.validate(&t).unwrap();
+    assert_eq!(b.stats().cache_hits, hits + 1, "B answers from its cache");
+
+    a.revoke(issued.session.id()).unwrap();
+    let mut refused = None;
+    for n in 0..50 {
+        match b.validate(&t) {
+            Ok(_) => std::thread::sleep(POLL),
+            Err(e) => {
+                refused = Some((n, e));
+                break;
+            }
+        }
+    }
+    let (polls, e) = refused.expect("B still accepted the session after 50 polls of 1 ms");
+    assert!(matches!(e, Error::Revoked), "{e:?}");
+    eprintln!("B refused after {polls} polls of 1 ms");
+}
+
+#[test]
+fn sixteen_threads_on_two_nodes_refreshing_one_token_rotate_it_once() {
+    let server = Server::start();
+    let (a, b, _) = two_nodes(&server, Reuse::Grace(Duration::from_secs(10)));
+    let t = a.create(NewSession::new("bob")).unwrap().token.to_string();
+    let refresh = a.issue_tokens(&t).unwrap().refresh.to_string();
+    let gate = Arc::new(Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (gate, refresh) = (Arc::clone(&gate), refresh.clone());
+            std::thread::spawn(move || {
+                gate.wait();
+                node.refresh(&refresh).map(|p| p.refresh.to_string())
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let new: Vec<&String> =
+        results.iter().map(|r| r.as_ref().expect("every refresh within the grace window")).collect();
+    // One rotation: every caller got the same next token (the winner's, or
+    // the current one handed back inside the grace window).
+    assert!(new.iter().all(|t| *t == new[0]), "more than one rotation: {} distinct tokens", {
+        let mut d = new.clone();
+        d.sort();
+        d.dedup();
+        d.len()
+    });
+    // And it is the family's only next generation: it refreshes on either node.
+    b.refresh(new[0]).unwrap();
+}
+
+#[test]
+fn logout_everywhere_on_one_node_kills_the_other_nodes_live_access_tokens() {
+    let server = Server::start();
+    let (a, b, clock) = two_nodes(&server, Reuse::default());
+    let t = b.create(NewSession::new("carol")).unwrap().token.to_string();
+    let pair = b.issue_tokens(&t).unwrap();
+    b.verify_access(&pair.access).unwrap();
+    clock.advance(Duration::from_secs(2)); // the cut-off is later than the token's iat
+    a.logout_everywhere("carol").unwrap();
+    until("B refuses the access token", || b.verify_access(&pair.access).is_err());
+    assert!(b.validate(&t).is_err());
+    // A node that opens afterwards loads the cut-off.
+    let c = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    assert!(c.verify_access(&pair.access).is_err());
+}
+
+#[test]
+fn a_node_with_another_server_key_is_refused() {
+    let server = Server::start();
+    let clock = ManualClock::fixed();
+    let _a = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    let other = Config::builder().server_key(&[1; 32]).clock(clock).build().unwrap();
+    match Store::redis_with(&server.url(), options("app"), other) {
+        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::KeyMismatch),
+        other => panic!("expected KeyMismatch, got {:?}", other.map(|_| ())),
+    }
+    // Without a configured key at all: a config error, nothing touched.
+    assert!(matches!(Store::redis(&server.url(), Config::default()), Err(Error::Config(_))));
+}
+
+#[test]
+fn immediate_durability_needs_a_server_that_fsyncs_every_write() {
+    let server = Server::start();
+    server.cmd(redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg("everysec")).unwrap();
+    let clock = ManualClock::fixed();
+    match Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())) {
+        Err(Error::Config(m)) => assert!(m.contains("appendfsync everysec"), "{m}"),
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+    let mut o = options("app");
+    o.require_fsync_always = false;
+    Store::redis_with(&server.url(), o, config(&clock, Reuse::default())).unwrap();
+}
+
+#[test]
+fn a_missed_event_is_bounded_by_the_staleness_bound() {
+    let server = Server::start();
+    let (a, b, clock) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("dave")).unwrap().token.to_string();
+    b.validate(&t).unwrap();
+    // Remove the session behind the nodes' backs: no event is published.
+    assert_eq!(delete_rows_silently(&server), 1);
+    b.validate(&t).unwrap(); // still cached, within the bound (1 s)
+    clock.advance(Duration::from_millis(1001));
+    assert!(matches!(b.validate(&t), Err(Error::NotFound)));
+    // `validate_strict` never answers from the cache.
+    let t2 = a.create(NewSession::new("dave")).unwrap();
+    b.validate(&t2.token.to_string()).unwrap();
+    assert_eq!(delete_rows_silently(&server), 1);
+    assert!(matches!(b.validate_strict(&t2.token.to_string()), Err(Error::NotFound)));
+}
+
+#[test]
+fn a_dropped_subscriber_connection_flushes_the_cache_before_hits_are_served_again() {
+    let server = Server::start();
+    let (a, b, _) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("erin")).unwrap().token.to_string();
+    b.validate(&t).unwrap();
+    let resyncs = b.stats().resyncs;
+    // A missed revocation: the row goes without an event, then the
+    // subscriber connections are dropped.
+    assert_eq!(delete_rows_silently(&server), 1);
+    server.cmd(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub")).unwrap();
+    until("B's follower reconnects and resyncs", || {
+        let st = b.stats();
+        st.resyncs > resyncs && st.following == Some(true)
+    });
+    // The clock did not move: only the flush explains the refusal.
+    assert!(matches!(b.validate(&t), Err(Error::NotFound)));
+}
+
+#[test]
+fn scripts_missing_after_a_flush_are_loaded_again() {
+    let server = Server::start();
+    let (a, _b, _) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("frank")).unwrap();
+    server.cmd(redis::cmd("SCRIPT").arg("FLUSH")).unwrap();
+    a.create(NewSession::new("frank")).unwrap();
+    a.revoke_user("frank", Scope::Others(t.session.id())).unwrap();
+    assert_eq!(a.list_user("frank").unwrap().len(), 1);
+}
+
+#[test]
+fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
+    let mut server = Server::start();
+    let (a, b, _) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("gina")).unwrap().token.to_string();
+    b.validate(&t).unwrap();
+    let resyncs = b.stats().resyncs;
+    server.kill();
+    // Every op fails with a typed error, in bounded time, without a panic.
+    until("B's follower notices the server is gone", || b.stats().following == Some(false));
+    #[allow(clippy::disallowed_methods)] // measuring how long a failing op takes, not waiting for time
+    let started = std::time::Instant::now();
+    for r in [
+        a.create(NewSession::new("gina")).map(|_| ()),
+        b.validate(&t).map(|_| ()),
+        a.revoke_user("gina", Scope::All).map(|_| ()),
+    ] {
+        match r {
+            Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::Unavailable),
+            other => panic!("expected Storage(Unavailable), got {other:?}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "failing ops took {:?}", started.elapsed());
+    server.run();
+    until("B resyncs after the restart", || {
+        let st = b.stats();
+        st.resyncs > resyncs && st.following == Some(true)
+    });
+    // Data written before the kill survived (appendfsync always); service resumes.
+    b.validate(&t).unwrap();
+    until("A reconnects", || a.create(NewSession::new("gina")).is_ok());
+    assert_eq!(a.list_user("gina").unwrap().len(), 2);
+}

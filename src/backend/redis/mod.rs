@@ -309,7 +309,17 @@ impl RedisBackend {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
         let meta = keys.meta();
         let recorded: String = pool.with(|c| {
-            redis::pipe().cmd("HSETNX").arg(&meta).arg("keycheck").arg(&check).ignore().cmd("HGET").arg(&meta).arg("keycheck").query::<(String,)>(c).map(|(s,)| s)
+            redis::pipe()
+                .cmd("HSETNX")
+                .arg(&meta)
+                .arg("keycheck")
+                .arg(&check)
+                .ignore()
+                .cmd("HGET")
+                .arg(&meta)
+                .arg("keycheck")
+                .query::<(String,)>(c)
+                .map(|(s,)| s)
         })?;
         if recorded != check {
             return Err(StorageError::new(StorageErrorKind::KeyMismatch).into());
@@ -699,7 +709,8 @@ impl Backend for RedisBackend {
 
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         let sh = &self.shared;
-        let members: Vec<String> = sh.pool.with(|c| redis::cmd("ZRANGE").arg(sh.keys.user(user)).arg(0).arg(-1).query(c))?;
+        let members: Vec<String> =
+            sh.pool.with(|c| redis::cmd("ZRANGE").arg(sh.keys.user(user)).arg(0).arg(-1).query(c))?;
         if members.is_empty() {
             return Ok(Vec::new());
         }
@@ -727,7 +738,12 @@ impl Backend for RedisBackend {
         s.f.map(|row| decode_family(&self.shared.mac, s.rec.number, &row)).transpose()
     }
 
-    fn expired(&self, _now: u64, _after: Option<(u64, u64)>, _limit: usize) -> Result<Vec<(u64, u64, SessionId)>, Error> {
+    fn expired(
+        &self,
+        _now: u64,
+        _after: Option<(u64, u64)>,
+        _limit: usize,
+    ) -> Result<Vec<(u64, u64, SessionId)>, Error> {
         Ok(Vec::new())
     }
 

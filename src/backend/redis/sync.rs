@@ -102,7 +102,8 @@ pub(crate) fn apply(t: &Targets, payload: &[u8]) {
     match payload.split_first() {
         Some((b'R', rest)) => {
             let mut parts = rest.splitn(3, |&b| b == b':');
-            let num = |p: Option<&[u8]>| p.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse::<u64>().ok());
+            let num =
+                |p: Option<&[u8]>| p.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse::<u64>().ok());
             let (serial, prune_after) = (num(parts.next()), num(parts.next()));
             if let (Some(serial), Some(prune_after), Some((id, secret_hash))) =
                 (serial, prune_after, parts.next().and_then(split_id_hash))
