@@ -218,6 +218,7 @@ impl Cache {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     /// Drops every entry (a Redis-backed node that may have missed
     /// invalidation events). Each id is removed under its shard's lock.
     pub(crate) fn clear(&self) {

@@ -120,6 +120,13 @@ impl Revocation {
         }
     }
 
+    /// Bumps the epoch without a revocation: a session changed elsewhere (a
+    /// write of this node to a shared backend, or another node's event), so a
+    /// fill racing it must not cache what it read.
+    pub(crate) fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// The revocation epoch (see the field).
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)

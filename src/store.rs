@@ -164,8 +164,11 @@ impl Serials {
 struct SharedTier {
     reserve: Box<dyn Fn(u64) -> Result<u64, Error> + Send + Sync>,
     coherence: Arc<Coherence>,
-    follow: Box<dyn FnOnce(Arc<Cache>, Arc<Revocation>) -> Result<std::thread::JoinHandle<()>, Error>>,
+    follow: Follow,
 }
+
+/// Starts a shared backend's follower thread over this store's cache and bitmap.
+type Follow = Box<dyn FnOnce(Arc<Cache>, Arc<Revocation>) -> Result<std::thread::JoinHandle<()>, Error>>;
 
 /// Whom an access token is minted for: the session's user, serial and deadline.
 struct Holder<'a> {
@@ -670,7 +673,7 @@ impl Store {
             return Err(Error::NotFound);
         };
         // Replaces the pre-rotation entry (higher serial), never a newer update's.
-        self.inner.table.fill(Arc::clone(&rec));
+        self.inner.table.fill_written(Arc::clone(&rec));
         self.emit(|| Event::Rotated { old: id, new: id });
         self.emit(|| Event::Revoked { sessions: vec![id], reason: RevokeReason::Rotated });
         Ok(Issued { token, session: Session::of(&rec, now) })
@@ -710,7 +713,7 @@ impl Store {
         match inner.table.submit(op, wait)? {
             Outcome::Updated(rec) => {
                 let v = rec.version;
-                self.inner.table.fill(rec);
+                self.inner.table.fill_written(rec);
                 Ok(v)
             }
             _ => Err(Error::NotFound),

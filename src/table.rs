@@ -125,6 +125,30 @@ impl SessionTable {
     /// bitmap and evicted from the cache before this returns — also what a
     /// failed op had decided to revoke (fail closed).
     pub(crate) fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Error> {
+        if self.backend.shared() {
+            // Bump, write, evict, bump: a fill that read before the write lands
+            // sees the epoch move and drops what it cached (see `load`).
+            let rewritten = op.rewrites();
+            self.revocation.bump_epoch();
+            let out = self.submit_inner(op, wait);
+            if let Some(id) = rewritten {
+                self.cache.remove(&id);
+            }
+            self.revocation.bump_epoch();
+            return out;
+        }
+        self.submit_inner(op, wait)
+    }
+
+    /// Puts the record a write returned in the cache — unless other nodes
+    /// write the same sessions, where only reads fill it.
+    pub(crate) fn fill_written(&self, rec: Arc<Record>) {
+        if !self.backend.shared() {
+            self.fill(rec);
+        }
+    }
+
+    fn submit_inner(&self, op: Op, wait: Wait) -> Result<Outcome, Error> {
         match self.backend.submit(op, wait) {
             Ok(out) => {
                 let revoked = out.revoked();

@@ -7,6 +7,11 @@
 /// Whether this binary runs the suite on Redis (see `common::open`).
 const REDIS: bool = false;
 
+#[cfg(feature = "redis")]
+#[path = "../src/bin/cloakroom/redis_side.rs"]
+#[allow(clippy::disallowed_methods, unreachable_pub)] // the Redis baseline times its own server start
+mod redis_side;
+
 mod api {
     mod common;
 
@@ -14,6 +19,7 @@ mod api {
     mod concurrency;
     mod expiry;
     mod faults;
+    mod faulty;
     mod files;
     mod lifecycle;
     mod model;

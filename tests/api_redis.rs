@@ -10,7 +10,7 @@
 const REDIS: bool = true;
 
 #[path = "../src/bin/cloakroom/redis_side.rs"]
-#[allow(dead_code, unreachable_pub)]
+#[allow(clippy::disallowed_methods, unreachable_pub)] // the Redis baseline times its own server start
 mod redis_side;
 
 #[path = "api"]
@@ -18,9 +18,11 @@ mod api {
     mod common;
 
     mod bad_input;
+    mod concurrency;
     mod expiry;
-    mod faults; // helpers for bad_input (its own tests run on redb)
+    mod faulty;
     mod lifecycle;
     mod policy;
     mod tokens;
+    mod writes;
 }

@@ -19,6 +19,8 @@ pub(crate) struct Coherence {
     pub(crate) resyncs: AtomicU64,
 }
 
+// Built and driven by the Redis follower only.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Coherence {
     pub(crate) fn new(bound: Duration) -> Coherence {
         Coherence {

@@ -201,4 +201,22 @@ pub(crate) trait Backend: Send + Sync {
     fn close(&self) -> Result<(), Error>;
     /// The backend's counters, into `stats`.
     fn stats(&self, stats: &mut crate::Stats);
+    /// Whether other processes write the same sessions (Redis): then a write's
+    /// result is not put in the cache (another node's newer write, or its
+    /// invalidation event, may already have passed), and the session table
+    /// brackets each write with epoch bumps so that no racing fill caches
+    /// what it read.
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+impl Op {
+    /// The one session this op rewrites in place, if any.
+    pub(crate) fn rewrites(&self) -> Option<SessionId> {
+        match self {
+            Op::UpdateData { id, .. } | Op::Rotate { id, .. } | Op::Family { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
 }

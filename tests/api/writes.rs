@@ -141,7 +141,7 @@ fn creates_that_returned_before_a_user_wide_revocation_never_survive_it() {
         if eventual {
             b.durability(Durability::Eventual);
         }
-        let s = Store::in_memory(b.build().unwrap()).unwrap();
+        let s = super::common::open(b.build().unwrap());
         for round in 0..100 {
             let user = format!("dave{round}");
             let done: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());

@@ -199,9 +199,16 @@ pub(crate) struct Loaded {
     pub(crate) not_before: Vec<(String, u64)>,
 }
 
+/// What `load` reads in one pipeline: the revoked hash, the revoked zset
+/// (serial, prune-after) and the not-before hash.
+type LoadReply = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<(String, u64)>);
+
+/// One session row of a listing: `r`, `num`, `id`.
+type ListedRow = (Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>);
+
 /// Reads the revocation entries and not-before cut-offs.
 pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<Loaded, Error> {
-    let (rv, rvt, nb): (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<(String, u64)>) = pool.with(|c| {
+    let (rv, rvt, nb): LoadReply = pool.with(|c| {
         redis::pipe()
             .cmd("HGETALL")
             .arg(keys.revoked())
@@ -295,6 +302,10 @@ struct Shared {
     counters: Counters,
     /// The server was checked to fsync every write (`appendfsync always`).
     fsync_always: bool,
+    /// Touches queued but not yet written (id → last seen): reads of this
+    /// node see them, as the redb backend's reads see its unapplied rows, so a
+    /// re-read never moves a session's last-seen time back.
+    pending: Mutex<std::collections::HashMap<SessionId, u64>>,
 }
 
 impl RedisBackend {
@@ -349,6 +360,7 @@ impl RedisBackend {
             scripts: Scripts::new(),
             counters: Counters::default(),
             fsync_always: need_fsync_always,
+            pending: Mutex::new(std::collections::HashMap::new()),
         });
         let (tx, rx) = crossbeam_channel::bounded(4096);
         let worker = Arc::clone(&shared);
@@ -381,6 +393,10 @@ fn touch_loop(shared: &Shared, rx: &Receiver<Queued>) {
             // A failed touch only shortens the session (fail closed): ignore errors.
             Queued::Touch(id, last_seen) => {
                 let _ = shared.apply(Op::Touch { id, last_seen });
+                let mut pending = shared.pending.lock();
+                if pending.get(&id).is_some_and(|&t| t <= last_seen) {
+                    pending.remove(&id);
+                }
             }
             Queued::Barrier(done) => {
                 let _ = done.send(());
@@ -704,7 +720,24 @@ fn ttl(deadline: u64, now: u64) -> u64 {
 
 impl Backend for RedisBackend {
     fn get(&self, id: &SessionId) -> Result<Option<Record>, Error> {
-        Ok(self.shared.read(id)?.map(|s| s.rec))
+        // A pending touch is looked up before and after the read: one applied
+        // (and forgotten) while the read was on its way may be missing from both
+        // the row read and the map after it, but then it was in the map before.
+        let pending = || self.shared.pending.lock().get(id).copied();
+        let before = pending();
+        let Some(mut rec) = self.shared.read(id)?.map(|s| s.rec) else { return Ok(None) };
+        if let Some(t) = before.max(pending()) {
+            if t > rec.last_seen {
+                rec.last_seen = t;
+                rec.live.last_seen.fetch_max(t, Ordering::Relaxed);
+                rec.live.persisted.fetch_max(t, Ordering::Relaxed);
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
@@ -718,7 +751,7 @@ impl Backend for RedisBackend {
         for m in &members {
             p.cmd("HMGET").arg(format!("{}{m}", sh.keys.session_prefix())).arg("r").arg("num").arg("id");
         }
-        let rows: Vec<(Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>)> = sh.pool.with(|c| p.query(c))?;
+        let rows: Vec<ListedRow> = sh.pool.with(|c| p.query(c))?;
         let mut out = Vec::with_capacity(rows.len());
         for (r, num, id) in rows {
             let (Some(r), Some(num), Some(id)) = (r, num, id) else { continue };
@@ -764,7 +797,14 @@ impl Backend for RedisBackend {
     fn offer(&self, op: Op) {
         if let Op::Touch { id, last_seen } = op {
             if let Some(tx) = &*self.touch_tx.lock() {
+                {
+                    let mut pending = self.shared.pending.lock();
+                    let t = pending.entry(id).or_insert(0);
+                    *t = (*t).max(last_seen);
+                }
                 if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Touch(id, last_seen)) {
+                    // Dropped: the session only gets shorter (fail closed).
+                    self.shared.pending.lock().remove(&id);
                     self.shared.counters.dropped_touches.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -110,11 +110,14 @@ pub(crate) fn apply(t: &Targets, payload: &[u8]) {
             {
                 t.revocation.revoke_committed(&[Revoked { serial, id, secret_hash, prune_after }]);
                 t.cache.remove(&id);
+                t.revocation.bump_epoch();
             }
         }
         Some((b'U', rest)) => {
             if let Ok(id) = <[u8; 16]>::try_from(rest) {
+                // Evict, then bump: a fill that read the old row sees the bump.
                 t.cache.remove(&SessionId::from_bytes(id));
+                t.revocation.bump_epoch();
             }
         }
         Some((b'N', rest)) => {
