@@ -414,6 +414,26 @@ impl Keyring {
         });
     }
 
+    /// (kid, keyed hash of its algorithm and verification material) of every
+    /// key, under `key`: what a Redis-backed store records so that two nodes
+    /// never hold different keys under one kid.
+    pub(crate) fn fingerprints(&self, key: &[u8; 32]) -> Vec<(String, [u8; 32])> {
+        self.keys
+            .read()
+            .iter()
+            .map(|k| {
+                let mut h = blake3::Hasher::new_keyed(key);
+                h.update(k.alg.name().as_bytes());
+                h.update(&[0]);
+                match &k.material {
+                    Material::Hs256(s) => h.update(s),
+                    Material::EdDsa { public_pem, .. } => h.update(public_pem),
+                };
+                (k.kid.clone(), *h.finalize().as_bytes())
+            })
+            .collect()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.keys.read().is_empty()
     }

@@ -354,7 +354,11 @@ impl Store {
         let pool = Arc::new(Pool::new(url, options.pool_size, options.timeout)?);
         let keys = Keys::new(&options.prefix);
         let fsync = options.require_fsync_always && config.durability == Durability::Immediate;
-        let backend = RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, fsync)?;
+        let keyring = match &config.keyring {
+            Some(k) => k.clone(),
+            None => default_keyring(&Derived::new(&key))?,
+        };
+        let backend = RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, &keyring, fsync)?;
         let loaded = load(&pool, &keys)?;
         let revoked: Vec<(u64, u64, SessionId)> =
             loaded.revoked.iter().map(|r| (r.serial, r.prune_after, r.id)).collect();

@@ -196,7 +196,7 @@ fn logout_everywhere_on_one_node_kills_the_other_nodes_live_access_tokens() {
 }
 
 #[test]
-fn a_node_with_another_server_key_is_refused() {
+fn a_node_with_another_server_key_or_access_key_is_refused() {
     let server = Server::start();
     let clock = ManualClock::fixed();
     let _a = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
@@ -205,6 +205,22 @@ fn a_node_with_another_server_key_is_refused() {
         Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::KeyMismatch),
         other => panic!("expected KeyMismatch, got {:?}", other.map(|_| ())),
     }
+    // Access-token keys: the same kid with other material is refused; a new
+    // kid (a key being rolled out) is accepted and recorded.
+    let ring = |secret: &[u8], extra: bool| {
+        let k = cloakroom::Keyring::new();
+        k.add_hs256("main", secret).unwrap();
+        if extra {
+            k.add_hs256("next", &[9; 32]).unwrap();
+        }
+        Config::builder().server_key(&KEY).keyring(k).clock(ManualClock::fixed()).build().unwrap()
+    };
+    Store::redis_with(&server.url(), options("app"), ring(&[1; 32], false)).unwrap();
+    match Store::redis_with(&server.url(), options("app"), ring(&[2; 32], false)) {
+        Err(Error::Config(m)) => assert!(m.contains("\"main\""), "{m}"),
+        other => panic!("expected a keyring mismatch, got {:?}", other.map(|_| ())),
+    }
+    Store::redis_with(&server.url(), options("app"), ring(&[1; 32], true)).unwrap();
     // Without a configured key at all: a config error, nothing touched.
     assert!(matches!(Store::redis(&server.url(), Config::default()), Err(Error::Config(_))));
 }

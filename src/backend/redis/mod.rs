@@ -12,6 +12,7 @@
 //! | `{p}:rvt` | zset | revoked serial, scored by prune-after (ms) |
 //! | `{p}:nb` | hash | user → not-before (ms) |
 //! | `{p}:meta` | hash | `keycheck`: a hash derived from the server key; `serial`: the serial counter |
+//! | `{p}:kids` | hash | access-token kid → keyed hash of its algorithm and verification key |
 //! | `{p}:ev` | channel | revocations (`R`), changed sessions (`U`), not-before (`N`) |
 //!
 //! Writes that only the record itself decides (create, revoke, a user's
@@ -115,6 +116,9 @@ impl Keys {
     }
     fn meta(&self) -> String {
         format!("{}:meta", self.tag)
+    }
+    fn kids(&self) -> String {
+        format!("{}:kids", self.tag)
     }
     pub(crate) fn events(&self) -> String {
         format!("{}:ev", self.tag)
@@ -309,12 +313,14 @@ struct Shared {
 }
 
 impl RedisBackend {
-    /// Connects, checks the server key against the one recorded in Redis
-    /// (recording it on first use) and the server's fsync policy.
+    /// Connects, checks the server key and the access-token keys against
+    /// those recorded in Redis (recording them on first use) and the server's
+    /// fsync policy.
     pub(crate) fn open(
         pool: Arc<Pool>,
         keys: Keys,
         server_key: &[u8; 32],
+        keyring: &crate::Keyring,
         need_fsync_always: bool,
     ) -> Result<RedisBackend, Error> {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
@@ -334,6 +340,32 @@ impl RedisBackend {
         })?;
         if recorded != check {
             return Err(StorageError::new(StorageErrorKind::KeyMismatch).into());
+        }
+        // Each access-token kid names one key on every node: a kid recorded
+        // with other material is refused (new kids are recorded, so keys can be
+        // added and rotated node by node).
+        let kid_key = blake3::derive_key("cloakroom 2026 redis access-key check v1", server_key);
+        for (kid, print) in keyring.fingerprints(&kid_key) {
+            let print = hex(&print);
+            let recorded: String = pool.with(|c| {
+                redis::pipe()
+                    .cmd("HSETNX")
+                    .arg(keys.kids())
+                    .arg(&kid)
+                    .arg(&print)
+                    .ignore()
+                    .cmd("HGET")
+                    .arg(keys.kids())
+                    .arg(&kid)
+                    .query::<(String,)>(c)
+                    .map(|(s,)| s)
+            })?;
+            if recorded != print {
+                return Err(Error::Config(format!(
+                    "access-token key {kid:?} differs from the key other nodes recorded under that kid in Redis: \
+                     give every node the same keyring (or a new kid for a new key)"
+                )));
+            }
         }
         if need_fsync_always {
             let conf: redis::RedisResult<Vec<(String, String)>> =
