@@ -215,7 +215,8 @@ impl Op {
     /// The one session this op rewrites in place, if any.
     pub(crate) fn rewrites(&self) -> Option<SessionId> {
         match self {
-            Op::UpdateData { id, .. } | Op::Rotate { id, .. } | Op::Family { id, .. } => Some(*id),
+            // (A family op changes no cached field: the record stays cached.)
+            Op::UpdateData { id, .. } | Op::Rotate { id, .. } => Some(*id),
             _ => None,
         }
     }

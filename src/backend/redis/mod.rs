@@ -102,8 +102,13 @@ impl Keys {
         k.push_str(&hex(id.as_bytes()));
         k
     }
+    fn user_prefix(&self) -> String {
+        format!("{}:u:", self.tag)
+    }
     fn user(&self, user: &str) -> String {
-        format!("{}:u:{user}", self.tag)
+        let mut k = self.user_prefix();
+        k.push_str(user);
+        k
     }
     pub(crate) fn revoked(&self) -> String {
         format!("{}:rv", self.tag)
@@ -270,7 +275,7 @@ struct Cas<'a> {
 
 /// The answer of the CAS script.
 enum CasResult {
-    Done { serial: u64, secret_hash: SecretHash },
+    Done,
     Gone,
     Changed,
 }
@@ -481,12 +486,7 @@ impl Shared {
         inv.arg(c.event.as_deref().unwrap_or(b""));
         let v: Vec<Value> = self.pool.with(|con| inv.invoke(con))?;
         match v.first() {
-            Some(Value::Int(1)) => {
-                let serial: u64 = v.get(1).and_then(|x| redis::from_redis_value_ref(x).ok()).unwrap_or(0);
-                let sh: Vec<u8> = v.get(2).and_then(|x| redis::from_redis_value_ref(x).ok()).unwrap_or_default();
-                let secret_hash = SecretHash(sh.try_into().unwrap_or([0; 32]));
-                Ok(CasResult::Done { serial, secret_hash })
-            }
+            Some(Value::Int(1)) => Ok(CasResult::Done),
             Some(Value::Int(0)) => Ok(CasResult::Gone),
             _ => Ok(CasResult::Changed),
         }
@@ -506,7 +506,7 @@ impl Shared {
             };
             let cas = Cas { expect_r: &stored.r, expect_f: stored.f.as_deref(), ..cas };
             match self.cas(id, &stored.rec.user, &cas) {
-                Ok(CasResult::Done { .. }) => return Ok(done),
+                Ok(CasResult::Done) => return Ok(done),
                 Ok(CasResult::Gone) => return Err(Error::NotFound.into()),
                 Ok(CasResult::Changed) => {
                     self.counters.cas_retries.fetch_add(1, Ordering::Relaxed);
@@ -607,19 +607,18 @@ impl Shared {
                 Ok(Step::Write(cas, Outcome::Rotated { rec: Arc::new(new), old: Revoked::of(&s.rec, prune_after) }))
             }),
             Op::Revoke { id, prune_after } => {
-                let user = match self.read(&id) {
-                    Ok(Some(s)) => s.rec.user,
-                    Ok(None) => return Ok(Outcome::Revoked(Vec::new())),
-                    // A row that does not decode is still removed (fail closed).
-                    Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
-                        self.raw_user(&id)?.unwrap_or_default().into()
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let cas = Cas { expect_r: b"*", expect_f: Some(b"*"), delete: true, prune_after, ..Cas::keep() };
-                match self.cas(&id, &user, &cas)? {
-                    CasResult::Done { serial, secret_hash } => {
-                        Ok(Outcome::Revoked(vec![Revoked { serial, id, secret_hash, prune_after }]))
+                let mut inv = self.scripts.revoke.prepare_invoke();
+                inv.key(self.keys.session(&id))
+                    .key(self.keys.revoked())
+                    .key(self.keys.revoked_times())
+                    .key(self.keys.events());
+                inv.arg(self.keys.user_prefix()).arg(prune_after).arg(hex(id.as_bytes()));
+                let v: Vec<Vec<u8>> = self.pool.with(|c| inv.invoke(c))?;
+                let serial = v.first().and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok());
+                let hash = v.get(1).and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+                match (serial, hash) {
+                    (Some(serial), Some(h)) => {
+                        Ok(Outcome::Revoked(vec![Revoked { serial, id, secret_hash: SecretHash(h), prune_after }]))
                     }
                     _ => Ok(Outcome::Revoked(Vec::new())),
                 }
@@ -673,10 +672,6 @@ impl Shared {
             }
             Op::Flush => Ok(Outcome::Done),
         }
-    }
-
-    fn raw_user(&self, id: &SessionId) -> Result<Option<String>, Error> {
-        self.pool.with(|c| redis::cmd("HGET").arg(self.keys.session(id)).arg("u").query(c))
     }
 
     fn revoke_user(

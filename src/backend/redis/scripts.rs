@@ -41,8 +41,8 @@ return 1
 /// 9 prune-after of a revocation, 10 index member, 11 index score (`` keep),
 /// 12 revoke the old serial on `put` (`1`: a rotation), 13 event on `put`
 /// (`` none, else published as is).
-/// Returns {1, old serial, old secret hash}, {0} if the session is gone, or
-/// {-1} if it changed since it was read (the caller reads again and retries).
+/// Returns {1} when applied, {0} if the session is gone, or {-1} if it
+/// changed since it was read (the caller reads again and retries).
 const CAS: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'r', 'f')
 if not h[1] then return {0} end
@@ -55,7 +55,7 @@ end
 if ARGV[3] == 'del' then
   revoke(KEYS[1], h, KEYS[3], KEYS[4], KEYS[5], ARGV[9])
   redis.call('ZREM', KEYS[2], ARGV[10])
-  return {1, h[1], h[2]}
+  return {1}
 end
 if ARGV[12] == '1' then
   redis.call('HSET', KEYS[3], h[1], h[3] .. h[2])
@@ -69,7 +69,18 @@ elseif ARGV[5] ~= '-' then redis.call('HSET', KEYS[1], 'f', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 if ARGV[11] ~= '' then redis.call('ZADD', KEYS[2], ARGV[11], ARGV[10]) end
 if ARGV[13] ~= '' then redis.call('PUBLISH', KEYS[5], ARGV[13]) end
-return {1, h[1], h[2]}
+return {1}
+";
+
+/// Revokes one session. KEYS: session, revoked hash, revoked zset, events
+/// channel. ARGV: user index key prefix, prune-after, index member.
+/// Returns {ser, sh}, or {} if there is no such session.
+const REVOKE: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'u')
+if not h[1] then return {} end
+revoke(KEYS[1], h, KEYS[2], KEYS[3], KEYS[4], ARGV[2])
+if h[4] then redis.call('ZREM', ARGV[1] .. h[4], ARGV[3]) end
+return {h[1], h[2]}
 ";
 
 /// Revokes a user's sessions. KEYS: user index, revoked hash, revoked zset,
@@ -122,6 +133,7 @@ return out
 pub(crate) struct Scripts {
     pub(crate) create: Script,
     pub(crate) cas: Script,
+    pub(crate) revoke: Script,
     pub(crate) revoke_user: Script,
     pub(crate) prune: Script,
 }
@@ -131,6 +143,7 @@ impl Scripts {
         Scripts {
             create: Script::new(CREATE),
             cas: Script::new(&format!("{REVOKE_FN}{CAS}")),
+            revoke: Script::new(&format!("{REVOKE_FN}{REVOKE}")),
             revoke_user: Script::new(&format!("{REVOKE_FN}{REVOKE_USER}")),
             prune: Script::new(PRUNE),
         }
