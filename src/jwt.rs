@@ -417,6 +417,7 @@ impl Keyring {
     /// (kid, keyed hash of its algorithm and verification material) of every
     /// key, under `key`: what a Redis-backed store records so that two nodes
     /// never hold different keys under one kid.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn fingerprints(&self, key: &[u8; 32]) -> Vec<(String, [u8; 32])> {
         self.keys
             .read()

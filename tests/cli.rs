@@ -268,6 +268,23 @@ fn bench_checks_its_arguments_and_cleans_up() {
     assert_eq!(entries(&dir.join("tmp")).len(), 0, "bench left its temp dir behind");
 }
 
+/// `cloakroom bench --backend redis`: cloakroom on a redis-server the bench
+/// starts (and stops) itself, against the plain Redis store on the same server.
+#[test]
+fn bench_runs_on_the_redis_backend() {
+    let (_t, dir) = setup();
+    let args = ["bench", "--backend", "redis", "--redis", "local", "--sessions", "50", "--threads", "2"];
+    let o = cloakroom(&[&args[..], &["--duration", "0.3", "--json"]].concat(), &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["backend"], "redis");
+    for system in ["cloakroom", "redis"] {
+        let ops = v[system]["validate"]["count"].as_u64().unwrap_or(0);
+        assert!(ops > 0, "{system} ran no validate: {v}");
+    }
+    assert_eq!(entries(&dir), ["tmp"], "nothing left in the working directory");
+}
+
 /// `cloakroom verify`: a clean file passes (exit 0, a line per table, nothing
 /// written); a row edited without the key fails (exit 1) and is counted.
 #[test]

@@ -320,3 +320,31 @@ fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
     until("A reconnects", || a.create(NewSession::new("gina")).is_ok());
     assert_eq!(a.list_user("gina").unwrap().len(), 2);
 }
+
+#[test]
+fn redis_holds_no_token_material() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let server = Server::start();
+    let (a, _b, _) = two_nodes(&server, Reuse::default());
+    let tok = a.create(NewSession::new("hana").data(b"x".to_vec())).unwrap().token.to_string();
+    let pair = a.issue_tokens(&tok).unwrap();
+    let pair = a.refresh(&pair.refresh.to_string()).unwrap();
+    // Everything stored under the prefix, values of every type, as bytes.
+    let keys: Vec<String> = redis::from_redis_value(server.cmd(redis::cmd("KEYS").arg("{app}:*")).unwrap()).unwrap();
+    let mut dump = Vec::new();
+    for k in &keys {
+        let v = server.cmd(redis::cmd("DUMP").arg(k)).unwrap();
+        let bytes: Vec<u8> = redis::from_redis_value(v).unwrap();
+        dump.extend_from_slice(&bytes);
+    }
+    let contains = |needle: &[u8]| dump.windows(needle.len()).any(|w| w == needle);
+    let secret = &b64.decode(&tok[4..]).unwrap()[16..48];
+    let mac = &b64.decode(&pair.refresh.to_string()[4..]).unwrap()[28..];
+    assert!(keys.iter().any(|k| k.starts_with("{app}:s:")), "the session is stored");
+    assert!(!contains(secret), "a session secret is stored");
+    assert!(!contains(mac), "a refresh-token MAC is stored");
+    assert!(!contains(tok.as_bytes()) && !contains(pair.refresh.to_string().as_bytes()));
+    assert!(!contains(pair.access.as_bytes()));
+    assert!(!contains(&KEY), "the server key is stored");
+}

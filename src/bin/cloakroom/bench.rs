@@ -1,7 +1,8 @@
 //! `cloakroom bench`: a load generator. Loads N sessions, runs a mix of
 //! validate/create/refresh/revoke from T threads for a duration, and reports
 //! throughput and latency percentiles per operation — for cloakroom, and with
-//! `--redis` for the same mix against Redis, with the ratio.
+//! `--redis` for the same mix against Redis, with the ratio. `--backend redis`
+//! runs cloakroom itself on Redis (`Store::redis`) instead of a redb file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use cloakroom::{Config, Durability, Error, NewSession, Store};
+use cloakroom::{Config, Durability, Error, NewSession, RedisOptions, Store};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,8 +35,13 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = Dur::Immediate)]
     durability: Dur,
     /// Also run the mix against Redis: a URL, or `local` to start a redis-server on a free loopback port.
+    /// With `--backend redis`, cloakroom's own store uses this server too (default `local`).
     #[arg(long)]
     redis: Option<String>,
+    /// Where cloakroom keeps its sessions: a redb file (the default), or Redis
+    /// (`Store::redis`, the scale-out backend) at the `--redis` server.
+    #[arg(long, value_enum, default_value_t = Backend::Redb)]
+    backend: Backend,
     /// Store file. Default: a temporary directory, removed when the run ends.
     /// A given file is created if missing, reset if it is a previous demo/bench
     /// database, and otherwise refused (see --force); it is kept after the run.
@@ -51,6 +57,12 @@ pub(crate) struct Args {
     /// Write a latency-distribution chart (SVG) comparing the systems.
     #[arg(long)]
     plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Redb,
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -328,6 +340,35 @@ fn print_table(title: &str, r: &BTreeMap<&'static str, OpResult>) {
 pub(crate) fn run(a: &Args) -> Result<(), CliError> {
     let mix = parse_mix(&a.mix)?;
     let threads = a.threads;
+    // The Redis server of `--redis` (started here for `local`, and for
+    // `--backend redis` without `--redis`), stopped when the run ends.
+    let fsync = if a.durability == Dur::Immediate { "always" } else { "everysec" };
+    let mut _server = None;
+    let redis_url = match (a.redis.as_deref(), a.backend) {
+        (Some(url), _) if url != "local" => Some(url.to_owned()),
+        (Some(_), _) | (None, Backend::Redis) => {
+            let s = RedisServer::start(fsync).map_err(CliError::Failed)?;
+            let u = s.url();
+            _server = Some(s);
+            Some(u)
+        }
+        (None, Backend::Redb) => None,
+    };
+    let durability = if a.durability == Dur::Immediate { Durability::Immediate } else { Durability::Eventual };
+    if a.backend == Backend::Redis {
+        let url = redis_url.clone().unwrap_or_default();
+        let mut b = Config::builder();
+        // A fresh random server key and prefix per run: a bench never mixes
+        // with an app's data on the same server.
+        let key: [u8; 32] = rand::random();
+        b.durability(durability).sweep_interval(None).server_key(&key);
+        let mut o = RedisOptions::default();
+        o.prefix = format!("cloakroom-bench-{:016x}", rand::random::<u64>());
+        o.pool_size = threads.max(16);
+        let store = Store::redis_with(&url, o, b.build()?)?;
+        let tokens = load(&store, a.sessions, threads)?;
+        return finish(a, &mix, store, &tokens, redis_url.as_deref());
+    }
     // The temporary directory (when no --db is given) is removed on drop, even on failure.
     let (_tmp, db) = match &a.db {
         Some(db) => {
@@ -347,14 +388,27 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
         let mut b = Config::builder();
         b.durability(Durability::Eventual).sweep_interval(None).scratch(true);
         let store = Store::open(db, b.build()?).map_err(|e| crate::open_error(db, e))?;
-        let bar = load_bar(a.sessions, "cloakroom: loading");
-        let per = a.sessions.div_ceil(threads);
+        let all = load(&store, a.sessions, threads)?;
+        store.close()?;
+        all
+    };
+    let mut b = Config::builder();
+    b.durability(durability).sweep_interval(None);
+    let store = Store::open(db, b.build()?).map_err(|e| crate::open_error(db, e))?;
+    finish(a, &mix, store, &tokens, redis_url.as_deref())
+}
+
+/// Creates `sessions` sessions from `threads` threads; returns their tokens.
+fn load(store: &Store, sessions: usize, threads: usize) -> Result<Vec<String>, CliError> {
+    {
+        let bar = load_bar(sessions, "cloakroom: loading");
+        let per = sessions.div_ceil(threads);
         let chunks: Vec<Result<Vec<String>, Error>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..threads)
                 .map(|t| {
-                    let (store, bar) = (&store, &bar);
+                    let bar = &bar;
                     s.spawn(move || {
-                        let n = per.min(a.sessions.saturating_sub(t * per));
+                        let n = per.min(sessions.saturating_sub(t * per));
                         let mut v = Vec::with_capacity(n);
                         for i in 0..n {
                             v.push(
@@ -374,17 +428,18 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
             hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Closed))).collect()
         });
         bar.finish_and_clear();
-        store.close()?;
-        let mut all = Vec::with_capacity(a.sessions);
+        let mut all = Vec::with_capacity(sessions);
         for c in chunks {
             all.extend(c?);
         }
-        all
-    };
-    let mut b = Config::builder();
-    b.durability(if a.durability == Dur::Immediate { Durability::Immediate } else { Durability::Eventual })
-        .sweep_interval(None);
-    let store = Store::open(db, b.build()?).map_err(|e| crate::open_error(db, e))?;
+        Ok(all)
+    }
+}
+
+/// Runs the mix on `store` (and on the plain Redis store at `redis_url` with
+/// `--redis`), then reports.
+fn finish(a: &Args, mix: &[u32; 4], store: Store, tokens: &[String], redis_url: Option<&str>) -> Result<(), CliError> {
+    let threads = a.threads;
     let refresh_pools: Vec<Vec<String>> = (0..threads)
         .map(|t| {
             (0..64)
@@ -395,9 +450,9 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<_, _>>()?;
-    let (h, failed, el) = run_mix("cloakroom", threads, a.duration, &mix, &|t| CloakWorker {
+    let (h, failed, el) = run_mix("cloakroom", threads, a.duration, mix, &|t| CloakWorker {
         store: &store,
-        tokens: &tokens,
+        tokens,
         refresh: refresh_pools[t].clone(),
         mine: Vec::new(),
         n: 0,
@@ -407,20 +462,10 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
 
     let mut redis_result = None;
     let mut redis_hists = None;
-    if let Some(url) = &a.redis {
-        let fsync = if a.durability == Dur::Immediate { "always" } else { "everysec" };
-        let _server;
-        let url = if url == "local" {
-            let s = RedisServer::start(fsync).map_err(CliError::Failed)?;
-            let u = s.url();
-            _server = s;
-            u
-        } else {
-            url.clone()
-        };
+    if let (Some(url), true) = (redis_url, a.redis.is_some()) {
         let redis_err = |e: redis::RedisError| CliError::Failed(format!("redis at {url}: {e}"));
         let ttl = 7 * 24 * 3600;
-        let mut loader = RedisSessions::connect(&url, ttl).map_err(redis_err)?;
+        let mut loader = RedisSessions::connect(url, ttl).map_err(redis_err)?;
         let bar = load_bar(a.sessions, "redis: loading");
         let mut rtokens = Vec::with_capacity(a.sessions);
         let mut ids = Vec::new();
@@ -442,9 +487,9 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
             .collect::<Result<_, _>>()
             .map_err(redis_err)?;
         let conns: Vec<RedisSessions> =
-            (0..threads).map(|_| RedisSessions::connect(&url, ttl)).collect::<Result<_, _>>().map_err(redis_err)?;
+            (0..threads).map(|_| RedisSessions::connect(url, ttl)).collect::<Result<_, _>>().map_err(redis_err)?;
         let conns = std::sync::Mutex::new(conns.into_iter().map(Some).collect::<Vec<_>>());
-        let (h, failed, el) = run_mix("redis", threads, a.duration, &mix, &|t| RedisWorker {
+        let (h, failed, el) = run_mix("redis", threads, a.duration, mix, &|t| RedisWorker {
             r: conns.lock().map(|mut c| c[t].take()).ok().flatten().unwrap_or_else(|| unreachable!()),
             tokens: &rtokens,
             refresh: pools[t].clone(),
@@ -462,7 +507,7 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
     if a.json {
         let out = serde_json::json!({
             "sessions": a.sessions, "threads": threads, "duration_s": a.duration, "mix": a.mix,
-            "durability": format!("{:?}", a.durability).to_lowercase(),
+            "durability": format!("{:?}", a.durability).to_lowercase(), "backend": format!("{:?}", a.backend).to_lowercase(),
             "cloakroom": cloak, "redis": redis_result,
         });
         println!("{out:#}");
