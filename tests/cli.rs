@@ -2,6 +2,10 @@
 //! what read-only commands write (nothing), and what its messages say.
 #![cfg(feature = "cli")]
 
+#[path = "../src/bin/cloakroom/redis_side.rs"]
+#[allow(clippy::disallowed_methods, unreachable_pub)] // the Redis baseline times its own server start
+mod redis_side;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -272,6 +276,9 @@ fn bench_checks_its_arguments_and_cleans_up() {
 /// starts (and stops) itself, against the plain Redis store on the same server.
 #[test]
 fn bench_runs_on_the_redis_backend() {
+    if !redis_side::available_for_tests("cloakroom bench --backend redis") {
+        return;
+    }
     let (_t, dir) = setup();
     let args = ["bench", "--backend", "redis", "--redis", "local", "--sessions", "50", "--threads", "2"];
     let o = cloakroom(&[&args[..], &["--duration", "0.3", "--json"]].concat(), &dir);

@@ -21,18 +21,6 @@ local function revoke(k, h, rv, rvt, ev, prune)
 end
 ";
 
-/// KEYS: session, user index. ARGV: r, num, ser, sh, id, user, ttl ms,
-/// index member, index score (absolute deadline), now (drops index members
-/// whose absolute deadline passed). Returns 1, or 0 if the id is taken.
-const CREATE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'r', ARGV[1], 'num', ARGV[2], 'ser', ARGV[3], 'sh', ARGV[4], 'id', ARGV[5], 'u', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[10])
-redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8])
-return 1
-";
-
 /// Compare-and-swap on one session. KEYS: session, user index, revoked hash,
 /// revoked zset, events channel. ARGV:
 /// 1 expected `r` (`*`: any), 2 expected `f` (`*` any, `` absent),
@@ -131,7 +119,6 @@ return out
 
 /// The scripts, hashed once.
 pub(crate) struct Scripts {
-    pub(crate) create: Script,
     pub(crate) cas: Script,
     pub(crate) revoke: Script,
     pub(crate) revoke_user: Script,
@@ -141,7 +128,6 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
-            create: Script::new(CREATE),
             cas: Script::new(&format!("{REVOKE_FN}{CAS}")),
             revoke: Script::new(&format!("{REVOKE_FN}{REVOKE}")),
             revoke_user: Script::new(&format!("{REVOKE_FN}{REVOKE_USER}")),

@@ -15,6 +15,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Commands as _, Connection, RedisResult};
 
+/// For tests: whether `redis-server` is on PATH. When it is not, says
+/// `SKIPPED: <what>` on stderr and returns false, unless `CLOAKROOM_REQUIRE_REDIS`
+/// is set (as `.ci/run` does): then it panics, so CI never skips.
+pub fn available_for_tests(what: &str) -> bool {
+    let found =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()));
+    if !found {
+        assert!(
+            std::env::var_os("CLOAKROOM_REQUIRE_REDIS").is_none(),
+            "redis-server not found on PATH and CLOAKROOM_REQUIRE_REDIS is set: apt-get install redis-server"
+        );
+        eprintln!("SKIPPED: {what}: redis-server not found on PATH (apt-get install redis-server)");
+    }
+    found
+}
+
 /// A `redis-server` child process on 127.0.0.1, stopped on drop.
 pub struct RedisServer {
     child: Child,
