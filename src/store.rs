@@ -378,7 +378,11 @@ impl Store {
                 sync::start(pool, keys, sync::Targets { cache, revocation }, follow_coherence)
             }),
         };
-        Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))
+        let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;
+        // With their secret hashes, so a revoked token's holder reads `Revoked`
+        // from the first call on (the follower reloads them too, later).
+        store.inner.table.revocation.revoke_committed(&loaded.revoked);
+        Ok(store)
     }
 
     /// Opens a store on a custom redb storage backend (fault injection in tests).

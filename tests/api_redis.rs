@@ -22,6 +22,7 @@ mod api {
     mod expiry;
     mod faulty;
     mod lifecycle;
+    mod model;
     mod policy;
     mod tokens;
     mod writes;

@@ -38,6 +38,35 @@ pub(crate) fn open_as_is(cfg: Config) -> Store {
     if crate::REDIS && redis::available() { redis::open(cfg) } else { Store::in_memory(cfg).unwrap() }
 }
 
+/// Where a store's data outlives the store, so a test can close it and open
+/// it again: a redb file, or (in `tests/api_redis.rs`) a key prefix of its own
+/// on this thread's `redis-server`.
+pub(crate) struct Durable {
+    dir: tempfile::TempDir,
+    #[cfg(feature = "redis")]
+    options: cloakroom::RedisOptions,
+}
+
+impl Durable {
+    pub(crate) fn new() -> Durable {
+        Durable {
+            dir: tempfile::tempdir().unwrap(),
+            #[cfg(feature = "redis")]
+            options: redis::options(),
+        }
+    }
+
+    /// Opens (again) the store on this place.
+    pub(crate) fn open(&self, cfg: Config) -> Store {
+        #[cfg(feature = "redis")]
+        if crate::REDIS && redis::available() {
+            let cfg = cfg.to_builder().server_key(&REDIS_SERVER_KEY).build().unwrap();
+            return Store::redis_with(&redis::url(), self.options.clone(), cfg).unwrap();
+        }
+        Store::open(self.dir.path().join("store.redb"), cfg).unwrap()
+    }
+}
+
 #[cfg(feature = "redis")]
 pub(crate) mod redis {
     use std::cell::RefCell;

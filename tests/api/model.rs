@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cloakroom::{Clock as _, Config, Error, ManualClock, NewSession, Scope, Store};
+use cloakroom::{Clock as _, Config, Error, ManualClock, NewSession, Scope};
 use proptest::prelude::*;
 
 const USERS: usize = 3;
@@ -129,11 +129,10 @@ fn config(clock: &ManualClock) -> Config {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.redb");
+    let place = super::common::Durable::new();
     let clock = ManualClock::fixed();
     let mut now = clock.now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let mut store = Store::open(&path, config(&clock)).unwrap();
+    let mut store = place.open(config(&clock));
     let mut model: Vec<M> = Vec::new();
     // Data version and data of each session, by id (a rotation keeps both).
     let mut data: std::collections::HashMap<cloakroom::SessionId, (u64, Vec<u8>)> = std::collections::HashMap::new();
@@ -349,12 +348,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 now += s * 1000;
             }
             Op::Reopen => {
-                for m in model.iter_mut().filter(|m| m.revoked) {
-                    m.forgotten = true;
+                // A redb store keeps a revoked secret's hash in memory only: after
+                // a reopen its holder reads NotFound. Redis keeps it with the
+                // revocation entry, so a Redis-backed store still says Revoked.
+                if !crate::REDIS {
+                    for m in model.iter_mut().filter(|m| m.revoked) {
+                        m.forgotten = true;
+                    }
                 }
                 store.close().unwrap();
                 drop(store);
-                store = Store::open(&path, config(&clock)).unwrap();
+                store = place.open(config(&clock));
             }
             _ => {}
         }
@@ -375,7 +379,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    // 1,000 random sequences on redb; 200 on Redis, where every write is a
+    // round trip and an fsync of the server's AOF.
+    #![proptest_config(ProptestConfig { cases: if crate::REDIS { 200 } else { 1000 }, ..ProptestConfig::default() })]
     #[test]
     fn store_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
         run(ops)?;
