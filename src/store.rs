@@ -54,7 +54,8 @@ pub struct Issued {
 #[non_exhaustive]
 pub struct Stats {
     /// Sessions stored (every acknowledged one, including expired ones not yet
-    /// swept); `None` if the count failed.
+    /// swept); `None` if the count failed, and always on a Redis-backed store
+    /// (Redis expires sessions by itself, uncounted).
     pub sessions_stored: Option<u64>,
     /// Sessions held in the cache.
     pub cached_sessions: usize,
