@@ -71,6 +71,13 @@ impl Server {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().map(Child::id).unwrap();
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -84,6 +91,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal("CONT"); // a stopped server would not die of SIGKILL's wait
+        }
         self.kill();
     }
 }
@@ -386,4 +396,30 @@ fn redis_holds_no_token_material() {
     assert!(!contains(tok.as_bytes()) && !contains(pair.refresh.to_string().as_bytes()));
     assert!(!contains(pair.access.as_bytes()));
     assert!(!contains(&KEY), "the server key is stored");
+}
+
+#[test]
+fn a_silent_server_fails_ops_within_the_timeout_and_service_resumes() {
+    if !have_redis() {
+        return;
+    }
+    let server = Server::start();
+    let (a, _b, _) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("ivan")).unwrap().token.to_string();
+    server.signal("STOP"); // the server accepts nothing and answers nothing
+    #[allow(clippy::disallowed_methods)] // measuring how long a failing op takes, not waiting for time
+    let started = std::time::Instant::now();
+    match a.validate_strict(&t) {
+        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::Unavailable),
+        other => panic!("expected Storage(Unavailable), got {other:?}"),
+    }
+    match a.create(NewSession::new("ivan")) {
+        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::Unavailable),
+        other => panic!("expected Storage(Unavailable), got {:?}", other.map(|_| ())),
+    }
+    let took = started.elapsed();
+    // Two ops, each bounded by the 300 ms timeout (a read, or a connect and a read).
+    assert!(took < Duration::from_millis(2000), "two failing ops took {took:?}");
+    server.signal("CONT");
+    until("service resumes", || a.validate_strict(&t).is_ok());
 }
