@@ -257,6 +257,29 @@ fn a_node_with_another_server_key_or_access_key_is_refused() {
 }
 
 #[test]
+fn a_store_of_another_layout_version_is_refused_untouched() {
+    if !have_redis() {
+        return;
+    }
+    let server = Server::start();
+    let clock = ManualClock::fixed();
+    drop(Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap());
+    assert_eq!(
+        server.cmd(redis::cmd("HGET").arg("{app}:meta").arg("format")).unwrap(),
+        redis::Value::BulkString(b"1".to_vec())
+    );
+    server.cmd(redis::cmd("HSET").arg("{app}:meta").arg("format").arg("2")).unwrap();
+    match Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())) {
+        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::NewerFormat),
+        other => panic!("expected NewerFormat, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        server.cmd(redis::cmd("HGET").arg("{app}:meta").arg("format")).unwrap(),
+        redis::Value::BulkString(b"2".to_vec())
+    );
+}
+
+#[test]
 fn immediate_durability_needs_a_server_that_fsyncs_every_write() {
     if !have_redis() {
         return;

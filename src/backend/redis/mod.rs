@@ -11,7 +11,7 @@
 //! | `{p}:rv` | hash | revoked serial → id ‖ secret hash |
 //! | `{p}:rvt` | zset | revoked serial, scored by prune-after (ms) |
 //! | `{p}:nb` | hash | user → not-before (ms) |
-//! | `{p}:meta` | hash | `keycheck`: a hash derived from the server key; `serial`: the serial counter |
+//! | `{p}:meta` | hash | `format`: the layout version (1); `keycheck`: a hash derived from the server key; `serial`: the serial counter |
 //! | `{p}:kids` | hash | access-token kid → keyed hash of its algorithm and verification key |
 //! | `{p}:ev` | channel | revocations (`R`), changed sessions (`U`), not-before (`N`) |
 //!
@@ -44,6 +44,10 @@ use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;
 use crate::token::{SecretHash, SessionId};
+
+/// The Redis key layout's version, recorded in `{p}:meta` as `format` by the
+/// first open; a store whose recorded layout is another one is refused.
+pub(crate) const LAYOUT_FORMAT: u32 = 1;
 
 /// How many times a compare-and-swap is retried after losing to another
 /// writer before the op reports [`Error::Busy`].
@@ -331,6 +335,23 @@ impl RedisBackend {
     ) -> Result<RedisBackend, Error> {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
         let meta = keys.meta();
+        let format: u32 = pool.with(|c| {
+            redis::pipe()
+                .cmd("HSETNX")
+                .arg(&meta)
+                .arg("format")
+                .arg(LAYOUT_FORMAT)
+                .ignore()
+                .cmd("HGET")
+                .arg(&meta)
+                .arg("format")
+                .query::<(Option<String>,)>(c)
+                .map(|(f,)| f.and_then(|f| f.parse().ok()).unwrap_or(0))
+        })?;
+        if format != LAYOUT_FORMAT {
+            // Written by another (newer, or unknown) version: nothing is touched.
+            return Err(StorageError::new(StorageErrorKind::NewerFormat).into());
+        }
         let recorded: String = pool.with(|c| {
             redis::pipe()
                 .cmd("HSETNX")
