@@ -361,13 +361,13 @@ impl Store {
         };
         let backend = RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, &keyring, fsync)?;
         let loaded = load(&pool, &keys)?;
-        let revoked: Vec<(u64, u64, SessionId)> =
-            loaded.revoked.iter().map(|r| (r.serial, r.prune_after, r.id)).collect();
+        // The revocation state is applied by `sync::catch_up` below, as the
+        // follower does on every (re)connect.
         let boot = Boot {
             next_serial: 1,
             legacy: LegacyTokens { tagged_since: 0, until: 0 },
-            revoked: &revoked,
-            not_before: loaded.not_before,
+            revoked: &[],
+            not_before: Vec::new(),
         };
         let coherence = Arc::new(Coherence::new(options.staleness));
         let (reserve_pool, reserve_keys) = (Arc::clone(&pool), keys.clone());
@@ -380,9 +380,8 @@ impl Store {
             }),
         };
         let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;
-        // With their secret hashes, so a revoked token's holder reads `Revoked`
-        // from the first call on (the follower reloads them too, later).
-        store.inner.table.revocation.revoke_committed(&loaded.revoked);
+        // Before the first call (the follower catches up again when it connects).
+        sync::catch_up(&store.inner.table.revocation, &loaded);
         Ok(store)
     }
 

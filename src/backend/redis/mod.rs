@@ -179,24 +179,17 @@ impl Pool {
             Some(c) => c,
             None => self.connect()?,
         };
-        match f(&mut con) {
-            Ok(v) => {
-                let mut idle = self.idle.lock();
-                if idle.len() < self.cap {
-                    idle.push(con);
-                }
-                Ok(v)
-            }
-            Err(e) => {
-                if !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() && !e.is_unrecoverable_error() {
-                    let mut idle = self.idle.lock();
-                    if idle.len() < self.cap {
-                        idle.push(con);
-                    }
-                }
-                Err(unavailable(e))
+        let out = f(&mut con);
+        let healthy = out.as_ref().err().is_none_or(|e| {
+            !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() && !e.is_unrecoverable_error()
+        });
+        if healthy {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.cap {
+                idle.push(con);
             }
         }
+        out.map_err(unavailable)
     }
 
     /// Drops every idle connection (after the server went away).
@@ -219,6 +212,24 @@ type LoadReply = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<(String, u64)>);
 
 /// One session row of a listing: `r`, `num`, `id`.
 type ListedRow = (Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>);
+
+/// Sets `field` of hash `key` to `value` unless it is set already; returns
+/// what is recorded there now (this value, or the one recorded first).
+fn record_once(pool: &Pool, key: &str, field: &str, value: &str) -> Result<Option<String>, Error> {
+    pool.with(|c| {
+        redis::pipe()
+            .cmd("HSETNX")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .ignore()
+            .cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query::<(Option<String>,)>(c)
+            .map(|(v,)| v)
+    })
+}
 
 /// Reads the revocation entries and not-before cut-offs.
 pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<Loaded, Error> {
@@ -268,12 +279,11 @@ struct Cas<'a> {
     expect_f: Option<&'a [u8]>,
     delete: bool,
     new_r: Option<Vec<u8>>,
-    /// `None`: keep; `Some(None)`: delete; `Some(Some(b))`: set.
-    new_f: Option<Option<Vec<u8>>>,
+    /// New sealed families (`None`: keep).
+    new_f: Option<Vec<u8>>,
     ttl_ms: Option<u64>,
     new_serial: Option<(u64, SecretHash)>,
     prune_after: u64,
-    index_score: Option<u64>,
     revoke_old: bool,
     event: Option<Vec<u8>>,
 }
@@ -295,7 +305,6 @@ enum Queued {
 /// Counters of the backend.
 #[derive(Default)]
 struct Counters {
-    cas_retries: AtomicU64,
     touches: AtomicU64,
     dropped_touches: AtomicU64,
     corrupt: AtomicU64,
@@ -335,37 +344,12 @@ impl RedisBackend {
     ) -> Result<RedisBackend, Error> {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
         let meta = keys.meta();
-        let format: u32 = pool.with(|c| {
-            redis::pipe()
-                .cmd("HSETNX")
-                .arg(&meta)
-                .arg("format")
-                .arg(LAYOUT_FORMAT)
-                .ignore()
-                .cmd("HGET")
-                .arg(&meta)
-                .arg("format")
-                .query::<(Option<String>,)>(c)
-                .map(|(f,)| f.and_then(|f| f.parse().ok()).unwrap_or(0))
-        })?;
-        if format != LAYOUT_FORMAT {
+        let format = record_once(&pool, &meta, "format", &LAYOUT_FORMAT.to_string())?;
+        if format.and_then(|f| f.parse().ok()) != Some(LAYOUT_FORMAT) {
             // Written by another (newer, or unknown) version: nothing is touched.
             return Err(StorageError::new(StorageErrorKind::NewerFormat).into());
         }
-        let recorded: String = pool.with(|c| {
-            redis::pipe()
-                .cmd("HSETNX")
-                .arg(&meta)
-                .arg("keycheck")
-                .arg(&check)
-                .ignore()
-                .cmd("HGET")
-                .arg(&meta)
-                .arg("keycheck")
-                .query::<(String,)>(c)
-                .map(|(s,)| s)
-        })?;
-        if recorded != check {
+        if record_once(&pool, &meta, "keycheck", &check)?.as_deref() != Some(check.as_str()) {
             return Err(StorageError::new(StorageErrorKind::KeyMismatch).into());
         }
         // Each access-token kid names one key on every node: a kid recorded
@@ -374,20 +358,7 @@ impl RedisBackend {
         let kid_key = blake3::derive_key("cloakroom 2026 redis access-key check v1", server_key);
         for (kid, print) in keyring.fingerprints(&kid_key) {
             let print = hex(&print);
-            let recorded: String = pool.with(|c| {
-                redis::pipe()
-                    .cmd("HSETNX")
-                    .arg(keys.kids())
-                    .arg(&kid)
-                    .arg(&print)
-                    .ignore()
-                    .cmd("HGET")
-                    .arg(keys.kids())
-                    .arg(&kid)
-                    .query::<(String,)>(c)
-                    .map(|(s,)| s)
-            })?;
-            if recorded != print {
+            if record_once(&pool, &keys.kids(), &kid, &print)?.as_deref() != Some(print.as_str()) {
                 return Err(Error::Config(format!(
                     "access-token key {kid:?} differs from the key other nodes recorded under that kid in Redis: \
                      give every node the same keyring (or a new kid for a new key)"
@@ -489,11 +460,7 @@ impl Shared {
         };
         inv.arg(if c.delete { "del" } else { "put" });
         inv.arg(c.new_r.as_deref().unwrap_or(b""));
-        match &c.new_f {
-            None => inv.arg("-"),
-            Some(None) => inv.arg(""),
-            Some(Some(b)) => inv.arg(b.as_slice()),
-        };
+        inv.arg(c.new_f.as_deref().unwrap_or(b""));
         inv.arg(c.ttl_ms.map(|t| t.to_string()).unwrap_or_default());
         match &c.new_serial {
             Some((serial, sh)) => inv.arg(serial.to_string()).arg(sh.0.as_slice()),
@@ -501,7 +468,6 @@ impl Shared {
         };
         inv.arg(c.prune_after.to_string());
         inv.arg(hex(id.as_bytes()));
-        inv.arg(c.index_score.map(|t| t.to_string()).unwrap_or_default());
         inv.arg(if c.revoke_old { "1" } else { "0" });
         inv.arg(c.event.as_deref().unwrap_or(b""));
         let v: Vec<Value> = self.pool.with(|con| inv.invoke(con))?;
@@ -528,9 +494,7 @@ impl Shared {
             match self.cas(id, &stored.rec.user, &cas) {
                 Ok(CasResult::Done) => return Ok(done),
                 Ok(CasResult::Gone) => return Err(Error::NotFound.into()),
-                Ok(CasResult::Changed) => {
-                    self.counters.cas_retries.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(CasResult::Changed) => {}
                 // The script may or may not have run: report what it decided
                 // to revoke as unsaved, so this process refuses it anyway.
                 Err(error) => return Err(Failure { error, unsaved: done.revoked().to_vec() }),
@@ -628,7 +592,7 @@ impl Shared {
                     Some(row) => {
                         let mut fam = decode_family(&self.mac, s.rec.number, row)?;
                         fam.drop_all();
-                        Some(Some(self.seal_families(s.rec.number, fam.encode())))
+                        Some(self.seal_families(s.rec.number, fam.encode()))
                     }
                     None => None,
                 };
@@ -686,7 +650,7 @@ impl Shared {
                 }
                 match write {
                     Some(bytes) => {
-                        let cas = Cas { new_f: Some(Some(self.seal_families(n, bytes))), ..Cas::keep() };
+                        let cas = Cas { new_f: Some(self.seal_families(n, bytes)), ..Cas::keep() };
                         Ok(Step::Write(cas, Outcome::Family { reply, revoked: None }))
                     }
                     None => Ok(Step::Answer(Outcome::Family { reply, revoked: None })),
@@ -763,7 +727,6 @@ impl Cas<'static> {
             ttl_ms: None,
             new_serial: None,
             prune_after: 0,
-            index_score: None,
             revoke_old: false,
             event: None,
         }

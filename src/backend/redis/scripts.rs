@@ -9,26 +9,28 @@
 
 use redis::Script;
 
-/// Revokes the session at key `k` whose hash fields are `h` = {ser, sh, id}:
-/// records `ser → id ‖ sh` in the revoked hash and its prune time in the
-/// revoked zset, deletes the session and publishes the revocation.
+/// `record`: records the revocation of the session whose hash fields are
+/// `h` = {ser, sh, id} (`ser → id ‖ sh` in the revoked hash, its prune time in
+/// the revoked zset) and publishes it; `revoke` also deletes the session at `k`.
 const REVOKE_FN: &str = r"
-local function revoke(k, h, rv, rvt, ev, prune)
+local function record(h, rv, rvt, ev, prune)
   redis.call('HSET', rv, h[1], h[3] .. h[2])
   redis.call('ZADD', rvt, prune, h[1])
-  redis.call('DEL', k)
   redis.call('PUBLISH', ev, 'R' .. h[1] .. ':' .. prune .. ':' .. h[3] .. h[2])
+end
+local function revoke(k, h, rv, rvt, ev, prune)
+  record(h, rv, rvt, ev, prune)
+  redis.call('DEL', k)
 end
 ";
 
 /// Compare-and-swap on one session. KEYS: session, user index, revoked hash,
 /// revoked zset, events channel. ARGV:
 /// 1 expected `r` (`*`: any), 2 expected `f` (`*` any, `` absent),
-/// 3 mode (`put` or `del`), 4 new `r` (`` keep), 5 new `f` (`-` keep, `` delete),
+/// 3 mode (`put` or `del`), 4 new `r` (`` keep), 5 new `f` (`` keep),
 /// 6 ttl ms (`` keep), 7 new serial (`` keep), 8 new secret hash,
-/// 9 prune-after of a revocation, 10 index member, 11 index score (`` keep),
-/// 12 revoke the old serial on `put` (`1`: a rotation), 13 event on `put`
-/// (`` none, else published as is).
+/// 9 prune-after of a revocation, 10 index member, 11 revoke the old serial
+/// on `put` (`1`: a rotation), 12 event on `put` (`` none, else published as is).
 /// Returns {1} when applied, {0} if the session is gone, or {-1} if it
 /// changed since it was read (the caller reads again and retries).
 const CAS: &str = r"
@@ -45,18 +47,12 @@ if ARGV[3] == 'del' then
   redis.call('ZREM', KEYS[2], ARGV[10])
   return {1}
 end
-if ARGV[12] == '1' then
-  redis.call('HSET', KEYS[3], h[1], h[3] .. h[2])
-  redis.call('ZADD', KEYS[4], ARGV[9], h[1])
-  redis.call('PUBLISH', KEYS[5], 'R' .. h[1] .. ':' .. ARGV[9] .. ':' .. h[3] .. h[2])
-end
+if ARGV[11] == '1' then record(h, KEYS[3], KEYS[4], KEYS[5], ARGV[9]) end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'r', ARGV[4]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'ser', ARGV[7], 'sh', ARGV[8]) end
-if ARGV[5] == '' then redis.call('HDEL', KEYS[1], 'f')
-elseif ARGV[5] ~= '-' then redis.call('HSET', KEYS[1], 'f', ARGV[5]) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'f', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
-if ARGV[11] ~= '' then redis.call('ZADD', KEYS[2], ARGV[11], ARGV[10]) end
-if ARGV[13] ~= '' then redis.call('PUBLISH', KEYS[5], ARGV[13]) end
+if ARGV[12] ~= '' then redis.call('PUBLISH', KEYS[5], ARGV[12]) end
 return {1}
 ";
 

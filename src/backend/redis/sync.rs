@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{Keys, Pool, load, split_id_hash};
+use super::{Keys, Loaded, Pool, load, split_id_hash};
 use crate::backend::Revoked;
 use crate::backend::coherence::Coherence;
 use crate::cache::Cache;
@@ -75,11 +75,7 @@ fn follow(pool: &Pool, keys: &Keys, t: &Targets, coherence: &Coherence) -> Resul
     // Subscribed first, so nothing published from here on is missed; then
     // catch up on what may have been missed before.
     t.cache.clear();
-    let loaded = load(pool, keys)?;
-    t.revocation.revoke_committed(&loaded.revoked);
-    for (user, at) in &loaded.not_before {
-        t.revocation.set_not_before(user, *at);
-    }
+    catch_up(&t.revocation, &load(pool, keys)?);
     coherence.resyncs.fetch_add(1, Ordering::Relaxed);
     coherence.set_synced(true);
     while !coherence.stopped() {
@@ -94,6 +90,16 @@ fn follow(pool: &Pool, keys: &Keys, t: &Targets, coherence: &Coherence) -> Resul
         }
     }
     Ok(())
+}
+
+/// Applies what `load` read: every revocation entry (with its secret hash, so
+/// a revoked token's holder reads `Revoked`) and not-before cut-off. At open
+/// and after every (re)connect of the follower.
+pub(crate) fn catch_up(revocation: &Revocation, loaded: &Loaded) {
+    revocation.revoke_committed(&loaded.revoked);
+    for (user, at) in &loaded.not_before {
+        revocation.set_not_before(user, *at);
+    }
 }
 
 /// Applies one event: `R<serial>:<prune-after>:<id ‖ secret hash>`,
