@@ -23,9 +23,19 @@ const KEY: [u8; 32] = [0x42; 32];
 /// Bounded polls of 1 ms.
 const POLL: Duration = Duration::from_millis(1);
 
-/// Whether this test can run (see `redis_side::available_for_tests`).
-fn have_redis() -> bool {
-    redis_side::available_for_tests("multi-node Redis test")
+/// A fresh server for one test, or `None` (the test returns) where
+/// `redis_side::available_for_tests` says it is skipped.
+fn server() -> Option<Server> {
+    redis_side::available_for_tests("multi-node Redis test").then(Server::start)
+}
+
+/// The kind of a `Storage` error; panics on anything else.
+fn storage_kind<T>(r: Result<T, Error>) -> StorageErrorKind {
+    match r {
+        Err(Error::Storage(e)) => e.kind(),
+        Err(e) => panic!("expected a Storage error, got {e:?}"),
+        Ok(_) => panic!("expected a Storage error, got Ok"),
+    }
 }
 
 /// A `redis-server` on a fixed free port with its own directory (AOF on,
@@ -141,10 +151,7 @@ fn until(what: &str, mut f: impl FnMut() -> bool) -> u32 {
 
 #[test]
 fn a_revoke_on_one_node_is_refused_by_the_other_within_50_ms() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, b, _) = two_nodes(&server, Reuse::default());
     let issued = a.create(NewSession::new("alice")).unwrap();
     let t = issued.token.to_string();
@@ -171,10 +178,7 @@ fn a_revoke_on_one_node_is_refused_by_the_other_within_50_ms() {
 
 #[test]
 fn sixteen_threads_on_two_nodes_refreshing_one_token_rotate_it_once() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, b, _) = two_nodes(&server, Reuse::Grace(Duration::from_secs(10)));
     let t = a.create(NewSession::new("bob")).unwrap().token.to_string();
     let refresh = a.issue_tokens(&t).unwrap().refresh.to_string();
@@ -206,10 +210,7 @@ fn sixteen_threads_on_two_nodes_refreshing_one_token_rotate_it_once() {
 
 #[test]
 fn logout_everywhere_on_one_node_kills_the_other_nodes_live_access_tokens() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, b, clock) = two_nodes(&server, Reuse::default());
     let t = b.create(NewSession::new("carol")).unwrap().token.to_string();
     let pair = b.issue_tokens(&t).unwrap();
@@ -225,17 +226,11 @@ fn logout_everywhere_on_one_node_kills_the_other_nodes_live_access_tokens() {
 
 #[test]
 fn a_node_with_another_server_key_or_access_key_is_refused() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let clock = ManualClock::fixed();
     let _a = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
     let other = Config::builder().server_key(&[1; 32]).clock(clock).build().unwrap();
-    match Store::redis_with(&server.url(), options("app"), other) {
-        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::KeyMismatch),
-        other => panic!("expected KeyMismatch, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(storage_kind(Store::redis_with(&server.url(), options("app"), other)), StorageErrorKind::KeyMismatch);
     // Access-token keys: the same kid with other material is refused; a new
     // kid (a key being rolled out) is accepted and recorded.
     let ring = |secret: &[u8], extra: bool| {
@@ -258,10 +253,7 @@ fn a_node_with_another_server_key_or_access_key_is_refused() {
 
 #[test]
 fn a_store_of_another_layout_version_is_refused_untouched() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let clock = ManualClock::fixed();
     drop(Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap());
     assert_eq!(
@@ -269,10 +261,8 @@ fn a_store_of_another_layout_version_is_refused_untouched() {
         redis::Value::BulkString(b"1".to_vec())
     );
     server.cmd(redis::cmd("HSET").arg("{app}:meta").arg("format").arg("2")).unwrap();
-    match Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())) {
-        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::NewerFormat),
-        other => panic!("expected NewerFormat, got {:?}", other.map(|_| ())),
-    }
+    let again = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default()));
+    assert_eq!(storage_kind(again), StorageErrorKind::NewerFormat);
     assert_eq!(
         server.cmd(redis::cmd("HGET").arg("{app}:meta").arg("format")).unwrap(),
         redis::Value::BulkString(b"2".to_vec())
@@ -281,10 +271,7 @@ fn a_store_of_another_layout_version_is_refused_untouched() {
 
 #[test]
 fn immediate_durability_needs_a_server_that_fsyncs_every_write() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     server.cmd(redis::cmd("CONFIG").arg("SET").arg("appendfsync").arg("everysec")).unwrap();
     let clock = ManualClock::fixed();
     match Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())) {
@@ -298,10 +285,7 @@ fn immediate_durability_needs_a_server_that_fsyncs_every_write() {
 
 #[test]
 fn a_missed_event_is_bounded_by_the_staleness_bound() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, b, clock) = two_nodes(&server, Reuse::default());
     let t = a.create(NewSession::new("dave")).unwrap().token.to_string();
     b.validate(&t).unwrap();
@@ -319,10 +303,7 @@ fn a_missed_event_is_bounded_by_the_staleness_bound() {
 
 #[test]
 fn a_dropped_subscriber_connection_flushes_the_cache_before_hits_are_served_again() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, b, _) = two_nodes(&server, Reuse::default());
     let t = a.create(NewSession::new("erin")).unwrap().token.to_string();
     b.validate(&t).unwrap();
@@ -341,10 +322,7 @@ fn a_dropped_subscriber_connection_flushes_the_cache_before_hits_are_served_agai
 
 #[test]
 fn scripts_missing_after_a_flush_are_loaded_again() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, _b, _) = two_nodes(&server, Reuse::default());
     let t = a.create(NewSession::new("frank")).unwrap();
     server.cmd(redis::cmd("SCRIPT").arg("FLUSH")).unwrap();
@@ -355,10 +333,7 @@ fn scripts_missing_after_a_flush_are_loaded_again() {
 
 #[test]
 fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
-    if !have_redis() {
-        return;
-    }
-    let mut server = Server::start();
+    let Some(mut server) = server() else { return };
     let (a, b, _) = two_nodes(&server, Reuse::default());
     let t = a.create(NewSession::new("gina")).unwrap().token.to_string();
     b.validate(&t).unwrap();
@@ -373,10 +348,7 @@ fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
         b.validate(&t).map(|_| ()),
         a.revoke_user("gina", Scope::All).map(|_| ()),
     ] {
-        match r {
-            Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::Unavailable),
-            other => panic!("expected Storage(Unavailable), got {other:?}"),
-        }
+        assert_eq!(storage_kind(r), StorageErrorKind::Unavailable);
     }
     assert!(started.elapsed() < Duration::from_secs(3), "failing ops took {:?}", started.elapsed());
     server.run();
@@ -394,10 +366,7 @@ fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
 fn redis_holds_no_token_material() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, _b, _) = two_nodes(&server, Reuse::default());
     let tok = a.create(NewSession::new("hana").data(b"x".to_vec())).unwrap().token.to_string();
     let pair = a.issue_tokens(&tok).unwrap();
@@ -423,23 +392,14 @@ fn redis_holds_no_token_material() {
 
 #[test]
 fn a_silent_server_fails_ops_within_the_timeout_and_service_resumes() {
-    if !have_redis() {
-        return;
-    }
-    let server = Server::start();
+    let Some(server) = server() else { return };
     let (a, _b, _) = two_nodes(&server, Reuse::default());
     let t = a.create(NewSession::new("ivan")).unwrap().token.to_string();
     server.signal("STOP"); // the server accepts nothing and answers nothing
     #[allow(clippy::disallowed_methods)] // measuring how long a failing op takes, not waiting for time
     let started = std::time::Instant::now();
-    match a.validate_strict(&t) {
-        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::Unavailable),
-        other => panic!("expected Storage(Unavailable), got {other:?}"),
-    }
-    match a.create(NewSession::new("ivan")) {
-        Err(Error::Storage(e)) => assert_eq!(e.kind(), StorageErrorKind::Unavailable),
-        other => panic!("expected Storage(Unavailable), got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(storage_kind(a.validate_strict(&t)), StorageErrorKind::Unavailable);
+    assert_eq!(storage_kind(a.create(NewSession::new("ivan"))), StorageErrorKind::Unavailable);
     let took = started.elapsed();
     // Two ops, each bounded by the 300 ms timeout (a read, or a connect and a read).
     assert!(took < Duration::from_millis(2000), "two failing ops took {took:?}");

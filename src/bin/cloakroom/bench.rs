@@ -400,40 +400,38 @@ pub(crate) fn run(a: &Args) -> Result<(), CliError> {
 
 /// Creates `sessions` sessions from `threads` threads; returns their tokens.
 fn load(store: &Store, sessions: usize, threads: usize) -> Result<Vec<String>, CliError> {
-    {
-        let bar = load_bar(sessions, "cloakroom: loading");
-        let per = sessions.div_ceil(threads);
-        let chunks: Vec<Result<Vec<String>, Error>> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads)
-                .map(|t| {
-                    let bar = &bar;
-                    s.spawn(move || {
-                        let n = per.min(sessions.saturating_sub(t * per));
-                        let mut v = Vec::with_capacity(n);
-                        for i in 0..n {
-                            v.push(
-                                store
-                                    .create(NewSession::new(format!("user-{}", (t * per + i) % 100_000)))?
-                                    .token
-                                    .to_string(),
-                            );
-                            if i % 1024 == 0 {
-                                bar.inc(1024.min(n - i) as u64);
-                            }
+    let bar = load_bar(sessions, "cloakroom: loading");
+    let per = sessions.div_ceil(threads);
+    let chunks: Vec<Result<Vec<String>, Error>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let bar = &bar;
+                s.spawn(move || {
+                    let n = per.min(sessions.saturating_sub(t * per));
+                    let mut v = Vec::with_capacity(n);
+                    for i in 0..n {
+                        v.push(
+                            store
+                                .create(NewSession::new(format!("user-{}", (t * per + i) % 100_000)))?
+                                .token
+                                .to_string(),
+                        );
+                        if i % 1024 == 0 {
+                            bar.inc(1024.min(n - i) as u64);
                         }
-                        Ok(v)
-                    })
+                    }
+                    Ok(v)
                 })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Closed))).collect()
-        });
-        bar.finish_and_clear();
-        let mut all = Vec::with_capacity(sessions);
-        for c in chunks {
-            all.extend(c?);
-        }
-        Ok(all)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Closed))).collect()
+    });
+    bar.finish_and_clear();
+    let mut all = Vec::with_capacity(sessions);
+    for c in chunks {
+        all.extend(c?);
     }
+    Ok(all)
 }
 
 /// Runs the mix on `store` (and on the plain Redis store at `redis_url` with
