@@ -3,8 +3,10 @@
 //! starts its own `redis-server` on a free 127.0.0.1 port (stopped when the
 //! thread ends, pass or fail), and each store gets its own key prefix.
 //!
-//! Without `redis-server` on PATH the tests fail and say how to install it
-//! (`.ci/run` installs it).
+//! Without `redis-server` on PATH the run says so once and uses the in-memory
+//! backend (and a redb file for `Durable`), so the README's test command works
+//! on a fresh machine; with `CLOAKROOM_REQUIRE_REDIS` set (as `.ci/run`, which
+//! installs redis-server, does) it fails instead.
 
 /// Whether this binary runs the suite on Redis (see `common::open`).
 const REDIS: bool = true;

@@ -25,12 +25,12 @@ pub(crate) const REDIS_SERVER_KEY: [u8; 32] = [0x5e; 32];
 /// on this test thread's `redis-server` under a fresh key prefix, with
 /// [`REDIS_SERVER_KEY`] as its server key.
 pub(crate) fn open(cfg: Config) -> Store {
-    if crate::REDIS {
-        let cfg = cfg.to_builder().server_key(&REDIS_SERVER_KEY).build().unwrap();
-        open_as_is(cfg)
-    } else {
-        Store::in_memory(cfg).unwrap()
-    }
+    if crate::REDIS { open_as_is(with_redis_key(cfg)) } else { Store::in_memory(cfg).unwrap() }
+}
+
+/// `cfg` with [`REDIS_SERVER_KEY`] as its server key.
+fn with_redis_key(cfg: Config) -> Config {
+    cfg.to_builder().server_key(&REDIS_SERVER_KEY).build().unwrap()
 }
 
 /// As `open`, keeping the config's own server key (which a Redis-backed store needs).
@@ -60,8 +60,7 @@ impl Durable {
     pub(crate) fn open(&self, cfg: Config) -> Store {
         #[cfg(feature = "redis")]
         if crate::REDIS && redis::available() {
-            let cfg = cfg.to_builder().server_key(&REDIS_SERVER_KEY).build().unwrap();
-            return Store::redis_with(&redis::url(), self.options.clone(), cfg).unwrap();
+            return redis::open_with(with_redis_key(cfg), self.options.clone());
         }
         Store::open(self.dir.path().join("store.redb"), cfg).unwrap()
     }
@@ -101,7 +100,12 @@ pub(crate) mod redis {
     }
 
     pub(crate) fn open(cfg: Config) -> Store {
-        Store::redis_with(&url(), options(), cfg).unwrap()
+        open_with(cfg, options())
+    }
+
+    /// A store on this thread's server with these options (e.g. a prefix to reopen).
+    pub(crate) fn open_with(cfg: Config, options: RedisOptions) -> Store {
+        Store::redis_with(&url(), options, cfg).unwrap()
     }
 
     /// Whether `redis-server` is on PATH (else the Redis run of the suite
