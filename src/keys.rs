@@ -203,6 +203,10 @@ pub(crate) struct Derived {
     pub(crate) csrf: [u8; 32],
     /// Key of the session-token tag (checked before any lookup).
     pub(crate) token_tag: TagKey,
+    /// Key of the hashes that turn a framework's session id (tower-sessions)
+    /// into a session id and secret.
+    #[cfg_attr(not(feature = "tower-sessions"), allow(dead_code))]
+    pub(crate) foreign: [u8; 32],
 }
 
 impl Derived {
@@ -214,7 +218,8 @@ impl Derived {
         id.copy_from_slice(&fp.as_bytes()[..4]);
         let csrf = blake3::derive_key("cloakroom 2026 web CSRF token v1", server_key);
         let token_tag = TagKey::new(&blake3::derive_key("cloakroom 2026 session token tag v1", server_key));
-        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf, token_tag }
+        let foreign = blake3::derive_key("cloakroom 2026 framework session id v1", server_key);
+        Self { mac, key_id: u32::from_le_bytes(id), access_hs256, csrf, token_tag, foreign }
     }
 
     fn mac(&self, id: &SessionId, generation: u64) -> [u8; 32] {

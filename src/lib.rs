@@ -61,14 +61,20 @@
 //! |---|---|
 //! | `cli` | the `cloakroom` binary (`demo`) |
 //! | `axum` | [`axum`](mod@crate::axum): session extractor, secure cookies, CSRF, login/logout and token endpoints for axum 0.8 |
+//! | `tower-sessions` | [`tower_sessions`](mod@crate::tower_sessions): a tower-sessions 0.14 `SessionStore` (axum-login on top) |
+//! | `actix` | [`actix`](mod@crate::actix): an actix-session 0.11 `SessionStore` keyed by `crs_` tokens |
 //! | `redis` | `Store::redis`: the same API over a Redis/Valkey server shared by several nodes ([`RedisOptions`]) |
 //! | `test-util` | [`Store::open_with_backend`] for fault-injection tests |
 //!
 //! [redb]: https://docs.rs/redb
 
+#[cfg(feature = "actix")]
+pub mod actix;
 #[cfg(feature = "axum")]
 pub mod axum;
 mod backend;
+#[cfg(any(feature = "axum", feature = "tower-sessions", feature = "actix"))]
+mod blocking;
 mod cache;
 mod clock;
 mod config;
@@ -87,6 +93,8 @@ mod sweeper;
 mod sync;
 mod table;
 mod token;
+#[cfg(feature = "tower-sessions")]
+pub mod tower_sessions;
 
 /// The README's examples compile and run as doctests (with `--all-features`,
 /// the README's test command: its "Scaling out" example needs `redis`).

@@ -507,6 +507,17 @@ impl Store {
     /// metadata, or a zero TTL; [`Error::Storage`] if the write failed (nothing
     /// was stored); [`Error::Busy`] if the write queue stayed full.
     pub fn create(&self, new: NewSession) -> Result<Issued, Error> {
+        self.create_with(new, |tag| SessionToken::generate(tag))
+    }
+
+    /// Creates a session under the token `token` makes from the store's tag
+    /// key (a fresh random one for [`Store::create`], one derived from a
+    /// framework's session id for the adapters).
+    pub(crate) fn create_with(
+        &self,
+        new: NewSession,
+        token: impl FnOnce(&crate::token::TagKey) -> Result<SessionToken, Error>,
+    ) -> Result<Issued, Error> {
         let inner = self.live()?;
         let cfg = &inner.config;
         check_user(&new.user)?;
@@ -524,7 +535,7 @@ impl Store {
                 return Err(InputError::IdleBelowGranularity { granularity_ms }.into());
             }
         }
-        let token = SessionToken::generate(&inner.derived.token_tag)?;
+        let token = token(&inner.derived.token_tag)?;
         let serial = inner.serials.take()?;
         let rec = Arc::new(
             RecordParts {
@@ -586,6 +597,22 @@ impl Store {
         let tok = self.parse_session(token)?;
         self.live()?;
         self.check(&tok)
+    }
+
+    /// As [`Store::validate`], for a token already in hand (an adapter's
+    /// derived token: its tag is this store's by construction).
+    #[cfg(feature = "tower-sessions")]
+    pub(crate) fn validate_token(&self, tok: &SessionToken) -> Result<Session, Error> {
+        self.live()?;
+        self.check(&Checked { tok: tok.clone(), legacy: false })
+    }
+
+    /// The session token a framework's own session id stands for: id and
+    /// secret are keyed hashes of it (see `SessionToken::derived`), so the
+    /// backend never holds the framework's id.
+    #[cfg(feature = "tower-sessions")]
+    pub(crate) fn derived_token(&self, foreign: &[u8]) -> SessionToken {
+        SessionToken::derived(foreign, &self.inner.derived.foreign, &self.inner.derived.token_tag)
     }
 
     /// Parses a session token and checks its tag: a token this store did not
@@ -709,15 +736,39 @@ impl Store {
     }
 
     fn update(&self, id: SessionId, expected: Option<u64>, data: Vec<u8>) -> Result<u64, Error> {
+        self.update_with(id, expected, Some(data), None)
+    }
+
+    /// Replaces the data (if given) and moves the absolute deadline to
+    /// `expires_at` (ms since the epoch, if given); returns the new version.
+    /// For the framework adapters, whose framework owns the expiry.
+    fn update_with(
+        &self,
+        id: SessionId,
+        expected: Option<u64>,
+        data: Option<Vec<u8>>,
+        expires_at: Option<u64>,
+    ) -> Result<u64, Error> {
         let inner = self.live()?;
-        if data.len() > inner.config.max_data_len {
+        if let Some(data) = &data
+            && data.len() > inner.config.max_data_len
+        {
             return Err(InputError::DataTooLarge { len: data.len(), max: inner.config.max_data_len }.into());
         }
+        let now = self.now_ms();
+        let expires = match expires_at {
+            Some(at) if at <= now => return Err(InputError::Ttl("expiry").into()),
+            Some(at) => {
+                check_lifetime("expiry", Duration::from_millis(at - now))?;
+                Some(crate::backend::Expires { at, now })
+            }
+            None => None,
+        };
         let wait = match inner.config.durability {
             Durability::Eventual => Wait::Applied,
             Durability::Immediate => Wait::Durable,
         };
-        let op = Op::UpdateData { id, expected, data: data.into_boxed_slice() };
+        let op = Op::UpdateData { id, expected, data: data.map(Vec::into_boxed_slice), expires };
         match inner.table.submit(op, wait)? {
             Outcome::Updated(rec) => {
                 let v = rec.version;
@@ -725,6 +776,17 @@ impl Store {
                 Ok(v)
             }
             _ => Err(Error::NotFound),
+        }
+    }
+
+    /// A framework adapter's write of a session it loaded: new data (if
+    /// given) and a new absolute deadline. A session revoked, deleted or
+    /// expired since is not written (and not an error): it stays gone.
+    #[cfg(any(feature = "tower-sessions", feature = "actix"))]
+    pub(crate) fn rewrite(&self, id: SessionId, data: Option<Vec<u8>>, expires_at: u64) -> Result<(), Error> {
+        match self.update_with(id, None, data, Some(expires_at)) {
+            Ok(_) | Err(Error::NotFound) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -871,9 +933,15 @@ impl Store {
 
     /// Is the session this token names in the cache? (Then `validate` does no
     /// I/O and may run on an async worker.) Parses only; no secret check.
-    #[cfg(feature = "axum")]
+    #[cfg(any(feature = "axum", feature = "actix"))]
     pub(crate) fn is_cached(&self, token: &str) -> bool {
-        self.parse_session(token).is_ok_and(|t| self.inner.table.cache.peek(&t.tok.id()).is_some())
+        self.parse_session(token).is_ok_and(|t| self.is_cached_id(&t.tok.id()))
+    }
+
+    /// Is session `id` in the cache? (See [`Store::is_cached`].)
+    #[cfg(any(feature = "axum", feature = "actix", feature = "tower-sessions"))]
+    pub(crate) fn is_cached_id(&self, id: &SessionId) -> bool {
+        self.inner.table.cache.peek(id).is_some()
     }
 
     fn emit(&self, event: impl FnOnce() -> Event) {

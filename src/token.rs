@@ -247,6 +247,24 @@ impl SessionToken {
         Ok(Self { id, secret, tag })
     }
 
+    /// The token a framework's own session id (`foreign`, e.g. tower-sessions'
+    /// 128-bit cookie value) stands for: 48 bytes of a keyed blake3 of it give
+    /// the id (16) and the secret (32). The same foreign id always gives the
+    /// same token; without `key` neither half can be computed from it, and
+    /// the foreign id cannot be recovered from the stored id or secret hash.
+    #[cfg(feature = "tower-sessions")]
+    pub(crate) fn derived(foreign: &[u8], key: &[u8; 32], tag: &TagKey) -> Self {
+        let mut out = [0u8; ID_LEN + SECRET_LEN];
+        blake3::Hasher::new_keyed(key).update(foreign).finalize_xof().fill(&mut out);
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&out[..ID_LEN]);
+        let mut s = [0u8; SECRET_LEN];
+        s.copy_from_slice(&out[ID_LEN..]);
+        let (id, secret) = (SessionId(id), Secret(s));
+        let tag = tag.tag(&id, &secret);
+        Self { id, secret, tag }
+    }
+
     /// The session id (not secret).
     #[must_use]
     pub fn id(&self) -> SessionId {

@@ -116,8 +116,5 @@ impl Web {
 
 /// Runs a blocking store call on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, WebError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(WebError::from),
-        Err(_) => Err(WebError::Internal("a store call on the blocking pool panicked or was cancelled")),
-    }
+    crate::blocking::run(f).await.map_err(WebError::from)
 }

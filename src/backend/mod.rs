@@ -32,8 +32,10 @@ pub(crate) enum Op {
     Create(Arc<Record>),
     /// Persist a newer `last_seen` and move the session's expiry row.
     Touch { id: SessionId, last_seen: u64 },
-    /// Replace the data; `expected` makes it a compare-and-swap on the version.
-    UpdateData { id: SessionId, expected: Option<u64>, data: Box<[u8]> },
+    /// Replace the data (if given; the version goes up either way) and move
+    /// the absolute deadline (if given); `expected` makes it a compare-and-swap
+    /// on the version.
+    UpdateData { id: SessionId, expected: Option<u64>, data: Option<Box<[u8]>>, expires: Option<Expires> },
     /// Give session `id` a new secret and serial, built from the *stored* row (so
     /// no data written before is lost), if its secret is still `expected`;
     /// revoke the old serial and drop the refresh families. The id stays.
@@ -59,6 +61,15 @@ pub(crate) enum Op {
     PruneRevoked { entries: Vec<(u64, SessionId)>, not_before: Vec<(String, u64)> },
     /// No change; a durable barrier.
     Flush,
+}
+
+/// A new absolute deadline for a session (ms), set by an update at `now` (the
+/// adapters of frameworks that own the expiry, e.g. tower-sessions).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expires {
+    pub(crate) at: u64,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // (Redis sets its TTL from it)
+    pub(crate) now: u64,
 }
 
 /// A session serial an op revoked: the bitmap bit, the id (so a token whose

@@ -435,7 +435,7 @@ impl Worker {
                 self.stats.touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
-            Op::UpdateData { id, expected, data } => {
+            Op::UpdateData { id, expected, data, expires } => {
                 let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
@@ -444,7 +444,15 @@ impl Worker {
                 }
                 let mut new = rec;
                 new.version += 1;
-                new.data = data.clone();
+                if let Some(data) = data {
+                    new.data = data.clone();
+                }
+                if let Some(e) = expires {
+                    let n = new.number;
+                    t.put(Mutation::DelExpiry(new.deadline(new.last_seen), n));
+                    new.expires_at = e.at;
+                    t.put(Mutation::PutExpiry(new.deadline(new.last_seen), n, *id.as_bytes()));
+                }
                 t.put(Mutation::PutSession(new.number, seal_session(t.mac, &new)));
                 Ok(Outcome::Updated(Arc::new(new)))
             }

@@ -569,15 +569,21 @@ impl Shared {
                     other => other,
                 }
             }
-            Op::UpdateData { id, expected, data } => self.cas_loop(&id, |s| {
+            Op::UpdateData { id, expected, data, expires } => self.cas_loop(&id, |s| {
                 if expected.is_some_and(|v| v != s.rec.version) {
                     return Err(Error::Conflict { current: s.rec.version }.into());
                 }
                 let mut new = s.rec.clone();
                 new.version += 1;
-                new.data = data.clone();
+                if let Some(data) = &data {
+                    new.data = data.clone();
+                }
+                if let Some(e) = expires {
+                    new.expires_at = e.at;
+                }
                 let cas = Cas {
                     new_r: Some(seal_session(&self.mac, &new).to_vec()),
+                    ttl_ms: expires.map(|e| ttl(new.deadline(new.last_seen), e.now)),
                     event: Some(changed_event(&id)),
                     ..Cas::keep()
                 };

@@ -1,0 +1,293 @@
+//! A [tower-sessions] 0.14 session store backed by cloakroom (feature
+//! `tower-sessions`): swap `RedisStore`/`SqliteStore` for [`CloakroomStore`]
+//! and keep the app's code, `SessionManagerLayer` and axum-login included.
+//!
+//! ```no_run
+//! # async fn app() -> Result<(), cloakroom::Error> {
+//! use cloakroom::{Config, Store, tower_sessions::CloakroomStore};
+//! use tower_sessions::SessionManagerLayer;
+//!
+//! let store = Store::open("sessions.redb", Config::default())?;
+//! let layer = SessionManagerLayer::new(CloakroomStore::new(store.clone()));
+//! // Router::new().route(...).layer(layer); later, from an admin page:
+//! store.revoke_user("user-42", cloakroom::Scope::All)?; // their next request is anonymous
+//! # Ok(()) }
+//! ```
+//!
+//! # What is stored
+//!
+//! tower-sessions puts its own random 128-bit [`Id`] in the cookie. The
+//! adapter treats that id as the bearer secret: a keyed hash of it (under a
+//! key derived from the store's server key) gives a cloakroom session id and a
+//! 256-bit secret, and the store keeps only the id and the secret's hash, as
+//! for any cloakroom session. A leaked database (or Redis dump) yields no
+//! live cookie, and nothing in it maps back to one.
+//!
+//! `Record::data` is stored as the session's data (JSON), `Record::expiry_date`
+//! as its absolute deadline (moved on every save, as tower-sessions computes
+//! it), and the user is taken from the record by a closure ([`CloakroomStore::user_from`];
+//! by default axum-login's `"axum-login.data"` entry), so
+//! [`Store::list_user`], [`Store::revoke_user`] and
+//! [`Store::logout_everywhere`] work on these sessions. A session with no user
+//! is filed under a placeholder ([`ANONYMOUS`] unless set otherwise).
+//!
+//! # Compared with cloakroom's own axum layer
+//!
+//! - **128-bit cookies**: the cookie is tower-sessions' 128-bit id, not a
+//!   `crs_` token with a 256-bit secret and a keyed tag; a forged cookie costs
+//!   a lookup (a keyed hash and a cache probe), not just a tag check.
+//! - **Last writer wins**: tower-sessions saves the whole record with no
+//!   version, so two concurrent requests that both change the session each
+//!   write their copy and the later one wins. The native layer offers
+//!   compare-and-swap (`update_data_if`).
+//! - **`cycle_id` is delete + create**: tower-sessions deletes the old id and
+//!   creates the new one in two calls, so the old cookie is revoked and the
+//!   data carried over, but the cloakroom session id changes (a devices page
+//!   shows a new session) where [`Store::rotate`] keeps it.
+//! - **A revoked session stays revoked**: a save that arrives for a session
+//!   revoked (or expired) after the request loaded it is dropped, never
+//!   re-created; the next request starts a new anonymous session.
+//! - **A user change without `cycle_id`** (an app that writes the user id into
+//!   the session without cycling it) revokes the session and creates it again
+//!   under the new user with the same cookie: not atomic, and the old user's
+//!   session is listed as revoked.
+//!
+//! # Threads
+//!
+//! A load whose session is in cloakroom's cache runs on the async worker (no
+//! I/O); every other call (writes with their fsync, a cache miss that reads
+//! redb or Redis) runs on tokio's blocking pool.
+//!
+//! [tower-sessions]: https://docs.rs/tower-sessions/0.14
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tower_sessions_core::session::{Id, Record};
+use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
+
+use crate::{Error, NewSession, Session, SessionId, SessionToken, Store};
+
+/// The user a session with no user is filed under (see [`CloakroomStore::anonymous_user`]).
+pub const ANONYMOUS: &str = "tower-sessions:anonymous";
+
+/// The session-data key axum-login 0.18 keeps its user id under (its default
+/// `data_key`): `{"user_id": …, "auth_hash": …}`.
+pub const AXUM_LOGIN_KEY: &str = "axum-login.data";
+
+/// Picks the user id out of a record's data; `None` for an anonymous session.
+type UserOf = dyn Fn(&HashMap<String, serde_json::Value>) -> Option<String> + Send + Sync;
+
+/// A `tower_sessions_core::SessionStore` (and `ExpiredDeletion`) over a
+/// cloakroom [`Store`]. Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct CloakroomStore {
+    store: Store,
+    user_of: Arc<UserOf>,
+    anonymous: Arc<str>,
+}
+
+impl fmt::Debug for CloakroomStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloakroomStore").field("anonymous", &self.anonymous).finish_non_exhaustive()
+    }
+}
+
+impl CloakroomStore {
+    /// A session store over `store`, taking the user id from axum-login's
+    /// entry ([`AXUM_LOGIN_KEY`]`.user_id`: a string as it is, a number or
+    /// other JSON value as its JSON text).
+    #[must_use]
+    pub fn new(store: Store) -> Self {
+        Self { store, user_of: Arc::new(axum_login_user), anonymous: ANONYMOUS.into() }
+    }
+
+    /// Takes the user id of a session from its data with `f` instead (`None`:
+    /// anonymous). The id must be 1 to [`crate::MAX_USER_ID_LEN`] bytes, or
+    /// the save fails with an encode error.
+    #[must_use]
+    pub fn user_from(
+        mut self,
+        f: impl Fn(&HashMap<String, serde_json::Value>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.user_of = Arc::new(f);
+        self
+    }
+
+    /// Files sessions with no user under `user` instead of [`ANONYMOUS`].
+    #[must_use]
+    pub fn anonymous_user(mut self, user: impl Into<String>) -> Self {
+        self.anonymous = user.into().into();
+        self
+    }
+
+    /// The cloakroom store underneath (for `list_user`, `revoke_user`, stats).
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The cloakroom session id that stands for tower-sessions' `id` (what
+    /// [`Store::list_user`] shows for it and [`Store::revoke`] takes).
+    #[must_use]
+    pub fn session_id(&self, id: &Id) -> SessionId {
+        self.token(id).id()
+    }
+
+    fn token(&self, id: &Id) -> SessionToken {
+        self.store.derived_token(&id.0.to_le_bytes())
+    }
+
+    fn user(&self, record: &Record) -> session_store::Result<String> {
+        let user = (self.user_of)(&record.data).unwrap_or_else(|| self.anonymous.to_string());
+        crate::session::check_user(&user).map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        Ok(user)
+    }
+
+    /// Runs a store call off the async worker.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    ) -> session_store::Result<T> {
+        let store = self.store.clone();
+        crate::blocking::run(move || f(&store)).await.map_err(backend)
+    }
+}
+
+/// axum-login's user id, if the record has one.
+fn axum_login_user(data: &HashMap<String, serde_json::Value>) -> Option<String> {
+    match data.get(AXUM_LOGIN_KEY)?.get("user_id")? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn backend(e: Error) -> session_store::Error {
+    session_store::Error::Backend(e.to_string())
+}
+
+/// A record's expiry as a deadline on the store's clock (ms). tower-sessions
+/// computes expiry dates from the system clock; the time left is what counts
+/// (the same thing with the default `SystemClock`, and what keeps a store on
+/// a test clock consistent).
+fn expiry_ms(store: &Store, record: &Record) -> u64 {
+    let left = record.expiry_date - OffsetDateTime::now_utc();
+    let left = u64::try_from(left.whole_milliseconds()).unwrap_or(0);
+    store.now_ms().saturating_add(left)
+}
+
+/// A session's deadline as a tower-sessions expiry date (the inverse of `expiry_ms`).
+fn expiry_date(store: &Store, s: &Session) -> OffsetDateTime {
+    let at = u64::try_from(s.expires_at().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(0);
+    let left = i64::try_from(at.saturating_sub(store.now_ms())).unwrap_or(i64::MAX);
+    OffsetDateTime::now_utc().saturating_add(time::Duration::milliseconds(left))
+}
+
+/// What a write needs, computed on the async side.
+struct Write {
+    token: SessionToken,
+    user: String,
+    data: Vec<u8>,
+    expires_at: u64,
+}
+
+impl Write {
+    fn new_session(&self, now: u64) -> Option<NewSession> {
+        let ttl = Duration::from_millis(self.expires_at.checked_sub(now).filter(|t| *t > 0)?);
+        Some(NewSession::new(self.user.clone()).data(self.data.clone()).ttl(ttl).without_idle_timeout())
+    }
+
+    /// Creates the session (a record already past its expiry is not stored).
+    fn create(&self, store: &Store) -> Result<(), Error> {
+        let Some(new) = self.new_session(store.now_ms()) else { return Ok(()) };
+        let token = self.token.clone();
+        store.create_with(new, move |_| Ok(token)).map(drop)
+    }
+
+    /// Writes over the stored session; a session that is gone (revoked,
+    /// deleted, expired) stays gone.
+    fn save(&self, store: &Store) -> Result<(), Error> {
+        let id = self.token.id();
+        let Some(current) = store.session(id)? else { return Ok(()) };
+        if current.user() != self.user {
+            store.revoke(id)?;
+            return self.create(store);
+        }
+        if self.expires_at <= store.now_ms() {
+            return store.revoke(id);
+        }
+        store.rewrite(id, Some(self.data.clone()), self.expires_at)
+    }
+}
+
+impl CloakroomStore {
+    fn write(&self, record: &Record) -> session_store::Result<Write> {
+        let data = serde_json::to_vec(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
+        let expires_at = expiry_ms(&self.store, record);
+        Ok(Write { token: self.token(&record.id), user: self.user(record)?, data, expires_at })
+    }
+
+    fn record(&self, id: Id, s: &Session) -> session_store::Result<Record> {
+        let data = serde_json::from_slice(s.data()).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        Ok(Record { id, data, expiry_date: expiry_date(&self.store, s) })
+    }
+}
+
+#[async_trait]
+impl SessionStore for CloakroomStore {
+    /// Stores a new session; a (128-bit) id already in use gets a new one.
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        loop {
+            let w = self.write(record)?;
+            let fresh = self.blocking(move |s| {
+                if s.session(w.token.id())?.is_some() {
+                    return Ok(false);
+                }
+                w.create(s).map(|()| true)
+            });
+            if fresh.await? {
+                return Ok(());
+            }
+            record.id = Id::default();
+        }
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let w = self.write(record)?;
+        self.blocking(move |s| w.save(s)).await
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let token = self.token(id);
+        let found = if self.store.is_cached_id(&token.id()) {
+            self.store.validate_token(&token)
+        } else {
+            let t = token.clone();
+            self.blocking(move |s| Ok(s.validate_token(&t))).await?
+        };
+        match found {
+            Ok(s) => self.record(*id, &s).map(Some),
+            Err(Error::NotFound | Error::Revoked | Error::Expired) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        let sid = self.session_id(id);
+        self.blocking(move |s| s.revoke(sid)).await
+    }
+}
+
+#[async_trait]
+impl ExpiredDeletion for CloakroomStore {
+    /// Runs a sweep ([`Store::sweep`]). cloakroom's own sweeper already does
+    /// this on its interval; call it only if that is turned off.
+    async fn delete_expired(&self) -> session_store::Result<()> {
+        self.blocking(|s| s.sweep().map(drop)).await
+    }
+}
