@@ -507,7 +507,7 @@ impl Store {
     /// metadata, or a zero TTL; [`Error::Storage`] if the write failed (nothing
     /// was stored); [`Error::Busy`] if the write queue stayed full.
     pub fn create(&self, new: NewSession) -> Result<Issued, Error> {
-        self.create_with(new, |tag| SessionToken::generate(tag))
+        self.create_with(new, SessionToken::generate)
     }
 
     /// Creates a session under the token `token` makes from the store's tag

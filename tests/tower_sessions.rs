@@ -8,13 +8,13 @@
 mod example;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
 use cloakroom::tower_sessions::{ANONYMOUS, AXUM_LOGIN_KEY, CloakroomStore};
-use cloakroom::{Config, ManualClock, Scope, Store};
+use cloakroom::{Clock as _, Config, ManualClock, Scope, Store};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 use tower_sessions::cookie::time;
@@ -28,7 +28,7 @@ fn config(clock: &ManualClock, key: u8) -> Config {
 /// A store on a clock that starts at the real time (tower-sessions computes
 /// expiry dates from the system clock) and then only moves when told.
 fn store(key: u8) -> (Store, ManualClock) {
-    let clock = ManualClock::new(SystemTime::now());
+    let clock = ManualClock::new(cloakroom::SystemClock.now());
     (Store::in_memory(config(&clock, key)).unwrap(), clock)
 }
 
@@ -240,7 +240,7 @@ async fn concurrent_requests_on_one_session_and_many_new_ones() {
 async fn the_database_file_holds_no_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.redb");
-    let clock = ManualClock::new(SystemTime::now());
+    let clock = ManualClock::new(cloakroom::SystemClock.now());
     let s = Store::open(&path, config(&clock, 1)).unwrap();
     let app = example::router(s.clone(), true);
     let mut cookies = Vec::new();
@@ -285,7 +285,6 @@ trait Now {
 
 impl Now for ManualClock {
     fn now_for_test(&self) -> time::OffsetDateTime {
-        use cloakroom::Clock as _;
         time::OffsetDateTime::from(self.now())
     }
 }
@@ -447,5 +446,58 @@ mod login {
         assert_eq!(blocking(|| s.logout_everywhere("7")).unwrap(), 1);
         assert_eq!(send(&app, get("/me", Some(&b))).await.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(text(send(&app, get("/me", Some(&other))).await).await, "ivan");
+    }
+}
+
+#[cfg(feature = "redis")]
+#[path = "../src/bin/cloakroom/redis_side.rs"]
+#[allow(clippy::disallowed_methods, unreachable_pub, dead_code)] // (it times its own server start)
+mod redis_side;
+
+#[cfg(feature = "redis")]
+mod on_redis {
+    //! The adapter over a Redis-backed store: two nodes (two `Store`s on one
+    //! `redis-server`, started here and stopped when the test ends) serve
+    //! the same cookies; a save moves the deadline on Redis too.
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_serve_the_same_cookies_and_revocations_reach_both() {
+        if !redis_side::available_for_tests("tower-sessions on Redis") {
+            return;
+        }
+        let server = redis_side::RedisServer::start("always").unwrap();
+        let clock = ManualClock::new(cloakroom::SystemClock.now());
+        let node = || blocking(|| Store::redis(&server.url(), config(&clock, 9)).unwrap());
+        let (a, b) = (node(), node());
+        let (app_a, app_b) = (example::router(a.clone(), true), example::router(b.clone(), true));
+        let c = sign_in(&app_a, None, "jo").await;
+        assert_eq!(visit(&app_a, Some(&c)).await.0, 1);
+        assert_eq!(visit(&app_b, Some(&c)).await.0, 2, "node B reads what node A wrote");
+        // 7 h, a visit (a save: deadline moved to 8 h from now), 7 h more: alive.
+        clock.advance(Duration::from_secs(7 * 3600));
+        assert_eq!(visit(&app_a, Some(&c)).await.0, 3);
+        clock.advance(Duration::from_secs(7 * 3600));
+        assert_eq!(blocking(|| b.list_user("jo")).unwrap().len(), 1);
+        assert_eq!(visit(&app_b, Some(&c)).await.0, 4);
+        // Revoked on A: once B's follower has applied the event (bounded poll),
+        // B's next request is anonymous.
+        assert_eq!(blocking(|| a.revoke_user("jo", Scope::All)).unwrap(), 1);
+        let id = CloakroomStore::new(b.clone()).session_id(&c.parse().unwrap());
+        let mut gone = false;
+        for _ in 0..1000 {
+            if blocking(|| b.session(id)).unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await; // bounded poll for B's follower
+        }
+        assert!(gone, "node B still had the session after 1000 polls");
+        let page = text(send(&app_b, get("/", Some(&c))).await).await;
+        assert!(page.contains("Sign in"), "{page}");
+        blocking(|| {
+            a.close().unwrap();
+            b.close().unwrap();
+        });
     }
 }
