@@ -1,8 +1,11 @@
-//! End to end: the same minimal authenticated app served by axum twice — with
-//! cloakroom's axum layer, and with `tower-sessions` over its Redis store
-//! (`tower-sessions-redis-store`, fred client) on a `redis-server` this bench
-//! starts on loopback — driven by a Rust HTTP/1.1 client with keep-alive, one
-//! connection per concurrent caller, at 1 and 64 connections.
+//! End to end: the same minimal authenticated app served by axum four ways —
+//! with cloakroom's axum layer; and one tower-sessions app (the same handlers)
+//! over three stores: cloakroom's adapter (`cloakroom::tower_sessions`, redb),
+//! `tower-sessions-redis-store` (fred client) on a `redis-server` this bench
+//! starts on loopback, and that Redis store behind a moka cache
+//! (`CachingSessionStore`, the pairing tower-sessions documents) — driven by a
+//! Rust HTTP/1.1 client with keep-alive, one connection per concurrent
+//! caller, at 1 and 64 connections.
 //!
 //! Workloads: an authenticated `GET /me`, `POST /login`, `POST /logout`.
 //! Durability is like for like: cloakroom `Durability::Immediate` (journal
@@ -36,7 +39,8 @@ use criterion::{Criterion, Throughput};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use tower_sessions::{Session, SessionManagerLayer};
+use tower_sessions::{CachingSessionStore, Session, SessionManagerLayer, SessionStore};
+use tower_sessions_moka_store::MokaStore;
 use tower_sessions_redis_store::RedisStore;
 use tower_sessions_redis_store::fred::prelude::{ClientLike as _, Config as FredConfig, Pool};
 
@@ -103,33 +107,41 @@ async fn t_logout(session: Session) -> Response {
     }
 }
 
-fn tower_sessions_app(pool: Pool) -> Router {
+fn tower_sessions_app<S: SessionStore + Clone>(store: S) -> Router {
     Router::new()
         .route("/login", post(t_login))
         .route("/me", get(t_me))
         .route("/logout", post(t_logout))
-        .layer(SessionManagerLayer::new(RedisStore::new(pool)).with_secure(false))
+        .layer(SessionManagerLayer::new(store).with_secure(false))
 }
 
 // ---- the client ----
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
+    /// cloakroom's own axum layer.
     Cloakroom,
+    /// tower-sessions over cloakroom's adapter.
+    TowerSessionsCloakroom,
+    /// tower-sessions over its Redis store.
     TowerSessions,
+    /// tower-sessions over a moka cache in front of its Redis store.
+    TowerSessionsMoka,
 }
 
 impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Cloakroom => "cloakroom",
+            Side::TowerSessionsCloakroom => "tower-sessions-cloakroom",
             Side::TowerSessions => "tower-sessions-redis",
+            Side::TowerSessionsMoka => "tower-sessions-moka-redis",
         }
     }
     fn cookie(self) -> &'static str {
         match self {
             Side::Cloakroom => "session",
-            Side::TowerSessions => "id",
+            _ => "id",
         }
     }
 }
@@ -279,13 +291,23 @@ fn main() {
     };
     let store = Store::open(dir.path().join("web.redb"), Config::default()).unwrap();
     let web = Web::new(store, WebConfig::default().insecure_dev_mode_plain_http()).unwrap();
-    let mut sides = vec![(Side::Cloakroom, rt.block_on(serve(cloakroom_app(web.clone()))))];
+    // The adapter's store: its own file, the same (default) durability.
+    let adapted = Store::open(dir.path().join("tower-sessions.redb"), Config::default()).unwrap();
+    let mut sides = vec![
+        (Side::Cloakroom, rt.block_on(serve(cloakroom_app(web.clone())))),
+        (
+            Side::TowerSessionsCloakroom,
+            rt.block_on(serve(tower_sessions_app(cloakroom::tower_sessions::CloakroomStore::new(adapted.clone())))),
+        ),
+    ];
     let _pool = redis.as_ref().map(|r| {
         let pool = Pool::new(FredConfig::from_url(&r.url()).unwrap(), None, None, None, 8).unwrap();
         rt.block_on(async {
             pool.init().await.unwrap();
         });
-        sides.push((Side::TowerSessions, rt.block_on(serve(tower_sessions_app(pool.clone())))));
+        sides.push((Side::TowerSessions, rt.block_on(serve(tower_sessions_app(RedisStore::new(pool.clone()))))));
+        let cached = CachingSessionStore::new(MokaStore::new(Some(100_000)), RedisStore::new(pool.clone()));
+        sides.push((Side::TowerSessionsMoka, rt.block_on(serve(tower_sessions_app(cached)))));
         pool
     });
 
@@ -332,4 +354,5 @@ fn main() {
     }
     c.final_summary();
     web.store().close().unwrap();
+    adapted.close().unwrap();
 }

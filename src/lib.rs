@@ -97,8 +97,9 @@ mod token;
 pub mod tower_sessions;
 
 /// The README's examples compile and run as doctests (with `--all-features`,
-/// the README's test command: its "Scaling out" example needs `redis`).
-#[cfg(all(doctest, feature = "redis"))]
+/// the README's test command: its "Scaling out" example needs `redis`, its
+/// adapters example `tower-sessions` and `actix`).
+#[cfg(all(doctest, feature = "redis", feature = "tower-sessions", feature = "actix"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

@@ -332,6 +332,24 @@ fn scripts_missing_after_a_flush_are_loaded_again() {
 }
 
 #[test]
+fn a_user_index_is_trimmed_of_expired_sessions_at_the_next_create() {
+    let Some(server) = server() else { return };
+    let (a, _b, clock) = two_nodes(&server, Reuse::default());
+    for _ in 0..10 {
+        a.create(NewSession::new("anon").ttl(Duration::from_secs(60))).unwrap();
+    }
+    let live = a.create(NewSession::new("anon").ttl(Duration::from_secs(600))).unwrap();
+    let card =
+        || -> i64 { redis::from_redis_value(server.cmd(redis::cmd("ZCARD").arg("{app}:u:anon")).unwrap()).unwrap() };
+    assert_eq!(card(), 11);
+    clock.advance(Duration::from_secs(61));
+    a.create(NewSession::new("anon")).unwrap();
+    assert_eq!(card(), 2, "the ten expired members are gone, the live ones stay");
+    assert_eq!(a.revoke_user("anon", Scope::All).unwrap(), 2);
+    assert!(matches!(a.validate(&live.token.to_string()), Err(Error::Revoked)));
+}
+
+#[test]
 fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
     let Some(mut server) = server() else { return };
     let (a, b, _) = two_nodes(&server, Reuse::default());

@@ -286,6 +286,9 @@ struct Cas<'a> {
     prune_after: u64,
     revoke_old: bool,
     event: Option<Vec<u8>>,
+    /// A new score of the session in its user index (its absolute deadline,
+    /// when an update moved it).
+    user_score: Option<u64>,
 }
 
 /// The answer of the CAS script.
@@ -470,6 +473,7 @@ impl Shared {
         inv.arg(hex(id.as_bytes()));
         inv.arg(if c.revoke_old { "1" } else { "0" });
         inv.arg(c.event.as_deref().unwrap_or(b""));
+        inv.arg(c.user_score.map(|t| t.to_string()).unwrap_or_default());
         let v: Vec<Value> = self.pool.with(|con| inv.invoke(con))?;
         match v.first() {
             Some(Value::Int(1)) => Ok(CasResult::Done),
@@ -540,6 +544,16 @@ impl Shared {
                     .arg(self.keys.user(&rec.user))
                     .arg(rec.expires_at)
                     .arg(hex(rec.id.as_bytes()))
+                    .ignore()
+                    // Members are scored by their session's absolute deadline
+                    // (kept current by updates that move it): one below now is
+                    // a session Redis has expired. Trimmed here so an index
+                    // only ever written to (a placeholder user of the
+                    // framework adapters) stays bounded.
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(self.keys.user(&rec.user))
+                    .arg("-inf")
+                    .arg(format!("({}", rec.created_at))
                     .ignore();
                 self.pool.with(|c| p.query::<()>(c))?;
                 Ok(Outcome::Done)
@@ -584,6 +598,7 @@ impl Shared {
                 let cas = Cas {
                     new_r: Some(seal_session(&self.mac, &new).to_vec()),
                     ttl_ms: expires.map(|e| ttl(new.deadline(new.last_seen), e.now)),
+                    user_score: expires.map(|e| e.at),
                     event: Some(changed_event(&id)),
                     ..Cas::keep()
                 };
@@ -735,6 +750,7 @@ impl Cas<'static> {
             prune_after: 0,
             revoke_old: false,
             event: None,
+            user_score: None,
         }
     }
 }

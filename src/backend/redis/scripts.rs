@@ -30,7 +30,8 @@ end
 /// 3 mode (`put` or `del`), 4 new `r` (`` keep), 5 new `f` (`` keep),
 /// 6 ttl ms (`` keep), 7 new serial (`` keep), 8 new secret hash,
 /// 9 prune-after of a revocation, 10 index member, 11 revoke the old serial
-/// on `put` (`1`: a rotation), 12 event on `put` (`` none, else published as is).
+/// on `put` (`1`: a rotation), 12 event on `put` (`` none, else published as is),
+/// 13 new score of the member in the user index on `put` (`` keep).
 /// Returns {1} when applied, {0} if the session is gone, or {-1} if it
 /// changed since it was read (the caller reads again and retries).
 const CAS: &str = r"
@@ -52,6 +53,7 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'r', ARGV[4]) end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'ser', ARGV[7], 'sh', ARGV[8]) end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'f', ARGV[5]) end
 if ARGV[6] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+if ARGV[13] ~= '' then redis.call('ZADD', KEYS[2], ARGV[13], ARGV[10]) end
 if ARGV[12] ~= '' then redis.call('PUBLISH', KEYS[5], ARGV[12]) end
 return {1}
 ";
