@@ -451,7 +451,7 @@ mod login {
 
 #[cfg(feature = "redis")]
 #[path = "../src/bin/cloakroom/redis_side.rs"]
-#[allow(clippy::disallowed_methods, unreachable_pub, dead_code)] // (it times its own server start)
+#[allow(clippy::disallowed_methods, unreachable_pub)] // (it times its own server start)
 mod redis_side;
 
 #[cfg(feature = "redis")]
