@@ -97,7 +97,7 @@ async fn logout(session: Session) -> Result<Redirect, Failure> {
 
 async fn devices(State(app): State<App>, session: Session) -> Result<Response, Failure> {
     let Some(user) = session.get::<String>(USER).await? else { return Ok(Redirect::to("/").into_response()) };
-    let this = session.id().map(|id| app.sessions.session_id(&id));
+    let this = session.id().map(|id| app.sessions.session_id(id.0));
     let store = app.sessions.store().clone();
     let u = user.clone();
     let list = tokio::task::spawn_blocking(move || store.list_user(&u)).await??;

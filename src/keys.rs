@@ -205,7 +205,7 @@ pub(crate) struct Derived {
     pub(crate) token_tag: TagKey,
     /// Key of the hashes that turn a framework's session id (tower-sessions)
     /// into a session id and secret.
-    #[cfg_attr(not(feature = "tower-sessions"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tower-sessions", feature = "tower-sessions-015")), allow(dead_code))]
     pub(crate) foreign: [u8; 32],
 }
 

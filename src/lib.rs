@@ -62,6 +62,7 @@
 //! | `cli` | the `cloakroom` binary (`demo`) |
 //! | `axum` | [`axum`](mod@crate::axum): session extractor, secure cookies, CSRF, login/logout and token endpoints for axum 0.8 |
 //! | `tower-sessions` | [`tower_sessions`](mod@crate::tower_sessions): a tower-sessions 0.14 `SessionStore` (axum-login on top) |
+//! | `tower-sessions-015` | the same store for tower-sessions 0.15 |
 //! | `actix` | [`actix`](mod@crate::actix): an actix-session 0.11 `SessionStore` keyed by `crs_` tokens |
 //! | `redis` | `Store::redis`: the same API over a Redis/Valkey server shared by several nodes ([`RedisOptions`]) |
 //! | `test-util` | [`Store::open_with_backend`] for fault-injection tests |
@@ -73,7 +74,7 @@ pub mod actix;
 #[cfg(feature = "axum")]
 pub mod axum;
 mod backend;
-#[cfg(any(feature = "axum", feature = "tower-sessions", feature = "actix"))]
+#[cfg(any(feature = "axum", feature = "tower-sessions", feature = "tower-sessions-015", feature = "actix"))]
 mod blocking;
 mod cache;
 mod clock;
@@ -93,7 +94,7 @@ mod sweeper;
 mod sync;
 mod table;
 mod token;
-#[cfg(feature = "tower-sessions")]
+#[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015"))]
 pub mod tower_sessions;
 
 /// The README's examples compile and run as doctests (with `--all-features`,

@@ -601,7 +601,7 @@ impl Store {
 
     /// As [`Store::validate`], for a token already in hand (an adapter's
     /// derived token: its tag is this store's by construction).
-    #[cfg(feature = "tower-sessions")]
+    #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015"))]
     pub(crate) fn validate_token(&self, tok: &SessionToken) -> Result<Session, Error> {
         self.live()?;
         self.check(&Checked { tok: tok.clone(), legacy: false })
@@ -610,7 +610,7 @@ impl Store {
     /// The session token a framework's own session id stands for: id and
     /// secret are keyed hashes of it (see `SessionToken::derived`), so the
     /// backend never holds the framework's id.
-    #[cfg(feature = "tower-sessions")]
+    #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015"))]
     pub(crate) fn derived_token(&self, foreign: &[u8]) -> SessionToken {
         SessionToken::derived(foreign, &self.inner.derived.foreign, &self.inner.derived.token_tag)
     }
@@ -782,7 +782,7 @@ impl Store {
     /// A framework adapter's write of a session it loaded: new data (if
     /// given) and a new absolute deadline. A session revoked, deleted or
     /// expired since is not written (and not an error): it stays gone.
-    #[cfg(any(feature = "tower-sessions", feature = "actix"))]
+    #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015", feature = "actix"))]
     pub(crate) fn rewrite(&self, id: SessionId, data: Option<Vec<u8>>, expires_at: u64) -> Result<(), Error> {
         match self.update_with(id, None, data, Some(expires_at)) {
             Ok(_) | Err(Error::NotFound) => Ok(()),
@@ -939,7 +939,7 @@ impl Store {
     }
 
     /// Is session `id` in the cache? (See [`Store::is_cached`].)
-    #[cfg(any(feature = "axum", feature = "actix", feature = "tower-sessions"))]
+    #[cfg(any(feature = "axum", feature = "actix", feature = "tower-sessions", feature = "tower-sessions-015"))]
     pub(crate) fn is_cached_id(&self, id: &SessionId) -> bool {
         self.inner.table.cache.peek(id).is_some()
     }

@@ -252,7 +252,7 @@ impl SessionToken {
     /// the id (16) and the secret (32). The same foreign id always gives the
     /// same token; without `key` neither half can be computed from it, and
     /// the foreign id cannot be recovered from the stored id or secret hash.
-    #[cfg(feature = "tower-sessions")]
+    #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015"))]
     pub(crate) fn derived(foreign: &[u8], key: &[u8; 32], tag: &TagKey) -> Self {
         let mut out = [0u8; ID_LEN + SECRET_LEN];
         blake3::Hasher::new_keyed(key).update(foreign).finalize_xof().fill(&mut out);

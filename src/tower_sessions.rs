@@ -1,6 +1,10 @@
-//! A [tower-sessions] 0.14 session store backed by cloakroom (feature
-//! `tower-sessions`): swap `RedisStore`/`SqliteStore` for [`CloakroomStore`]
-//! and keep the app's code, `SessionManagerLayer` and axum-login included.
+//! A [tower-sessions] session store backed by cloakroom: swap
+//! `RedisStore`/`SqliteStore` for [`CloakroomStore`] and keep the app's code,
+//! `SessionManagerLayer` and axum-login included. Feature `tower-sessions`
+//! implements tower-sessions-core 0.14's `SessionStore` and
+//! `ExpiredDeletion` (tower-sessions 0.14, axum-login 0.18); feature
+//! `tower-sessions-015` implements 0.15's as well. Both can be on at once:
+//! the one `CloakroomStore` serves either version.
 //!
 //! ```no_run
 //! # async fn app() -> Result<(), cloakroom::Error> {
@@ -65,10 +69,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use time::OffsetDateTime;
-use tower_sessions_core::session::{Id, Record};
-use tower_sessions_core::session_store::{self, ExpiredDeletion, SessionStore};
 
 use crate::{Error, NewSession, Session, SessionId, SessionToken, Store};
 
@@ -79,11 +80,14 @@ pub const ANONYMOUS: &str = "tower-sessions:anonymous";
 /// `data_key`): `{"user_id": …, "auth_hash": …}`.
 pub const AXUM_LOGIN_KEY: &str = "axum-login.data";
 
-/// Picks the user id out of a record's data; `None` for an anonymous session.
-type UserOf = dyn Fn(&HashMap<String, serde_json::Value>) -> Option<String> + Send + Sync;
+/// A record's data, as every tower-sessions version holds it.
+type Data = HashMap<String, serde_json::Value>;
 
-/// A `tower_sessions_core::SessionStore` (and `ExpiredDeletion`) over a
-/// cloakroom [`Store`]. Cheap to clone; clones share the store.
+/// Picks the user id out of a record's data; `None` for an anonymous session.
+type UserOf = dyn Fn(&Data) -> Option<String> + Send + Sync;
+
+/// A tower-sessions `SessionStore` (and `ExpiredDeletion`) over a cloakroom
+/// [`Store`]. Cheap to clone; clones share the store.
 #[derive(Clone)]
 pub struct CloakroomStore {
     store: Store,
@@ -110,10 +114,7 @@ impl CloakroomStore {
     /// anonymous). The id must be 1 to [`crate::MAX_USER_ID_LEN`] bytes, or
     /// the save fails with an encode error.
     #[must_use]
-    pub fn user_from(
-        mut self,
-        f: impl Fn(&HashMap<String, serde_json::Value>) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
+    pub fn user_from(mut self, f: impl Fn(&Data) -> Option<String> + Send + Sync + 'static) -> Self {
         self.user_of = Arc::new(f);
         self
     }
@@ -131,35 +132,83 @@ impl CloakroomStore {
         &self.store
     }
 
-    /// The cloakroom session id that stands for tower-sessions' `id` (what
-    /// [`Store::list_user`] shows for it and [`Store::revoke`] takes).
+    /// The cloakroom session id that stands for tower-sessions' id (its
+    /// `Id.0`, any version): what [`Store::list_user`] shows for that session
+    /// and [`Store::revoke`] takes.
     #[must_use]
-    pub fn session_id(&self, id: &Id) -> SessionId {
+    pub fn session_id(&self, id: i128) -> SessionId {
         self.token(id).id()
     }
 
-    fn token(&self, id: &Id) -> SessionToken {
-        self.store.derived_token(&id.0.to_le_bytes())
-    }
-
-    fn user(&self, record: &Record) -> session_store::Result<String> {
-        let user = (self.user_of)(&record.data).unwrap_or_else(|| self.anonymous.to_string());
-        crate::session::check_user(&user).map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        Ok(user)
+    fn token(&self, id: i128) -> SessionToken {
+        self.store.derived_token(&id.to_le_bytes())
     }
 
     /// Runs a store call off the async worker.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
-    ) -> session_store::Result<T> {
+    ) -> Result<T, Fault> {
         let store = self.store.clone();
-        crate::blocking::run(move || f(&store)).await.map_err(backend)
+        crate::blocking::run(move || f(&store)).await.map_err(Fault::backend)
+    }
+
+    /// What a write of this record needs, computed on the async side.
+    fn write(&self, id: i128, data: &Data, expiry_date: OffsetDateTime) -> Result<Write, Fault> {
+        let user = (self.user_of)(data).unwrap_or_else(|| self.anonymous.to_string());
+        crate::session::check_user(&user).map_err(|e| Fault::Encode(e.to_string()))?;
+        let bytes = serde_json::to_vec(data).map_err(|e| Fault::Encode(e.to_string()))?;
+        Ok(Write { token: self.token(id), user, data: bytes, expires_at: expiry_ms(&self.store, expiry_date) })
+    }
+
+    /// Stores a new session under `id`; `false` if that id is taken (the
+    /// caller picks another).
+    async fn create_as(&self, id: i128, data: &Data, expiry_date: OffsetDateTime) -> Result<bool, Fault> {
+        let w = self.write(id, data, expiry_date)?;
+        self.blocking(move |s| {
+            if s.session(w.token.id())?.is_some() {
+                return Ok(false);
+            }
+            w.create(s).map(|()| true)
+        })
+        .await
+    }
+
+    async fn save_as(&self, id: i128, data: &Data, expiry_date: OffsetDateTime) -> Result<(), Fault> {
+        let w = self.write(id, data, expiry_date)?;
+        self.blocking(move |s| w.save(s)).await
+    }
+
+    /// The data and expiry date of the live session `id` stands for.
+    async fn load_as(&self, id: i128) -> Result<Option<(Data, OffsetDateTime)>, Fault> {
+        let token = self.token(id);
+        let found = if self.store.is_cached_id(&token.id()) {
+            self.store.validate_token(&token)
+        } else {
+            self.blocking(move |s| Ok(s.validate_token(&token))).await?
+        };
+        match found {
+            Ok(s) => {
+                let data = serde_json::from_slice(s.data()).map_err(|e| Fault::Decode(e.to_string()))?;
+                Ok(Some((data, expiry_date(&self.store, &s))))
+            }
+            Err(Error::NotFound | Error::Revoked | Error::Expired) => Ok(None),
+            Err(e) => Err(Fault::backend(e)),
+        }
+    }
+
+    async fn delete_as(&self, id: i128) -> Result<(), Fault> {
+        let sid = self.session_id(id);
+        self.blocking(move |s| s.revoke(sid)).await
+    }
+
+    async fn delete_expired(&self) -> Result<(), Fault> {
+        self.blocking(|s| s.sweep().map(drop)).await
     }
 }
 
 /// axum-login's user id, if the record has one.
-fn axum_login_user(data: &HashMap<String, serde_json::Value>) -> Option<String> {
+fn axum_login_user(data: &Data) -> Option<String> {
     match data.get(AXUM_LOGIN_KEY)?.get("user_id")? {
         serde_json::Value::Null => None,
         serde_json::Value::String(s) => Some(s.clone()),
@@ -167,16 +216,25 @@ fn axum_login_user(data: &HashMap<String, serde_json::Value>) -> Option<String> 
     }
 }
 
-fn backend(e: Error) -> session_store::Error {
-    session_store::Error::Backend(e.to_string())
+/// A failure, before it becomes one tower-sessions version's error type.
+enum Fault {
+    Encode(String),
+    Decode(String),
+    Backend(String),
+}
+
+impl Fault {
+    fn backend(e: Error) -> Self {
+        Fault::Backend(e.to_string())
+    }
 }
 
 /// A record's expiry as a deadline on the store's clock (ms). tower-sessions
 /// computes expiry dates from the system clock; the time left is what counts
 /// (the same thing with the default `SystemClock`, and what keeps a store on
 /// a test clock consistent).
-fn expiry_ms(store: &Store, record: &Record) -> u64 {
-    let left = record.expiry_date - OffsetDateTime::now_utc();
+fn expiry_ms(store: &Store, expiry_date: OffsetDateTime) -> u64 {
+    let left = expiry_date - OffsetDateTime::now_utc();
     let left = u64::try_from(left.whole_milliseconds()).unwrap_or(0);
     store.now_ms().saturating_add(left)
 }
@@ -188,7 +246,7 @@ fn expiry_date(store: &Store, s: &Session) -> OffsetDateTime {
     OffsetDateTime::now_utc().saturating_add(time::Duration::milliseconds(left))
 }
 
-/// What a write needs, computed on the async side.
+/// What a write needs.
 struct Write {
     token: SessionToken,
     user: String,
@@ -225,69 +283,60 @@ impl Write {
     }
 }
 
-impl CloakroomStore {
-    fn write(&self, record: &Record) -> session_store::Result<Write> {
-        let data = serde_json::to_vec(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let expires_at = expiry_ms(&self.store, record);
-        Ok(Write { token: self.token(&record.id), user: self.user(record)?, data, expires_at })
-    }
-
-    fn record(&self, id: Id, s: &Session) -> session_store::Result<Record> {
-        let data = serde_json::from_slice(s.data()).map_err(|e| session_store::Error::Decode(e.to_string()))?;
-        Ok(Record { id, data, expiry_date: expiry_date(&self.store, s) })
-    }
-}
-
-#[async_trait]
-impl SessionStore for CloakroomStore {
-    /// Stores a new session; a (128-bit) id already in use gets a new one.
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        loop {
-            let w = self.write(record)?;
-            let fresh = self.blocking(move |s| {
-                if s.session(w.token.id())?.is_some() {
-                    return Ok(false);
+/// `SessionStore` and `ExpiredDeletion` of one tower-sessions-core version
+/// (the crate named `$core`), over the version-free methods above.
+macro_rules! session_store {
+    ($core:ident) => {
+        impl From<Fault> for $core::session_store::Error {
+            fn from(f: Fault) -> Self {
+                match f {
+                    Fault::Encode(m) => Self::Encode(m),
+                    Fault::Decode(m) => Self::Decode(m),
+                    Fault::Backend(m) => Self::Backend(m),
                 }
-                w.create(s).map(|()| true)
-            });
-            if fresh.await? {
-                return Ok(());
             }
-            record.id = Id::default();
         }
-    }
 
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let w = self.write(record)?;
-        self.blocking(move |s| w.save(s)).await
-    }
+        #[async_trait::async_trait]
+        impl $core::session_store::SessionStore for CloakroomStore {
+            /// Stores a new session; a (128-bit) id already in use gets a new one.
+            async fn create(&self, record: &mut $core::session::Record) -> $core::session_store::Result<()> {
+                while !self.create_as(record.id.0, &record.data, record.expiry_date).await? {
+                    record.id = $core::session::Id::default();
+                }
+                Ok(())
+            }
 
-    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let token = self.token(id);
-        let found = if self.store.is_cached_id(&token.id()) {
-            self.store.validate_token(&token)
-        } else {
-            let t = token.clone();
-            self.blocking(move |s| Ok(s.validate_token(&t))).await?
-        };
-        match found {
-            Ok(s) => self.record(*id, &s).map(Some),
-            Err(Error::NotFound | Error::Revoked | Error::Expired) => Ok(None),
-            Err(e) => Err(backend(e)),
+            async fn save(&self, record: &$core::session::Record) -> $core::session_store::Result<()> {
+                Ok(self.save_as(record.id.0, &record.data, record.expiry_date).await?)
+            }
+
+            async fn load(
+                &self,
+                id: &$core::session::Id,
+            ) -> $core::session_store::Result<Option<$core::session::Record>> {
+                let found = self.load_as(id.0).await?;
+                Ok(found.map(|(data, expiry_date)| $core::session::Record { id: *id, data, expiry_date }))
+            }
+
+            async fn delete(&self, id: &$core::session::Id) -> $core::session_store::Result<()> {
+                Ok(self.delete_as(id.0).await?)
+            }
         }
-    }
 
-    async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        let sid = self.session_id(id);
-        self.blocking(move |s| s.revoke(sid)).await
-    }
+        #[async_trait::async_trait]
+        impl $core::session_store::ExpiredDeletion for CloakroomStore {
+            /// Runs a sweep ([`Store::sweep`]). cloakroom's own sweeper
+            /// already does this on its interval; call it only if that is
+            /// turned off.
+            async fn delete_expired(&self) -> $core::session_store::Result<()> {
+                Ok(CloakroomStore::delete_expired(self).await?)
+            }
+        }
+    };
 }
 
-#[async_trait]
-impl ExpiredDeletion for CloakroomStore {
-    /// Runs a sweep ([`Store::sweep`]). cloakroom's own sweeper already does
-    /// this on its interval; call it only if that is turned off.
-    async fn delete_expired(&self) -> session_store::Result<()> {
-        self.blocking(|s| s.sweep().map(drop)).await
-    }
-}
+#[cfg(feature = "tower-sessions")]
+session_store!(tower_sessions_core);
+#[cfg(feature = "tower-sessions-015")]
+session_store!(tower_sessions_core_015);

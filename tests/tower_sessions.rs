@@ -120,7 +120,7 @@ async fn sign_in_cycles_the_id_keeps_the_data_and_kills_the_old_cookie() {
     let list = blocking(|| s.list_user("alice")).unwrap();
     assert_eq!(list.len(), 1);
     let id: Id = signed.parse().unwrap();
-    assert_eq!(list[0].id(), CloakroomStore::new(s.clone()).session_id(&id));
+    assert_eq!(list[0].id(), CloakroomStore::new(s.clone()).session_id(id.0));
     assert_eq!(blocking(|| s.list_user(ANONYMOUS)).unwrap().len(), 1, "only the session the dead cookie started");
 }
 
@@ -178,8 +178,8 @@ async fn the_devices_page_lists_and_signs_out_the_users_sessions_only() {
     assert_eq!(page.matches("class=device").count(), 2, "{page}");
     assert_eq!(page.matches("(this device)").count(), 1);
     let sessions = CloakroomStore::new(s.clone());
-    let laptop_id = sessions.session_id(&laptop.parse().unwrap());
-    let eve_id = sessions.session_id(&eve.parse().unwrap());
+    let laptop_id = sessions.session_id(laptop.parse::<Id>().unwrap().0);
+    let eve_id = sessions.session_id(eve.parse::<Id>().unwrap().0);
     // Eve cannot sign out Dave's laptop.
     let r = send(&app, post("/devices/revoke", Some(&eve), &format!("id={laptop_id}"))).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -487,7 +487,7 @@ mod on_redis {
         // Revoked on A: once B's follower has applied the event (bounded poll),
         // B's next request is anonymous.
         assert_eq!(blocking(|| a.revoke_user("jo", Scope::All)).unwrap(), 2);
-        let id = CloakroomStore::new(b.clone()).session_id(&c.parse().unwrap());
+        let id = CloakroomStore::new(b.clone()).session_id(c.parse::<Id>().unwrap().0);
         let mut gone = false;
         for _ in 0..1000 {
             if blocking(|| b.session(id)).unwrap().is_none() {
@@ -503,5 +503,54 @@ mod on_redis {
             a.close().unwrap();
             b.close().unwrap();
         });
+    }
+}
+
+#[cfg(feature = "tower-sessions-015")]
+mod v015 {
+    //! The same `CloakroomStore` under tower-sessions 0.15 (feature
+    //! `tower-sessions-015`): a counter app on its `SessionManagerLayer`.
+    use super::*;
+    use tower_sessions_015 as ts;
+
+    async fn counter(session: ts::Session) -> String {
+        let n = session.get::<u64>("n").await.unwrap().unwrap_or(0) + 1;
+        session.insert("n", n).await.unwrap();
+        format!("<span id=count>{n}</span>")
+    }
+
+    async fn cycle(session: ts::Session) -> &'static str {
+        session.cycle_id().await.unwrap();
+        "ok"
+    }
+
+    async fn flush(session: ts::Session) -> &'static str {
+        session.flush().await.unwrap();
+        "ok"
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_serves_tower_sessions_0_15() {
+        let (s, _) = store(1);
+        let app = Router::new()
+            .route("/", axum::routing::get(counter))
+            .route("/login", axum::routing::post(cycle))
+            .route("/logout", axum::routing::post(flush))
+            .layer(ts::SessionManagerLayer::new(CloakroomStore::new(s.clone())));
+        let (n, c) = visit(&app, None).await;
+        assert_eq!(n, 1);
+        assert_eq!(visit(&app, Some(&c)).await.0, 2);
+        let r = send(&app, post("/login", Some(&c), "")).await;
+        let cycled = set_id(&r).unwrap();
+        assert_ne!(cycled, c);
+        assert_eq!(visit(&app, Some(&cycled)).await.0, 3, "data kept over cycle_id");
+        assert_eq!(visit(&app, Some(&c)).await.0, 1, "the old id is dead");
+        assert_eq!(blocking(|| s.list_user(ANONYMOUS)).unwrap().len(), 2);
+        send(&app, post("/logout", Some(&cycled), "")).await;
+        assert_eq!(visit(&app, Some(&cycled)).await.0, 1);
+        // Revocation through the store reaches 0.15 apps as well.
+        let (_, c) = visit(&app, None).await;
+        assert_eq!(blocking(|| s.revoke_user(ANONYMOUS, Scope::All)).unwrap(), 3);
+        assert_eq!(visit(&app, Some(&c)).await.0, 1);
     }
 }
