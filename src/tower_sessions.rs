@@ -20,7 +20,7 @@
 //!
 //! # What is stored
 //!
-//! tower-sessions puts its own random 128-bit [`Id`] in the cookie. The
+//! tower-sessions puts its own random 128-bit `Id` in the cookie. The
 //! adapter treats that id as the bearer secret: a keyed hash of it (under a
 //! key derived from the store's server key) gives a cloakroom session id and a
 //! 256-bit secret, and the store keeps only the id and the secret's hash, as
