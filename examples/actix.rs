@@ -5,6 +5,10 @@
 //! `cargo run --example actix --features actix`, then open
 //! <http://127.0.0.1:3000/>. The only line that differs from an app on
 //! actix-session's Redis store is the store's construction.
+//!
+//! Its forms rely on the cookie's `SameSite` attribute (the framework's
+//! default) against cross-site posts; cloakroom's own axum layer adds
+//! synchronizer CSRF tokens.
 use actix_identity::{Identity, IdentityMiddleware};
 use actix_session::{Session, SessionMiddleware};
 use actix_web::cookie::Key;

@@ -5,6 +5,10 @@
 //! `cargo run --example tower_sessions --features tower-sessions,axum`, then
 //! open <http://127.0.0.1:3000/>. The only line that differs from an app on
 //! tower-sessions' Redis or SQL stores is the store's construction.
+//!
+//! Its forms rely on the cookie's `SameSite` attribute (the framework's
+//! default) against cross-site posts; cloakroom's own axum layer adds
+//! synchronizer CSRF tokens.
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
