@@ -480,8 +480,14 @@ mod on_redis {
         clock.advance(Duration::from_secs(7 * 3600));
         assert_eq!(blocking(|| b.list_user("jo")).unwrap().len(), 1);
         assert_eq!(visit(&app_b, Some(&c)).await.0, 4);
-        // A second sign-in trims the user index of expired sessions: the
-        // first one's entry was moved with its deadline, so it stays listed.
+        // Kept alive by a visit every 7 h, on either node, for 35 h.
+        for (i, app) in [&app_a, &app_b, &app_a].into_iter().enumerate() {
+            clock.advance(Duration::from_secs(7 * 3600));
+            assert_eq!(visit(app, Some(&c)).await.0, 5 + i as u64);
+        }
+        // A second sign-in trims the user index of sessions a day past their
+        // deadline: the first session's entry was moved with its deadline
+        // (its first one, 8 h, is 27 h ago), so it stays listed.
         sign_in(&app_b, None, "jo").await;
         assert_eq!(blocking(|| a.list_user("jo")).unwrap().len(), 2);
         // Revoked on A: once B's follower has applied the event (bounded poll),

@@ -546,14 +546,16 @@ impl Shared {
                     .arg(hex(rec.id.as_bytes()))
                     .ignore()
                     // Members are scored by their session's absolute deadline
-                    // (kept current by updates that move it): one below now is
-                    // a session Redis has expired. Trimmed here so an index
-                    // only ever written to (a placeholder user of the
-                    // framework adapters) stays bounded.
+                    // (kept current by updates that move it). Trimmed here so
+                    // an index only ever written to (a placeholder user of the
+                    // framework adapters) stays bounded: only members past
+                    // their deadline by `USER_INDEX_TRIM_MARGIN_MS`, so a node
+                    // whose clock runs ahead never drops a session another
+                    // node still serves (revoke_user would miss it).
                     .cmd("ZREMRANGEBYSCORE")
                     .arg(self.keys.user(&rec.user))
                     .arg("-inf")
-                    .arg(format!("({}", rec.created_at))
+                    .arg(format!("({}", rec.created_at.saturating_sub(USER_INDEX_TRIM_MARGIN_MS)))
                     .ignore();
                 self.pool.with(|c| p.query::<()>(c))?;
                 Ok(Outcome::Done)
@@ -764,6 +766,10 @@ fn changed_event(id: &SessionId) -> Vec<u8> {
 }
 
 /// Milliseconds from `now` to `deadline`, at least 1 (Redis refuses 0).
+/// How long past its deadline a member stays in a user index before a create
+/// trims it: far beyond any clock skew between nodes.
+const USER_INDEX_TRIM_MARGIN_MS: u64 = 24 * 3600 * 1000;
+
 fn ttl(deadline: u64, now: u64) -> u64 {
     deadline.saturating_sub(now).max(1)
 }
