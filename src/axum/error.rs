@@ -44,7 +44,8 @@ pub enum WebError {
     /// The store failed (500); the request had no effect for durable writes.
     #[error("internal error: {0}")]
     Store(Error),
-    /// The web layer is misconfigured or a blocking task failed (500).
+    /// The web layer is misconfigured (500). (A store call whose blocking-pool
+    /// task failed is a `Store` error of kind `Io`, also 500.)
     #[error("internal error: {0}")]
     Internal(&'static str),
 }

@@ -209,10 +209,7 @@ async fn principal(web: &Web, credential: String) -> Result<Result<Auth, Error>,
         store.authenticate(&credential)
     } else {
         let c = credential.clone();
-        match tokio::task::spawn_blocking(move || store.authenticate(&c)).await {
-            Ok(r) => r,
-            Err(_) => return Err(WebError::Internal("a store call on the blocking pool panicked or was cancelled")),
-        }
+        crate::blocking::run(move || Ok(store.authenticate(&c))).await.map_err(WebError::from)?
     };
     match r {
         Ok(p) => {
