@@ -65,6 +65,7 @@ pub(crate) fn os_random(buf: &mut [u8]) -> Result<(), Error> {
 pub struct SessionId([u8; ID_LEN]);
 
 impl SessionId {
+    #[cfg(test)]
     pub(crate) fn random() -> Result<Self, Error> {
         let mut b = [0u8; ID_LEN];
         os_random(&mut b)?;
@@ -235,7 +236,15 @@ pub struct SessionToken {
 
 impl SessionToken {
     pub(crate) fn generate(key: &TagKey) -> Result<Self, Error> {
-        Self::with_new_secret(SessionId::random()?, key)
+        // Id and secret from one read of the OS CSPRNG (one system call).
+        let mut b = [0u8; ID_LEN + SECRET_LEN];
+        os_random(&mut b)?;
+        let (mut id, mut s) = ([0u8; ID_LEN], [0u8; SECRET_LEN]);
+        id.copy_from_slice(&b[..ID_LEN]);
+        s.copy_from_slice(&b[ID_LEN..]);
+        let (id, secret) = (SessionId(id), Secret(s));
+        let tag = key.tag(&id, &secret);
+        Ok(Self { id, secret, tag })
     }
 
     /// A token for an existing session id with a fresh secret (rotation).

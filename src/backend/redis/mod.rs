@@ -23,10 +23,10 @@
 //! script, retried if another node changed the row in between: two round trips,
 //! exactly-once across nodes.
 
+mod resp;
 mod scripts;
 pub(crate) mod sync;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -36,6 +36,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use redis::{Client, Connection, Value};
 
+use self::resp::{Arg, Packed};
 use self::scripts::Scripts;
 use crate::backend::{Backend, Failure, FamilyChange, Op, Outcome, Revoked, Swept, Wait};
 use crate::db::mac::{RowMac, RowTable};
@@ -89,58 +90,63 @@ impl Default for RedisOptions {
     }
 }
 
-/// The key names of one store.
+/// The key names of one store, built once.
 #[derive(Clone)]
 pub(crate) struct Keys {
-    tag: String,
+    session_prefix: String,
+    user_prefix: String,
+    revoked: String,
+    revoked_times: String,
+    not_before: String,
+    meta: String,
+    kids: String,
+    events: String,
 }
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Keys {
-        Keys { tag: format!("{{{prefix}}}") }
+        let k = |name: &str| format!("{{{prefix}}}:{name}");
+        Keys {
+            session_prefix: k("s:"),
+            user_prefix: k("u:"),
+            revoked: k("rv"),
+            revoked_times: k("rvt"),
+            not_before: k("nb"),
+            meta: k("meta"),
+            kids: k("kids"),
+            events: k("ev"),
+        }
     }
-    fn session_prefix(&self) -> String {
-        format!("{}:s:", self.tag)
+    /// A session's key, as a command argument.
+    fn session<'a>(&'a self, id: &'a SessionId) -> Arg<'a> {
+        Arg::Hex(&self.session_prefix, id.as_bytes())
     }
-    fn session(&self, id: &SessionId) -> String {
-        let mut k = self.session_prefix();
-        k.push_str(&hex(id.as_bytes()));
-        k
+    /// A user's index key, as a command argument.
+    fn user<'a>(&'a self, user: &'a str) -> Arg<'a> {
+        Arg::Cat(&self.user_prefix, user.as_bytes())
     }
-    fn user_prefix(&self) -> String {
-        format!("{}:u:", self.tag)
+    fn user_key(&self, user: &str) -> String {
+        format!("{}{user}", self.user_prefix)
     }
-    fn user(&self, user: &str) -> String {
-        let mut k = self.user_prefix();
-        k.push_str(user);
-        k
+    pub(crate) fn revoked(&self) -> &str {
+        &self.revoked
     }
-    pub(crate) fn revoked(&self) -> String {
-        format!("{}:rv", self.tag)
+    pub(crate) fn revoked_times(&self) -> &str {
+        &self.revoked_times
     }
-    pub(crate) fn revoked_times(&self) -> String {
-        format!("{}:rvt", self.tag)
+    pub(crate) fn not_before(&self) -> &str {
+        &self.not_before
     }
-    pub(crate) fn not_before(&self) -> String {
-        format!("{}:nb", self.tag)
-    }
-    fn meta(&self) -> String {
-        format!("{}:meta", self.tag)
-    }
-    fn kids(&self) -> String {
-        format!("{}:kids", self.tag)
-    }
-    pub(crate) fn events(&self) -> String {
-        format!("{}:ev", self.tag)
+    pub(crate) fn events(&self) -> &str {
+        &self.events
     }
 }
 
+/// Lowercase hex of `b`.
 pub(crate) fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
+    let mut v = Vec::with_capacity(2 * b.len());
+    resp::push_hex(&mut v, b);
+    String::from_utf8(v).unwrap_or_default()
 }
 
 /// A Redis failure as the store reports it: the server could not be reached
@@ -346,7 +352,7 @@ impl RedisBackend {
         need_fsync_always: bool,
     ) -> Result<RedisBackend, Error> {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
-        let meta = keys.meta();
+        let meta = keys.meta.clone();
         let format = record_once(&pool, &meta, "format", &LAYOUT_FORMAT.to_string())?;
         if format.and_then(|f| f.parse().ok()) != Some(LAYOUT_FORMAT) {
             // Written by another (newer, or unknown) version: nothing is touched.
@@ -361,7 +367,7 @@ impl RedisBackend {
         let kid_key = blake3::derive_key("cloakroom 2026 redis access-key check v1", server_key);
         for (kid, print) in keyring.fingerprints(&kid_key) {
             let print = hex(&print);
-            if record_once(&pool, &keys.kids(), &kid, &print)?.as_deref() != Some(print.as_str()) {
+            if record_once(&pool, &keys.kids, &kid, &print)?.as_deref() != Some(print.as_str()) {
                 return Err(Error::Config(format!(
                     "access-token key {kid:?} differs from the key other nodes recorded under that kid in Redis: \
                      give every node the same keyring (or a new kid for a new key)"
@@ -413,7 +419,7 @@ impl RedisBackend {
 
     /// Reserves `n` serials shared by every node; returns the first.
     pub(crate) fn reserve(pool: &Pool, keys: &Keys, n: u64) -> Result<u64, Error> {
-        let end: u64 = pool.with(|c| redis::cmd("HINCRBY").arg(keys.meta()).arg("serial").arg(n).query(c))?;
+        let end: u64 = pool.with(|c| redis::cmd("HINCRBY").arg(&keys.meta).arg("serial").arg(n).query(c))?;
         Ok(end - n + 1)
     }
 }
@@ -438,9 +444,9 @@ fn touch_loop(shared: &Shared, rx: &Receiver<Queued>) {
 
 impl Shared {
     fn read(&self, id: &SessionId) -> Result<Option<Stored>, Error> {
-        let key = self.keys.session(id);
-        let (r, num, f): (Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>) =
-            self.pool.with(|c| redis::cmd("HMGET").arg(&key).arg("r").arg("num").arg("f").query(c))?;
+        let mut p = Packed::new();
+        p.cmd(&["HMGET".into(), self.keys.session(id), "r".into(), "num".into(), "f".into()]);
+        let (r, num, f): (Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>) = self.pool.with(|c| p.query(c))?;
         let (Some(r), Some(num)) = (r, num) else { return Ok(None) };
         let rec = decode_session(&self.mac, *id, num, &r).inspect_err(|_| {
             self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
@@ -449,32 +455,39 @@ impl Shared {
     }
 
     fn cas(&self, id: &SessionId, user: &str, c: &Cas<'_>) -> Result<CasResult, Error> {
-        let s = &self.scripts;
-        let mut inv = s.cas.prepare_invoke();
-        inv.key(self.keys.session(id))
-            .key(self.keys.user(user))
-            .key(self.keys.revoked())
-            .key(self.keys.revoked_times())
-            .key(self.keys.events());
-        inv.arg(c.expect_r);
-        match c.expect_f {
-            None => inv.arg(""),
-            Some(f) => inv.arg(f),
+        let ttl = c.ttl_ms.map(Arg::U).unwrap_or(Arg::B(b""));
+        let (serial, hash) = match &c.new_serial {
+            Some((serial, sh)) => (Arg::U(*serial), Arg::B(sh.0.as_slice())),
+            None => (Arg::B(b""), Arg::B(b"")),
         };
-        inv.arg(if c.delete { "del" } else { "put" });
-        inv.arg(c.new_r.as_deref().unwrap_or(b""));
-        inv.arg(c.new_f.as_deref().unwrap_or(b""));
-        inv.arg(c.ttl_ms.map(|t| t.to_string()).unwrap_or_default());
-        match &c.new_serial {
-            Some((serial, sh)) => inv.arg(serial.to_string()).arg(sh.0.as_slice()),
-            None => inv.arg("").arg(""),
-        };
-        inv.arg(c.prune_after.to_string());
-        inv.arg(hex(id.as_bytes()));
-        inv.arg(if c.revoke_old { "1" } else { "0" });
-        inv.arg(c.event.as_deref().unwrap_or(b""));
-        inv.arg(c.user_score.map(|t| t.to_string()).unwrap_or_default());
-        let v: Vec<Value> = self.pool.with(|con| inv.invoke(con))?;
+        let id_hex = hex(id.as_bytes());
+        let mut p = Packed::new();
+        p.evalsha(
+            &self.scripts.cas,
+            &[
+                self.keys.session(id),
+                self.keys.user(user),
+                self.keys.revoked().into(),
+                self.keys.revoked_times().into(),
+                self.keys.events().into(),
+            ],
+            &[
+                Arg::B(c.expect_r),
+                Arg::B(c.expect_f.unwrap_or(b"")),
+                Arg::B(if c.delete { b"del" } else { b"put" }),
+                Arg::B(c.new_r.as_deref().unwrap_or(b"")),
+                Arg::B(c.new_f.as_deref().unwrap_or(b"")),
+                ttl,
+                serial,
+                hash,
+                Arg::U(c.prune_after),
+                id_hex.as_str().into(),
+                Arg::B(if c.revoke_old { b"1" } else { b"0" }),
+                Arg::B(c.event.as_deref().unwrap_or(b"")),
+                c.user_score.map(Arg::U).unwrap_or(Arg::B(b"")),
+            ],
+        );
+        let v: Vec<Value> = self.pool.with(|con| p.invoke(con, &self.scripts.cas))?;
         match v.first() {
             Some(Value::Int(1)) => Ok(CasResult::Done),
             Some(Value::Int(0)) => Ok(CasResult::Gone),
@@ -518,46 +531,38 @@ impl Shared {
                 // round trip) costs the server less than a script. The id is
                 // 128 random bits, so it is never taken.
                 let key = self.keys.session(&rec.id);
-                let deadline = rec.deadline(rec.last_seen);
-                let mut p = redis::pipe();
-                p.atomic()
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg("r")
-                    .arg(&*seal_session(&self.mac, &rec))
-                    .arg("num")
-                    .arg(rec.number)
-                    .arg("ser")
-                    .arg(rec.serial)
-                    .arg("sh")
-                    .arg(rec.secret_hash.0.as_slice())
-                    .arg("id")
-                    .arg(rec.id.as_bytes().as_slice())
-                    .arg("u")
-                    .arg(&*rec.user)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(ttl(deadline, rec.last_seen))
-                    .ignore()
-                    .cmd("ZADD")
-                    .arg(self.keys.user(&rec.user))
-                    .arg(rec.expires_at)
-                    .arg(hex(rec.id.as_bytes()))
-                    .ignore()
-                    // Members are scored by their session's absolute deadline
-                    // (kept current by updates that move it). Trimmed here so
-                    // an index only ever written to (a placeholder user of the
-                    // framework adapters) stays bounded: only members past
-                    // their deadline by `USER_INDEX_TRIM_MARGIN_MS`, so a node
-                    // whose clock runs ahead never drops a session another
-                    // node still serves (revoke_user would miss it).
-                    .cmd("ZREMRANGEBYSCORE")
-                    .arg(self.keys.user(&rec.user))
-                    .arg("-inf")
-                    .arg(format!("({}", rec.created_at.saturating_sub(USER_INDEX_TRIM_MARGIN_MS)))
-                    .ignore();
-                self.pool.with(|c| p.query::<()>(c))?;
+                let user = self.keys.user(&rec.user);
+                let sealed = seal_session(&self.mac, &rec);
+                let id_hex = hex(rec.id.as_bytes());
+                // Members are scored by their session's absolute deadline
+                // (kept current by updates that move it). Trimmed here so an
+                // index only ever written to (a placeholder user of the
+                // framework adapters) stays bounded: only members past their
+                // deadline by `USER_INDEX_TRIM_MARGIN_MS`, so a node whose
+                // clock runs ahead never drops a session another node still
+                // serves (revoke_user would miss it).
+                let trim_below = format!("({}", rec.created_at.saturating_sub(USER_INDEX_TRIM_MARGIN_MS));
+                let mut p = Packed::transaction();
+                p.cmd(&[
+                    "HSET".into(),
+                    key,
+                    "r".into(),
+                    Arg::B(&sealed),
+                    "num".into(),
+                    Arg::U(rec.number),
+                    "ser".into(),
+                    Arg::U(rec.serial),
+                    "sh".into(),
+                    Arg::B(rec.secret_hash.0.as_slice()),
+                    "id".into(),
+                    Arg::B(rec.id.as_bytes().as_slice()),
+                    "u".into(),
+                    rec.user.as_ref().into(),
+                ])
+                .cmd(&["PEXPIRE".into(), key, Arg::U(ttl(rec.deadline(rec.last_seen), rec.last_seen))])
+                .cmd(&["ZADD".into(), user, Arg::U(rec.expires_at), id_hex.as_str().into()])
+                .cmd(&["ZREMRANGEBYSCORE".into(), user, "-inf".into(), trim_below.as_str().into()]);
+                self.pool.with(|c| p.exec(c))?;
                 Ok(Outcome::Done)
             }
             Op::Touch { id, last_seen } => {
@@ -632,13 +637,19 @@ impl Shared {
                 Ok(Step::Write(cas, Outcome::Rotated { rec: Arc::new(new), old: Revoked::of(&s.rec, prune_after) }))
             }),
             Op::Revoke { id, prune_after } => {
-                let mut inv = self.scripts.revoke.prepare_invoke();
-                inv.key(self.keys.session(&id))
-                    .key(self.keys.revoked())
-                    .key(self.keys.revoked_times())
-                    .key(self.keys.events());
-                inv.arg(self.keys.user_prefix()).arg(prune_after).arg(hex(id.as_bytes()));
-                let v: Vec<Vec<u8>> = self.pool.with(|c| inv.invoke(c))?;
+                let id_hex = hex(id.as_bytes());
+                let mut p = Packed::new();
+                p.evalsha(
+                    &self.scripts.revoke,
+                    &[
+                        self.keys.session(&id),
+                        self.keys.revoked().into(),
+                        self.keys.revoked_times().into(),
+                        self.keys.events().into(),
+                    ],
+                    &[self.keys.user_prefix.as_str().into(), Arg::U(prune_after), id_hex.as_str().into()],
+                );
+                let v: Vec<Vec<u8>> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke))?;
                 let serial = v.first().and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok());
                 let hash = v.get(1).and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
                 match (serial, hash) {
@@ -682,16 +693,20 @@ impl Shared {
             // Redis expires sessions itself (`PEXPIRE`): the sweeper finds none.
             Op::Sweep { .. } => Ok(Outcome::Swept(Swept::default())),
             Op::PruneRevoked { entries, not_before } => {
-                let mut inv = self.scripts.prune.prepare_invoke();
-                inv.key(self.keys.revoked()).key(self.keys.revoked_times()).key(self.keys.not_before());
-                inv.arg(entries.len());
-                for (serial, _) in &entries {
-                    inv.arg(*serial);
-                }
+                let mut args: Vec<Arg<'_>> = Vec::with_capacity(1 + entries.len() + 2 * not_before.len());
+                args.push(Arg::U(entries.len() as u64));
+                args.extend(entries.iter().map(|(serial, _)| Arg::U(*serial)));
                 for (user, at) in &not_before {
-                    inv.arg(user.as_str()).arg(*at);
+                    args.push(user.as_str().into());
+                    args.push(Arg::U(*at));
                 }
-                let users: Vec<String> = self.pool.with(|c| inv.invoke(c))?;
+                let mut p = Packed::new();
+                p.evalsha(
+                    &self.scripts.prune,
+                    &[self.keys.revoked().into(), self.keys.revoked_times().into(), self.keys.not_before().into()],
+                    &args,
+                );
+                let users: Vec<String> = self.pool.with(|c| p.invoke(c, &self.scripts.prune))?;
                 let pruned = not_before.into_iter().filter(|(u, _)| users.contains(u)).collect();
                 Ok(Outcome::Pruned(entries, pruned))
             }
@@ -706,18 +721,26 @@ impl Shared {
         prune_after: u64,
         not_before: Option<u64>,
     ) -> Result<Vec<Revoked>, Failure> {
-        let mut inv = self.scripts.revoke_user.prepare_invoke();
-        inv.key(self.keys.user(user))
-            .key(self.keys.revoked())
-            .key(self.keys.revoked_times())
-            .key(self.keys.events())
-            .key(self.keys.not_before());
-        inv.arg(self.keys.session_prefix())
-            .arg(except.map(|id| hex(id.as_bytes())).unwrap_or_default())
-            .arg(prune_after)
-            .arg(if not_before.is_some() { user } else { "" })
-            .arg(not_before.unwrap_or(0));
-        let flat: Vec<Vec<u8>> = self.pool.with(|c| inv.invoke(c))?;
+        let except = except.map(|id| hex(id.as_bytes())).unwrap_or_default();
+        let mut p = Packed::new();
+        p.evalsha(
+            &self.scripts.revoke_user,
+            &[
+                self.keys.user(user),
+                self.keys.revoked().into(),
+                self.keys.revoked_times().into(),
+                self.keys.events().into(),
+                self.keys.not_before().into(),
+            ],
+            &[
+                self.keys.session_prefix.as_str().into(),
+                except.as_str().into(),
+                Arg::U(prune_after),
+                if not_before.is_some() { user.into() } else { "".into() },
+                Arg::U(not_before.unwrap_or(0)),
+            ],
+        );
+        let flat: Vec<Vec<u8>> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke_user))?;
         let mut out = Vec::with_capacity(flat.len() / 3);
         for t in flat.chunks_exact(3) {
             let serial = std::str::from_utf8(&t[0]).ok().and_then(|s| s.parse().ok());
@@ -799,13 +822,13 @@ impl Backend for RedisBackend {
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         let sh = &self.shared;
         let members: Vec<String> =
-            sh.pool.with(|c| redis::cmd("ZRANGE").arg(sh.keys.user(user)).arg(0).arg(-1).query(c))?;
+            sh.pool.with(|c| redis::cmd("ZRANGE").arg(sh.keys.user_key(user)).arg(0).arg(-1).query(c))?;
         if members.is_empty() {
             return Ok(Vec::new());
         }
         let mut p = redis::pipe();
         for m in &members {
-            p.cmd("HMGET").arg(format!("{}{m}", sh.keys.session_prefix())).arg("r").arg("num").arg("id");
+            p.cmd("HMGET").arg(format!("{}{m}", sh.keys.session_prefix)).arg("r").arg("num").arg("id");
         }
         let rows: Vec<ListedRow> = sh.pool.with(|c| p.query(c))?;
         let mut out = Vec::with_capacity(rows.len());
@@ -826,7 +849,7 @@ impl Backend for RedisBackend {
         // Index entries of sessions Redis expired: dropped here (best effort;
         // a leftover entry only costs a lookup that finds nothing).
         if !gone.is_empty() {
-            let _ = sh.pool.with(|c| redis::cmd("ZREM").arg(sh.keys.user(user)).arg(&gone).query::<()>(c));
+            let _ = sh.pool.with(|c| redis::cmd("ZREM").arg(sh.keys.user_key(user)).arg(&gone).query::<()>(c));
         }
         Ok(out)
     }
