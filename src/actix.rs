@@ -36,9 +36,11 @@
 //!   moves to a new session with a new token (a new session id on a devices
 //!   page; [`Store::rotate`] would keep it).
 //! - **A user change without renewal** (state written with a new
-//!   `actix_identity.user_id`) creates a new session under the new user and
-//!   revokes the old one; `update` returns the new key, so the cookie changes
-//!   (no session fixation).
+//!   `actix_identity.user_id`) revokes the old session and creates a new one
+//!   under the new user; `update` returns the new key, so the cookie changes
+//!   (no session fixation). Should the create fail, the old session is
+//!   already gone: the caller gets the error and is signed out, and no
+//!   session is left alive that nobody holds a key to.
 //! - **A revoked session stays revoked**: an `update` or `update_ttl` for a
 //!   session revoked (or expired) after the request loaded it writes nothing
 //!   and keeps the dead key, so the next request arrives anonymous. (actix's
@@ -153,7 +155,12 @@ impl CloakroomStore {
     /// Creates a session holding `state` for `ttl`; returns its key.
     async fn create(&self, state: &State, ttl: &Ttl) -> Result<SessionKey, SaveError> {
         let data = serde_json::to_vec(state).map_err(|e| SaveError::Serialization(e.into()))?;
-        let new = NewSession::new(self.user(state)).data(data).ttl(lifetime(ttl)).without_idle_timeout();
+        self.create_encoded(self.user(state), data, ttl).await
+    }
+
+    /// Creates a session for `user` holding `data` (the state as JSON) for `ttl`.
+    async fn create_encoded(&self, user: String, data: Vec<u8>, ttl: &Ttl) -> Result<SessionKey, SaveError> {
+        let new = NewSession::new(user).data(data).ttl(lifetime(ttl)).without_idle_timeout();
         let issued = self.blocking(move |s| s.create(new)).await.map_err(|e| SaveError::Other(other(e)))?;
         SessionKey::try_from(issued.token.to_string()).map_err(|e| SaveError::Other(e.into()))
     }
@@ -186,16 +193,19 @@ impl SessionStore for CloakroomStore {
         let Some(current) = self.live(&key).await.map_err(up)? else {
             return Ok(key); // revoked or expired since the load: stays dead
         };
-        if current.user() != self.user(&state) {
-            let new_key = self.create(&state, ttl).await.map_err(|e| match e {
-                SaveError::Serialization(e) => UpdateError::Serialization(e),
-                SaveError::Other(e) => UpdateError::Other(e),
-            })?;
+        let data = serde_json::to_vec(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
+        let user = self.user(&state);
+        if current.user() != user {
+            // The old session goes first: should the create then fail, the
+            // caller gets an error and no session lives on that nobody holds
+            // a key to (fail closed: signed out, never two live sessions).
             let id = current.id();
             self.blocking(move |s| s.revoke(id)).await.map_err(up)?;
-            return Ok(new_key);
+            return self.create_encoded(user, data, ttl).await.map_err(|e| match e {
+                SaveError::Serialization(e) => UpdateError::Serialization(e),
+                SaveError::Other(e) => UpdateError::Other(e),
+            });
         }
-        let data = serde_json::to_vec(&state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let (id, ttl) = (current.id(), *ttl);
         self.blocking(move |s| s.rewrite(id, Some(data), deadline(s, &ttl))).await.map_err(up)?;
         Ok(key)

@@ -263,6 +263,17 @@ async fn the_store_trait_keeps_revocations_and_refiles_a_new_user() {
     assert!(s.list_user(ANONYMOUS).unwrap().is_empty());
     assert_eq!(s.list_user("hana").unwrap().len(), 1);
 
+    // A user change whose create fails (a user id the store refuses): the
+    // old session is revoked first, so the caller gets the error, signed
+    // out, and no session is left that nobody holds a key to.
+    let before = st.save(state(Some("ines")), &day).await.unwrap();
+    let stored = s.stats().sessions_stored.unwrap();
+    let too_long = "u".repeat(cloakroom::MAX_USER_ID_LEN + 1);
+    assert!(st.update(copy(&before), state(Some(&too_long)), &day).await.is_err());
+    assert!(st.load(&before).await.unwrap().is_none(), "the old session was revoked");
+    assert!(s.list_user("ines").unwrap().is_empty());
+    assert_eq!(s.stats().sessions_stored, Some(stored - 1), "one session fewer, none created");
+
     // update_ttl moves the deadline; delete revokes.
     clock.advance(Duration::from_secs(20 * 3600));
     st.update_ttl(&signed, &day).await.unwrap();
