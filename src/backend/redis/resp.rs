@@ -186,8 +186,10 @@ impl Packed {
     pub(crate) fn exec(mut self, con: &mut Connection) -> RedisResult<()> {
         debug_assert!(self.transaction);
         self.buf.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-        // Replies: +OK to MULTI, +QUEUED per command (skipped), then EXEC's
-        // array. A command refused while queued aborts the transaction (the
+        // `req_packed_commands` is the call the crate's own `Pipeline` makes
+        // (public, hidden from its docs); every Redis test of the store
+        // goes through here. Replies: +OK to MULTI, +QUEUED per command
+        // (skipped), then EXEC's array. A command refused while queued aborts the transaction (the
         // `redis` crate reports it as an error).
         let mut out = con.req_packed_commands(&self.buf, self.cmds + 1, 1)?;
         match out.pop() {
