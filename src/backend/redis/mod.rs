@@ -352,13 +352,13 @@ impl RedisBackend {
         need_fsync_always: bool,
     ) -> Result<RedisBackend, Error> {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
-        let meta = keys.meta.clone();
-        let format = record_once(&pool, &meta, "format", &LAYOUT_FORMAT.to_string())?;
+        let meta = keys.meta.as_str();
+        let format = record_once(&pool, meta, "format", &LAYOUT_FORMAT.to_string())?;
         if format.and_then(|f| f.parse().ok()) != Some(LAYOUT_FORMAT) {
             // Written by another (newer, or unknown) version: nothing is touched.
             return Err(StorageError::new(StorageErrorKind::NewerFormat).into());
         }
-        if record_once(&pool, &meta, "keycheck", &check)?.as_deref() != Some(check.as_str()) {
+        if record_once(&pool, meta, "keycheck", &check)?.as_deref() != Some(check.as_str()) {
             return Err(StorageError::new(StorageErrorKind::KeyMismatch).into());
         }
         // Each access-token kid names one key on every node: a kid recorded
