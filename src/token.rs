@@ -237,23 +237,30 @@ pub struct SessionToken {
 impl SessionToken {
     pub(crate) fn generate(key: &TagKey) -> Result<Self, Error> {
         // Id and secret from one read of the OS CSPRNG (one system call).
-        let mut b = [0u8; ID_LEN + SECRET_LEN];
-        os_random(&mut b)?;
-        let (mut id, mut s) = ([0u8; ID_LEN], [0u8; SECRET_LEN]);
-        id.copy_from_slice(&b[..ID_LEN]);
-        s.copy_from_slice(&b[ID_LEN..]);
-        let (id, secret) = (SessionId(id), Secret(s));
-        let tag = key.tag(&id, &secret);
-        Ok(Self { id, secret, tag })
+        let mut raw = [0u8; ID_LEN + SECRET_LEN];
+        os_random(&mut raw)?;
+        Ok(Self::from_raw(&raw, key))
     }
 
     /// A token for an existing session id with a fresh secret (rotation).
     pub(crate) fn with_new_secret(id: SessionId, key: &TagKey) -> Result<Self, Error> {
         let mut s = [0u8; SECRET_LEN];
         os_random(&mut s)?;
-        let secret = Secret(s);
+        Ok(Self::tagged(id, Secret(s), key))
+    }
+
+    /// The token whose id is the first 16 bytes of `raw` and secret the rest.
+    fn from_raw(raw: &[u8; ID_LEN + SECRET_LEN], key: &TagKey) -> Self {
+        let (mut id, mut s) = ([0u8; ID_LEN], [0u8; SECRET_LEN]);
+        id.copy_from_slice(&raw[..ID_LEN]);
+        s.copy_from_slice(&raw[ID_LEN..]);
+        Self::tagged(SessionId(id), Secret(s), key)
+    }
+
+    /// The token of this id and secret, with its tag.
+    fn tagged(id: SessionId, secret: Secret, key: &TagKey) -> Self {
         let tag = key.tag(&id, &secret);
-        Ok(Self { id, secret, tag })
+        Self { id, secret, tag }
     }
 
     /// The token a framework's own session id (`foreign`, e.g. tower-sessions'
@@ -265,13 +272,7 @@ impl SessionToken {
     pub(crate) fn derived(foreign: &[u8], key: &[u8; 32], tag: &TagKey) -> Self {
         let mut out = [0u8; ID_LEN + SECRET_LEN];
         blake3::Hasher::new_keyed(key).update(foreign).finalize_xof().fill(&mut out);
-        let mut id = [0u8; ID_LEN];
-        id.copy_from_slice(&out[..ID_LEN]);
-        let mut s = [0u8; SECRET_LEN];
-        s.copy_from_slice(&out[ID_LEN..]);
-        let (id, secret) = (SessionId(id), Secret(s));
-        let tag = tag.tag(&id, &secret);
-        Self { id, secret, tag }
+        Self::from_raw(&out, tag)
     }
 
     /// The session id (not secret).

@@ -460,7 +460,6 @@ impl Shared {
             Some((serial, sh)) => (Arg::U(*serial), Arg::B(sh.0.as_slice())),
             None => (Arg::B(b""), Arg::B(b"")),
         };
-        let id_hex = hex(id.as_bytes());
         let mut p = Packed::new();
         p.evalsha(
             &self.scripts.cas,
@@ -481,7 +480,7 @@ impl Shared {
                 serial,
                 hash,
                 Arg::U(c.prune_after),
-                id_hex.as_str().into(),
+                Arg::Hex("", id.as_bytes()),
                 Arg::B(if c.revoke_old { b"1" } else { b"0" }),
                 Arg::B(c.event.as_deref().unwrap_or(b"")),
                 c.user_score.map(Arg::U).unwrap_or(Arg::B(b"")),
@@ -533,7 +532,6 @@ impl Shared {
                 let key = self.keys.session(&rec.id);
                 let user = self.keys.user(&rec.user);
                 let sealed = seal_session(&self.mac, &rec);
-                let id_hex = hex(rec.id.as_bytes());
                 // Members are scored by their session's absolute deadline
                 // (kept current by updates that move it). Trimmed here so an
                 // index only ever written to (a placeholder user of the
@@ -560,7 +558,7 @@ impl Shared {
                     rec.user.as_ref().into(),
                 ])
                 .cmd(&["PEXPIRE".into(), key, Arg::U(ttl(rec.deadline(rec.last_seen), rec.last_seen))])
-                .cmd(&["ZADD".into(), user, Arg::U(rec.expires_at), id_hex.as_str().into()])
+                .cmd(&["ZADD".into(), user, Arg::U(rec.expires_at), Arg::Hex("", rec.id.as_bytes())])
                 .cmd(&["ZREMRANGEBYSCORE".into(), user, "-inf".into(), trim_below.as_str().into()]);
                 self.pool.with(|c| p.exec(c))?;
                 Ok(Outcome::Done)
@@ -637,7 +635,6 @@ impl Shared {
                 Ok(Step::Write(cas, Outcome::Rotated { rec: Arc::new(new), old: Revoked::of(&s.rec, prune_after) }))
             }),
             Op::Revoke { id, prune_after } => {
-                let id_hex = hex(id.as_bytes());
                 let mut p = Packed::new();
                 p.evalsha(
                     &self.scripts.revoke,
@@ -647,7 +644,7 @@ impl Shared {
                         self.keys.revoked_times().into(),
                         self.keys.events().into(),
                     ],
-                    &[self.keys.user_prefix.as_str().into(), Arg::U(prune_after), id_hex.as_str().into()],
+                    &[self.keys.user_prefix.as_str().into(), Arg::U(prune_after), Arg::Hex("", id.as_bytes())],
                 );
                 let v: Vec<Vec<u8>> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke))?;
                 let serial = v.first().and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok());
@@ -721,7 +718,6 @@ impl Shared {
         prune_after: u64,
         not_before: Option<u64>,
     ) -> Result<Vec<Revoked>, Failure> {
-        let except = except.map(|id| hex(id.as_bytes())).unwrap_or_default();
         let mut p = Packed::new();
         p.evalsha(
             &self.scripts.revoke_user,
@@ -734,7 +730,7 @@ impl Shared {
             ],
             &[
                 self.keys.session_prefix.as_str().into(),
-                except.as_str().into(),
+                except.as_ref().map_or(Arg::B(b""), |id| Arg::Hex("", id.as_bytes())),
                 Arg::U(prune_after),
                 if not_before.is_some() { user.into() } else { "".into() },
                 Arg::U(not_before.unwrap_or(0)),

@@ -43,17 +43,6 @@ impl From<u64> for Arg<'_> {
     }
 }
 
-impl Arg<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Arg::B(b) => b.len(),
-            Arg::U(n) => Digits::of(*n).as_bytes().len(),
-            Arg::Cat(p, b) => p.len() + b.len(),
-            Arg::Hex(p, b) => p.len() + 2 * b.len(),
-        }
-    }
-}
-
 /// The decimal digits of a number, on the stack.
 struct Digits {
     buf: [u8; 20],
@@ -123,18 +112,24 @@ impl Packed {
     }
 
     fn arg(&mut self, a: Arg<'_>) {
-        self.head(b'$', a.len());
-        match a {
-            Arg::B(b) => self.buf.extend_from_slice(b),
-            Arg::U(n) => self.buf.extend_from_slice(Digits::of(n).as_bytes()),
-            Arg::Cat(p, b) => {
-                self.buf.extend_from_slice(p.as_bytes());
-                self.buf.extend_from_slice(b);
+        // Each argument as a prefix and a body (hex-encoded for `Hex`), so a
+        // number is formatted once for both its length and its bytes.
+        let digits;
+        let (prefix, body, hex): (&[u8], &[u8], bool) = match a {
+            Arg::B(b) => (b"", b, false),
+            Arg::U(n) => {
+                digits = Digits::of(n);
+                (b"", digits.as_bytes(), false)
             }
-            Arg::Hex(p, b) => {
-                self.buf.extend_from_slice(p.as_bytes());
-                push_hex(&mut self.buf, b);
-            }
+            Arg::Cat(p, b) => (p.as_bytes(), b, false),
+            Arg::Hex(p, b) => (p.as_bytes(), b, true),
+        };
+        self.head(b'$', prefix.len() + if hex { 2 * body.len() } else { body.len() });
+        self.buf.extend_from_slice(prefix);
+        if hex {
+            push_hex(&mut self.buf, body);
+        } else {
+            self.buf.extend_from_slice(body);
         }
         self.buf.extend_from_slice(b"\r\n");
     }
