@@ -15,6 +15,11 @@ use cloakroom::{Config, Error, ManualClock, Store};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
+/// Storage that fails on demand (`Store::open_with_backend`, feature `test-util`).
+#[cfg(feature = "test-util")]
+#[path = "api/faulty.rs"]
+mod faulty;
+
 const HOST: &str = "app.test";
 const ORIGIN: &str = "https://app.test";
 const ALICE_PW: &str = "correct horse battery staple";
@@ -27,6 +32,11 @@ struct T {
 }
 
 fn setup() -> T {
+    setup_with(Store::in_memory)
+}
+
+/// The example app over the store `open` makes from the tests' config.
+fn setup_with(open: impl FnOnce(Config) -> Result<Store, Error>) -> T {
     let clock = ManualClock::fixed();
     let cfg = Config::builder()
         .session_ttl(Duration::from_secs(3600))
@@ -35,7 +45,7 @@ fn setup() -> T {
         .clock(clock.clone())
         .build()
         .unwrap();
-    let store = Store::in_memory(cfg).unwrap();
+    let store = open(cfg).unwrap();
     let web =
         Web::new(store, WebConfig::default().unauthenticated(Unauthenticated::RedirectPages("/login".into()))).unwrap();
     T { app: app::router(web.clone()), web, clock }
@@ -304,6 +314,52 @@ async fn token_endpoint_refresh_rotation_and_replay() {
     assert_eq!(cookie(&r, REFRESH).as_deref(), Some(""), "the refresh cookie is deleted");
     assert!(t.web.store().validate(&s).is_err(), "session revoked on reuse");
     assert_eq!(send(&t, refresh(&refresh2, &token)).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Signs alice in and has the token endpoint set a refresh cookie; returns
+/// (session cookie, CSRF token, refresh cookie).
+async fn with_refresh_cookie(t: &T) -> (String, String, String) {
+    let s = login(t, "alice", ALICE_PW).await;
+    let token = csrf(t, &s);
+    let r = send(t, csrf_post("/auth/token", SESSION, &s, &token)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let refresh = cookie(&r, REFRESH).unwrap();
+    (s, token, refresh)
+}
+
+/// Issue 25 item 8: a refresh that fails because the store could not answer
+/// (here: it is closed) is no verdict on the refresh token, so its cookie stays.
+#[tokio::test]
+async fn a_refresh_the_store_could_not_answer_keeps_the_refresh_cookie() {
+    let t = setup();
+    let (_, token, refresh) = with_refresh_cookie(&t).await;
+    t.web.store().close().unwrap();
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &refresh, &token)).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(cookie(&r, REFRESH), None, "the refresh cookie is neither deleted nor replaced");
+}
+
+/// Issue 25 item 8: after a 5xx from a storage fault the client retries with
+/// the same refresh cookie, and the retry succeeds once the fault clears.
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn a_refresh_that_hit_a_storage_fault_can_be_retried_with_the_same_cookie() {
+    let rig = faulty::Rig::new();
+    let t = setup_with(|cfg| rig.open(cfg));
+    let (_, token, refresh) = with_refresh_cookie(&t).await;
+    rig.fail(true);
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &refresh, &token)).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(cookie(&r, REFRESH), None, "the refresh cookie is kept for the retry");
+    rig.fail(false);
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &refresh, &token)).await;
+    assert_eq!(r.status(), StatusCode::OK, "the retry with the same cookie works");
+    assert_ne!(cookie(&r, REFRESH).as_deref(), Some(refresh.as_str()), "and rotates it");
+    // A refusal still deletes it: the token just rotated away, replayed past the grace window.
+    t.clock.advance(Duration::from_secs(11));
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &refresh, &token)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(cookie(&r, REFRESH).as_deref(), Some(""));
 }
 
 #[tokio::test]

@@ -165,7 +165,10 @@ impl Web {
     /// The refresh endpoint: rotates the refresh token from the refresh
     /// cookie (reuse of an old one revokes the session), after the CSRF
     /// checks (`x-csrf-token` header for the token's session, `Origin`,
-    /// `Sec-Fetch-Site`). Any failure deletes the refresh cookie.
+    /// `Sec-Fetch-Site`). A refresh token the store refuses (malformed,
+    /// unknown, expired, revoked, replayed) has its cookie deleted; a failed
+    /// CSRF check or a store failure (503 busy, 500 storage or closed) keeps
+    /// it, so the client can retry.
     ///
     /// # Errors
     /// `(jar, error)`: 401 for a missing, dead or replayed refresh token, 403
@@ -192,7 +195,10 @@ impl Web {
                 let csrf = self.csrf_token(session);
                 Ok(self.token_response(jar, pair, csrf))
             }
-            Err(e) => Err((self.clear_refresh(jar), e)),
+            // Only a token the store refused is dead: after a transient failure
+            // (busy, storage, closed) the client retries with the same cookie.
+            Err(e) if e.refuses_credential() => Err((self.clear_refresh(jar), e)),
+            Err(e) => Err((jar, e)),
         }
     }
 

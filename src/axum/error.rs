@@ -64,6 +64,14 @@ impl From<Error> for WebError {
     }
 }
 
+impl WebError {
+    /// Did the store refuse the presented credential itself (so the client
+    /// should drop it), as opposed to failing to answer (busy, storage, closed)?
+    pub(crate) fn refuses_credential(&self) -> bool {
+        matches!(self, WebError::Unauthenticated { .. } | WebError::ReuseDetected)
+    }
+}
+
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let status = match &self {
