@@ -15,6 +15,7 @@ pub(crate) mod mac;
 pub(crate) mod mutation;
 pub(crate) mod overlay;
 mod tables;
+mod view;
 pub(crate) mod writer;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -1,0 +1,108 @@
+//! Maintenance: sweep, pruning, stats, flush, checkpoint.
+
+use std::sync::atomic::Ordering;
+
+use super::{Stats, Store};
+use crate::backend::{Op, Outcome, Wait};
+use crate::clock::duration_millis;
+use crate::error::Error;
+use crate::sweeper::SweepReport;
+
+impl Store {
+    /// Removes expired sessions (absolute deadline or idle timeout passed) with
+    /// their index rows, refresh families and cache entries, then prunes the
+    /// revocation set and retired keys. Runs in bounded batches through the
+    /// writer; its cost follows the number of expired rows, not the table size.
+    /// The background sweeper calls this every `sweep_interval`.
+    ///
+    /// A session the cache saw active more recently than its persisted
+    /// `last_seen` is kept, and its touch is written.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; batches already applied stay applied.
+    #[allow(clippy::disallowed_methods)] // the report's duration is wall time
+    pub fn sweep(&self) -> Result<SweepReport, Error> {
+        let started = std::time::Instant::now();
+        let inner = self.live()?;
+        // Barrier: everything acknowledged before the sweep is in the database
+        // file, whose expiry index the sweep scans.
+        self.checkpoint()?;
+        let mut report = SweepReport::default();
+        crate::sweeper::sweep_expired(&inner.table, self.now_ms(), &mut report)?;
+        // Durable: also makes the sweep batches above durable.
+        let (revocations, keys) = self.prune_revocations()?;
+        report.revocations_pruned = revocations;
+        report.keys_pruned = keys;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Drops revocation entries that no access token can name any more (revoked
+    /// longer ago than the access TTL plus leeway) and retired keys past their
+    /// window. Keeps the revocation set proportional to recent revocations.
+    /// Returns (revocation entries pruned, keys pruned).
+    ///
+    /// A session whose entry is pruned stays dead: its row was deleted when it
+    /// was revoked, so its token reads as `NotFound`.
+    ///
+    /// # Errors
+    /// [`Error::Storage`]; nothing is forgotten in memory unless the commit succeeded.
+    pub fn prune_revocations(&self) -> Result<(usize, usize), Error> {
+        let inner = self.live()?;
+        let now = self.now_ms();
+        let entries = inner.table.revocation.due(now);
+        let not_before =
+            inner.table.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
+        let (pruned, users) = match inner.table.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
+            Outcome::Pruned(p, u) => (p, u),
+            _ => (Vec::new(), Vec::new()),
+        };
+        inner.table.revocation.forget(&pruned);
+        inner.table.revocation.forget_not_before(&users);
+        let keys = inner.keyring.prune(inner.config.clock.now());
+        Ok((pruned.len(), keys))
+    }
+
+    /// Counters: sizes, cache hit rate, writer activity.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
+        let c = inner.table.cache.stats();
+        let mut stats = Stats {
+            cached_sessions: c.entries,
+            cache_hits: c.hits,
+            cache_misses: c.misses,
+            cache_evictions: c.evictions,
+            revoked_serials: inner.table.revocation.len(),
+            not_before_users: inner.table.revocation.not_before_len(),
+            ..Stats::default()
+        };
+        inner.table.backend.stats(&mut stats);
+        if let Some(c) = &inner.coherence {
+            stats.following = Some(c.synced());
+            stats.resyncs = c.resyncs.load(Ordering::Relaxed);
+        }
+        stats
+    }
+
+    /// Makes every write queued so far durable (including pending sliding-expiry touches).
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the commit failed; [`Error::Closed`].
+    pub fn flush(&self) -> Result<(), Error> {
+        self.live()?.table.submit(Op::Flush, Wait::Durable).map(|_| ())
+    }
+
+    /// Folds every write acknowledged so far into the database file with one
+    /// durable commit, so the journal holds nothing more to replay. The
+    /// background applier does this on its own at least every second while
+    /// writes come in; call it before counting rows with [`Store::stats`] or
+    /// reading the file with another tool.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the commit failed (nothing acknowledged is lost:
+    /// the journal still holds it, and the applier retries); [`Error::Closed`].
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.live()?.table.backend.checkpoint()
+    }
+}

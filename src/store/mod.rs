@@ -1,0 +1,176 @@
+//! [`Store`]: the facade. Every public operation starts here and delegates to the
+//! token parser, the session table (cache, revocation state and backend), the
+//! refresh policy and the keyring.
+
+mod access;
+mod maintenance;
+mod open;
+mod serials;
+mod sessions;
+mod stats;
+mod tokens;
+
+pub use access::{Principal, Source};
+use serials::Serials;
+pub use stats::Stats;
+pub use tokens::TokenPair;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::backend::coherence::Coherence;
+use crate::clock::to_millis;
+use crate::config::Config;
+use crate::db::LegacyTokens;
+use crate::error::{Error, InputError};
+use crate::events::Event;
+use crate::jwt::{Keyring, Policy};
+use crate::keys::Derived;
+use crate::session::{Record, Session};
+use crate::sweeper::Sweeper;
+use crate::table::SessionTable;
+use crate::token::{SessionId, SessionToken};
+
+/// Which of a user's sessions [`Store::revoke_user`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scope {
+    /// Every session of the user.
+    All,
+    /// Every session except this one ("sign out other devices").
+    Others(SessionId),
+}
+
+/// A newly issued session: the token to hand to the client, and the session.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The bearer token. Send it to the client once (e.g. in a `Secure; HttpOnly` cookie);
+    /// it cannot be recovered from the store.
+    pub token: SessionToken,
+    /// The stored session.
+    pub session: Session,
+}
+
+/// A parsed session token whose tag checked out.
+struct Checked {
+    tok: SessionToken,
+    /// Carries the pre-tag checksum (accepted only for sessions from before the tag).
+    legacy: bool,
+}
+
+/// The session and token store. Cheap to clone; all clones share one store.
+///
+/// Dropping the last clone closes it (flushes and joins the writer thread).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    table: SessionTable,
+    keyring: Keyring,
+    derived: Derived,
+    policy: Policy,
+    serials: Serials,
+    /// For a backend shared by several nodes: whether cached entries may answer.
+    coherence: Option<Arc<Coherence>>,
+    /// The follower thread of a shared backend (joined at drop).
+    follower: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Which pre-tag session tokens this store still accepts.
+    legacy: LegacyTokens,
+    closed: AtomicBool,
+    sweeper: Option<Sweeper>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(s) = &self.sweeper {
+            s.stop();
+        }
+        if let Some(c) = &self.coherence {
+            c.stop();
+        }
+        if let Some(h) = self.follower.lock().take() {
+            let _ = h.join();
+        }
+        let _ = self.table.backend.close();
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    fn live(&self) -> Result<&Inner, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(&self.inner)
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        to_millis(self.inner.config.clock.now())
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn emit(&self, event: impl FnOnce() -> Event) {
+        self.inner.table.emit(event);
+    }
+
+    /// Revoked → `Revoked`; past the absolute deadline or idle → `Expired`.
+    fn status(&self, rec: &Record, now: u64) -> Result<(), Error> {
+        // The record's own flag (set by every revocation of its serial, and at
+        // fill for one revoked before): no lock shared across sessions.
+        if rec.live.revoked.load(Ordering::Acquire) {
+            self.inner.table.cache.remove(&rec.id);
+            return Err(Error::Revoked);
+        }
+        if now >= rec.deadline(rec.seen()) {
+            self.emit(|| Event::Expired { session: rec.id });
+            return Err(Error::Expired);
+        }
+        Ok(())
+    }
+
+    /// The access-token keyring: add and promote keys, list them, export JWKS.
+    #[must_use]
+    pub fn keyring(&self) -> &Keyring {
+        &self.inner.keyring
+    }
+
+    /// Flushes everything, stops the writer thread and releases the file. Every
+    /// clone of this store is closed; later calls return [`Error::Closed`].
+    /// Dropping the last clone does the same.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the final flush failed.
+    pub fn close(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        if let Some(s) = &inner.sweeper {
+            s.stop();
+        }
+        inner.table.backend.close()
+    }
+}
+
+/// Largest accepted application-claims object, serialized.
+const MAX_CLAIMS_LEN: usize = 4096;
+
+fn check_lifetime(what: &'static str, d: Duration) -> Result<(), Error> {
+    if d.is_zero() || d > Duration::from_secs(100 * 365 * 24 * 3600) {
+        return Err(InputError::Ttl(what).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Opening a store: the redb file, memory, Redis or a custom redb backend,
+//! and the composition of the shared layers over the backend.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use super::{Inner, Serials, Store};
+use crate::backend::coherence::Coherence;
+use crate::backend::redb::{Redb, Tuning};
+use crate::backend::{Backend, LostHook};
+use crate::cache::Cache;
+use crate::clock::to_millis;
+use crate::config::Config;
+use crate::db::journal::Journal;
+use crate::db::{Db, LegacyTokens, Loaded};
+use crate::error::Error;
+use crate::jwt::{Keyring, Policy};
+use crate::keys::{Derived, default_keyring};
+use crate::revocation::Revocation;
+use crate::sweeper::Sweeper;
+use crate::table::SessionTable;
+use crate::token::SessionId;
+
+/// What the shared layers load from a backend at open.
+pub(super) struct Boot<'a> {
+    /// The next session serial to hand out.
+    next_serial: u64,
+    /// Which pre-tag session tokens are still accepted.
+    legacy: LegacyTokens,
+    /// (serial, prune-after ms, session id) of every revocation entry.
+    revoked: &'a [(u64, u64, SessionId)],
+    /// (user, not-before ms).
+    not_before: Vec<(String, u64)>,
+}
+
+/// What a backend shared by several nodes adds to the shared layers: serials
+/// reserved in blocks, and a follower thread that keeps this node's cache and
+/// revocation bitmap coherent with the other nodes' writes.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(super) struct SharedTier {
+    reserve: Box<dyn Fn(u64) -> Result<u64, Error> + Send + Sync>,
+    coherence: Arc<Coherence>,
+    follow: Follow,
+}
+
+/// Starts a shared backend's follower thread over this store's cache and bitmap.
+pub(super) type Follow = Box<dyn FnOnce(Arc<Cache>, Arc<Revocation>) -> Result<std::thread::JoinHandle<()>, Error>>;
+
+impl Store {
+    /// Opens (or creates) the store in the redb file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the file cannot be opened, is not a cloakroom
+    /// database, is corrupt, was written by a newer format, or is already open.
+    /// The file is never modified in those cases.
+    ///
+    /// Access-token keys: the config's keyring if set; else the key file
+    /// `<path>.keys` if present (see [`Keyring::save`]); else one HS256 key
+    /// derived from the server key.
+    ///
+    /// The server key file `<path>.key` (unless the config names a key) is read
+    /// only after the database opened and was recognised, and created only
+    /// together with a new database: a failed open leaves no file behind, and an
+    /// existing database without its key file is refused with
+    /// [`Error::ServerKeyMissing`].
+    pub fn open(path: impl AsRef<Path>, mut config: Config) -> Result<Store, Error> {
+        let path = path.as_ref();
+        let key_present = || config.server_key.check_existing(path);
+        let pending = Db::open(path, config.db_cache_bytes, config.scratch, &key_present)?;
+        let created = pending.owns_file;
+        let key = (|| {
+            let key = config.server_key.resolve(Some((path, pending.state)))?;
+            let keys = Self::keys_path(path);
+            if config.keyring.is_none() && keys.exists() {
+                config.keyring = Some(Keyring::load(&keys)?);
+            }
+            Ok(key)
+        })();
+        let opened = key.and_then(|key| {
+            let now = to_millis(config.clock.now());
+            pending.finish(&key, now).map(|done| (done, key))
+        });
+        match opened {
+            Ok((done, key)) => Self::start(done, config, &key),
+            Err(e) => {
+                if created {
+                    // This open made the file; leave nothing behind.
+                    let _ = std::fs::remove_file(path);
+                    for seg in crate::db::journal::segment_paths(path) {
+                        let _ = std::fs::remove_file(seg);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `<db>.keys`: the access-token key file `Store::open` loads by default.
+    #[must_use]
+    pub fn keys_path(db: &Path) -> std::path::PathBuf {
+        crate::keys::keys_path(db)
+    }
+
+    /// `<db>.journal` and `<db>.journal.1`: the journal segments beside the
+    /// database. They are part of the database: copy them with it (see the
+    /// README on backups) and never delete them while they hold records.
+    #[must_use]
+    pub fn journal_paths(db: &Path) -> [std::path::PathBuf; 2] {
+        crate::db::journal::segment_paths(db)
+    }
+
+    /// `<db>.key`: the server key file `Store::open` reads (or creates with a new
+    /// database) when the config sets no server key.
+    #[must_use]
+    pub fn server_key_path(db: &Path) -> std::path::PathBuf {
+        crate::keys::key_path(db)
+    }
+
+    /// A store backed by memory only (tests, demos). Nothing survives the process.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if the in-memory database cannot be initialised.
+    pub fn in_memory(config: Config) -> Result<Store, Error> {
+        let key = config.server_key.resolve(None)?;
+        let done = Db::in_memory()?.finish(&key, to_millis(config.clock.now()))?;
+        Self::start(done, config, &key)
+    }
+
+    /// A store whose sessions live in a Redis (or Valkey) server shared by
+    /// several nodes of an app, with [`RedisOptions`](crate::RedisOptions)'
+    /// defaults. See [`Store::redis_with`].
+    ///
+    /// # Errors
+    /// As [`Store::redis_with`].
+    #[cfg(feature = "redis")]
+    pub fn redis(url: &str, config: Config) -> Result<Store, Error> {
+        Self::redis_with(url, crate::RedisOptions::default(), config)
+    }
+
+    /// A store whose sessions live in a Redis (or Valkey, Redis ≥ 7.0) server
+    /// at `url` (`redis://host:port/db`), shared by every node that opens the
+    /// same server and prefix. The API, tokens and guarantees are those of
+    /// [`Store::open`]; each node keeps its own cache and revocation bitmap in
+    /// front of Redis, kept coherent by the server's pub/sub (see the README's
+    /// "Scaling out" and `docs/architecture.md`).
+    ///
+    /// Every node must use the same server key ([`ConfigBuilder::server_key`](crate::ConfigBuilder::server_key)
+    /// or `server_key_env`) and the same access-token keyring: the first open
+    /// records a check value derived from the key in Redis, and a node with
+    /// another key is refused.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without a configured server key, for a bad URL, or
+    /// when `Durability::Immediate` is asked of a server that does not fsync
+    /// every write (see [`RedisOptions::require_fsync_always`](crate::RedisOptions::require_fsync_always));
+    /// [`Error::Storage`] of kind `Unavailable` if the server cannot be reached,
+    /// or `KeyMismatch` if the data was written under another server key.
+    #[cfg(feature = "redis")]
+    pub fn redis_with(url: &str, options: crate::RedisOptions, config: Config) -> Result<Store, Error> {
+        use crate::backend::redis::{Keys, Pool, RedisBackend, load, sync};
+        if matches!(config.server_key, crate::keys::ServerKey::Default | crate::keys::ServerKey::ReplaceLost) {
+            return Err(Error::Config(
+                "a Redis-backed store needs the same server key on every node: set it with \
+                 ConfigBuilder::server_key or server_key_env"
+                    .into(),
+            ));
+        }
+        let key = config.server_key.resolve(None)?;
+        let pool = Arc::new(Pool::new(url, options.pool_size, options.timeout)?);
+        let keys = Keys::new(&options.prefix);
+        let fsync = options.require_fsync_always && config.durability == crate::config::Durability::Immediate;
+        let keyring = match &config.keyring {
+            Some(k) => k.clone(),
+            None => default_keyring(&Derived::new(&key))?,
+        };
+        let backend = RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, &keyring, fsync)?;
+        let loaded = load(&pool, &keys)?;
+        // The revocation state is applied by `sync::catch_up` below, as the
+        // follower does on every (re)connect.
+        let boot = Boot {
+            next_serial: 1,
+            legacy: LegacyTokens { tagged_since: 0, until: 0 },
+            revoked: &[],
+            not_before: Vec::new(),
+        };
+        let coherence = Arc::new(Coherence::new(options.staleness));
+        let (reserve_pool, reserve_keys) = (Arc::clone(&pool), keys.clone());
+        let follow_coherence = Arc::clone(&coherence);
+        let tier = SharedTier {
+            reserve: Box::new(move |n| RedisBackend::reserve(&reserve_pool, &reserve_keys, n)),
+            coherence,
+            follow: Box::new(move |cache, revocation| {
+                sync::start(pool, keys, sync::Targets { cache, revocation }, follow_coherence)
+            }),
+        };
+        let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;
+        // Before the first call (the follower catches up again when it connects).
+        sync::catch_up(&store.inner.table.revocation, &loaded);
+        Ok(store)
+    }
+
+    /// Opens a store on a custom redb storage backend (fault injection in tests).
+    ///
+    /// `make` builds the database backend: once now, and again whenever the
+    /// store reopens the database after an I/O failure (so it must return a
+    /// backend over the same underlying storage). `journal` holds the journal's
+    /// two segments. Reopening a store on the same storage replays its journal.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    #[cfg(feature = "test-util")]
+    pub fn open_with_backend<B: redb::StorageBackend, J: redb::StorageBackend>(
+        make: impl Fn() -> B + Send + Sync + 'static,
+        journal: [J; 2],
+        config: Config,
+    ) -> Result<Store, Error> {
+        let key = config.server_key.resolve(None)?;
+        let done = Db::with_backend(make, journal)?.finish(&key, to_millis(config.clock.now()))?;
+        Self::start(done, config, &key)
+    }
+
+    /// Starts a store on an opened redb database.
+    pub(super) fn start(
+        (db, loaded, journal): (Db, Loaded, Journal),
+        config: Config,
+        server_key: &[u8; 32],
+    ) -> Result<Store, Error> {
+        let tuning = Tuning {
+            flush_interval: config.flush_interval,
+            checkpoint_interval: config.checkpoint_interval,
+            queue: config.write_queue,
+        };
+        let boot = Boot {
+            next_serial: loaded.next_serial,
+            legacy: loaded.legacy,
+            revoked: &loaded.revoked,
+            not_before: loaded.not_before.clone(),
+        };
+        Self::assemble(
+            config,
+            server_key,
+            boot,
+            |lost| Ok(Box::new(Redb::start(db, &loaded, journal, lost, tuning)?) as Box<dyn Backend>),
+            None,
+        )
+    }
+
+    /// Builds the shared layers (keys, keyring, revocation state, cache, session
+    /// table, sweeper) over the backend `make` returns; `make` gets the hook
+    /// through which the backend reports eventual creates it lost.
+    pub(super) fn assemble(
+        config: Config,
+        server_key: &[u8; 32],
+        boot: Boot<'_>,
+        make: impl FnOnce(LostHook) -> Result<Box<dyn Backend>, Error>,
+        tier: Option<SharedTier>,
+    ) -> Result<Store, Error> {
+        let derived = Derived::new(server_key);
+        let keyring = match &config.keyring {
+            Some(k) => k.clone(),
+            None => default_keyring(&derived)?,
+        };
+        let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
+        let revocation = Arc::new(Revocation::load(boot.revoked, boot.not_before));
+        let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
+        revocation.set_marker(crate::cache::revocation_marker(Arc::clone(&cache)));
+        let lost_cache = Arc::clone(&cache);
+        let lost: LostHook = Arc::new(move |ids: Vec<SessionId>| ids.iter().for_each(|id| lost_cache.remove(id)));
+        let backend = make(lost)?;
+        let (serials, coherence, follower) = match tier {
+            None => (Serials::Local(AtomicU64::new(boot.next_serial.max(1))), None, None),
+            Some(t) => {
+                let follower = (t.follow)(Arc::clone(&cache), Arc::clone(&revocation))?;
+                let serials = Serials::Blocks { blocks: parking_lot::Mutex::default(), reserve: t.reserve };
+                (serials, Some(t.coherence), Some(follower))
+            }
+        };
+        let table = SessionTable::new(cache, revocation, backend, config.touch_granularity, config.on_event.clone());
+        let interval = config.sweep_interval;
+        let inner = Arc::new_cyclic(|weak| Inner {
+            table,
+            keyring,
+            derived,
+            policy,
+            serials,
+            coherence,
+            follower: parking_lot::Mutex::new(follower),
+            legacy: boot.legacy,
+            closed: AtomicBool::new(false),
+            sweeper: interval.and_then(|every| {
+                Sweeper::start(weak.clone(), every, |inner| {
+                    let _ = Store { inner: Arc::clone(inner) }.sweep();
+                })
+            }),
+            config,
+        });
+        Ok(Store { inner })
+    }
+}
