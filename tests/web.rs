@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode, header};
+use axum_extra::extract::cookie::CookieJar;
 use cloakroom::axum::{CookieSettings, Unauthenticated, Web, WebConfig};
 use cloakroom::{Config, Error, ManualClock, Store};
 use http_body_util::BodyExt as _;
@@ -484,6 +485,17 @@ async fn html_from_the_user_agent_is_escaped_on_the_devices_page() {
     let page = text(send(&t, empty(with_cookie(get("/devices"), SESSION, &s))).await).await;
     assert!(!page.contains("<script>alert"), "{page}");
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+}
+
+/// Issue 24 item 10 (S6): `LoggedIn`'s Debug names the session, never its CSRF token.
+#[tokio::test]
+async fn logged_in_debug_output_redacts_the_csrf_token() {
+    let t = setup();
+    let (_, done) = t.web.login(CookieJar::new(), cloakroom::NewSession::new("alice")).await.unwrap();
+    let printed = format!("{done:?} {done:#?}");
+    assert!(!done.csrf_token.is_empty());
+    assert!(!printed.contains(&done.csrf_token), "{printed}");
+    assert!(printed.contains(&done.session.id().to_string()), "the session id is still shown: {printed}");
 }
 
 #[test]

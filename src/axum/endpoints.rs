@@ -10,13 +10,19 @@ use super::layer::check_csrf_for;
 use super::{Auth, Web, WebError, blocking};
 use crate::{Error, NewSession, RefreshToken, Scope, Session, SessionId};
 
-/// The result of [`Web::login`].
-#[derive(Debug, Clone)]
+/// The result of [`Web::login`]. Its `Debug` output redacts the CSRF token.
+#[derive(Clone)]
 pub struct LoggedIn {
     /// The new session.
     pub session: Session,
     /// Its CSRF token (for the next page's forms).
     pub csrf_token: String,
+}
+
+impl std::fmt::Debug for LoggedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedIn").field("session", &self.session).field("csrf_token", &"<redacted>").finish()
+    }
 }
 
 /// The JSON body of the token endpoints (OAuth 2.0 token response shape).
