@@ -126,6 +126,20 @@ fn demo_resets_its_own_previous_database() {
     assert_eq!(entries(&dir), ["d.redb", "d.redb.journal", "d.redb.journal.1", "d.redb.key", "tmp"]);
 }
 
+/// Issue 24 item 10: the demo's stale compare-and-swap line says which version
+/// the update expected and which one is stored (it printed "version conflict:
+/// session data is at version 2; current is 2" for an update of version 1).
+#[test]
+fn demo_says_what_a_stale_update_expected_and_what_is_stored() {
+    let (_t, dir) = setup();
+    let o = cloakroom(&["demo", "--db", "d.redb"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    let line = out.lines().find(|l| l.contains("stale update")).unwrap_or_default();
+    assert!(line.contains("expected version 1") && line.contains("version 2 is stored"), "{line:?}");
+    assert!(!line.contains("current is"), "{line:?}");
+}
+
 #[test]
 fn read_only_commands_change_no_byte() {
     let (_t, dir) = setup();

@@ -69,8 +69,12 @@ fn lifecycle(path: &Path) -> Result<(), Error> {
         store.update_data_if(s.id(), s.version(), b"{\"theme\":\"light\"}".to_vec())
     })?;
     match store.update_data_if(s.id(), s.version(), b"stale".to_vec()) {
-        Err(e) => println!("  stale update (version {}) -> {e}; current is {v}", s.version()),
-        Ok(_) => println!("  UNEXPECTED: stale update accepted"),
+        Err(Error::Conflict { current }) => println!(
+            "  stale update_data_if (expected version {}) -> refused: version {current} is stored",
+            s.version()
+        ),
+        Err(e) => println!("  UNEXPECTED: stale update (expected version {}) -> {e}", s.version()),
+        Ok(_) => println!("  UNEXPECTED: stale update accepted (the stored version was {v})"),
     }
     let bob_phone = issued[3].session.id();
     step("revoke bob/phone", || store.revoke(bob_phone))?;
