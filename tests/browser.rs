@@ -179,7 +179,7 @@ async fn the_example_app_in_headless_chromium() {
     // origin) is refused even with the right CSRF token, and changes nothing.
     sign_in(&first, &base, "alice", ALICE_PW).await;
     let session = first.get_named_cookie("session").await.unwrap().value().to_owned();
-    let csrf = web.csrf_token(web.store().validate(&session).unwrap().id());
+    let csrf = web.csrf_token(&web.store().validate(&session).unwrap());
     let evil_page = format!(
         "<!doctype html><form id=f method=post action=\"{base}/logout\">\
          <input type=hidden name=csrf_token value=\"{csrf}\"><button id=go>win a prize</button></form>"

@@ -118,7 +118,7 @@ async fn login(t: &T, user: &str, pw: &str) -> String {
 
 fn csrf(t: &T, session_cookie: &str) -> String {
     let s = t.web.store().validate(session_cookie).unwrap();
-    t.web.csrf_token(s.id())
+    t.web.csrf_token(&s)
 }
 
 #[tokio::test]
@@ -247,6 +247,40 @@ async fn cookie_posts_need_the_csrf_token_and_a_same_origin() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(cookie(&r, SESSION).as_deref(), Some(""), "logout deletes the cookie");
     assert!(matches!(t.web.store().validate(&s), Err(Error::Revoked)));
+}
+
+/// Issue 24 item 10: the CSRF token is bound to the session's serial, so a
+/// rotation (privilege change) retires the token a session-fixation attacker
+/// may know; the new one works, and the pages and the token endpoint hand it out.
+#[tokio::test]
+async fn a_rotation_retires_the_csrf_token_and_the_new_one_works() {
+    let t = setup();
+    let s = login(&t, "alice", ALICE_PW).await;
+    let before = csrf(&t, &s);
+    let rotated = t.web.store().rotate(&s).unwrap().token.to_string();
+    let after = csrf(&t, &rotated);
+    assert_ne!(before, after);
+    let r = send(&t, csrf_post("/auth/token", SESSION, &rotated, &before)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the pre-rotation token in the header");
+    let r = send(&t, form(with_cookie(post("/logout"), SESSION, &rotated), &format!("csrf_token={before}"))).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the pre-rotation token in a form");
+    assert!(t.web.store().validate(&rotated).is_ok(), "nothing done");
+    let home = text(send(&t, empty(with_cookie(get("/"), SESSION, &rotated))).await).await;
+    assert!(home.contains(&after) && !home.contains(&before), "the page's forms carry the new token");
+    let r = send(&t, csrf_post("/auth/token", SESSION, &rotated, &after)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let refresh = cookie(&r, REFRESH).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
+    assert_eq!(body["csrf_token"].as_str(), Some(after.as_str()));
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &refresh, &before)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the refresh endpoint refuses the old token too");
+    let r = send(&t, csrf_post("/auth/refresh", REFRESH, &refresh, &after)).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
+    assert_eq!(body["csrf_token"].as_str(), Some(after.as_str()));
+    let r = send(&t, form(with_cookie(post("/logout"), SESSION, &rotated), &format!("csrf_token={after}"))).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(t.web.store().validate(&rotated).is_err());
 }
 
 #[tokio::test]

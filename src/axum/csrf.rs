@@ -18,24 +18,29 @@ pub(crate) fn is_unsafe(m: &Method) -> bool {
     matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
 }
 
-/// The session's token: base64url of a keyed blake3 hash of its id.
-pub(crate) fn token(key: &[u8; 32], session: &SessionId) -> String {
+/// The session's token: base64url of a keyed blake3 hash of its id and its
+/// current serial. `Store::rotate` keeps the id but changes the serial, so a
+/// rotation (privilege change) retires the token along with the old session
+/// token: whoever knew the token before (a session-fixation attacker) no
+/// longer has a valid one.
+pub(crate) fn token(key: &[u8; 32], session: &SessionId, serial: u64) -> String {
     let mut h = blake3::Hasher::new_keyed(key);
-    h.update(b"csrf v1\0");
+    h.update(b"csrf v2\0");
     h.update(session.as_bytes());
+    h.update(&serial.to_le_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize().as_bytes())
 }
 
 /// Does `presented` equal the session's token? Constant time in the token bytes.
-pub(crate) fn matches(key: &[u8; 32], session: &SessionId, presented: &str) -> bool {
-    let expected = token(key, session);
+pub(crate) fn matches(key: &[u8; 32], session: &SessionId, serial: u64, presented: &str) -> bool {
+    let expected = token(key, session, serial);
     expected.len() == presented.len() && bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
 }
 
 /// Does the `x-csrf-token` header hold the session's token? `None` without the header.
-pub(crate) fn header_matches(key: &[u8; 32], session: &SessionId, headers: &HeaderMap) -> Option<bool> {
+pub(crate) fn header_matches(key: &[u8; 32], session: &SessionId, serial: u64, headers: &HeaderMap) -> Option<bool> {
     let t = headers.get(HEADER)?;
-    Some(t.to_str().is_ok_and(|t| matches(key, session, t)))
+    Some(t.to_str().is_ok_and(|t| matches(key, session, serial, t)))
 }
 
 /// Why a request was refused (the 403 body says it).
@@ -114,14 +119,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_bound_to_the_session_and_the_key() {
+    fn tokens_are_bound_to_the_session_its_serial_and_the_key() {
         let (a, b) = (SessionId::from_bytes([1; 16]), SessionId::from_bytes([2; 16]));
-        let t = token(&[7; 32], &a);
-        assert!(matches(&[7; 32], &a, &t));
-        assert!(!matches(&[7; 32], &b, &t));
-        assert!(!matches(&[8; 32], &a, &t));
-        assert!(!matches(&[7; 32], &a, &t[1..]));
-        assert!(!matches(&[7; 32], &a, ""));
+        let t = token(&[7; 32], &a, 5);
+        assert!(matches(&[7; 32], &a, 5, &t));
+        assert!(!matches(&[7; 32], &b, 5, &t));
+        assert!(!matches(&[7; 32], &a, 6, &t), "a rotated session (new serial) has a new token");
+        assert!(!matches(&[8; 32], &a, 5, &t));
+        assert!(!matches(&[7; 32], &a, 5, &t[1..]));
+        assert!(!matches(&[7; 32], &a, 5, ""));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use axum_extra::extract::cookie::CookieJar;
 use serde::Serialize;
 
-use super::layer::check_csrf_for;
+use super::layer::{check_csrf_token, check_origin};
 use super::{Auth, Web, WebError, blocking};
 use crate::{Error, NewSession, RefreshToken, Scope, Session, SessionId};
 
@@ -77,7 +77,7 @@ impl Web {
         })
         .await?;
         let cookie = self.config().session.build(issued.token.to_string(), issued.session.expires_at(), self.now());
-        let csrf_token = self.csrf_token(issued.session.id());
+        let csrf_token = self.csrf_token(&issued.session);
         let jar = jar.add(cookie).remove(self.config().refresh.removal());
         Ok((jar, LoggedIn { session: issued.session, csrf_token }))
     }
@@ -170,8 +170,8 @@ impl Web {
 
     /// The refresh endpoint: rotates the refresh token from the refresh
     /// cookie (reuse of an old one revokes the session), after the CSRF
-    /// checks (`x-csrf-token` header for the token's session, `Origin`,
-    /// `Sec-Fetch-Site`). A refresh token the store refuses (malformed,
+    /// checks (`Origin`, `Sec-Fetch-Site`, and the `x-csrf-token` header for
+    /// the token's session at its current serial). A refresh token the store refuses (malformed,
     /// unknown, expired, revoked, replayed) has its cookie deleted; a failed
     /// CSRF check or a store failure (503 busy, 500 storage or closed) keeps
     /// it, so the client can retry.
@@ -191,14 +191,25 @@ impl Web {
         let Ok(parsed) = RefreshToken::parse(&value) else {
             return Err((self.clear_refresh(jar), unauth));
         };
-        let session = parsed.session_id();
-        if let Err(e) = check_csrf_for(self, &session, headers) {
+        if let Err(e) = check_origin(self, headers) {
+            return Err((jar, e));
+        }
+        // The CSRF token is bound to the session's current serial.
+        let (store, id) = (self.store().clone(), parsed.session_id());
+        let session = match blocking(move || store.session(id)).await {
+            Ok(Some(s)) => s,
+            // No live session: the store would refuse the token.
+            Ok(None) => return Err((self.clear_refresh(jar), unauth)),
+            Err(e) => return Err((jar, e)),
+        };
+        if let Err(e) = check_csrf_token(self, &session, headers) {
             return Err((jar, e));
         }
         let store = self.store().clone();
         match blocking(move || store.refresh(&value)).await {
             Ok(pair) => {
-                let csrf = self.csrf_token(session);
+                // (A rotation since the lookup would have retired this refresh token.)
+                let csrf = self.csrf_token(&session);
                 Ok(self.token_response(jar, pair, csrf))
             }
             // Only a token the store refused is dead: after a transient failure

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 
 use super::{Unauthenticated, Web, WebError, csrf};
-use crate::{AccessClaims, Error, Principal, SessionId, Source};
+use crate::{AccessClaims, Error, Principal, Session, SessionId, Source};
 
 /// The authenticated caller of a request, put there by [`authenticate`].
 ///
@@ -79,9 +79,12 @@ impl Auth {
 
     /// The session's CSRF token, to put in forms (`csrf_token` field) or in
     /// the `x-csrf-token` header of `fetch` calls. `None` for an access JWT.
+    /// Bound to the session's serial: after [`crate::Store::rotate`] the
+    /// session has a new token (render it from the request that carries the
+    /// new session cookie).
     #[must_use]
     pub fn csrf_token(&self) -> Option<String> {
-        self.principal.session.map(|id| csrf::token(&self.csrf_key, &id))
+        self.principal.session.map(|id| csrf::token(&self.csrf_key, &id, self.principal.serial))
     }
 
     pub(crate) fn session_token(&self) -> Option<&str> {
@@ -243,8 +246,8 @@ fn redirect_for(method: &Method, headers: &HeaderMap, config: &super::WebConfig)
 /// (read up to the configured limit and handed on unchanged).
 async fn token_presented(web: &Web, a: &Auth, headers: &HeaderMap, body: Body) -> Result<(bool, Body), WebError> {
     let Some(id) = a.session_id() else { return Ok((false, body)) };
-    let key = web.store().csrf_key();
-    if let Some(ok) = csrf::header_matches(key, &id, headers) {
+    let (key, serial) = (web.store().csrf_key(), a.serial());
+    if let Some(ok) = csrf::header_matches(key, &id, serial, headers) {
         return Ok((ok, body));
     }
     let form = headers
@@ -255,7 +258,7 @@ async fn token_presented(web: &Web, a: &Auth, headers: &HeaderMap, body: Body) -
         return Ok((false, body));
     }
     let bytes = axum::body::to_bytes(body, web.config().max_form_bytes).await.map_err(|_| WebError::BodyTooLarge)?;
-    let ok = csrf::form_field(&bytes).is_some_and(|t| csrf::matches(key, &id, &t));
+    let ok = csrf::form_field(&bytes).is_some_and(|t| csrf::matches(key, &id, serial, &t));
     Ok((ok, Body::from(bytes)))
 }
 
@@ -266,13 +269,19 @@ fn sets_cookie(r: &Response, name: &str) -> bool {
         .any(|v| v.to_str().is_ok_and(|s| s.split_once('=').is_some_and(|(n, _)| n.trim() == name)))
 }
 
-/// Runs the CSRF checks for a request authenticated by `session` outside the
-/// middleware (the refresh endpoint, whose cookie names the session).
-pub(crate) fn check_csrf_for(web: &Web, session: &SessionId, headers: &HeaderMap) -> Result<(), WebError> {
-    if let Some(why) = csrf::origin_problem(headers, web.config()) {
-        return Err(WebError::Csrf(why));
+/// The `Origin` / `Sec-Fetch-Site` half of the CSRF checks, for a request
+/// checked outside the middleware (the refresh endpoint).
+pub(crate) fn check_origin(web: &Web, headers: &HeaderMap) -> Result<(), WebError> {
+    match csrf::origin_problem(headers, web.config()) {
+        Some(why) => Err(WebError::Csrf(why)),
+        None => Ok(()),
     }
-    if csrf::header_matches(web.store().csrf_key(), session, headers) == Some(true) {
+}
+
+/// The token half of the CSRF checks outside the middleware: the
+/// `x-csrf-token` header must hold the token of `session` as it is now.
+pub(crate) fn check_csrf_token(web: &Web, session: &Session, headers: &HeaderMap) -> Result<(), WebError> {
+    if csrf::header_matches(web.store().csrf_key(), &session.id(), session.serial(), headers) == Some(true) {
         Ok(())
     } else {
         Err(WebError::Csrf("missing or wrong CSRF token"))

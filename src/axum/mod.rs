@@ -44,7 +44,8 @@
 //!
 //! A cookie-authenticated `POST`/`PUT`/`PATCH`/`DELETE` must carry the
 //! session's synchronizer token ([`Auth::csrf_token`]: a keyed hash of the
-//! session id under a key derived from the server key) in the `x-csrf-token`
+//! session id and serial under a key derived from the server key, so
+//! [`Store::rotate`](crate::Store::rotate) retires it) in the `x-csrf-token`
 //! header or a `csrf_token` form field, compared in constant time; and its
 //! `Origin` (when sent) must be an allowed origin and its `Sec-Fetch-Site`
 //! (when sent) `same-origin` or `none`. Bearer-authenticated requests are
@@ -107,10 +108,12 @@ impl Web {
         &self.inner.config
     }
 
-    /// The CSRF token of a session (what [`Auth::csrf_token`] returns).
+    /// The CSRF token of a session as it is now (what [`Auth::csrf_token`]
+    /// returns for it): bound to its id and serial, so it changes when the
+    /// session is rotated.
     #[must_use]
-    pub fn csrf_token(&self, session: crate::SessionId) -> String {
-        csrf::token(self.inner.store.csrf_key(), &session)
+    pub fn csrf_token(&self, session: &crate::Session) -> String {
+        csrf::token(self.inner.store.csrf_key(), &session.id(), session.serial())
     }
 }
 
