@@ -208,10 +208,10 @@ impl WebConfig {
         if self.session.name == self.refresh.name {
             return Err(Error::Config("the session and refresh cookies need different names".into()));
         }
-        if let Unauthenticated::RedirectPages(p) = &self.unauthenticated {
-            if !p.starts_with('/') || p.starts_with("//") {
-                return Err(Error::Config(format!("redirect target {p:?} must be a local path")));
-            }
+        if let Unauthenticated::RedirectPages(p) = &self.unauthenticated
+            && (!p.starts_with('/') || p.starts_with("//"))
+        {
+            return Err(Error::Config(format!("redirect target {p:?} must be a local path")));
         }
         for o in &self.allowed_origins {
             if !(o.starts_with("https://") || (self.insecure_dev && o.starts_with("http://"))) || o.ends_with('/') {

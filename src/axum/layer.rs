@@ -195,10 +195,11 @@ async fn run(web: &Web, req: Request, next: Next) -> Result<Response, WebError> 
     }
     parts.extensions.insert(found);
     let mut response = next.run(Request::from_parts(parts, body)).await;
-    if clear_cookie && !sets_cookie(&response, &config.session.name) {
-        if let Ok(v) = HeaderValue::from_str(&config.session.removal().to_string()) {
-            response.headers_mut().append(header::SET_COOKIE, v);
-        }
+    if clear_cookie
+        && !sets_cookie(&response, &config.session.name)
+        && let Ok(v) = HeaderValue::from_str(&config.session.removal().to_string())
+    {
+        response.headers_mut().append(header::SET_COOKIE, v);
     }
     Ok(response)
 }

@@ -1,6 +1,8 @@
 //! The Redis baseline: a session store written the way a good Redis-backed one
 //! is, and a `redis-server` started on a free loopback port. Shared by
-//! `cloakroom bench --redis` and `benches/vs_redis.rs`.
+//! `cloakroom bench --redis`, `benches/vs_redis.rs` and the tests that need a
+//! server (with the check that one is installed, and a TCP proxy a test can
+//! cut to partition a node from it).
 //!
 //! Layout: `session:<id>` → record (user, blake3(secret), expiry) with `EX ttl`;
 //! `user:<user>` → set of ids (for listing and revoke-all); `refresh:<token>` →
@@ -9,26 +11,146 @@
 
 #![allow(dead_code)] // each user of this file calls a different subset
 
-use std::net::TcpListener;
+use std::io::Write as _;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Commands as _, Connection, RedisResult};
 
-/// For tests: whether `redis-server` is on PATH. When it is not, says
-/// `SKIPPED: <what>` on stderr and returns false, unless `CLOAKROOM_REQUIRE_REDIS`
-/// is set (as `.ci/run` does): then it panics, so CI never skips.
+/// Whether `redis-server` runs here: `redis-server --version` must start and
+/// succeed (a name on PATH that cannot run, e.g. a file without the execute
+/// bit, counts as missing). Asked once per process.
+pub fn redis_installed() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        Command::new("redis-server")
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// For tests: whether `redis-server` is installed ([`redis_installed`]).
+/// When it is not, prints one line `SKIPPED: redis-server not installed
+/// (<what>)` and returns false (the test returns without running its body),
+/// unless `CLOAKROOM_REQUIRE_REDIS` is set (as `.ci/run` does): then it
+/// panics, so CI never skips.
 pub fn available_for_tests(what: &str) -> bool {
-    let found =
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()));
+    let found = redis_installed();
     if !found {
         assert!(
             std::env::var_os("CLOAKROOM_REQUIRE_REDIS").is_none(),
-            "redis-server not found on PATH and CLOAKROOM_REQUIRE_REDIS is set: apt-get install redis-server"
+            "redis-server not installed and CLOAKROOM_REQUIRE_REDIS is set: apt-get install redis-server"
         );
-        eprintln!("SKIPPED: {what}: redis-server not found on PATH (apt-get install redis-server)");
+        skipped("redis-server", what);
     }
     found
+}
+
+/// Prints `SKIPPED: <tool> not installed (<what>)` straight to stderr, so
+/// the line shows in `cargo test`'s output (the harness captures only the
+/// `print!` family, and shows a passing test's capture to nobody).
+pub fn skipped(tool: &str, what: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {tool} not installed ({what})");
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, for tests: a node that
+/// connects through it can be cut off from the server (every connection
+/// through it closed, new ones closed as soon as accepted) and let back.
+/// Stopped, and every connection closed, on drop.
+pub struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Both ends of every connection relayed so far.
+    open: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Relays 127.0.0.1:<new port> to `upstream` (`host:port`).
+    ///
+    /// # Errors
+    /// If no loopback port can be bound.
+    pub fn start(upstream: &str) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, st, o, up) = (Arc::clone(&cut), Arc::clone(&stop), Arc::clone(&open), upstream.to_owned());
+        let acceptor = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&up) else { continue };
+                let pipes = (client.try_clone(), server.try_clone(), client.try_clone(), server.try_clone());
+                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = pipes else { continue };
+                if let Ok(mut list) = o.lock() {
+                    list.push(c3);
+                    list.push(s3);
+                }
+                std::thread::spawn(move || relay(client, server));
+                std::thread::spawn(move || relay(s2, c2));
+            }
+        });
+        Ok(Proxy { port, cut, stop, open, acceptor: Some(acceptor) })
+    }
+
+    /// `redis://127.0.0.1:<proxy port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.close_all();
+    }
+
+    /// Relays new connections again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    fn close_all(&self) {
+        if let Ok(mut list) = self.open.lock() {
+            for s in list.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Copies `from` to `to` until either side closes.
+fn relay(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.close_all();
+        // Wakes the acceptor, which then sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// A `redis-server` child process on 127.0.0.1, stopped on drop.
@@ -61,10 +183,10 @@ impl RedisServer {
         let server = RedisServer { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = redis::Client::open(server.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Ok(server);
-                }
+            if let Ok(mut c) = redis::Client::open(server.url()).and_then(|c| c.get_connection())
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return Ok(server);
             }
             if Instant::now() > deadline {
                 return Err("redis-server did not answer PING within 10 s".into());
