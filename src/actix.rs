@@ -160,8 +160,13 @@ impl CloakroomStore {
 
     /// Creates a session for `user` holding `data` (the state as JSON) for `ttl`.
     async fn create_encoded(&self, user: String, data: Vec<u8>, ttl: &Ttl) -> Result<SessionKey, SaveError> {
+        // The placeholder user of anonymous sessions is never capped.
+        let how = crate::store::Creation { capped: *user != *self.anonymous, ..crate::store::Creation::RANDOM };
         let new = NewSession::new(user).data(data).ttl(lifetime(ttl)).without_idle_timeout();
-        let issued = self.blocking(move |s| s.create(new)).await.map_err(|e| SaveError::Other(other(e)))?;
+        let issued = self
+            .blocking(move |s| s.create_with(new, crate::token::SessionToken::generate, how))
+            .await
+            .map_err(|e| SaveError::Other(other(e)))?;
         SessionKey::try_from(issued.token.to_string()).map_err(|e| SaveError::Other(e.into()))
     }
 }

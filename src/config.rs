@@ -52,6 +52,7 @@ pub struct Config {
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) scratch: bool,
+    pub(crate) session_cap: Option<crate::backend::rules::Cap>,
 }
 
 impl Default for Config {
@@ -81,6 +82,7 @@ impl fmt::Debug for Config {
             .field("reuse", &self.reuse)
             .field("keyring", &self.keyring)
             .field("clock", &self.clock)
+            .field("session_cap", &self.session_cap)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +135,8 @@ impl Config {
             sweep_interval: c.sweep_interval,
             clock: c.clock,
             scratch: c.scratch,
+            max_sessions_per_user: c.session_cap.map(|c| c.max),
+            on_session_limit: c.session_cap.map_or(OnLimit::RevokeOldest, |c| c.on_limit),
         }
     }
 
@@ -146,6 +150,20 @@ impl Config {
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const MAX_DATA_LEN_CAP: usize = 16 << 20; // 16 MiB: a session is not a blob store
 const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// What a create does when the user already holds
+/// [`ConfigBuilder::max_sessions_per_user`] live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnLimit {
+    /// Revoke the user's oldest live session(s) so the new one fits (as
+    /// GoTrue's and Kratos's session caps do). The revoked ones are reported
+    /// in an [`Event::Revoked`](crate::Event::Revoked) with reason
+    /// [`RevokeReason::SessionLimit`](crate::RevokeReason::SessionLimit).
+    RevokeOldest,
+    /// Refuse the create with [`Error::SessionLimit`].
+    Refuse,
+}
 
 /// Builder for [`Config`]. Setters document their defaults; [`ConfigBuilder::build`] validates.
 #[derive(Clone)]
@@ -173,6 +191,8 @@ pub struct ConfigBuilder {
     sweep_interval: Option<Duration>,
     clock: Arc<dyn Clock>,
     scratch: bool,
+    max_sessions_per_user: Option<usize>,
+    on_session_limit: OnLimit,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -207,6 +227,8 @@ impl Default for ConfigBuilder {
             sweep_interval: Some(Duration::from_secs(30)),
             clock: Arc::new(SystemClock),
             scratch: false,
+            max_sessions_per_user: None,
+            on_session_limit: OnLimit::RevokeOldest,
         }
     }
 }
@@ -367,6 +389,23 @@ impl ConfigBuilder {
         self.scratch = yes;
         self
     }
+    /// Most live sessions one user may hold (`None`, the default: unlimited).
+    /// A create that would pass it does what
+    /// [`ConfigBuilder::on_session_limit`] says, atomically with the insert on
+    /// every backend. Sessions the framework adapters file under their
+    /// placeholder user for anonymous visitors are never capped.
+    pub fn max_sessions_per_user(&mut self, n: Option<usize>) -> &mut Self {
+        self.max_sessions_per_user = n;
+        self
+    }
+
+    /// What a create past [`ConfigBuilder::max_sessions_per_user`] does.
+    /// Default: [`OnLimit::RevokeOldest`].
+    pub fn on_session_limit(&mut self, policy: OnLimit) -> &mut Self {
+        self.on_session_limit = policy;
+        self
+    }
+
     /// The time source. Default: [`SystemClock`].
     pub fn clock(&mut self, clock: impl Clock) -> &mut Self {
         self.clock = Arc::new(clock);
@@ -401,6 +440,9 @@ impl ConfigBuilder {
             sweep_interval: self.sweep_interval,
             clock: Arc::clone(&self.clock),
             scratch: self.scratch,
+            session_cap: self
+                .max_sessions_per_user
+                .map(|max| crate::backend::rules::Cap { max, on_limit: self.on_session_limit }),
         }
     }
 
@@ -467,6 +509,9 @@ impl ConfigBuilder {
         }
         if c.write_queue == 0 {
             return bad("write_queue must be at least 1");
+        }
+        if c.session_cap.is_some_and(|cap| cap.max == 0) {
+            return bad("max_sessions_per_user must be at least 1 (or None for no cap)");
         }
         Ok(c)
     }

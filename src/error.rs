@@ -76,6 +76,15 @@ pub enum Error {
     /// The store was closed.
     #[error("store closed")]
     Closed,
+    /// The user already holds the most live sessions
+    /// [`ConfigBuilder::max_sessions_per_user`](crate::ConfigBuilder::max_sessions_per_user)
+    /// allows, and the policy is [`OnLimit::Refuse`](crate::OnLimit::Refuse):
+    /// nothing was stored. Sign a session out (a devices page) and retry.
+    #[error("session limit reached: the user already holds {max} live sessions")]
+    SessionLimit {
+        /// The configured cap.
+        max: usize,
+    },
 }
 
 /// Why a token failed the format check.
@@ -239,6 +248,12 @@ pub enum StorageErrorKind {
     /// The Redis database was first used under another server key: every node
     /// of an app must be configured with the same server key.
     KeyMismatch,
+    /// The Redis data this store opened is gone or went back in time under it
+    /// (a `FLUSHALL`, or a server restarted without the writes it had
+    /// acknowledged): this node refuses every call from then on, and holds
+    /// nothing it could serve. Reopen the store (`Store::redis_with`) on every
+    /// node; sessions and tokens issued before the wipe are unknown after it.
+    Wiped,
 }
 
 impl StorageError {
@@ -286,6 +301,10 @@ impl fmt::Display for StorageError {
             StorageErrorKind::Unavailable => "Redis server unavailable or did not answer in time",
             StorageErrorKind::KeyMismatch => {
                 "this Redis database was first used under another server key; configure every node with the same key"
+            }
+            StorageErrorKind::Wiped => {
+                "the Redis data this store opened was wiped or lost acknowledged writes; this node refuses \
+                 service until the store is reopened"
             }
         };
         // The cause adds information only where the category does not say it all.

@@ -108,7 +108,7 @@ struct ReadmeDoctests;
 #[cfg(feature = "redis")]
 pub use backend::redis::RedisOptions;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, ConfigBuilder, Durability};
+pub use config::{Config, ConfigBuilder, Durability, OnLimit};
 pub use error::{Error, InputError, JwtError, Malformed, Result, StorageError, StorageErrorKind};
 pub use events::{Event, EventHandler, RevokeReason};
 pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};

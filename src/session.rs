@@ -156,8 +156,10 @@ pub(crate) struct Live {
     /// Set once this record's serial is revoked: what a cache hit checks, so
     /// the hit path reads no memory shared across sessions for revocation.
     pub(crate) revoked: AtomicBool,
-    /// When (ms) this copy was read from a shared backend (or made here): a
-    /// Redis-backed node re-reads entries older than its staleness bound.
+    /// When (ms, on this node's own clock) this copy was read from a shared
+    /// backend or made here; 0 for a row decoded from storage that no reader
+    /// has stamped yet. A Redis-backed node re-reads entries older than its
+    /// staleness bound. Never a time taken from the row (another node's clock).
     pub(crate) fetched: AtomicU64,
 }
 
@@ -228,7 +230,7 @@ impl Clone for Record {
     fn clone(&self) -> Self {
         let ls = self.live.last_seen.load(Ordering::Relaxed).max(self.last_seen);
         Record {
-            live: Live::new(ls, self.live.persisted.load(Ordering::Relaxed)),
+            live: Live::new(ls, self.live.persisted.load(Ordering::Relaxed), self.live.fetched.load(Ordering::Relaxed)),
             id: self.id,
             number: self.number,
             serial: self.serial,
@@ -246,14 +248,15 @@ impl Clone for Record {
 }
 
 impl Live {
-    pub(crate) fn new(last_seen: u64, persisted: u64) -> Self {
+    /// `fetched`: when (ms, this node's clock) the copy was known current.
+    pub(crate) fn new(last_seen: u64, persisted: u64, fetched: u64) -> Self {
         Live {
             last_seen: AtomicU64::new(last_seen),
             persisted: AtomicU64::new(persisted),
             referenced: AtomicBool::new(false),
             slot: AtomicU32::new(0),
             revoked: AtomicBool::new(false),
-            fetched: AtomicU64::new(last_seen),
+            fetched: AtomicU64::new(fetched),
         }
     }
 }
@@ -278,7 +281,7 @@ impl Record {
     /// absolute deadline.
     pub(crate) fn rotated(&self, serial: u64, secret_hash: SecretHash, now: u64) -> Record {
         let mut r = self.clone();
-        r.live = Live::new(now, now);
+        r.live = Live::new(now, now, now);
         r.serial = serial;
         r.secret_hash = secret_hash;
         r.last_seen = now;
@@ -362,7 +365,8 @@ impl Record {
             label: (!label.is_empty()).then(|| label.to_owned()),
         };
         Ok(Record {
-            live: Live::new(last_seen, last_seen),
+            // `last_seen` is the writer's clock: the reader stamps `fetched`.
+            live: Live::new(last_seen, last_seen, 0),
             id,
             number: 0,
             serial,
@@ -440,7 +444,7 @@ pub(crate) struct RecordParts {
 impl RecordParts {
     pub(crate) fn build(self, new: NewSession) -> Record {
         Record {
-            live: Live::new(self.now, self.now),
+            live: Live::new(self.now, self.now, self.now),
             id: self.id,
             number: self.serial,
             serial: self.serial,

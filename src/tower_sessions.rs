@@ -71,6 +71,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use time::OffsetDateTime;
 
+use crate::backend::rules::Replace;
+use crate::store::Creation;
 use crate::{Error, NewSession, Session, SessionId, SessionToken, Store};
 
 /// The user a session with no user is filed under (see [`CloakroomStore::anonymous_user`]).
@@ -158,7 +160,8 @@ impl CloakroomStore {
         let user = (self.user_of)(data).unwrap_or_else(|| self.anonymous.to_string());
         crate::session::check_user(&user).map_err(|e| Fault::Encode(e.to_string()))?;
         let bytes = serde_json::to_vec(data).map_err(|e| Fault::Encode(e.to_string()))?;
-        Ok(Write { token: self.token(id), user, data: bytes, expires_at: expiry_ms(&self.store, expiry_date) })
+        let capped = user != *self.anonymous;
+        Ok(Write { token: self.token(id), user, data: bytes, expires_at: expiry_ms(&self.store, expiry_date), capped })
     }
 
     /// Stores a new session under `id`; `false` if that id is taken (the
@@ -169,7 +172,12 @@ impl CloakroomStore {
             if s.session(w.token.id())?.is_some() {
                 return Ok(false);
             }
-            w.create(s).map(|()| true)
+            match w.create(s, Replace::Nothing) {
+                Ok(()) => Ok(true),
+                // Taken meanwhile (a racing create, or a dead row not yet swept).
+                Err(Error::Conflict { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -246,12 +254,17 @@ fn expiry_date(store: &Store, s: &Session) -> OffsetDateTime {
     OffsetDateTime::now_utc().saturating_add(time::Duration::milliseconds(left))
 }
 
+/// How many times a user-changing save re-reads after losing a race.
+const SAVE_TRIES: usize = 64;
+
 /// What a write needs.
 struct Write {
     token: SessionToken,
     user: String,
     data: Vec<u8>,
     expires_at: u64,
+    /// The user's session cap applies (not to the anonymous placeholder).
+    capped: bool,
 }
 
 impl Write {
@@ -260,26 +273,41 @@ impl Write {
         Some(NewSession::new(self.user.clone()).data(self.data.clone()).ttl(ttl).without_idle_timeout())
     }
 
-    /// Creates the session (a record already past its expiry is not stored).
-    fn create(&self, store: &Store) -> Result<(), Error> {
-        let Some(new) = self.new_session(store.now_ms()) else { return Ok(()) };
+    /// Creates the session under its derived id (a record already past its
+    /// expiry is not stored): refused with `Conflict` if the id holds another
+    /// session than `replace` names.
+    fn create(&self, store: &Store, replace: Replace) -> Result<(), Error> {
+        let Some(new) = self.new_session(store.now_ms()) else {
+            return match replace {
+                Replace::Serial(_) => store.revoke(self.token.id()),
+                Replace::Nothing => Ok(()),
+            };
+        };
         let token = self.token.clone();
-        store.create_with(new, move |_| Ok(token)).map(drop)
+        let how = Creation { replace, random_id: false, capped: self.capped };
+        store.create_with(new, move |_| Ok(token), how).map(drop)
     }
 
     /// Writes over the stored session; a session that is gone (revoked,
-    /// deleted, expired) stays gone.
+    /// deleted, expired) stays gone. A change of user replaces the stored
+    /// session (the old one revoked) in one atomic step of the backend; one
+    /// that lost a race with another save re-reads and decides again.
     fn save(&self, store: &Store) -> Result<(), Error> {
         let id = self.token.id();
-        let Some(current) = store.session(id)? else { return Ok(()) };
-        if current.user() != self.user {
-            store.revoke(id)?;
-            return self.create(store);
+        for _ in 0..SAVE_TRIES {
+            let Some(current) = store.session(id)? else { return Ok(()) };
+            if current.user() != self.user {
+                match self.create(store, Replace::Serial(current.serial())) {
+                    Err(Error::Conflict { .. }) => continue,
+                    other => return other,
+                }
+            }
+            if self.expires_at <= store.now_ms() {
+                return store.revoke(id);
+            }
+            return store.rewrite(id, Some(self.data.clone()), self.expires_at);
         }
-        if self.expires_at <= store.now_ms() {
-            return store.revoke(id);
-        }
-        store.rewrite(id, Some(self.data.clone()), self.expires_at)
+        Err(Error::Busy)
     }
 }
 
@@ -340,3 +368,53 @@ macro_rules! session_store {
 session_store!(tower_sessions_core);
 #[cfg(feature = "tower-sessions-015")]
 session_store!(tower_sessions_core_015);
+
+#[cfg(all(test, feature = "tower-sessions"))]
+mod tests {
+    use super::*;
+
+    fn data_of(user: &str) -> Data {
+        let mut d = Data::new();
+        d.insert(AXUM_LOGIN_KEY.into(), serde_json::json!({ "user_id": user }));
+        d
+    }
+
+    /// Issue 24 item 5: 64 concurrent saves that change the user of one
+    /// cookie leave exactly one live row, of one of the two users, with the
+    /// other user's listing empty — also after a reopen (the index rebuilt
+    /// from the file).
+    #[test]
+    fn racing_user_changes_leave_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+        let id: i128 = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
+        let expiry = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        {
+            let store = Store::open(&path, crate::Config::default()).unwrap();
+            let ts = CloakroomStore::new(store.clone());
+            rt.block_on(async {
+                assert!(ts.create_as(id, &data_of("alice"), expiry).await.ok().unwrap());
+                let mut tasks = Vec::new();
+                for i in 0..64 {
+                    let ts = ts.clone();
+                    let user = if i % 2 == 0 { "bob" } else { "carol" };
+                    tasks.push(tokio::spawn(async move { ts.save_as(id, &data_of(user), expiry).await.is_ok() }));
+                }
+                for t in tasks {
+                    assert!(t.await.unwrap());
+                }
+            });
+            check(&store);
+            store.close().unwrap();
+        }
+        let store = Store::open(&path, crate::Config::default()).unwrap();
+        check(&store);
+
+        fn check(store: &Store) {
+            let (b, c) = (store.list_user("bob").unwrap(), store.list_user("carol").unwrap());
+            assert_eq!(b.len() + c.len(), 1, "bob {} carol {}", b.len(), c.len());
+            assert!(store.list_user("alice").unwrap().is_empty());
+        }
+    }
+}

@@ -25,6 +25,7 @@ mod api {
     mod model;
     mod persistence;
     mod policy;
+    mod revocation;
     mod sweep;
     mod tamper;
     mod tokens;

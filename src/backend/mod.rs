@@ -18,6 +18,7 @@ pub(crate) mod coherence;
 pub(crate) mod redb;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod rules;
 
 use std::sync::Arc;
 
@@ -28,8 +29,8 @@ use crate::token::{SecretHash, SessionId};
 
 /// A write. Each variant checks its preconditions before changing anything.
 pub(crate) enum Op {
-    /// Insert a new session.
-    Create(Arc<Record>),
+    /// Insert a new session (see [`Create`]).
+    Create(Create),
     /// Persist a newer `last_seen` and move the session's expiry row.
     Touch { id: SessionId, last_seen: u64 },
     /// Replace the data (if given; the version goes up either way) and move
@@ -42,16 +43,22 @@ pub(crate) enum Op {
     Rotate { id: SessionId, expected: SecretHash, serial: u64, secret_hash: SecretHash, now: u64, prune_after: u64 },
     /// Delete one session and record its serial as revoked.
     Revoke { id: SessionId, prune_after: u64 },
-    /// Revoke all of a user's sessions, except one if given.
-    RevokeUser { user: Box<str>, except: Option<SessionId>, prune_after: u64 },
-    /// Raise a user's not-before cut-off to `at` (ms) and revoke all their sessions.
-    LogoutEverywhere { user: Box<str>, at: u64, prune_after: u64 },
+    /// Revoke up to `limit` of a user's sessions, except one if given (a
+    /// user-wide revocation runs as a series of these, so no op, journal
+    /// record or Redis script grows with the user's session count; the
+    /// outcome's list shorter than `limit` means none is left).
+    RevokeUser { user: Box<str>, except: Option<SessionId>, limit: usize, prune_after: u64 },
+    /// Raise a user's not-before cut-off to `at` (ms) and revoke up to
+    /// `limit` of their sessions (the rest follow as `RevokeUser` ops).
+    LogoutEverywhere { user: Box<str>, at: u64, limit: usize, prune_after: u64 },
     /// Read-modify-write of a session's refresh families: `f` sees the stored
     /// family bytes, tag checked (`None` if absent), and decides. `NotFound` if
     /// the session is gone. A backend may call `f` more than once (an optimistic
     /// backend retries after a lost compare-and-swap); only the last call's
     /// change is applied.
-    Family { id: SessionId, prune_after: u64, f: FamilyFn },
+    /// `serial` is the session serial the caller was authorised against (see
+    /// [`rules::family_authorised`]): a session rotated since refuses the op.
+    Family { id: SessionId, serial: u64, prune_after: u64, f: FamilyFn },
     /// Delete the sessions of these expiry rows (deadline, number, id) that are
     /// still expired at `now`.
     Sweep { rows: Vec<(u64, u64, SessionId)>, now: u64 },
@@ -61,6 +68,23 @@ pub(crate) enum Op {
     PruneRevoked { entries: Vec<(u64, SessionId)>, not_before: Vec<(String, u64)> },
     /// No change; a durable barrier.
     Flush,
+}
+
+/// A create: the new record and what the id and the user's sessions must
+/// look like for it to land ([`rules::create`], [`rules::cap`]).
+pub(crate) struct Create {
+    pub(crate) rec: Arc<Record>,
+    /// A row already under the id: refused, or replaced (an adapter's user change).
+    pub(crate) replace: rules::Replace,
+    /// The user's session cap, if one applies to this create.
+    pub(crate) cap: Option<rules::Cap>,
+    /// The id came from the OS random generator (128 bits): a backend may
+    /// skip looking for a row already under it (Redis keeps its create one
+    /// unconditional transaction then; redb checks every create anyway).
+    pub(crate) random_id: bool,
+    /// Prune-after time of revocation entries the create makes (a replaced
+    /// row, or the oldest sessions over the cap).
+    pub(crate) prune_after: u64,
 }
 
 /// A new absolute deadline for a session (ms), set by an update at `now` (the
@@ -112,6 +136,15 @@ pub(crate) enum Outcome {
     Pruned(Vec<(u64, SessionId)>, Vec<(String, u64)>),
     /// What a sweep batch removed.
     Swept(Swept),
+    /// One step of a user-wide revocation: the sessions it revoked, and
+    /// whether the user may have more (run another step).
+    RevokedUser {
+        revoked: Vec<Revoked>,
+        more: bool,
+    },
+    /// A create landed, revoking these sessions (a replaced row, or the
+    /// user's oldest sessions over the cap).
+    Created(Vec<Revoked>),
 }
 
 impl Outcome {
@@ -119,7 +152,7 @@ impl Outcome {
     pub(crate) fn revoked(&self) -> &[Revoked] {
         match self {
             Outcome::Rotated { old, .. } => std::slice::from_ref(old),
-            Outcome::Revoked(list) => list,
+            Outcome::Revoked(list) | Outcome::Created(list) | Outcome::RevokedUser { revoked: list, .. } => list,
             Outcome::Family { revoked: Some(r), .. } => std::slice::from_ref(r),
             _ => &[],
         }

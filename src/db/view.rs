@@ -13,7 +13,7 @@ use super::mutation::Mutation;
 use super::overlay::Overlay;
 use super::writer::WriterStats;
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
-use crate::backend::{Op, Outcome, Revoked, Swept};
+use crate::backend::{Create, Op, Outcome, Revoked, Swept, rules};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;
@@ -44,20 +44,15 @@ impl View<'_> {
     pub(super) fn apply(&mut self, op: &mut Op, stats: &WriterStats) -> Result<Outcome, Error> {
         let t = self;
         match op {
-            Op::Create(rec) => {
-                t.put_new(rec);
-                Ok(Outcome::Done)
-            }
+            Op::Create(c) => t.create(c),
             Op::Touch { id, last_seen } => {
                 let Some(rec) = t.get(id)? else {
                     return Ok(Outcome::Done);
                 };
-                if *last_seen <= rec.last_seen {
+                let Some(new) = rules::touch(&rec, *last_seen) else {
                     return Ok(Outcome::Done);
-                }
+                };
                 let (old, n) = (rec.deadline(rec.last_seen), rec.number);
-                let mut new = rec;
-                new.last_seen = *last_seen;
                 t.put(Mutation::DelExpiry(old, n));
                 t.put(Mutation::PutExpiry(new.deadline(*last_seen), n, *id.as_bytes()));
                 t.put(Mutation::PutSession(n, seal_session(t.mac, &new)));
@@ -68,18 +63,10 @@ impl View<'_> {
                 let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
-                if expected.is_some_and(|v| v != rec.version) {
-                    return Err(Error::Conflict { current: rec.version });
-                }
-                let mut new = rec;
-                new.version += 1;
-                if let Some(data) = data {
-                    new.data = data.clone();
-                }
-                if let Some(e) = expires {
+                let new = rules::update(&rec, *expected, data.as_deref(), *expires)?;
+                if expires.is_some() {
                     let n = new.number;
-                    t.put(Mutation::DelExpiry(new.deadline(new.last_seen), n));
-                    new.expires_at = e.at;
+                    t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), n));
                     t.put(Mutation::PutExpiry(new.deadline(new.last_seen), n, *id.as_bytes()));
                 }
                 t.put(Mutation::PutSession(new.number, seal_session(t.mac, &new)));
@@ -89,10 +76,7 @@ impl View<'_> {
                 let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
-                if !rec.secret_hash.matches(expected) {
-                    return Err(Error::NotFound); // a concurrent rotate won
-                }
-                let new = rec.rotated(*serial, *secret_hash, *now);
+                let new = rules::rotate(&rec, expected, *serial, *secret_hash, *now)?;
                 let n = rec.number;
                 t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), n));
                 // The id stays, so refresh tokens issued before must die without the
@@ -116,21 +100,21 @@ impl View<'_> {
                 t.revoke(rec.serial, *id, *prune_after);
                 Ok(Outcome::Revoked(vec![Revoked::of(&rec, *prune_after)]))
             }
-            Op::RevokeUser { user, except, prune_after } => {
-                Ok(Outcome::Revoked(t.revoke_user(user, *except, *prune_after)?))
-            }
-            Op::LogoutEverywhere { user, at, prune_after } => {
+            Op::RevokeUser { user, except, limit, prune_after } => t.revoke_user(user, *except, *limit, *prune_after),
+            Op::LogoutEverywhere { user, at, limit, prune_after } => {
                 let stored = t.not_before_of(user)?.unwrap_or(0);
                 if *at > stored {
                     let row = seal_not_before(t.mac, user, *at);
                     t.put(Mutation::PutNotBefore(user.clone(), row.into()));
                 }
-                Ok(Outcome::Revoked(t.revoke_user(user, None, *prune_after)?))
+                t.revoke_user(user, None, *limit, *prune_after)
             }
-            Op::Family { id, prune_after, f } => {
-                let Some(n) = t.number(id) else {
+            Op::Family { id, serial, prune_after, f } => {
+                let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
+                rules::family_authorised(&rec, *serial)?;
+                let n = rec.number;
                 let stored = t.family_bytes(n)?;
                 let change = f(stored.as_deref());
                 let mut revoked = None;
@@ -297,6 +281,42 @@ impl View<'_> {
         ids.into_iter().map(SessionId::from_bytes).collect()
     }
 
+    /// A create, decided by [`rules::create`] and [`rules::cap`] against the
+    /// row under its id and the user's live sessions.
+    fn create(&mut self, c: &Create) -> Result<Outcome, Error> {
+        let rec = &c.rec;
+        let stored = self.get(&rec.id)?;
+        let mut revoked = Vec::new();
+        if let Some(old) = rules::create(stored.as_ref(), c.replace)? {
+            let old = old.clone();
+            self.delete(&old.id)?;
+            self.revoke(old.serial, old.id, c.prune_after);
+            revoked.push(Revoked::of(&old, c.prune_after));
+        }
+        if let Some(cap) = c.cap {
+            let mut live = Vec::new();
+            for id in self.user_ids(&rec.user) {
+                if let Ok(Some(r)) = self.get(&id)
+                    && rules::owned_by(&r, &rec.user)
+                    && rec.created_at < r.deadline(r.last_seen)
+                {
+                    live.push((r.created_at, r.serial, id));
+                }
+            }
+            let by_serial: HashMap<u64, SessionId> = live.iter().map(|&(_, s, id)| (s, id)).collect();
+            for (_, serial) in rules::cap(cap, live.into_iter().map(|(c, s, _)| (c, s)).collect())? {
+                if let Some(id) = by_serial.get(&serial)
+                    && let Some(old) = self.delete(id)?
+                {
+                    self.revoke(old.serial, old.id, c.prune_after);
+                    revoked.push(Revoked::of(&old, c.prune_after));
+                }
+            }
+        }
+        self.put_new(rec);
+        Ok(Outcome::Created(revoked))
+    }
+
     fn put_new(&mut self, rec: &Record) {
         let (id, n) = (*rec.id.as_bytes(), rec.number);
         self.put(Mutation::PutSession(n, seal_session(self.mac, rec)));
@@ -319,8 +339,32 @@ impl View<'_> {
     }
 
     /// Deletes and revokes a user's sessions (all, or all but `except`).
-    fn revoke_user(&mut self, user: &str, except: Option<SessionId>, prune_after: u64) -> Result<Vec<Revoked>, Error> {
-        let ids: Vec<SessionId> = self.user_ids(user).into_iter().filter(|id| Some(*id) != except).collect();
+    fn revoke_user(
+        &mut self,
+        user: &str,
+        except: Option<SessionId>,
+        limit: usize,
+        prune_after: u64,
+    ) -> Result<Outcome, Error> {
+        // Only the user's own rows (an index entry naming another user's row
+        // is stale, never a reason to act on it); a row that does not decode
+        // is taken (removed below, fail closed). A list shorter than `limit`
+        // means none of the user's sessions is left.
+        let mut ids = Vec::new();
+        for id in self.user_ids(user) {
+            if ids.len() == limit {
+                break;
+            }
+            let owned = match self.get(&id) {
+                Ok(Some(rec)) => rules::owned_by(&rec, user),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if owned && Some(id) != except {
+                ids.push(id);
+            }
+        }
+        let more = ids.len() == limit;
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
             match self.delete(&id) {
@@ -341,7 +385,7 @@ impl View<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Ok(revoked)
+        Ok(Outcome::RevokedUser { revoked, more })
     }
 
     fn revoke(&mut self, serial: u64, id: SessionId, prune_after: u64) {

@@ -301,8 +301,8 @@ impl Worker {
                         }
                         None => {
                             self.stats.lost_eventual.fetch_add(1, Ordering::Relaxed);
-                            if let Op::Create(rec) = &job.op {
-                                lost.push(rec.id);
+                            if let Op::Create(c) = &job.op {
+                                lost.push(c.rec.id);
                             }
                         }
                     }

@@ -10,8 +10,9 @@ use crate::token::{REFRESH_PREFIX, SESSION_PREFIX, looks_like_jwt};
 impl Store {
     /// Whether a cached copy of a session may answer a validate at `now`
     /// without asking the backend. A node of a shared backend answers from its
-    /// cache only while it is following the other nodes' writes, and only
-    /// within the staleness bound.
+    /// cache only while it is following the other nodes' writes, never after
+    /// its store was wiped, and only within the staleness bound of when this
+    /// node read the copy (on its own clock).
     pub(super) fn cache_may_answer(&self, rec: &crate::session::Record, now: u64) -> bool {
         self.inner
             .coherence
@@ -23,15 +24,29 @@ impl Store {
     /// claims and time (with leeway), then the session's revocation bit by `sid`
     /// and the user's not-before by `iat`. No I/O.
     ///
+    /// On a Redis-backed store the revocation state is this node's copy, kept
+    /// current by its follower. A node whose follower has not been following
+    /// for longer than the staleness bound ([`RedisOptions::staleness`](crate::RedisOptions::staleness))
+    /// may have missed revocations, so it refuses every access token until it
+    /// follows again (fail closed); within the bound it answers from what it
+    /// holds.
+    ///
     /// # Errors
-    /// [`Error::Jwt`] with the reason, or [`Error::Revoked`].
+    /// [`Error::Jwt`] with the reason, or [`Error::Revoked`]; on Redis,
+    /// [`Error::Storage`] of kind `Unavailable` from a node that has not been
+    /// following for longer than the staleness bound, or `Wiped` after its
+    /// store was wiped.
     pub fn verify_access(&self, jwt: &str) -> Result<AccessClaims, Error> {
         let inner = &self.inner;
         if jwt.len() > inner.config.max_token_len {
             return Err(JwtError::Malformed.into());
         }
         self.live()?;
-        let c = inner.keyring.verify(jwt, &inner.policy, inner.config.clock.now())?;
+        let now = inner.config.clock.now();
+        if let Some(c) = &inner.coherence {
+            c.usable(crate::clock::to_millis(now))?;
+        }
+        let c = inner.keyring.verify(jwt, &inner.policy, now)?;
         if inner.table.revocation.is_revoked(c.sid) {
             return Err(Error::Revoked);
         }
@@ -49,7 +64,9 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Malformed`] (`WrongKind` for a refresh token, which is never
-    /// accepted here); otherwise as [`Store::validate`] or [`Store::verify_access`].
+    /// accepted here); otherwise as [`Store::validate`] or [`Store::verify_access`]
+    /// (so on Redis a node that has not been following for longer than the
+    /// staleness bound refuses access tokens with `Storage(Unavailable)`).
     pub fn authenticate(&self, bearer: &str) -> Result<Principal, Error> {
         if bearer.len() > self.inner.config.max_token_len {
             return Err(Malformed::TooLong.into());
@@ -84,17 +101,24 @@ impl Store {
         Err(if cred.trim().is_empty() { Malformed::Empty } else { Malformed::WrongPrefix }.into())
     }
 
-    /// Is the session this token names in the cache? (Then `validate` does no
-    /// I/O and may run on an async worker.) Parses only; no secret check.
+    /// Would a `validate` of this token now do no I/O? True when the session
+    /// it names is cached and that copy may answer (see
+    /// [`Store::cache_may_answer`]: on Redis, while following and within the
+    /// staleness bound), so the call may run inline on an async worker; false
+    /// for a miss, a stale copy or a node that is not following, which read
+    /// the backend. Parses only; no secret check. (A copy can turn stale in
+    /// the instant between this and the validate: then that one validate
+    /// reads the backend.)
     #[cfg(any(feature = "axum", feature = "actix"))]
     pub(crate) fn is_cached(&self, token: &str) -> bool {
         self.parse_session(token).is_ok_and(|t| self.is_cached_id(&t.tok.id()))
     }
 
-    /// Is session `id` in the cache? (See [`Store::is_cached`].)
+    /// Would a `validate` of session `id` now do no I/O? (See [`Store::is_cached`].)
     #[cfg(any(feature = "axum", feature = "actix", feature = "tower-sessions", feature = "tower-sessions-015"))]
     pub(crate) fn is_cached_id(&self, id: &SessionId) -> bool {
-        self.inner.table.cache.peek(id).is_some()
+        let now = self.now_ms();
+        self.inner.table.cache.peek(id).is_some_and(|rec| self.cache_may_answer(&rec, now))
     }
 }
 

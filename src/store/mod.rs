@@ -12,6 +12,11 @@ mod tokens;
 
 pub use access::{Principal, Source};
 use serials::Serials;
+#[cfg_attr(
+    not(any(feature = "actix", feature = "tower-sessions", feature = "tower-sessions-015")),
+    allow(unused_imports)
+)]
+pub(crate) use sessions::Creation;
 pub use stats::Stats;
 pub use tokens::TokenPair;
 

@@ -156,6 +156,13 @@ impl Store {
     /// every write (see [`RedisOptions::require_fsync_always`](crate::RedisOptions::require_fsync_always));
     /// [`Error::Storage`] of kind `Unavailable` if the server cannot be reached,
     /// or `KeyMismatch` if the data was written under another server key.
+    ///
+    /// Each store on Redis has an instance identity, recorded in `{prefix}:meta`
+    /// by its first open. A node whose store is wiped under it (a `FLUSHALL`,
+    /// or a server restarted without writes it had acknowledged) notices at
+    /// its follower's next check (every reconnect, and every 250 ms), drops
+    /// what it cached and refuses every call with [`Error::Storage`] of kind
+    /// `Wiped` until the store is reopened with this function.
     #[cfg(feature = "redis")]
     pub fn redis_with(url: &str, options: crate::RedisOptions, config: Config) -> Result<Store, Error> {
         use crate::backend::redis::{Keys, Pool, RedisBackend, load, sync};
@@ -174,7 +181,11 @@ impl Store {
             Some(k) => k.clone(),
             None => default_keyring(&Derived::new(&key))?,
         };
-        let backend = RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, &keyring, fsync)?;
+        // Not following yet, since now: the follower catches up once connected.
+        let coherence = Arc::new(Coherence::new(options.staleness, Arc::clone(&config.clock)));
+        let backend =
+            RedisBackend::open(Arc::clone(&pool), keys.clone(), &key, &keyring, fsync, Arc::clone(&coherence))?;
+        let instance = backend.instance();
         let loaded = load(&pool, &keys)?;
         // The revocation state is applied by `sync::catch_up` below, as the
         // follower does on every (re)connect.
@@ -184,14 +195,15 @@ impl Store {
             revoked: &[],
             not_before: Vec::new(),
         };
-        let coherence = Arc::new(Coherence::new(options.staleness));
-        let (reserve_pool, reserve_keys) = (Arc::clone(&pool), keys.clone());
-        let follow_coherence = Arc::clone(&coherence);
+        let (reserve_pool, reserve_keys, reserve_instance) = (Arc::clone(&pool), keys.clone(), Arc::clone(&instance));
+        let (reserve_coherence, follow_coherence) = (Arc::clone(&coherence), Arc::clone(&coherence));
         let tier = SharedTier {
-            reserve: Box::new(move |n| RedisBackend::reserve(&reserve_pool, &reserve_keys, n)),
+            reserve: Box::new(move |n| {
+                RedisBackend::reserve(&reserve_pool, &reserve_keys, &reserve_instance, &reserve_coherence, n)
+            }),
             coherence,
             follow: Box::new(move |cache, revocation| {
-                sync::start(pool, keys, sync::Targets { cache, revocation }, follow_coherence)
+                sync::start(pool, keys, instance, sync::Targets { cache, revocation }, follow_coherence)
             }),
         };
         let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;

@@ -70,6 +70,9 @@ impl Serials {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
     use super::*;
 
     /// Serials from blocks: every take is unique, a block is reserved ahead

@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Checked, Issued, Scope, Store, check_lifetime};
-use crate::backend::{Op, Outcome, Wait};
+use crate::backend::rules::{self, Replace};
+use crate::backend::{Create, Op, Outcome, Wait};
 use crate::clock::duration_millis;
 use crate::config::Durability;
 use crate::error::{Error, InputError, Malformed};
@@ -21,7 +22,7 @@ impl Store {
     /// metadata, or a zero TTL; [`Error::Storage`] if the write failed (nothing
     /// was stored); [`Error::Busy`] if the write queue stayed full.
     pub fn create(&self, new: NewSession) -> Result<Issued, Error> {
-        self.create_with(new, SessionToken::generate)
+        self.create_with(new, SessionToken::generate, Creation::RANDOM)
     }
 
     /// Creates a session under the token `token` makes from the store's tag
@@ -31,6 +32,7 @@ impl Store {
         &self,
         new: NewSession,
         token: impl FnOnce(&crate::token::TagKey) -> Result<SessionToken, Error>,
+        how: Creation,
     ) -> Result<Issued, Error> {
         let inner = self.live()?;
         let cfg = &inner.config;
@@ -62,22 +64,43 @@ impl Store {
             }
             .build(new),
         );
+        let cap = if how.capped { cfg.session_cap } else { None };
+        // A create whose decision can refuse it (an id that may be taken, a
+        // cap) waits for that decision even with Eventual durability.
+        let decides = how.replace != Replace::Nothing || !how.random_id || cap.is_some();
         let wait = match cfg.durability {
+            Durability::Eventual if decides => Wait::Applied,
             Durability::Eventual => {
                 self.inner.table.fill(Arc::clone(&rec));
                 Wait::Queued
             }
             Durability::Immediate => Wait::Durable,
         };
-        if let Err(e) = inner.table.submit(Op::Create(Arc::clone(&rec)), wait) {
-            // Not stored: an Eventual create must not stay visible from the cache.
-            inner.table.cache.remove(&rec.id);
-            return Err(e);
-        }
-        if wait == Wait::Durable {
+        let op = Op::Create(Create {
+            rec: Arc::clone(&rec),
+            replace: how.replace,
+            cap,
+            random_id: how.random_id,
+            prune_after: self.prune_after(rec.created_at),
+        });
+        let revoked = match inner.table.submit(op, wait) {
+            Ok(Outcome::Created(revoked)) => revoked,
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                // Not stored: an Eventual create must not stay visible from the cache.
+                inner.table.cache.remove(&rec.id);
+                return Err(e);
+            }
+        };
+        if wait != Wait::Queued {
             // (An Eventual create is already cached; filling again here could
             // undo the writer's eviction of a create whose batch failed.)
             self.inner.table.fill(Arc::clone(&rec));
+        }
+        if !revoked.is_empty() {
+            let reason =
+                if how.replace == Replace::Nothing { RevokeReason::SessionLimit } else { RevokeReason::Session };
+            self.emit(|| Event::Revoked { sessions: revoked.iter().map(|r| r.id).collect(), reason });
         }
         self.emit(|| Event::Created { session: rec.id, user: rec.user.to_string() });
         let last_seen = rec.last_seen;
@@ -346,7 +369,8 @@ impl Store {
         };
         let prune_after = self.prune_after(self.now_ms());
         self.revoke_in_memory(user, except);
-        let ids = self.revoke_op(Op::RevokeUser { user: user.into(), except, prune_after })?;
+        let ids =
+            self.revoke_user_steps(Op::RevokeUser { user: user.into(), except, limit: USER_STEP, prune_after })?;
         let n = ids.len();
         if n > 0 {
             let reason = if except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };
@@ -359,9 +383,45 @@ impl Store {
     /// stored sessions in memory, so a failed commit still fails closed.
     pub(super) fn revoke_in_memory(&self, user: &str, except: Option<SessionId>) {
         if let Ok(recs) = self.inner.table.backend.list_user(user) {
-            let pairs: Vec<(u64, SessionId)> =
-                recs.iter().filter(|r| Some(r.id) != except).map(|r| (r.serial, r.id)).collect();
+            let pairs: Vec<(u64, SessionId)> = recs
+                .iter()
+                .filter(|r| Some(r.id) != except && rules::owned_by(r, user))
+                .map(|r| (r.serial, r.id))
+                .collect();
             self.inner.table.refuse(&pairs);
+        }
+    }
+
+    /// Runs a user-wide revocation as a series of bounded steps (`first`,
+    /// then `RevokeUser` ops of the same scope) until the user has none of the
+    /// sessions left: no single op, journal record or Redis script grows with
+    /// the user's session count, and other callers' writes interleave with
+    /// the steps. The caller has refused the user's sessions in memory
+    /// first, so readers see the whole revocation at once; each step is
+    /// durable before the next starts.
+    pub(super) fn revoke_user_steps(&self, first: Op) -> Result<Vec<SessionId>, Error> {
+        let (user, except, prune_after) = match &first {
+            Op::RevokeUser { user, except, prune_after, .. } => (user.clone(), *except, *prune_after),
+            Op::LogoutEverywhere { user, prune_after, .. } => (user.clone(), None, *prune_after),
+            _ => return self.revoke_op(first),
+        };
+        let mut ids = Vec::new();
+        let mut op = first;
+        loop {
+            match self.live()?.table.submit(op, Wait::Durable)? {
+                Outcome::RevokedUser { revoked, more } => {
+                    ids.extend(revoked.iter().map(|r| r.id));
+                    if !more {
+                        return Ok(ids);
+                    }
+                }
+                Outcome::Revoked(list) => {
+                    ids.extend(list.iter().map(|r| r.id));
+                    return Ok(ids);
+                }
+                _ => return Ok(ids),
+            }
+            op = Op::RevokeUser { user: user.clone(), except, limit: USER_STEP, prune_after };
         }
     }
 
@@ -388,7 +448,8 @@ impl Store {
         self.live()?.table.revocation.set_not_before(user, now);
         self.revoke_in_memory(user, None);
         let prune_after = self.prune_after(now);
-        let ids = self.revoke_op(Op::LogoutEverywhere { user: user.into(), at: now, prune_after })?;
+        let first = Op::LogoutEverywhere { user: user.into(), at: now, limit: USER_STEP, prune_after };
+        let ids = self.revoke_user_steps(first)?;
         let n = ids.len();
         self.emit(|| Event::LogoutEverywhere { user: user.to_owned(), sessions: n });
         if n > 0 {
@@ -411,6 +472,7 @@ impl Store {
             .backend
             .list_user(user)?
             .into_iter()
+            .filter(|rec| rules::owned_by(rec, user))
             .map(|rec| {
                 let seen = inner.table.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
                 Session::of(&rec, seen)
@@ -464,4 +526,23 @@ impl Store {
     pub(crate) fn csrf_key(&self) -> &[u8; 32] {
         &self.inner.derived.csrf
     }
+}
+
+/// Sessions one step of a user-wide revocation revokes at most.
+const USER_STEP: usize = 1024;
+
+/// How a create treats the id it is given and the user's cap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Creation {
+    /// What a row already under the id means (see [`Replace`]).
+    pub(crate) replace: Replace,
+    /// The id is fresh from the OS random generator.
+    pub(crate) random_id: bool,
+    /// The user's session cap applies (not to an adapter's placeholder user).
+    pub(crate) capped: bool,
+}
+
+impl Creation {
+    /// [`Store::create`]: a random id, capped.
+    pub(crate) const RANDOM: Creation = Creation { replace: Replace::Nothing, random_id: true, capped: true };
 }

@@ -18,7 +18,11 @@ pub(super) struct Holder<'a> {
     id: SessionId,
     user: &'a str,
     serial: u64,
+    /// The session's absolute deadline (ms): the refresh token's end.
     expires_at: u64,
+    /// When the session would end if not seen again (ms): the absolute
+    /// deadline or, sooner, the idle deadline counted from this request.
+    deadline: u64,
 }
 
 impl Store {
@@ -62,17 +66,24 @@ impl Store {
         let now = self.now_ms();
         let deadline = session.expires_at;
         let f = crate::refresh::issue(now, deadline, claims_json);
-        let reply = self.family_op(session.id(), f)?.ok_or(Error::NotFound)?;
+        let reply = self.family_op(session.id(), session.serial(), f)?.ok_or(Error::NotFound)?;
         let Verdict::Rotated(generation) = reply.verdict else { return Err(Error::NotFound) };
         self.emit(|| Event::Refreshed { session: session.id(), generation });
-        let holder =
-            Holder { id: session.id(), user: session.user(), serial: session.serial(), expires_at: session.expires_at };
+        let holder = Holder {
+            id: session.id(),
+            user: session.user(),
+            serial: session.serial(),
+            expires_at: session.expires_at,
+            deadline: session.deadline_ms(),
+        };
         self.pair(&holder, reply.family, generation, &reply.claims, now)
     }
 
-    pub(super) fn family_op(&self, id: SessionId, f: FamilyFn) -> Result<Option<FamilyReply>, Error> {
+    /// A refresh-family op on session `id`, authorised against its `serial`
+    /// (refused if the session was rotated since).
+    pub(super) fn family_op(&self, id: SessionId, serial: u64, f: FamilyFn) -> Result<Option<FamilyReply>, Error> {
         let prune_after = self.prune_after(self.now_ms());
-        match self.live()?.table.submit(Op::Family { id, prune_after, f }, Wait::Durable)? {
+        match self.live()?.table.submit(Op::Family { id, serial, prune_after, f }, Wait::Durable)? {
             Outcome::Family { reply, .. } => Ok(reply),
             _ => Ok(None),
         }
@@ -88,8 +99,11 @@ impl Store {
     ) -> Result<TokenPair, Error> {
         let inner = &self.inner;
         let now_s = now_ms / 1000;
-        // Never outlive the session: cap at its absolute deadline.
-        let exp = (now_s + inner.config.access_ttl.as_secs()).min(rec.expires_at / 1000);
+        // Never outlive the session: the token (with the verifier's leeway)
+        // must be dead by the time the session could have ended, absolute or
+        // idle (the idle deadline only moves later with activity), so no
+        // revocation entry is needed for a session that expires.
+        let exp = access_exp(now_s, inner.config.access_ttl.as_secs(), rec.deadline, inner.config.leeway.as_secs());
         let extra = if claims_json.is_empty() {
             BTreeMap::new()
         } else {
@@ -144,14 +158,20 @@ impl Store {
         }
         let ((family, presented), reuse) = (unpack(t.generation), inner.config.reuse);
         let f = crate::refresh::rotate(family, presented, now, reuse);
-        let reply = self.family_op(t.id, f)?.ok_or(Error::NotFound)?;
+        let reply = self.family_op(t.id, rec.serial, f)?.ok_or(Error::NotFound)?;
         match reply.verdict {
             Verdict::Rotated(generation) | Verdict::Current(generation) => {
                 self.inner.table.touch(&rec, now);
                 if matches!(reply.verdict, Verdict::Rotated(_)) {
                     self.emit(|| Event::Refreshed { session: rec.id, generation });
                 }
-                let holder = Holder { id: rec.id, user: &rec.user, serial: rec.serial, expires_at: rec.expires_at };
+                let holder = Holder {
+                    id: rec.id,
+                    user: &rec.user,
+                    serial: rec.serial,
+                    expires_at: rec.expires_at,
+                    deadline: rec.deadline(now),
+                };
                 self.pair(&holder, family, generation, &reply.claims, now)
             }
             Verdict::Reuse { current } => {
@@ -186,5 +206,41 @@ impl fmt::Debug for TokenPair {
             .field("access_expires_at", &self.access_expires_at)
             .field("refresh_expires_at", &self.refresh_expires_at)
             .finish()
+    }
+}
+
+/// An access token's `exp` (s): `ttl` from now, but early enough that it is
+/// refused (even with `leeway`) from the second the session's `deadline` (ms)
+/// falls in. The verifier refuses once `now_s ≥ exp + leeway` (whole seconds,
+/// see `jwt::expired`), and the session is over once `now_ms ≥ deadline`, so
+/// `exp` is at most `deadline / 1000 - leeway`. Near the deadline that is
+/// before `now`: such a token lives only within the leeway, never past the
+/// session.
+fn access_exp(now_s: u64, ttl: u64, deadline_ms: u64, leeway: u64) -> u64 {
+    (now_s + ttl).min((deadline_ms / 1000).saturating_sub(leeway))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_exp;
+
+    /// With the verifier's leeway, a token is accepted while `now_s < exp +
+    /// leeway`; it must be refused at every second from the deadline on.
+    #[test]
+    fn an_access_token_dies_before_its_session() {
+        let base = 1_700_000_000_000u64;
+        for deadline_ms in [0, 999, 1000, 61_000, 61_999, 3_600_000].map(|d| base + d) {
+            for leeway in [0, 1, 30] {
+                for now_s in (base / 1000 - 100)..(deadline_ms / 1000) {
+                    let exp = access_exp(now_s, 300, deadline_ms, leeway);
+                    assert!(exp <= now_s + 300);
+                    // The first whole second at or past the deadline:
+                    let first_dead_s = deadline_ms / 1000;
+                    assert!(first_dead_s >= exp + leeway, "deadline {deadline_ms} leeway {leeway} now {now_s}");
+                }
+            }
+        }
+        // Far from the deadline, the full TTL.
+        assert_eq!(access_exp(1_000_000, 300, 10_000_000_000, 30), 1_000_300);
     }
 }

@@ -80,3 +80,48 @@ fn failed_validation_never_slides() {
     clock.advance(6 * MIN);
     assert!(matches!(s.validate(&good), Err(Error::Expired)));
 }
+
+/// Issue 24 item 4: an access token never verifies after its session expired
+/// — idle or absolute — with or without a sweep or a revocation in between
+/// (a swept or expired session leaves no revocation entry, so the token's own
+/// `exp` must end first).
+#[test]
+fn access_tokens_die_with_their_idle_expired_session() {
+    let clock = cloakroom::ManualClock::fixed();
+    let cfg = cloakroom::Config::builder()
+        .session_ttl(HOUR)
+        .idle_timeout(Some(MIN))
+        .touch_granularity(Duration::from_secs(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let s = super::common::open(cfg);
+    for step in ["plain", "sweep", "revoke", "revoke_user"] {
+        let user = format!("idle-{step}");
+        let issued = s.create(NewSession::new(user.as_str())).unwrap();
+        let pair = s.issue_tokens(&issued.token.to_string()).unwrap();
+        s.verify_access(&pair.access).unwrap();
+        clock.advance(MIN + Duration::from_secs(1));
+        assert!(matches!(s.validate(&issued.token.to_string()), Err(Error::Expired)), "{step}");
+        match step {
+            "sweep" => drop(s.sweep().unwrap()),
+            "revoke" => s.revoke(issued.session.id()).unwrap(),
+            "revoke_user" => drop(s.revoke_user(&user, cloakroom::Scope::All).unwrap()),
+            _ => {}
+        }
+        assert!(s.verify_access(&pair.access).is_err(), "{step}: the access token outlived its session");
+        assert!(s.authenticate(&pair.access).is_err(), "{step}");
+    }
+    // The absolute deadline too: a token issued a minute before it.
+    let clock2 = cloakroom::ManualClock::fixed();
+    let cfg =
+        cloakroom::Config::builder().session_ttl(2 * MIN).idle_timeout(None).clock(clock2.clone()).build().unwrap();
+    let s = super::common::open(cfg);
+    let issued = s.create(NewSession::new("absolute")).unwrap();
+    clock2.advance(MIN);
+    let pair = s.issue_tokens(&issued.token.to_string()).unwrap();
+    s.verify_access(&pair.access).unwrap();
+    clock2.advance(MIN);
+    assert!(matches!(s.validate(&issued.token.to_string()), Err(Error::Expired)));
+    assert!(s.verify_access(&pair.access).is_err());
+}

@@ -11,7 +11,7 @@
 //! | `{p}:rv` | hash | revoked serial → id ‖ secret hash |
 //! | `{p}:rvt` | zset | revoked serial, scored by prune-after (ms) |
 //! | `{p}:nb` | hash | user → not-before (ms) |
-//! | `{p}:meta` | hash | `format`: the layout version (1); `keycheck`: a hash derived from the server key; `serial`: the serial counter |
+//! | `{p}:meta` | hash | `format`: the layout version (1); `keycheck`: a hash derived from the server key; `instance`: this store's identity (random, recorded by its first open); `serial`: the serial counter |
 //! | `{p}:kids` | hash | access-token kid → keyed hash of its algorithm and verification key |
 //! | `{p}:ev` | channel | revocations (`R`), changed sessions (`U`), not-before (`N`) |
 //!
@@ -22,6 +22,11 @@
 //! decision) read the row, decide in Rust, and apply with one compare-and-swap
 //! script, retried if another node changed the row in between: two round trips,
 //! exactly-once across nodes.
+//!
+//! A wiped store (a `FLUSHALL`, or a server restarted without writes it had
+//! acknowledged) is noticed by its missing or other `instance`, or by a serial
+//! counter behind what this node reserved (see [`Instance`]): the node then
+//! refuses every call with a `Storage` error of kind `Wiped` until reopened.
 
 mod ops;
 mod resp;
@@ -37,8 +42,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use redis::{Client, Connection};
 
-use self::resp::Arg;
+use self::resp::{Arg, Packed};
 use self::scripts::Scripts;
+use crate::backend::coherence::Coherence;
 use crate::backend::{Backend, Failure, Op, Outcome, Revoked, Wait};
 use crate::db::mac::RowMac;
 use crate::db::{decode_family, decode_session};
@@ -271,6 +277,56 @@ pub(crate) fn split_id_hash(v: &[u8]) -> Option<(SessionId, SecretHash)> {
     (v.len() == 48).then_some((SessionId::from_bytes(id), SecretHash(sh)))
 }
 
+/// The instance of a store's Redis data this node opened: the identity its
+/// first open recorded in `{p}:meta`, and the highest serial this node
+/// reserved or read. The data was wiped (or went back in time) under this
+/// node when the identity is missing or another one, or the serial counter is
+/// behind a serial this node reserved or read (every serial was reserved from
+/// that counter first).
+pub(crate) struct Instance {
+    /// The recorded identity (32 hex digits of OS randomness).
+    id: String,
+    /// The highest serial this node reserved (a block's end) or read.
+    highest: AtomicU64,
+    /// Reserves a serial block only while the identity is this one.
+    reserve: redis::Script,
+}
+
+/// `KEYS[1]` meta; `ARGV[1]` the identity, `ARGV[2]` how many serials. The
+/// new counter, or nil (and nothing changed) if the identity is not recorded.
+const RESERVE: &str = r"
+if redis.call('HGET', KEYS[1], 'instance') ~= ARGV[1] then return false end
+return redis.call('HINCRBY', KEYS[1], 'serial', ARGV[2])";
+
+impl Instance {
+    /// Records a new identity unless one is recorded; this store's identity.
+    fn record(pool: &Pool, meta: &str) -> Result<Instance, Error> {
+        let mut fresh = [0u8; 16];
+        crate::token::os_random(&mut fresh)?;
+        let recorded = record_once(pool, meta, "instance", &hex(&fresh))?;
+        let id = recorded.ok_or_else(|| StorageError::new(StorageErrorKind::Wiped))?;
+        Ok(Instance { id, highest: AtomicU64::new(0), reserve: redis::Script::new(RESERVE) })
+    }
+
+    /// Whether the data under the prefix is still this instance: the identity
+    /// recorded, and the serial counter not behind a serial this node
+    /// reserved or read. Asked by the follower at every (re)connect and every
+    /// ping interval.
+    pub(crate) fn current(&self, pool: &Pool, keys: &Keys) -> Result<bool, Error> {
+        // Read before the counter: a serial reserved or read meanwhile was
+        // counted by the server before this read.
+        let highest = self.highest.load(Ordering::Acquire);
+        let (id, serial): (Option<String>, Option<u64>) =
+            pool.with(|c| redis::cmd("HMGET").arg(&keys.meta).arg("instance").arg("serial").query(c))?;
+        Ok(id.as_deref() == Some(self.id.as_str()) && serial.unwrap_or(0) >= highest)
+    }
+
+    /// Notes a serial this node read from the store (a row, an event).
+    pub(crate) fn saw(&self, serial: u64) {
+        self.highest.fetch_max(serial, Ordering::AcqRel);
+    }
+}
+
 /// What the touch thread receives: a touch, or a barrier answered once every
 /// touch queued before it was applied.
 enum Queued {
@@ -295,6 +351,9 @@ pub(crate) struct RedisBackend {
 
 struct Shared {
     pool: Arc<Pool>,
+    /// This node's sync state and clock (wiped: every call is refused).
+    coherence: Arc<Coherence>,
+    instance: Arc<Instance>,
     keys: Keys,
     mac: RowMac,
     scripts: Scripts,
@@ -309,14 +368,16 @@ struct Shared {
 
 impl RedisBackend {
     /// Connects, checks the server key and the access-token keys against
-    /// those recorded in Redis (recording them on first use) and the server's
-    /// fsync policy.
+    /// those recorded in Redis (recording them on first use), records or
+    /// reads the store's instance identity, and checks the server's fsync
+    /// policy.
     pub(crate) fn open(
         pool: Arc<Pool>,
         keys: Keys,
         server_key: &[u8; 32],
         keyring: &crate::Keyring,
         need_fsync_always: bool,
+        coherence: Arc<Coherence>,
     ) -> Result<RedisBackend, Error> {
         let check = hex(&blake3::derive_key("cloakroom 2026 redis server-key check v1", server_key));
         let meta = keys.meta.as_str();
@@ -328,6 +389,7 @@ impl RedisBackend {
         if record_once(&pool, meta, "keycheck", &check)?.as_deref() != Some(check.as_str()) {
             return Err(StorageError::new(StorageErrorKind::KeyMismatch).into());
         }
+        let instance = Arc::new(Instance::record(&pool, meta)?);
         // Each access-token kid names one key on every node: a kid recorded
         // with other material is refused (new kids are recorded, so keys can be
         // added and rotated node by node).
@@ -359,6 +421,8 @@ impl RedisBackend {
         }
         let shared = Arc::new(Shared {
             pool,
+            coherence,
+            instance,
             keys,
             mac: RowMac::new(server_key),
             scripts: Scripts::new(),
@@ -384,19 +448,60 @@ impl RedisBackend {
         }
     }
 
-    /// Reserves `n` serials shared by every node; returns the first.
-    pub(crate) fn reserve(pool: &Pool, keys: &Keys, n: u64) -> Result<u64, Error> {
-        let end: u64 = pool.with(|c| redis::cmd("HINCRBY").arg(&keys.meta).arg("serial").arg(n).query(c))?;
+    /// The store's instance, for the follower and serial reservations.
+    pub(crate) fn instance(&self) -> Arc<Instance> {
+        Arc::clone(&self.shared.instance)
+    }
+
+    /// Reserves `n` serials shared by every node; returns the first. Only
+    /// while the data is still this instance: a wiped store's counter starts
+    /// again from 0, and serials this node's cache and bitmap hold would be
+    /// handed out again.
+    pub(crate) fn reserve(
+        pool: &Pool,
+        keys: &Keys,
+        instance: &Instance,
+        coherence: &Coherence,
+        n: u64,
+    ) -> Result<u64, Error> {
+        coherence.check_wiped()?;
+        let mut p = Packed::new();
+        p.evalsha(&instance.reserve, &[keys.meta.as_str().into()], &[instance.id.as_str().into(), Arg::U(n)]);
+        let end: Option<u64> = pool.with(|c| p.invoke(c, &instance.reserve))?;
+        let Some(end) = end else {
+            coherence.set_wiped();
+            return Err(StorageError::new(StorageErrorKind::Wiped).into());
+        };
+        instance.saw(end);
         Ok(end - n + 1)
+    }
+}
+
+impl Shared {
+    /// Refuses a write to a wiped store. While the follower is not following
+    /// (it checks the instance at every reconnect and every 250 ms), a write
+    /// first asks the server itself: after a restart that lost the data, no
+    /// write lands in it before the follower is back.
+    fn check_instance(&self) -> Result<(), Error> {
+        let c = &self.coherence;
+        c.check_wiped()?;
+        if !c.synced() && !self.instance.current(&self.pool, &self.keys)? {
+            c.set_wiped();
+            return c.check_wiped();
+        }
+        Ok(())
     }
 }
 
 fn touch_loop(shared: &Shared, rx: &Receiver<Queued>) {
     for q in rx {
         match q {
-            // A failed touch only shortens the session (fail closed): ignore errors.
+            // A failed touch only shortens the session (fail closed): ignore
+            // errors. Nothing is written to a wiped store.
             Queued::Touch(id, last_seen) => {
-                let _ = shared.apply(Op::Touch { id, last_seen });
+                if !shared.coherence.wiped() {
+                    let _ = shared.apply(Op::Touch { id, last_seen });
+                }
                 let mut pending = shared.pending.lock();
                 if pending.get(&id).is_some_and(|&t| t <= last_seen) {
                     pending.remove(&id);
@@ -415,8 +520,15 @@ impl Backend for RedisBackend {
         // (and forgotten) while the read was on its way may be missing from both
         // the row read and the map after it, but then it was in the map before.
         let pending = || self.shared.pending.lock().get(id).copied();
+        let coherence = &self.shared.coherence;
+        coherence.check_wiped()?;
+        // Freshness counts from before the read, on this node's clock (never
+        // the row's own times: another node's clock).
+        let read_at = coherence.now_ms();
         let before = pending();
         let Some(mut rec) = self.shared.read(id)?.map(|s| s.rec) else { return Ok(None) };
+        rec.live.fetched.store(read_at, Ordering::Relaxed);
+        self.shared.instance.saw(rec.serial);
         if let Some(t) = before.max(pending()) {
             if t > rec.last_seen {
                 rec.last_seen = t;
@@ -433,6 +545,7 @@ impl Backend for RedisBackend {
 
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         let sh = &self.shared;
+        sh.coherence.check_wiped()?;
         let members: Vec<String> =
             sh.pool.with(|c| redis::cmd("ZRANGE").arg(sh.keys.user_key(user)).arg(0).arg(-1).query(c))?;
         if members.is_empty() {
@@ -467,6 +580,7 @@ impl Backend for RedisBackend {
     }
 
     fn families(&self, id: &SessionId) -> Result<Option<Families>, Error> {
+        self.shared.coherence.check_wiped()?;
         let Some(s) = self.shared.read(id)? else { return Ok(None) };
         s.f.map(|row| decode_family(&self.shared.mac, s.rec.number, &row)).transpose()
     }
@@ -487,6 +601,7 @@ impl Backend for RedisBackend {
         if matches!(op, Op::Flush) {
             self.drain_touches();
         }
+        self.shared.check_instance()?;
         let out = self.shared.apply(op);
         if out.is_ok() {
             self.shared.counters.writes.fetch_add(1, Ordering::Relaxed);

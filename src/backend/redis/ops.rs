@@ -10,7 +10,9 @@ use redis::Value;
 
 use super::resp::{Arg, Packed};
 use super::{CAS_TRIES, Shared, split_id_hash};
-use crate::backend::{Failure, FamilyChange, Op, Outcome, Revoked, Swept};
+use crate::backend::rules::{self, Replace};
+use crate::backend::{Create, Failure, FamilyChange, Op, Outcome, Revoked, Swept};
+use crate::config::OnLimit;
 use crate::db::mac::RowTable;
 use crate::db::{decode_family, decode_session, seal_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
@@ -134,53 +136,14 @@ impl Shared {
 
     pub(super) fn apply(&self, op: Op) -> Result<Outcome, Failure> {
         match op {
-            Op::Create(rec) => {
-                // Unconditional writes: a MULTI/EXEC transaction (atomic, one
-                // round trip) costs the server less than a script. The id is
-                // 128 random bits, so it is never taken.
-                let key = self.keys.session(&rec.id);
-                let user = self.keys.user(&rec.user);
-                let sealed = seal_session(&self.mac, &rec);
-                // Members are scored by their session's absolute deadline
-                // (kept current by updates that move it). Trimmed here so an
-                // index only ever written to (a placeholder user of the
-                // framework adapters) stays bounded: only members past their
-                // deadline by `USER_INDEX_TRIM_MARGIN_MS`, so a node whose
-                // clock runs ahead never drops a session another node still
-                // serves (revoke_user would miss it).
-                let trim_below = format!("({}", rec.created_at.saturating_sub(USER_INDEX_TRIM_MARGIN_MS));
-                let mut p = Packed::transaction();
-                p.cmd(&[
-                    "HSET".into(),
-                    key,
-                    "r".into(),
-                    Arg::B(&sealed),
-                    "num".into(),
-                    Arg::U(rec.number),
-                    "ser".into(),
-                    Arg::U(rec.serial),
-                    "sh".into(),
-                    Arg::B(rec.secret_hash.0.as_slice()),
-                    "id".into(),
-                    Arg::B(rec.id.as_bytes().as_slice()),
-                    "u".into(),
-                    rec.user.as_ref().into(),
-                ])
-                .cmd(&["PEXPIRE".into(), key, Arg::U(ttl(rec.deadline(rec.last_seen), rec.last_seen))])
-                .cmd(&["ZADD".into(), user, Arg::U(rec.expires_at), Arg::Hex("", rec.id.as_bytes())])
-                .cmd(&["ZREMRANGEBYSCORE".into(), user, "-inf".into(), trim_below.as_str().into()]);
-                self.pool.with(|c| p.exec(c))?;
-                Ok(Outcome::Done)
-            }
+            Op::Create(c) => self.create(&c),
             Op::Touch { id, last_seen } => {
                 let mut wrote = false;
                 let out = self.cas_loop(&id, |s| {
-                    if last_seen <= s.rec.last_seen {
+                    let Some(new) = rules::touch(&s.rec, last_seen) else {
                         wrote = false;
                         return Ok(Step::Answer(Outcome::Done));
-                    }
-                    let mut new = s.rec.clone();
-                    new.last_seen = last_seen;
+                    };
                     let cas = Cas {
                         new_r: Some(seal_session(&self.mac, &new).to_vec()),
                         ttl_ms: Some(ttl(new.deadline(last_seen), last_seen)),
@@ -198,17 +161,7 @@ impl Shared {
                 }
             }
             Op::UpdateData { id, expected, data, expires } => self.cas_loop(&id, |s| {
-                if expected.is_some_and(|v| v != s.rec.version) {
-                    return Err(Error::Conflict { current: s.rec.version }.into());
-                }
-                let mut new = s.rec.clone();
-                new.version += 1;
-                if let Some(data) = &data {
-                    new.data = data.clone();
-                }
-                if let Some(e) = expires {
-                    new.expires_at = e.at;
-                }
+                let new = rules::update(&s.rec, expected, data.as_deref(), expires)?;
                 let cas = Cas {
                     new_r: Some(seal_session(&self.mac, &new).to_vec()),
                     ttl_ms: expires.map(|e| ttl(new.deadline(new.last_seen), e.now)),
@@ -219,10 +172,7 @@ impl Shared {
                 Ok(Step::Write(cas, Outcome::Updated(Arc::new(new))))
             }),
             Op::Rotate { id, expected, serial, secret_hash, now, prune_after } => self.cas_loop(&id, |s| {
-                if !s.rec.secret_hash.matches(&expected) {
-                    return Err(Error::NotFound.into()); // a concurrent rotate won
-                }
-                let new = s.rec.rotated(serial, secret_hash, now);
+                let new = rules::rotate(&s.rec, &expected, serial, secret_hash, now)?;
                 let new_f = match &s.f {
                     Some(row) => {
                         let mut fam = decode_family(&self.mac, s.rec.number, row)?;
@@ -265,13 +215,14 @@ impl Shared {
                     _ => Ok(Outcome::Revoked(Vec::new())),
                 }
             }
-            Op::RevokeUser { user, except, prune_after } => {
-                Ok(Outcome::Revoked(self.revoke_user(&user, except, prune_after, None)?))
+            Op::RevokeUser { user, except, limit, prune_after } => {
+                self.revoke_user(&user, except, limit, prune_after, None)
             }
-            Op::LogoutEverywhere { user, at, prune_after } => {
-                Ok(Outcome::Revoked(self.revoke_user(&user, None, prune_after, Some(at))?))
+            Op::LogoutEverywhere { user, at, limit, prune_after } => {
+                self.revoke_user(&user, None, limit, prune_after, Some(at))
             }
-            Op::Family { id, prune_after, f } => self.cas_loop(&id, |s| {
+            Op::Family { id, serial, prune_after, f } => self.cas_loop(&id, |s| {
+                rules::family_authorised(&s.rec, serial)?;
                 let n = s.rec.number;
                 let opened = match &s.f {
                     Some(row) => Some(
@@ -324,9 +275,10 @@ impl Shared {
         &self,
         user: &str,
         except: Option<SessionId>,
+        limit: usize,
         prune_after: u64,
         not_before: Option<u64>,
-    ) -> Result<Vec<Revoked>, Failure> {
+    ) -> Result<Outcome, Failure> {
         let mut p = Packed::new();
         p.evalsha(
             &self.scripts.revoke_user,
@@ -343,19 +295,100 @@ impl Shared {
                 Arg::U(prune_after),
                 if not_before.is_some() { user.into() } else { "".into() },
                 Arg::U(not_before.unwrap_or(0)),
+                Arg::U(limit as u64),
+                user.into(),
             ],
         );
-        let flat: Vec<Vec<u8>> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke_user))?;
-        let mut out = Vec::with_capacity(flat.len() / 3);
-        for t in flat.chunks_exact(3) {
-            let serial = std::str::from_utf8(&t[0]).ok().and_then(|s| s.parse().ok());
-            let mut v = t[1].clone();
-            v.extend_from_slice(&t[2]);
-            if let (Some(serial), Some((id, secret_hash))) = (serial, split_id_hash(&v)) {
-                out.push(Revoked { serial, id, secret_hash, prune_after });
-            }
+        let flat: Vec<Value> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke_user))?;
+        let more = matches!(flat.first(), Some(Value::Int(1)));
+        Ok(Outcome::RevokedUser {
+            revoked: revoked_triples(&bulk(flat.get(1..).unwrap_or_default()), prune_after),
+            more,
+        })
+    }
+
+    /// A create decided on the server (the id may be taken, a session is
+    /// replaced, or the user's cap applies): one script, atomic with the
+    /// insert. A create under a fresh random id with no cap is one
+    /// unconditional MULTI/EXEC instead (cheaper for the server); its id is
+    /// 128 bits from the OS generator, so no row holds it.
+    fn create(&self, c: &Create) -> Result<Outcome, Failure> {
+        let rec = &c.rec;
+        let key = self.keys.session(&rec.id);
+        let user = self.keys.user(&rec.user);
+        let sealed = seal_session(&self.mac, rec);
+        // Members are scored by their session's absolute deadline (kept
+        // current by updates that move it). Trimmed here so an index only ever
+        // written to (a placeholder user of the framework adapters) stays
+        // bounded: only members past their deadline by
+        // `USER_INDEX_TRIM_MARGIN_MS`, so a node whose clock runs ahead never
+        // drops a session another node still serves (revoke_user would miss it).
+        let trim_below = format!("({}", rec.created_at.saturating_sub(USER_INDEX_TRIM_MARGIN_MS));
+        let ttl_ms = ttl(rec.deadline(rec.last_seen), rec.last_seen);
+        if c.random_id && c.replace == Replace::Nothing && c.cap.is_none() {
+            let mut p = Packed::transaction();
+            p.cmd(&[
+                "HSET".into(),
+                key,
+                "r".into(),
+                Arg::B(&sealed),
+                "num".into(),
+                Arg::U(rec.number),
+                "ser".into(),
+                Arg::U(rec.serial),
+                "sh".into(),
+                Arg::B(rec.secret_hash.0.as_slice()),
+                "id".into(),
+                Arg::B(rec.id.as_bytes().as_slice()),
+                "u".into(),
+                rec.user.as_ref().into(),
+            ])
+            .cmd(&["PEXPIRE".into(), key, Arg::U(ttl_ms)])
+            .cmd(&["ZADD".into(), user, Arg::U(rec.expires_at), Arg::Hex("", rec.id.as_bytes())])
+            .cmd(&["ZREMRANGEBYSCORE".into(), user, "-inf".into(), trim_below.as_str().into()]);
+            self.pool.with(|con| p.exec(con))?;
+            return Ok(Outcome::Created(Vec::new()));
         }
-        Ok(out)
+        let replace = match c.replace {
+            Replace::Nothing => Arg::B(b""),
+            Replace::Serial(s) => Arg::U(s),
+        };
+        let (cap, policy) = match c.cap {
+            Some(cap) => {
+                (Arg::U(cap.max as u64), Arg::B(if cap.on_limit == OnLimit::Refuse { b"refuse" } else { b"oldest" }))
+            }
+            None => (Arg::B(b""), Arg::B(b"")),
+        };
+        let mut p = Packed::new();
+        p.evalsha(
+            &self.scripts.create,
+            &[key, user, self.keys.revoked().into(), self.keys.revoked_times().into(), self.keys.events().into()],
+            &[
+                Arg::B(&sealed),
+                Arg::U(rec.number),
+                Arg::U(rec.serial),
+                Arg::B(rec.secret_hash.0.as_slice()),
+                Arg::B(rec.id.as_bytes().as_slice()),
+                rec.user.as_ref().into(),
+                Arg::U(ttl_ms),
+                Arg::U(rec.expires_at),
+                Arg::Hex("", rec.id.as_bytes()),
+                trim_below.as_str().into(),
+                replace,
+                Arg::U(c.prune_after),
+                cap,
+                policy,
+                self.keys.session_prefix.as_str().into(),
+                self.keys.user_prefix.as_str().into(),
+            ],
+        );
+        let v: Vec<Value> = self.pool.with(|con| p.invoke(con, &self.scripts.create))?;
+        match v.first() {
+            Some(Value::Int(1)) => Ok(Outcome::Created(revoked_triples(&bulk(&v[1..]), c.prune_after))),
+            Some(Value::Int(-2)) => Err(Error::SessionLimit { max: c.cap.map_or(0, |c| c.max) }.into()),
+            // The id is taken (by another session than the one to replace).
+            _ => Err(Error::Conflict { current: 0 }.into()),
+        }
     }
 }
 
@@ -400,4 +433,29 @@ const USER_INDEX_TRIM_MARGIN_MS: u64 = 24 * 3600 * 1000;
 /// Milliseconds from `now` to `deadline`, at least 1 (Redis refuses 0).
 fn ttl(deadline: u64, now: u64) -> u64 {
     deadline.saturating_sub(now).max(1)
+}
+
+/// The revocations a script reports as a flat list {ser, id, sh, ...}.
+fn revoked_triples(flat: &[Vec<u8>], prune_after: u64) -> Vec<Revoked> {
+    let mut out = Vec::with_capacity(flat.len() / 3);
+    for t in flat.chunks_exact(3) {
+        let serial = std::str::from_utf8(&t[0]).ok().and_then(|s| s.parse().ok());
+        let mut v = t[1].clone();
+        v.extend_from_slice(&t[2]);
+        if let (Some(serial), Some((id, secret_hash))) = (serial, split_id_hash(&v)) {
+            out.push(Revoked { serial, id, secret_hash, prune_after });
+        }
+    }
+    out
+}
+
+/// A script reply's values as bytes (integers in decimal).
+fn bulk(v: &[Value]) -> Vec<Vec<u8>> {
+    v.iter()
+        .map(|x| match x {
+            Value::BulkString(b) => b.clone(),
+            Value::Int(n) => n.to_string().into_bytes(),
+            _ => Vec::new(),
+        })
+        .collect()
 }

@@ -69,10 +69,14 @@ if h[4] then redis.call('ZREM', ARGV[1] .. h[4], ARGV[3]) end
 return {h[1], h[2]}
 ";
 
-/// Revokes a user's sessions. KEYS: user index, revoked hash, revoked zset,
-/// events channel, not-before hash. ARGV: session key prefix, member to keep
-/// (`` none), prune-after, not-before user (`` none), not-before time.
-/// Returns a flat list {ser, id, sh, ...} of what it revoked.
+/// Revokes one step of a user's sessions: the first `limit` members of the
+/// user index. KEYS: user index, revoked hash, revoked zset, events channel,
+/// not-before hash. ARGV: session key prefix, member to keep (`` none),
+/// prune-after, not-before user (`` none), not-before time, limit, user.
+/// Only sessions whose `u` is the user are revoked; every member looked at
+/// leaves the index (gone, another user's row, or revoked). Returns
+/// {more, ser, id, sh, ...}: `more` is 1 when the step used its whole limit
+/// (the caller runs another).
 const REVOKE_USER: &str = r"
 if ARGV[4] ~= '' then
   local cur = tonumber(redis.call('HGET', KEYS[5], ARGV[4]) or '0')
@@ -81,18 +85,74 @@ if ARGV[4] ~= '' then
     redis.call('PUBLISH', KEYS[4], 'N' .. ARGV[5] .. ':' .. ARGV[4])
   end
 end
-local out = {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+local limit = tonumber(ARGV[6])
+local members = redis.call('ZRANGE', KEYS[1], 0, limit)
+local out = {0}
+local seen = 0
+for _, m in ipairs(members) do
   if m ~= ARGV[2] then
+    if seen == limit then out[1] = 1; break end
+    seen = seen + 1
     local k = ARGV[1] .. m
-    local h = redis.call('HMGET', k, 'ser', 'sh', 'id')
-    if h[1] then
+    local h = redis.call('HMGET', k, 'ser', 'sh', 'id', 'u')
+    if h[1] and h[4] == ARGV[7] then
       revoke(k, h, KEYS[2], KEYS[3], KEYS[4], ARGV[3])
       table.insert(out, h[1]); table.insert(out, h[3]); table.insert(out, h[2])
     end
     redis.call('ZREM', KEYS[1], m)
   end
 end
+return out
+";
+
+/// A create that decides on the server: the id must be free (or hold the
+/// session to replace), and the user's cap is applied. KEYS: session, user
+/// index, revoked hash, revoked zset, events channel. ARGV: 1 sealed `r`,
+/// 2 num, 3 ser, 4 sh, 5 id, 6 user, 7 ttl ms, 8 index score, 9 index
+/// member, 10 trim bound (exclusive, `(n`), 11 serial of the session to
+/// replace (`` none: the id must be free), 12 prune-after, 13 cap (`` none),
+/// 14 `refuse` or `oldest`, 15 session key prefix, 16 user index key prefix.
+/// Returns {1, ser, id, sh, ...} of what it revoked, {-1} if the id is
+/// taken (by another session than the one to replace), {-2} if the cap
+/// refuses it.
+const CREATE: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'u')
+local out = {1}
+if h[1] then
+  if ARGV[11] == '' or h[1] ~= ARGV[11] then return {-1} end
+  revoke(KEYS[1], h, KEYS[3], KEYS[4], KEYS[5], ARGV[12])
+  if h[4] then redis.call('ZREM', ARGV[16] .. h[4], ARGV[9]) end
+  table.insert(out, h[1]); table.insert(out, h[3]); table.insert(out, h[2])
+elseif ARGV[11] ~= '' then
+  return {-1}
+end
+if ARGV[13] ~= '' then
+  local max = tonumber(ARGV[13])
+  local live = {}
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local k = ARGV[15] .. m
+    local o = redis.call('HMGET', k, 'ser', 'sh', 'id', 'u')
+    if o[1] and o[4] == ARGV[6] then
+      table.insert(live, {tonumber(o[1]), k, m, o})
+    elseif not o[1] then
+      redis.call('ZREM', KEYS[2], m)
+    end
+  end
+  if #live >= max then
+    if ARGV[14] == 'refuse' then return {-2} end
+    table.sort(live, function(a, b) return a[1] < b[1] end)
+    for i = 1, #live + 1 - max do
+      local e = live[i]
+      revoke(e[2], e[4], KEYS[3], KEYS[4], KEYS[5], ARGV[12])
+      redis.call('ZREM', KEYS[2], e[3])
+      table.insert(out, e[4][1]); table.insert(out, e[4][3]); table.insert(out, e[4][2])
+    end
+  end
+end
+redis.call('HSET', KEYS[1], 'r', ARGV[1], 'num', ARGV[2], 'ser', ARGV[3], 'sh', ARGV[4], 'id', ARGV[5], 'u', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[10])
 return out
 ";
 
@@ -120,6 +180,7 @@ pub(crate) struct Scripts {
     pub(crate) cas: Script,
     pub(crate) revoke: Script,
     pub(crate) revoke_user: Script,
+    pub(crate) create: Script,
     pub(crate) prune: Script,
 }
 
@@ -129,6 +190,7 @@ impl Scripts {
             cas: Script::new(&format!("{REVOKE_FN}{CAS}")),
             revoke: Script::new(&format!("{REVOKE_FN}{REVOKE}")),
             revoke_user: Script::new(&format!("{REVOKE_FN}{REVOKE_USER}")),
+            create: Script::new(&format!("{REVOKE_FN}{CREATE}")),
             prune: Script::new(PRUNE),
         }
     }

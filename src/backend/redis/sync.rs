@@ -11,15 +11,23 @@
 //!   reloads the revocation entries and cut-offs, then serves cached hits again;
 //! - it pings the server when the channel is quiet for 250 ms, and a ping
 //!   unanswered within 250 ms counts as a lost connection;
-//! - and a cached entry is re-read from Redis once it is older than the
-//!   staleness bound, whatever the events say.
+//! - a cached entry is re-read from Redis once it is older than the
+//!   staleness bound (on this node's clock), whatever the events say;
+//! - and once the follower has not been following for longer than the
+//!   staleness bound, the node refuses access tokens (`Unavailable`): the
+//!   revocations it may have missed are not in its bitmap.
+//!
+//! A wiped store is noticed here too: at every (re)connect and every ping
+//! interval the follower checks that the data is still the instance this
+//! node opened ([`Instance::current`]). If it is not, the node flushes its
+//! cache, stops following and refuses every call (`Wiped`) until reopened.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::{Keys, Loaded, Pool, load, split_id_hash};
+use super::{Instance, Keys, Loaded, Pool, load, split_id_hash};
 use crate::backend::Revoked;
 use crate::backend::coherence::Coherence;
 use crate::cache::Cache;
@@ -40,6 +48,7 @@ const PING_EVERY: Duration = Duration::from_millis(250);
 pub(crate) fn start(
     pool: Arc<Pool>,
     keys: Keys,
+    instance: Arc<Instance>,
     targets: Targets,
     coherence: Arc<Coherence>,
 ) -> Result<JoinHandle<()>, Error> {
@@ -48,10 +57,17 @@ pub(crate) fn start(
         .spawn(move || {
             let mut backoff = Duration::from_millis(10);
             while !coherence.stopped() {
-                if follow(&pool, &keys, &targets, &coherence).is_ok() {
+                if follow(&pool, &keys, &instance, &targets, &coherence).is_ok() {
                     backoff = Duration::from_millis(10);
                 }
                 coherence.set_synced(false);
+                if coherence.wiped() {
+                    // Nothing this node holds may answer again: the store
+                    // must be reopened. Nothing more to follow.
+                    targets.cache.clear();
+                    targets.revocation.bump_epoch();
+                    break;
+                }
                 if coherence.stopped() {
                     break;
                 }
@@ -66,21 +82,27 @@ pub(crate) fn start(
         .map_err(|e| StorageError::with_source(StorageErrorKind::Io, e).into())
 }
 
-/// One connection's life: subscribe, catch up, apply events until it breaks.
-fn follow(pool: &Pool, keys: &Keys, t: &Targets, coherence: &Coherence) -> Result<(), Error> {
+/// One connection's life: subscribe, check the instance, catch up, apply
+/// events until it breaks (or the data turns out wiped).
+fn follow(pool: &Pool, keys: &Keys, instance: &Instance, t: &Targets, coherence: &Coherence) -> Result<(), Error> {
     let mut con = pool.connect()?;
     con.set_read_timeout(Some(PING_EVERY)).map_err(super::unavailable)?;
     let mut sub = con.as_pubsub();
     sub.subscribe(keys.events()).map_err(super::unavailable)?;
     // Subscribed first, so nothing published from here on is missed; then
-    // catch up on what may have been missed before.
+    // catch up on what may have been missed before. Evict, then bump: a fill
+    // that read before the flush sees the bump and drops what it cached.
     t.cache.clear();
+    t.revocation.bump_epoch();
+    check_instance(pool, keys, instance, coherence)?;
     catch_up(&t.revocation, &load(pool, keys)?);
     coherence.resyncs.fetch_add(1, Ordering::Relaxed);
     coherence.set_synced(true);
+    // A wipe does not drop connections (FLUSHALL): checked every interval.
+    let mut checked = monotonic();
     while !coherence.stopped() {
         match sub.get_message() {
-            Ok(msg) => apply(t, msg.get_payload_bytes()),
+            Ok(msg) => apply(t, instance, msg.get_payload_bytes()),
             // Quiet for a whole interval: the server must answer a ping within
             // the next one, or the connection counts as lost.
             Err(e) if e.is_timeout() => {
@@ -88,8 +110,29 @@ fn follow(pool: &Pool, keys: &Keys, t: &Targets, coherence: &Coherence) -> Resul
             }
             Err(e) => return Err(super::unavailable(e)),
         }
+        if checked.elapsed() >= PING_EVERY {
+            check_instance(pool, keys, instance, coherence)?;
+            checked = monotonic();
+        }
     }
     Ok(())
+}
+
+/// The follower's own schedule (how often it checks the instance), not a
+/// time any freshness is measured by: that is the store's clock.
+#[allow(clippy::disallowed_methods)]
+fn monotonic() -> Instant {
+    Instant::now()
+}
+
+/// Marks the node wiped (and fails) unless the data is still the instance it
+/// opened.
+fn check_instance(pool: &Pool, keys: &Keys, instance: &Instance, coherence: &Coherence) -> Result<(), Error> {
+    if instance.current(pool, keys)? {
+        return Ok(());
+    }
+    coherence.set_wiped();
+    Err(StorageError::new(StorageErrorKind::Wiped).into())
 }
 
 /// Applies what `load` read: every revocation entry (with its secret hash, so
@@ -104,7 +147,7 @@ pub(crate) fn catch_up(revocation: &Revocation, loaded: &Loaded) {
 
 /// Applies one event: `R<serial>:<prune-after>:<id ‖ secret hash>`,
 /// `U<id>`, `N<at>:<user>`. Anything else is ignored.
-pub(crate) fn apply(t: &Targets, payload: &[u8]) {
+pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
     match payload.split_first() {
         Some((b'R', rest)) => {
             let mut parts = rest.splitn(3, |&b| b == b':');
@@ -114,6 +157,7 @@ pub(crate) fn apply(t: &Targets, payload: &[u8]) {
             if let (Some(serial), Some(prune_after), Some((id, secret_hash))) =
                 (serial, prune_after, parts.next().and_then(split_id_hash))
             {
+                instance.saw(serial);
                 t.revocation.revoke_committed(&[Revoked { serial, id, secret_hash, prune_after }]);
                 t.cache.remove(&id);
                 t.revocation.bump_epoch();

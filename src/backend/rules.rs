@@ -1,0 +1,147 @@
+//! The decisions a write makes against the stored row, written once for every
+//! backend.
+//!
+//! Each function here is pure: it takes the row as the backend read it (inside
+//! the redb writer's batch, or in a Redis compare-and-swap loop) and the op's
+//! preconditions, and says what the new row is or why the op is refused. A
+//! backend only reads rows and applies what was decided, so a rule (and a
+//! fix to it) has one home. An op authorised by a presented secret carries
+//! what it was authorised against (the session's serial or secret hash), and
+//! the rule refuses it when the stored row no longer matches: a check made in
+//! the facade is repeated where the data is.
+
+use super::Expires;
+use crate::error::Error;
+use crate::session::Record;
+use crate::token::SecretHash;
+
+/// A sliding-expiry touch: the row with `last_seen` moved forward, or `None`
+/// when the stored row is already as recent (nothing to write).
+pub(crate) fn touch(rec: &Record, last_seen: u64) -> Option<Record> {
+    (last_seen > rec.last_seen).then(|| {
+        let mut new = rec.clone();
+        new.last_seen = last_seen;
+        new
+    })
+}
+
+/// A data update (and/or a new absolute deadline): the row with the version
+/// raised, or `Conflict` when `expected` no longer matches (compare-and-swap).
+pub(crate) fn update(
+    rec: &Record,
+    expected: Option<u64>,
+    data: Option<&[u8]>,
+    expires: Option<Expires>,
+) -> Result<Record, Error> {
+    if expected.is_some_and(|v| v != rec.version) {
+        return Err(Error::Conflict { current: rec.version });
+    }
+    let mut new = rec.clone();
+    new.version += 1;
+    if let Some(data) = data {
+        new.data = data.into();
+    }
+    if let Some(e) = expires {
+        new.expires_at = e.at;
+    }
+    Ok(new)
+}
+
+/// A rotation: the row under a new secret and serial, if its secret is still
+/// the one the caller presented (`NotFound` when a concurrent rotate won).
+pub(crate) fn rotate(
+    rec: &Record,
+    expected: &SecretHash,
+    serial: u64,
+    secret_hash: SecretHash,
+    now: u64,
+) -> Result<Record, Error> {
+    if !rec.secret_hash.matches(expected) {
+        return Err(Error::NotFound);
+    }
+    Ok(rec.rotated(serial, secret_hash, now))
+}
+
+/// The precondition of a refresh-family op: the session still has the serial
+/// the caller was authorised against (its session token validated, or its
+/// refresh token's session looked up, under that serial). A rotation since
+/// changed it: the op is refused (`Revoked`, as the presented credential
+/// now is), so no family starts or rotates on a session the presenter no
+/// longer holds.
+pub(crate) fn family_authorised(rec: &Record, serial: u64) -> Result<(), Error> {
+    if rec.serial == serial { Ok(()) } else { Err(Error::Revoked) }
+}
+
+/// What a create does to the row stored under its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replace {
+    /// The id must be free: a create over an existing row is refused.
+    Nothing,
+    /// The row must be the session of this serial; it is revoked and the new
+    /// one takes its id in the same step (an adapter's user change).
+    Serial(u64),
+}
+
+/// Decides a create against the row stored under its id: `Ok(None)` to
+/// insert, `Ok(Some(old))` to revoke `old` and insert in one step, or
+/// `Conflict` (with the stored version) when the id is taken by another
+/// session than the one to replace (a lost race: re-read and retry).
+pub(crate) fn create<'a>(stored: Option<&'a Record>, replace: Replace) -> Result<Option<&'a Record>, Error> {
+    match (stored, replace) {
+        (None, Replace::Nothing) => Ok(None),
+        (Some(old), Replace::Serial(s)) if old.serial == s => Ok(Some(old)),
+        (Some(old), _) => Err(Error::Conflict { current: old.version }),
+        (None, Replace::Serial(_)) => Err(Error::Conflict { current: 0 }),
+    }
+}
+
+/// Whether a user-scoped read or revocation may touch `rec`: only the
+/// records of that user (an index entry that names another user's row is
+/// stale, never a reason to act on it).
+pub(crate) fn owned_by(rec: &Record, user: &str) -> bool {
+    &*rec.user == user
+}
+
+/// A per-user cap on live sessions ([`crate::ConfigBuilder::max_sessions_per_user`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cap {
+    /// Most live sessions a user may hold.
+    pub(crate) max: usize,
+    /// What the create that would pass it does.
+    pub(crate) on_limit: crate::config::OnLimit,
+}
+
+/// Decides the cap at a create: given the user's live sessions as
+/// (created_at, serial) pairs, the ones to revoke (oldest first) so the new
+/// one fits, or `Refused` under [`OnLimit::Refuse`](crate::config::OnLimit::Refuse).
+pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>, Error> {
+    if live.len() < cap.max {
+        return Ok(Vec::new());
+    }
+    match cap.on_limit {
+        crate::config::OnLimit::Refuse => Err(Error::SessionLimit { max: cap.max }),
+        crate::config::OnLimit::RevokeOldest => {
+            live.sort_unstable();
+            let excess = live.len() + 1 - cap.max;
+            live.truncate(excess);
+            Ok(live)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OnLimit;
+
+    #[test]
+    fn cap_revokes_the_oldest_or_refuses() {
+        let c = Cap { max: 2, on_limit: OnLimit::RevokeOldest };
+        assert_eq!(cap(c, vec![(5, 1)]).unwrap(), vec![]);
+        assert_eq!(cap(c, vec![(9, 3), (5, 1)]).unwrap(), vec![(5, 1)]);
+        assert_eq!(cap(c, vec![(9, 3), (5, 1), (7, 2)]).unwrap(), vec![(5, 1), (7, 2)]);
+        let r = Cap { max: 2, on_limit: OnLimit::Refuse };
+        assert!(matches!(cap(r, vec![(9, 3), (5, 1)]), Err(Error::SessionLimit { max: 2 })));
+        assert_eq!(cap(r, vec![(9, 3)]).unwrap(), vec![]);
+    }
+}

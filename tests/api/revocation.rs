@@ -1,0 +1,122 @@
+//! User-wide revocation in bounded steps, the per-user session cap, and
+//! user-scoped operations touching only that user's records.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cloakroom::{Config, Durability, Error, NewSession, OnLimit, Scope};
+
+use super::common::{Durable, open};
+
+fn capped(max: usize, policy: OnLimit) -> Config {
+    Config::builder().max_sessions_per_user(Some(max)).on_session_limit(policy).build().unwrap()
+}
+
+/// The (n+1)-th create revokes the user's oldest session.
+#[test]
+fn the_session_cap_revokes_the_oldest() {
+    let s = open(capped(3, OnLimit::RevokeOldest));
+    let tokens: Vec<String> = (0..5).map(|_| s.create(NewSession::new("capped")).unwrap().token.to_string()).collect();
+    assert!(matches!(s.validate(&tokens[0]), Err(Error::Revoked | Error::NotFound)));
+    assert!(matches!(s.validate(&tokens[1]), Err(Error::Revoked | Error::NotFound)));
+    for t in &tokens[2..] {
+        s.validate(t).unwrap();
+    }
+    assert_eq!(s.list_user("capped").unwrap().len(), 3);
+    // Another user is not affected.
+    s.create(NewSession::new("other")).unwrap();
+    assert_eq!(s.list_user("capped").unwrap().len(), 3);
+}
+
+/// With `OnLimit::Refuse` the (n+1)-th create is refused and stores nothing.
+#[test]
+fn the_session_cap_refuses() {
+    let s = open(capped(2, OnLimit::Refuse));
+    let a = s.create(NewSession::new("refused")).unwrap().token.to_string();
+    s.create(NewSession::new("refused")).unwrap();
+    assert!(matches!(s.create(NewSession::new("refused")), Err(Error::SessionLimit { max: 2 })));
+    assert_eq!(s.list_user("refused").unwrap().len(), 2);
+    s.validate(&a).unwrap();
+    // Eventual durability waits for the cap's decision too.
+    let e = open(
+        Config::builder()
+            .max_sessions_per_user(Some(1))
+            .on_session_limit(OnLimit::Refuse)
+            .durability(Durability::Eventual)
+            .build()
+            .unwrap(),
+    );
+    e.create(NewSession::new("ev")).unwrap();
+    assert!(matches!(e.create(NewSession::new("ev")), Err(Error::SessionLimit { max: 1 })));
+}
+
+/// The cap holds under 32 concurrent creates of one user.
+#[test]
+fn the_session_cap_holds_under_concurrent_creates() {
+    for policy in [OnLimit::RevokeOldest, OnLimit::Refuse] {
+        let s = open(capped(4, policy));
+        let ok = AtomicUsize::new(0);
+        std::thread::scope(|sc| {
+            for _ in 0..32 {
+                sc.spawn(|| match s.create(NewSession::new("herd")) {
+                    Ok(_) => drop(ok.fetch_add(1, Ordering::Relaxed)),
+                    Err(Error::SessionLimit { .. }) => assert_eq!(policy, OnLimit::Refuse),
+                    Err(e) => panic!("{e}"),
+                });
+            }
+        });
+        assert_eq!(s.list_user("herd").unwrap().len(), 4, "{policy:?}");
+        if policy == OnLimit::Refuse {
+            assert_eq!(ok.load(Ordering::Relaxed), 4);
+        }
+    }
+}
+
+/// Issue 24 item 7: a user-wide revocation of many sessions runs in bounded
+/// steps: another user's validates and creates keep completing during it, and
+/// every one of the user's sessions is refused once it returns, also after a
+/// reopen.
+#[test]
+fn revoking_a_huge_user_does_not_stall_others() {
+    let n = if crate::REDIS { 20_000 } else { 200_000 };
+    let place = Durable::new();
+    let cfg = || Config::builder().durability(Durability::Eventual).cache_capacity(1 << 20).build().unwrap();
+    let s = place.open(cfg());
+    let tokens: Vec<String> = (0..n).map(|_| s.create(NewSession::new("whale")).unwrap().token.to_string()).collect();
+    s.flush().unwrap();
+    let bystander = s.create(NewSession::new("bystander")).unwrap().token.to_string();
+    let done = AtomicBool::new(false);
+    let (revoked, during, worst) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| {
+            let (mut calls, mut worst) = (0usize, Duration::ZERO);
+            while !done.load(Ordering::Acquire) {
+                #[allow(clippy::disallowed_methods)] // the bystander's latency is wall time
+                let t0 = Instant::now();
+                s.validate(&bystander).unwrap();
+                s.create(NewSession::new("bystander")).unwrap();
+                worst = worst.max(t0.elapsed());
+                calls += 1;
+            }
+            (calls, worst)
+        });
+        let revoked = s.revoke_user("whale", Scope::All).unwrap();
+        done.store(true, Ordering::Release);
+        let (calls, worst) = other.join().unwrap();
+        (revoked, calls, worst)
+    });
+    assert_eq!(revoked, n);
+    assert!(during > 0, "the other user's calls must interleave with the revocation");
+    println!("revoke_user of {n} sessions: {during} bystander validate+create pairs meanwhile, worst {worst:?}");
+    for t in tokens.iter().step_by(97) {
+        assert!(matches!(s.validate(t), Err(Error::Revoked | Error::NotFound)));
+    }
+    assert!(s.list_user("whale").unwrap().is_empty());
+    s.close().unwrap();
+    drop(s);
+    let s = place.open(cfg());
+    for t in tokens.iter().step_by(97) {
+        assert!(matches!(s.validate(t), Err(Error::Revoked | Error::NotFound)));
+    }
+    assert!(s.list_user("whale").unwrap().is_empty());
+    s.validate(&bystander).unwrap();
+}
