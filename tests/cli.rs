@@ -348,6 +348,58 @@ fn verify_reports_rows_that_fail_their_tag_and_exits_non_zero() {
     assert!(line.split_whitespace().eq(["sessions", "2", "1"]), "{line}");
 }
 
+/// Rewrites one row of `table` (keyed by u64) in the file at `path` without
+/// the server key: the row whose value satisfies `pick` gets `edit` applied.
+fn tamper(path: &Path, table: &str, mut pick: impl FnMut(&[u8]) -> bool, edit: impl FnOnce(&mut Vec<u8>)) {
+    let def = redb::TableDefinition::<u64, &[u8]>::new(table);
+    let db = redb::Database::create(path).unwrap();
+    let (n, mut row) = {
+        let r = redb::ReadableDatabase::begin_read(&db).unwrap();
+        let t = r.open_table(def).unwrap();
+        let found = redb::ReadableTable::iter(&t)
+            .unwrap()
+            .map(|x| x.unwrap())
+            .find(|(_, v)| pick(v.value()))
+            .map(|(k, v)| (k.value(), v.value().to_vec()));
+        found.unwrap()
+    };
+    edit(&mut row);
+    let w = db.begin_write().unwrap();
+    w.open_table(def).unwrap().insert(n, row.as_slice()).unwrap();
+    w.commit().unwrap();
+}
+
+/// A damaged refresh-family row fails only its own line of `cloakroom
+/// sessions`: the session and the user's other sessions are still listed.
+#[test]
+fn sessions_lists_past_a_damaged_refresh_row() {
+    let (_t, dir) = setup();
+    let path = dir.join("r.redb");
+    let s = Store::open(&path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    let one = s.create(NewSession::new("carol")).unwrap().token.to_string();
+    let two = s.create(NewSession::new("carol")).unwrap().token.to_string();
+    s.issue_tokens(&one).unwrap();
+    s.issue_tokens(&two).unwrap();
+    s.close().unwrap();
+    let mut first = true;
+    tamper(
+        &path,
+        "refresh_v3",
+        |_| std::mem::take(&mut first),
+        |row| {
+            let last = row.len() - 1;
+            row[last] ^= 1; // the tag
+        },
+    );
+    let o = cloakroom(&["sessions", "--db", "r.redb", "--user", "carol"], &dir);
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("2 live session(s) for carol"), "{out}");
+    assert_eq!(out.matches("refresh families: row damaged").count(), 1, "{out}");
+    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with("refresh family ")).count(), 1, "{out}");
+    assert!(stderr(&o).contains("refresh-family rows of 1 session(s) are damaged"), "{}", stderr(&o));
+}
+
 /// `cloakroom sessions` lists each session's refresh families (one per
 /// `issue_tokens`: a device or tab), with their generations.
 #[test]

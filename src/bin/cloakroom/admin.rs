@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cloakroom::{Config, Error, ReadOnlyStore, Scope, SessionId, Store};
+use cloakroom::{Config, Error, ReadOnlyStore, Scope, SessionId, StorageErrorKind, Store};
 
 use crate::{CliError, open_error};
 
@@ -82,6 +82,7 @@ pub(crate) fn verify(db: &Path) -> Result<(), CliError> {
 pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
     let s = open_read_only(db)?;
     let list = s.list_user(user, SystemTime::now())?;
+    let mut damaged_families = 0u64;
     println!(
         "{:<22}  {:<19}  {:<19}  {:<19}  {:<15}  {:<24}  label",
         "id", "created", "last seen", "expires", "ip", "user agent"
@@ -99,7 +100,17 @@ pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
             ua,
             m.label.as_deref().unwrap_or("-")
         );
-        for f in s.refresh_families(x)? {
+        let families = match s.refresh_families(x) {
+            Ok(f) => f,
+            // One damaged refresh row: say so and list the rest.
+            Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
+                damaged_families += 1;
+                println!("  refresh families: row damaged, not listed");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for f in families {
             println!(
                 "  refresh family {:<4} generation {:<6} last rotated {}  expires {}",
                 f.family,
@@ -110,6 +121,12 @@ pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
         }
     }
     println!("{} live session(s) for {user}", list.len());
+    if damaged_families > 0 {
+        eprintln!(
+            "warning: the refresh-family rows of {damaged_families} session(s) are damaged and not listed: \
+             run `cloakroom verify`, and restore the file from a backup"
+        );
+    }
     Ok(())
 }
 
