@@ -253,10 +253,10 @@ pub(crate) fn fill(cache: &Cache, revocation: &Revocation, rec: Arc<Record>) {
 /// record's own flag, not the shared bitmap.
 pub(crate) fn revocation_marker(cache: Arc<Cache>) -> Marker {
     Box::new(move |serial, id| {
-        if let Some(r) = cache.peek(id) {
-            if serial.is_none_or(|s| s == r.serial) {
-                r.live.revoked.store(true, Ordering::Release);
-            }
+        if let Some(r) = cache.peek(id)
+            && serial.is_none_or(|s| s == r.serial)
+        {
+            r.live.revoked.store(true, Ordering::Release);
         }
     })
 }

@@ -529,12 +529,12 @@ impl Backend for RedisBackend {
         let Some(mut rec) = self.shared.read(id)?.map(|s| s.rec) else { return Ok(None) };
         rec.live.fetched.store(read_at, Ordering::Relaxed);
         self.shared.instance.saw(rec.serial);
-        if let Some(t) = before.max(pending()) {
-            if t > rec.last_seen {
-                rec.last_seen = t;
-                rec.live.last_seen.fetch_max(t, Ordering::Relaxed);
-                rec.live.persisted.fetch_max(t, Ordering::Relaxed);
-            }
+        if let Some(t) = before.max(pending())
+            && t > rec.last_seen
+        {
+            rec.last_seen = t;
+            rec.live.last_seen.fetch_max(t, Ordering::Relaxed);
+            rec.live.persisted.fetch_max(t, Ordering::Relaxed);
         }
         Ok(Some(rec))
     }
@@ -610,18 +610,18 @@ impl Backend for RedisBackend {
     }
 
     fn offer(&self, op: Op) {
-        if let Op::Touch { id, last_seen } = op {
-            if let Some(tx) = &*self.touch_tx.lock() {
-                {
-                    let mut pending = self.shared.pending.lock();
-                    let t = pending.entry(id).or_insert(0);
-                    *t = (*t).max(last_seen);
-                }
-                if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Touch(id, last_seen)) {
-                    // Dropped: the session only gets shorter (fail closed).
-                    self.shared.pending.lock().remove(&id);
-                    self.shared.counters.dropped_touches.fetch_add(1, Ordering::Relaxed);
-                }
+        if let Op::Touch { id, last_seen } = op
+            && let Some(tx) = &*self.touch_tx.lock()
+        {
+            {
+                let mut pending = self.shared.pending.lock();
+                let t = pending.entry(id).or_insert(0);
+                *t = (*t).max(last_seen);
+            }
+            if let Err(TrySendError::Full(_)) = tx.try_send(Queued::Touch(id, last_seen)) {
+                // Dropped: the session only gets shorter (fail closed).
+                self.shared.pending.lock().remove(&id);
+                self.shared.counters.dropped_touches.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

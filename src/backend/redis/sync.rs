@@ -172,10 +172,10 @@ pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
         }
         Some((b'N', rest)) => {
             let text = String::from_utf8_lossy(rest);
-            if let Some((at, user)) = text.split_once(':') {
-                if let Ok(at) = at.parse::<u64>() {
-                    t.revocation.set_not_before(user, at);
-                }
+            if let Some((at, user)) = text.split_once(':')
+                && let Ok(at) = at.parse::<u64>()
+            {
+                t.revocation.set_not_before(user, at);
             }
         }
         _ => {}
