@@ -431,3 +431,46 @@ fn a_silent_server_fails_ops_within_the_timeout_and_service_resumes() {
     server.signal("CONT");
     until("service resumes", || a.validate_strict(&t).is_ok());
 }
+
+/// `server()` for a test that also needs `redis_side`'s proxy.
+fn proxy_to(server: &Server) -> redis_side::Proxy {
+    redis_side::Proxy::start(&format!("127.0.0.1:{}", server.port)).unwrap()
+}
+
+/// Issue 24 item 3: node B is partitioned from Redis (a proxy between them,
+/// cut after the tokens were issued); A revokes. Within the staleness bound B
+/// cannot know and answers from its bitmap; past it, B fails closed on
+/// `verify_access` and `authenticate` (`Storage(Unavailable)`), and once it
+/// follows again it refuses the revoked token as `Revoked`.
+#[test]
+fn a_node_cut_off_from_redis_refuses_access_tokens_past_the_staleness_bound() {
+    let Some(server) = server() else { return };
+    let proxy = proxy_to(&server);
+    let clock = ManualClock::fixed();
+    let a = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    let b = Store::redis_with(&proxy.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    until("both followers are caught up", || a.stats().following == Some(true) && b.stats().following == Some(true));
+    let issued = a.create(NewSession::new("kim")).unwrap();
+    let pair = a.issue_tokens(&issued.token.to_string()).unwrap();
+    let bearer = format!("Bearer {}", pair.access);
+    b.verify_access(&pair.access).unwrap();
+
+    proxy.cut();
+    until("B's follower notices the partition", || b.stats().following == Some(false));
+    a.revoke(issued.session.id()).unwrap();
+    a.logout_everywhere("kim").unwrap();
+    assert!(matches!(a.verify_access(&pair.access), Err(Error::Revoked)));
+    // Within the bound B answers from what it holds (it cannot know).
+    b.verify_access(&pair.access).unwrap();
+    clock.advance(Duration::from_millis(1001));
+    assert_eq!(storage_kind(b.verify_access(&pair.access)), StorageErrorKind::Unavailable);
+    assert_eq!(storage_kind(b.authenticate(&bearer)), StorageErrorKind::Unavailable);
+    assert_eq!(storage_kind(b.authenticate(&issued.token.to_string())), StorageErrorKind::Unavailable);
+    a.verify_access(&a.issue_tokens(&a.create(NewSession::new("lou")).unwrap().token.to_string()).unwrap().access)
+        .unwrap();
+
+    proxy.heal();
+    until("B follows again", || b.stats().following == Some(true));
+    assert!(matches!(b.verify_access(&pair.access), Err(Error::Revoked)));
+    assert!(matches!(b.authenticate(&bearer), Err(Error::Revoked)));
+}
