@@ -17,7 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use cloakroom::{Config, Error, ManualClock, NewSession, RedisOptions, Reuse, Scope, StorageErrorKind, Store};
+use cloakroom::{
+    Clock as _, Config, Error, ManualClock, NewSession, RedisOptions, Reuse, Scope, StorageErrorKind, Store,
+};
 
 const KEY: [u8; 32] = [0x42; 32];
 /// Bounded polls of 1 ms.
@@ -473,4 +475,25 @@ fn a_node_cut_off_from_redis_refuses_access_tokens_past_the_staleness_bound() {
     until("B follows again", || b.stats().following == Some(true));
     assert!(matches!(b.verify_access(&pair.access), Err(Error::Revoked)));
     assert!(matches!(b.authenticate(&bearer), Err(Error::Revoked)));
+}
+
+/// Issue 24 item 8: the node that wrote a session runs 120 s ahead; the node
+/// that reads it measures freshness on its own clock, so a row deleted behind
+/// its back (no event) is refused within twice the staleness bound.
+#[test]
+fn freshness_is_measured_on_the_reading_nodes_clock_not_the_writers() {
+    let Some(server) = server() else { return };
+    let early = ManualClock::fixed();
+    let ahead = ManualClock::new(early.now() + Duration::from_secs(120));
+    let a = Store::redis_with(&server.url(), options("app"), config(&early, Reuse::default())).unwrap();
+    let b = Store::redis_with(&server.url(), options("app"), config(&ahead, Reuse::default())).unwrap();
+    until("both followers are caught up", || a.stats().following == Some(true) && b.stats().following == Some(true));
+    let t = b.create(NewSession::new("skew")).unwrap().token.to_string();
+    a.validate(&t).unwrap(); // a miss: A reads a row whose times are 120 s in A's future
+    let hits = a.stats().cache_hits;
+    a.validate(&t).unwrap();
+    assert_eq!(a.stats().cache_hits, hits + 1, "A answers from its cache within the bound");
+    assert_eq!(delete_rows_silently(&server), 1);
+    early.advance(Duration::from_secs(2)); // twice the bound (1 s), on A's clock
+    assert!(matches!(a.validate(&t), Err(Error::NotFound)), "A served a deleted session past 2x the bound");
 }
