@@ -439,6 +439,11 @@ fn proxy_to(server: &Server) -> redis_side::Proxy {
     redis_side::Proxy::start(&format!("127.0.0.1:{}", server.port)).unwrap()
 }
 
+/// Whether `r` is the `Storage(Wiped)` refusal.
+fn is_wiped<T>(r: &Result<T, Error>) -> bool {
+    matches!(r, Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Wiped)
+}
+
 /// Issue 24 item 3: node B is partitioned from Redis (a proxy between them,
 /// cut after the tokens were issued); A revokes. Within the staleness bound B
 /// cannot know and answers from its bitmap; past it, B fails closed on
@@ -496,4 +501,95 @@ fn freshness_is_measured_on_the_reading_nodes_clock_not_the_writers() {
     assert_eq!(delete_rows_silently(&server), 1);
     early.advance(Duration::from_secs(2)); // twice the bound (1 s), on A's clock
     assert!(matches!(a.validate(&t), Err(Error::NotFound)), "A served a deleted session past 2x the bound");
+}
+
+/// Issue 24 item 9: `FLUSHALL` under two live nodes. Both notice (their
+/// follower checks the store's instance identity every 250 ms), drop what
+/// they cached and refuse every call with `Storage(Wiped)`, writing nothing
+/// to the wiped server; a reopened node records a new identity and serves,
+/// and the old nodes stay refused until reopened.
+#[test]
+fn flushall_under_two_live_nodes_is_noticed_and_they_refuse_service_until_reopened() {
+    let Some(server) = server() else { return };
+    let (a, b, clock) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("lee")).unwrap().token.to_string();
+    let pair = a.issue_tokens(&t).unwrap();
+    b.validate(&t).unwrap();
+    b.validate(&t).unwrap(); // cached on B too
+    server.cmd(&mut redis::cmd("FLUSHALL")).unwrap();
+    for node in [&a, &b] {
+        let polls = until("the node notices the wipe", || is_wiped(&node.validate(&t)));
+        eprintln!("noticed after {polls} polls of 1 ms");
+        assert!(is_wiped(&node.validate_strict(&t)));
+        assert!(is_wiped(&node.verify_access(&pair.access)));
+        assert!(is_wiped(&node.create(NewSession::new("lee"))));
+        assert!(is_wiped(&node.list_user("lee")));
+        assert!(is_wiped(&node.refresh(&pair.refresh.to_string())));
+        assert_eq!(node.stats().following, Some(false));
+    }
+    let left: Vec<String> = redis::from_redis_value(server.cmd(redis::cmd("KEYS").arg("{app}:*")).unwrap()).unwrap();
+    assert!(left.is_empty(), "a wiped node wrote to the server: {left:?}");
+    // Reopened: a new instance, where the old session is unknown.
+    let c = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    assert!(matches!(c.validate(&t), Err(Error::NotFound)));
+    let fresh = c.create(NewSession::new("lee")).unwrap().token.to_string();
+    // The old nodes stay refused, now that the store has an identity again.
+    assert!(is_wiped(&a.validate(&fresh)));
+    assert!(is_wiped(&b.create(NewSession::new("lee"))));
+    let a = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    a.validate(&fresh).unwrap();
+}
+
+/// Issue 24 item 9: a server restarted without its data (the AOF lost) is a
+/// wipe too: the followers notice the missing identity when they reconnect.
+#[test]
+fn a_server_restarted_without_its_data_is_noticed_as_a_wipe() {
+    let Some(mut server) = server() else { return };
+    let (a, b, _) = two_nodes(&server, Reuse::default());
+    let t = a.create(NewSession::new("max")).unwrap().token.to_string();
+    b.validate(&t).unwrap();
+    server.kill();
+    for entry in std::fs::read_dir(server.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.unwrap();
+    }
+    server.run();
+    for node in [&a, &b] {
+        until("the node notices the lost data", || is_wiped(&node.validate(&t)));
+    }
+}
+
+/// Issue 24 item 9: a server restarted from an older copy of its data (writes
+/// it acknowledged are lost, the identity is not): the serial counter is
+/// behind a block the node reserved, which it notices when it reconnects.
+#[test]
+fn a_server_restarted_from_older_data_is_noticed_by_the_node_that_reserved_past_it() {
+    let Some(mut server) = server() else { return };
+    let (a, _b, _) = two_nodes(&server, Reuse::default());
+    a.create(NewSession::new("ned")).unwrap(); // the first serial block
+    let old = tempfile::tempdir().unwrap();
+    copy_dir(server.dir.path(), old.path());
+    // Past half of the block, the next one is reserved ahead.
+    for _ in 0..600 {
+        a.create(NewSession::new("ned")).unwrap();
+    }
+    server.kill();
+    std::fs::remove_dir_all(server.dir.path().join("appendonlydir")).unwrap();
+    copy_dir(old.path(), server.dir.path());
+    server.run();
+    until("A notices the counter went back", || is_wiped(&a.create(NewSession::new("ned"))));
+}
+
+/// Copies the files under `from` into `to` (recursively).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
