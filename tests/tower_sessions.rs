@@ -460,6 +460,10 @@ mod on_redis {
     //! `redis-server`, started here and stopped when the test ends) serve
     //! the same cookies; a save moves the deadline on Redis too.
     use super::*;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::task::Poll;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_nodes_serve_the_same_cookies_and_revocations_reach_both() {
@@ -508,6 +512,137 @@ mod on_redis {
         blocking(|| {
             a.close().unwrap();
             b.close().unwrap();
+        });
+    }
+
+    /// A store on `url` once its follower is caught up (bounded poll of 1 ms).
+    fn following(url: &str, clock: &ManualClock) -> Store {
+        let s = Store::redis(url, config(clock, 9)).unwrap();
+        for _ in 0..5000 {
+            if s.stats().following == Some(true) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(1)); // waiting for a thread to subscribe, not for time
+        }
+        panic!("the follower did not catch up within 5000 polls of 1 ms");
+    }
+
+    /// Polls `f` once: `Ready` with its output, or `Pending` (`f` kept).
+    async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+    }
+
+    /// Issue 24 item 6, deterministic: the adapter answers a load inline only
+    /// when the validate would do no I/O. With the blocking pool's only thread
+    /// taken, a load that must read Redis cannot finish on its first poll: a
+    /// fresh cached session does; one past the staleness bound (manual clock),
+    /// or any while the node is not following (cut off by a proxy), does not.
+    #[test]
+    fn a_stale_or_unfollowed_cached_session_is_not_answered_inline() {
+        if !redis_side::available_for_tests("tower-sessions on Redis") {
+            return;
+        }
+        let server = redis_side::RedisServer::start("always").unwrap();
+        let proxy = redis_side::Proxy::start(&server.addr()).unwrap();
+        let clock = ManualClock::new(cloakroom::SystemClock.now());
+        let rt = tokio::runtime::Builder::new_current_thread().max_blocking_threads(1).enable_all().build().unwrap();
+        rt.block_on(async {
+            let s = following(&proxy.url(), &clock);
+            let cs = CloakroomStore::new(s.clone());
+            let mut rec = record(None, &clock, 3600);
+            cs.create(&mut rec).await.unwrap();
+            cs.load(&rec.id).await.unwrap().unwrap(); // read and cached
+            let occupy = || {
+                let (release, wait) = std::sync::mpsc::channel::<()>();
+                (release, tokio::task::spawn_blocking(move || wait.recv().is_ok()))
+            };
+
+            let (release, busy) = occupy();
+            let fresh = poll_once(&mut cs.load(&rec.id)).await;
+            assert!(matches!(fresh, Poll::Ready(Ok(Some(_)))), "a fresh cached session is answered inline");
+            clock.advance(Duration::from_millis(1001)); // past the staleness bound (1 s)
+            let mut stale = cs.load(&rec.id);
+            assert!(poll_once(&mut stale).await.is_pending(), "a stale cached session was answered inline");
+            release.send(()).unwrap();
+            busy.await.unwrap();
+            stale.await.unwrap().unwrap(); // read again on the pool: fresh again
+            let (release, busy) = occupy();
+            assert!(poll_once(&mut cs.load(&rec.id)).await.is_ready());
+
+            proxy.cut();
+            for _ in 0..5000 {
+                if s.stats().following == Some(false) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1)); // bounded poll for the follower
+            }
+            assert_eq!(s.stats().following, Some(false));
+            let mut cut_off = cs.load(&rec.id);
+            assert!(poll_once(&mut cut_off).await.is_pending(), "a node not following answered inline");
+            release.send(()).unwrap();
+            busy.await.unwrap();
+            assert!(cut_off.await.is_err(), "Redis is out of reach through the cut proxy");
+            s.close().unwrap();
+        });
+    }
+
+    /// Issue 24 item 6, end to end: on a `current_thread` runtime, requests
+    /// whose cached sessions are past the staleness bound arrive while Redis
+    /// holds every client (`CLIENT PAUSE 700 ALL`). Their validates wait on
+    /// the blocking pool, never on the runtime's one thread: a 10 ms ticker
+    /// task keeps ticking through the pause.
+    #[test]
+    fn a_paused_redis_never_stalls_the_runtime_thread() {
+        if !redis_side::available_for_tests("tower-sessions on Redis") {
+            return;
+        }
+        let server = redis_side::RedisServer::start("always").unwrap();
+        let clock = ManualClock::new(cloakroom::SystemClock.now());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let s = following(&server.url(), &clock);
+            let app = example::router(s.clone(), true);
+            // A read-only page (an anonymous session's /devices redirects
+            // home, nothing saved): its load fills the cache, and no write of
+            // this node's evicts the entry afterwards.
+            let read = |c: &str| send(&app, get("/devices", Some(c)));
+            let mut cookies = Vec::new();
+            for _ in 0..8 {
+                let (_, c) = visit(&app, None).await;
+                assert_eq!(read(&c).await.status(), StatusCode::SEE_OTHER); // cached now
+                cookies.push(c);
+            }
+            assert_eq!(s.stats().cached_sessions, 8);
+            clock.advance(Duration::from_millis(1500)); // every cached copy is stale
+            let mut con = redis::Client::open(server.url()).unwrap().get_connection().unwrap();
+            redis::cmd("CLIENT").arg("PAUSE").arg(700).arg("ALL").query::<()>(&mut con).unwrap();
+
+            let ticks = Arc::new(AtomicU64::new(0));
+            let done = Arc::new(AtomicBool::new(false));
+            let (t, d) = (Arc::clone(&ticks), Arc::clone(&done));
+            let ticker = tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(10));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !d.load(Ordering::SeqCst) {
+                    every.tick().await;
+                    t.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            #[allow(clippy::disallowed_methods)] // measuring the pause, not waiting for time
+            let started = std::time::Instant::now();
+            let pages = futures_util::future::join_all(cookies.iter().map(|c| read(c))).await;
+            let took = started.elapsed();
+            done.store(true, Ordering::SeqCst);
+            let n = ticks.load(Ordering::SeqCst);
+            ticker.await.unwrap();
+            assert!(pages.iter().all(|r| r.status() == StatusCode::SEE_OTHER), "every session was read");
+            for c in &cookies {
+                assert_eq!(visit(&app, Some(c)).await.0, 2, "every session kept its data");
+            }
+            assert!(took >= Duration::from_millis(400), "the requests did not wait for Redis ({took:?})");
+            eprintln!("{n} ticks of 10 ms while {} requests waited {took:?} for a paused Redis", cookies.len());
+            assert!(n >= 20, "the runtime thread stalled: {n} ticks in {took:?}");
+            s.close().unwrap();
         });
     }
 }
