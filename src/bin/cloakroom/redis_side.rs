@@ -56,9 +56,11 @@ pub fn available_for_tests(what: &str) -> bool {
 
 /// Prints `SKIPPED: <tool> not installed (<what>)` straight to stderr, so
 /// the line shows in `cargo test`'s output (the harness captures only the
-/// `print!` family, and shows a passing test's capture to nobody).
+/// `print!` family, and shows a passing test's capture to nobody). One write,
+/// so the line stays whole beside the harness's own output.
 pub fn skipped(tool: &str, what: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {tool} not installed ({what})");
+    let line = format!("SKIPPED: {tool} not installed ({what})\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// A TCP proxy on 127.0.0.1 in front of a server, for tests: a node that
