@@ -74,9 +74,13 @@ pub struct RedisOptions {
     /// `Unavailable` after at most about this long. Default 1 s.
     pub timeout: Duration,
     /// How long a node serves a session from its cache without asking Redis
-    /// again, should an invalidation event have been missed. Events normally
+    /// again, should an invalidation event have been missed (counted on the
+    /// node's own clock from when it read the row). Events normally
     /// invalidate within milliseconds; this bounds the damage of a lost one.
-    /// Default 1 s.
+    /// It also bounds how long a node that is not following the other nodes'
+    /// writes (cut off from Redis) keeps verifying access tokens against the
+    /// revocations it holds: past it, `verify_access` and `authenticate`
+    /// refuse them with a `Storage` error of kind `Unavailable`. Default 1 s.
     pub staleness: Duration,
     /// With `Durability::Immediate`, refuse to open unless the server runs
     /// `appendonly yes` with `appendfsync always` (an acknowledged write then
