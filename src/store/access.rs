@@ -26,7 +26,7 @@ impl Store {
     ///
     /// On a Redis-backed store the revocation state is this node's copy, kept
     /// current by its follower. A node whose follower has not been following
-    /// for longer than the staleness bound ([`RedisOptions::staleness`](crate::RedisOptions::staleness))
+    /// for longer than the staleness bound (`RedisOptions::staleness`)
     /// may have missed revocations, so it refuses every access token until it
     /// follows again (fail closed); within the bound it answers from what it
     /// holds.
