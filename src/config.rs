@@ -493,10 +493,10 @@ impl ConfigBuilder {
             ServerKey::Env(v) if v.is_empty() => return bad("server_key_env needs a variable name"),
             _ => {}
         }
-        if let Reuse::Grace(w) = c.reuse {
-            if w > Duration::from_secs(300) {
-                return bad("the reuse grace window must be at most 5 minutes");
-            }
+        if let Reuse::Grace(w) = c.reuse
+            && w > Duration::from_secs(300)
+        {
+            return bad("the reuse grace window must be at most 5 minutes");
         }
         if c.issuer.is_empty() || c.audience.is_empty() {
             return bad("issuer and audience must be non-empty");

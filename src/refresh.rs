@@ -114,10 +114,10 @@ impl Families {
         let number = self.next;
         self.next += 1;
         self.list.push(Family { number, generation: 1, rotated_at: now, deadline, claims, floor: 0 });
-        if self.list.len() > MAX_FAMILIES {
-            if let Some(oldest) = self.list.iter().enumerate().min_by_key(|(_, f)| f.rotated_at).map(|(i, _)| i) {
-                self.list.remove(oldest);
-            }
+        if self.list.len() > MAX_FAMILIES
+            && let Some(oldest) = self.list.iter().enumerate().min_by_key(|(_, f)| f.rotated_at).map(|(i, _)| i)
+        {
+            self.list.remove(oldest);
         }
         Some(number)
     }

@@ -133,10 +133,10 @@ impl Sweeper {
     /// happens when the thread held the last store reference).
     pub(crate) fn stop(&self) {
         let _ = self.stop.try_send(());
-        if let Some(h) = self.thread.lock().take() {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+        if let Some(h) = self.thread.lock().take()
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
         }
     }
 }

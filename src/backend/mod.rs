@@ -81,6 +81,7 @@ pub(crate) struct Create {
     /// The id came from the OS random generator (128 bits): a backend may
     /// skip looking for a row already under it (Redis keeps its create one
     /// unconditional transaction then; redb checks every create anyway).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // (read by the Redis backend)
     pub(crate) random_id: bool,
     /// Prune-after time of revocation entries the create makes (a replaced
     /// row, or the oldest sessions over the cap).

@@ -79,6 +79,7 @@ pub(crate) enum Replace {
     Nothing,
     /// The row must be the session of this serial; it is revoked and the new
     /// one takes its id in the same step (an adapter's user change).
+    #[cfg_attr(not(any(feature = "tower-sessions", feature = "tower-sessions-015")), allow(dead_code))]
     Serial(u64),
 }
 
@@ -86,7 +87,7 @@ pub(crate) enum Replace {
 /// insert, `Ok(Some(old))` to revoke `old` and insert in one step, or
 /// `Conflict` (with the stored version) when the id is taken by another
 /// session than the one to replace (a lost race: re-read and retry).
-pub(crate) fn create<'a>(stored: Option<&'a Record>, replace: Replace) -> Result<Option<&'a Record>, Error> {
+pub(crate) fn create(stored: Option<&Record>, replace: Replace) -> Result<Option<&Record>, Error> {
     match (stored, replace) {
         (None, Replace::Nothing) => Ok(None),
         (Some(old), Replace::Serial(s)) if old.serial == s => Ok(Some(old)),

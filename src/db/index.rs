@@ -92,6 +92,16 @@ impl Index {
         self.users[self.user_shard(user)].read().get(user).map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 
+    /// Up to `n` ids of `user`'s stored sessions that `keep` accepts (a
+    /// bounded step of a user-wide revocation: no copy of a huge user's set).
+    pub(crate) fn user_ids_upto(&self, user: &str, n: usize, mut keep: impl FnMut(&[u8; 16]) -> bool) -> Vec<[u8; 16]> {
+        self.users[self.user_shard(user)]
+            .read()
+            .get(user)
+            .map(|s| s.iter().filter(|id| keep(id)).take(n).copied().collect())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn apply(&self, ops: &[IndexOp]) {
         for op in ops {
             match op {

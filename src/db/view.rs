@@ -317,6 +317,19 @@ impl View<'_> {
         Ok(Outcome::Created(revoked))
     }
 
+    /// Up to `n` of `user`'s session ids that a step may take, plus the
+    /// ones this batch added (the index with this batch's changes).
+    fn user_ids_upto(&self, user: &str, n: usize) -> Vec<SessionId> {
+        let staged = &self.staged_index;
+        let mut ids: Vec<[u8; 16]> = self.index.user_ids_upto(user, n, |id| !staged.contains_key(id));
+        for (id, (num, u)) in staged {
+            if num.is_some() && &**u == user {
+                ids.push(*id);
+            }
+        }
+        ids.into_iter().map(SessionId::from_bytes).collect()
+    }
+
     fn put_new(&mut self, rec: &Record) {
         let (id, n) = (*rec.id.as_bytes(), rec.number);
         self.put(Mutation::PutSession(n, seal_session(self.mac, rec)));
@@ -348,23 +361,23 @@ impl View<'_> {
     ) -> Result<Outcome, Error> {
         // Only the user's own rows (an index entry naming another user's row
         // is stale, never a reason to act on it); a row that does not decode
-        // is taken (removed below, fail closed). A list shorter than `limit`
-        // means none of the user's sessions is left.
+        // is taken (removed below, fail closed). The step looks at `limit + 1`
+        // candidates: more than `limit` means another step is needed (unless
+        // this one took nothing, which ends the series).
+        let candidates: Vec<SessionId> =
+            self.user_ids_upto(user, limit.saturating_add(2)).into_iter().filter(|id| Some(*id) != except).collect();
         let mut ids = Vec::new();
-        for id in self.user_ids(user) {
-            if ids.len() == limit {
-                break;
-            }
-            let owned = match self.get(&id) {
+        for id in candidates.iter().take(limit) {
+            let owned = match self.get(id) {
                 Ok(Some(rec)) => rules::owned_by(&rec, user),
                 Ok(None) => false,
                 Err(_) => true,
             };
-            if owned && Some(id) != except {
-                ids.push(id);
+            if owned {
+                ids.push(*id);
             }
         }
-        let more = ids.len() == limit;
+        let more = candidates.len() > limit && !ids.is_empty();
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
             match self.delete(&id) {

@@ -529,7 +529,7 @@ impl Store {
 }
 
 /// Sessions one step of a user-wide revocation revokes at most.
-const USER_STEP: usize = 1024;
+const USER_STEP: usize = 256;
 
 /// How a create treats the id it is given and the user's cap.
 #[derive(Debug, Clone, Copy)]
