@@ -10,6 +10,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + Debug + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;
+
+    /// Time elapsed on a clock that never steps (no NTP correction, no
+    /// manual set), from any fixed origin. Pruning of revocation entries
+    /// never runs ahead of it, so a wall clock that jumps forward and is then
+    /// stepped back cannot prune an entry a live token still needs. The
+    /// default follows [`Clock::now`] (no such protection): a clock that can
+    /// step should override it.
+    fn monotonic(&self) -> Duration {
+        self.now().duration_since(UNIX_EPOCH).unwrap_or_default()
+    }
 }
 
 /// The operating system's wall clock.
@@ -21,19 +31,27 @@ impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+
+    #[allow(clippy::disallowed_methods)] // the monotonic counterpart of the one sanctioned call
+    fn monotonic(&self) -> Duration {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN.get_or_init(std::time::Instant::now).elapsed()
+    }
 }
 
 /// A clock that only moves when told to. Clones share the same time.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     millis: Arc<AtomicU64>,
+    /// The monotonic time (ms): moved by `advance`, not by `set`.
+    mono: Arc<AtomicU64>,
 }
 
 impl ManualClock {
     /// A clock set to `start`.
     #[must_use]
     pub fn new(start: SystemTime) -> Self {
-        Self { millis: Arc::new(AtomicU64::new(to_millis(start))) }
+        Self { millis: Arc::new(AtomicU64::new(to_millis(start))), mono: Arc::new(AtomicU64::new(0)) }
     }
 
     /// A clock set to a fixed, realistic instant (2026-01-01T00:00:00Z).
@@ -42,12 +60,14 @@ impl ManualClock {
         Self::new(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
     }
 
-    /// Moves the clock forward by `d`.
+    /// Moves the clock forward by `d`: time passes (wall and monotonic).
     pub fn advance(&self, d: Duration) {
         self.millis.fetch_add(duration_millis(d), Ordering::SeqCst);
+        self.mono.fetch_add(duration_millis(d), Ordering::SeqCst);
     }
 
-    /// Sets the clock to `t` (may move backwards, to test skew).
+    /// Sets the wall clock to `t`, forward or backward, without time passing
+    /// (a step, as NTP or an operator makes: [`Clock::monotonic`] stays).
     pub fn set(&self, t: SystemTime) {
         self.millis.store(to_millis(t), Ordering::SeqCst);
     }
@@ -56,6 +76,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         from_millis(self.millis.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.mono.load(Ordering::SeqCst))
     }
 }
 

@@ -93,6 +93,7 @@ mod store;
 mod sweeper;
 mod sync;
 mod table;
+mod telemetry;
 mod token;
 #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015"))]
 pub mod tower_sessions;

@@ -65,6 +65,8 @@ pub(crate) struct Revocation {
     /// before and after its database read, so a reader that stalled across a
     /// revocation (and its later pruning) never caches what it read.
     epoch: AtomicU64,
+    /// The prune clock's last (value, monotonic ms) (see [`Revocation::prune_clock`]).
+    prune_clock: parking_lot::Mutex<Option<(u64, u64)>>,
 }
 
 impl Revocation {
@@ -75,6 +77,7 @@ impl Revocation {
             marker: std::sync::OnceLock::new(),
             not_before: Snapshot::new(not_before.into_iter().map(|(u, t)| (u.into_boxed_str(), t)).collect()),
             epoch: AtomicU64::new(0),
+            prune_clock: parking_lot::Mutex::new(None),
         };
         {
             let mut w = r.revoked.write();
@@ -162,6 +165,22 @@ impl Revocation {
     }
 
     /// Entries whose prune-after time is at or before `now`.
+    /// The time pruning may go by (ms): the wall time `wall`, but never more
+    /// than the monotonic time elapsed since the last reading ahead of the
+    /// last value. A forward jump of the wall clock does not move it (so no
+    /// entry is pruned early and lost when the clock is stepped back), and a
+    /// backward step holds it back until the wall clock catches up. Every
+    /// revocation and prune reads it (`mono` is [`crate::Clock::monotonic`], ms).
+    pub(crate) fn prune_clock(&self, wall: u64, mono: u64) -> u64 {
+        let mut state = self.prune_clock.lock();
+        let now = match *state {
+            None => wall,
+            Some((prev, prev_mono)) => wall.min(prev.saturating_add(mono.saturating_sub(prev_mono))),
+        };
+        *state = Some((now, mono));
+        now
+    }
+
     pub(crate) fn due(&self, now: u64) -> Vec<(u64, SessionId)> {
         self.revoked
             .read()

@@ -67,6 +67,7 @@ impl SessionTable {
                 Ok(Some(rec)) => rec,
                 Ok(None) => return Ok(None),
                 Err(Error::Storage(e)) if e.kind() == StorageErrorKind::Corrupt => {
+                    tracing::warn!(session = %id, "stored session row failed its tag or decode: refused (run `cloakroom verify`)");
                     self.emit(|| Event::CorruptRow { session: *id });
                     return Err(Error::Storage(e));
                 }
@@ -152,6 +153,9 @@ impl SessionTable {
         match self.backend.submit(op, wait) {
             Ok(out) => {
                 let revoked = out.revoked();
+                if !revoked.is_empty() {
+                    crate::telemetry::count("cloakroom.sessions.revoked", revoked.len() as u64);
+                }
                 // Flags a cached record of each revoked serial (the marker).
                 self.revocation.revoke_committed(revoked);
                 // A revoked session is deleted, so its entry goes. A rotated one

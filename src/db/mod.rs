@@ -507,7 +507,7 @@ impl Pending {
             #[cfg(feature = "test-util")]
             JournalPlace::Custom(segs) => segs,
         };
-        let (mut journal, replay) = Journal::open(segs, server_key, journal_id)?;
+        let (mut journal, replay) = Journal::open(segs, server_key, journal_id, checkpointed)?;
         let todo: Vec<&(u64, Vec<mutation::Mutation>)> = replay.records.iter().filter(|r| r.0 > checkpointed).collect();
         let mut last = checkpointed.max(replay.records.last().map_or(0, |r| r.0));
         if let Some(top) = todo.last().map(|r| r.0) {
@@ -523,7 +523,7 @@ impl Pending {
             wtx.commit().map_err(io)?;
         }
         let replayed = todo.len();
-        journal.reset(last + 1)?;
+        journal.reset(last)?;
         let db = Db {
             shared: Arc::new(Shared {
                 current: parking_lot::RwLock::new(Some(Arc::new(db))),

@@ -55,6 +55,18 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// The length of `m`'s encoding (what [`encode`] appends for it).
+pub(crate) fn encoded_len(m: &Mutation) -> usize {
+    1 + match m {
+        Mutation::PutSession(_, v) | Mutation::PutRefresh(_, v) | Mutation::PutRevoked(_, v) => 8 + 4 + v.len(),
+        Mutation::DelSession(_) | Mutation::DelRefresh(_) | Mutation::DelRevoked(_) | Mutation::NextSerial(_) => 8,
+        Mutation::PutExpiry(..) => 8 + 8 + 16,
+        Mutation::DelExpiry(..) => 8 + 8,
+        Mutation::PutNotBefore(u, v) => 2 + u.len() + 4 + v.len(),
+        Mutation::DelNotBefore(u) => 2 + u.len(),
+    }
+}
+
 /// Appends the encoding of `muts` to `out`.
 pub(crate) fn encode(muts: &[Mutation], out: &mut Vec<u8>) {
     for m in muts {
@@ -136,6 +148,7 @@ mod tests {
         let mut b = Vec::new();
         encode(&all, &mut b);
         assert_eq!(decode(&b).unwrap(), all);
+        assert_eq!(b.len(), all.iter().map(encoded_len).sum::<usize>(), "encoded_len is exact");
         for n in 0..b.len() {
             // A prefix either decodes to fewer mutations or fails; never panics.
             if let Ok(d) = decode(&b[..n]) {

@@ -1,18 +1,24 @@
 //! The writer thread: the only one that decides writes.
 //!
 //! Callers enqueue a [`Job`] on a bounded crossbeam channel. The thread takes
-//! everything queued (up to [`MAX_BATCH`]), decides every op against a [`View`]
+//! everything queued (up to [`MAX_BATCH`]), decides the ops against a [`View`]
 //! (this batch's changes, then the overlay of rows not yet checkpointed, then a
-//! redb read transaction), appends the batch's row changes to the journal as one
-//! record and, if any job is durable, syncs it once: N concurrent callers share
-//! one `fdatasync` (group commit), and no acknowledgement waits for redb. The
-//! batch then enters the overlay (visible to readers) and goes to the applier.
-//! A batch of only eventual jobs is synced within the flush interval.
+//! redb read transaction) until their row changes pass [`BATCH_BYTES`] (the
+//! rest form the next batch), appends the batch's row changes to the journal as
+//! one record and, if any job is durable, syncs it once: N concurrent callers
+//! share one `fdatasync` (group commit), and no acknowledgement waits for redb.
+//! The batch then enters the overlay (visible to readers) and goes to the
+//! applier. A batch of only eventual jobs is synced within the flush interval.
 //!
 //! Ops check their preconditions before writing, so a logical failure
 //! (`NotFound`, `Conflict`) writes nothing; a corrupt row fails only the op that
 //! read it. A journal failure aborts the whole batch (nothing of it is visible
-//! or replayable) and is reported to every waiting caller; the thread carries on.
+//! or replayable, its seq is never used again; records of earlier batches
+//! stay) and is reported to every waiting caller; the thread carries on, and
+//! the journal refuses further records until it is back in a known state.
+//!
+//! `close` stops taking jobs before it sends the shutdown, so every job a
+//! caller was told is queued is written before the writer stops.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,13 +27,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use redb::ReadableDatabase as _;
 
 use super::applier::{Applier, Batch};
 use super::io;
 use super::journal::Journal;
-use super::mutation::Mutation;
+use super::mutation::{self, Mutation};
 use super::overlay::Overlay;
 use super::tables::{NOT_BEFORE, REFRESH, SESSIONS};
 use super::view::View;
@@ -36,6 +42,10 @@ use crate::error::{Error, StorageError, StorageErrorKind};
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
+/// A batch takes no more jobs once its row changes encode to more than this
+/// (the rest go in the next batch): a journal record stays far below what
+/// replay accepts ([`super::journal::MAX_RECORD`]), whatever the data sizes.
+const BATCH_BYTES: usize = 64 << 20;
 /// Rows written but not yet checkpointed beyond which the writer waits for a
 /// checkpoint (the memory bound of the overlay).
 const MAX_LAG_ROWS: usize = 1_000_000;
@@ -79,6 +89,11 @@ pub(crate) struct WriterStats {
 
 pub(crate) struct Writer {
     tx: Sender<Msg>,
+    /// Whether jobs are still taken. Every enqueue holds it shared while it
+    /// sends; `close` takes it exclusively to clear it and send the shutdown,
+    /// so no job is ever queued behind the shutdown (where it would be dropped
+    /// after its caller was told `Ok`).
+    open: RwLock<bool>,
     thread: Mutex<Option<JoinHandle<Result<(), Error>>>>,
     pub(crate) stats: Arc<WriterStats>,
     pub(crate) applier: Arc<Applier>,
@@ -106,6 +121,7 @@ impl Writer {
             journal: s.journal,
             applier: Arc::clone(&applier),
             next_seq: s.checkpointed + 1,
+            published: s.checkpointed,
             pruned_upto: s.checkpointed,
             lost: s.lost,
             flush_interval: s.flush_interval,
@@ -117,11 +133,13 @@ impl Writer {
             .name("cloakroom-writer".into())
             .spawn(move || worker.run(&rx))
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
-        Ok(Writer { tx, thread: Mutex::new(Some(thread)), stats, applier })
+        Ok(Writer { tx, open: RwLock::new(true), thread: Mutex::new(Some(thread)), stats, applier })
     }
 
     /// Enqueues `op` and waits as `wait` says; returns the op's outcome
-    /// (`Outcome::Done` for [`Wait::Queued`]).
+    /// (`Outcome::Done` for [`Wait::Queued`]). A job taken is decided before
+    /// the writer stops (so a `Queued` one is written by `close`); once
+    /// `close` has begun to stop it, `Error::Closed`.
     pub(crate) fn submit(&self, op: Op, wait: Wait) -> Result<Outcome, Failure> {
         let durable = wait == Wait::Durable;
         let (ack, rx) = if wait == Wait::Queued {
@@ -130,10 +148,16 @@ impl Writer {
             let (s, r) = crossbeam_channel::bounded(1);
             (Some(s), Some(r))
         };
-        match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy.into()),
-            Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed.into()),
+        {
+            let open = self.open.read();
+            if !*open {
+                return Err(Error::Closed.into());
+            }
+            match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy.into()),
+                Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed.into()),
+            }
         }
         match rx {
             // A dropped ack means the writer stopped before reaching the job.
@@ -145,6 +169,11 @@ impl Writer {
     /// Like [`Self::submit`] with [`Wait::Queued`], but never blocks: if the queue is
     /// full the op is dropped (used for touches, whose loss only shortens a session).
     pub(crate) fn offer(&self, op: Op) {
+        // Never waits for `close`: a touch it would race is dropped.
+        let Some(open) = self.open.try_read() else { return };
+        if !*open {
+            return;
+        }
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job { op, durable: false, ack: None })) {
             self.stats.dropped_touches.fetch_add(1, Ordering::Relaxed);
         }
@@ -161,7 +190,12 @@ impl Writer {
             return Ok(());
         };
         let flushed = self.submit(Op::Flush, Wait::Durable).map(|_| ()).map_err(|f| f.error);
-        let _ = self.tx.send(Msg::Shutdown);
+        {
+            // Every job an enqueue sent is ahead of the shutdown; later ones are refused.
+            let mut open = self.open.write();
+            *open = false;
+            let _ = self.tx.send(Msg::Shutdown);
+        }
         let joined = handle.join();
         drop(thread);
         flushed?;
@@ -173,8 +207,11 @@ struct Worker {
     db: super::Db,
     journal: Journal,
     applier: Arc<Applier>,
-    /// Seq of the next journal record.
+    /// Seq of the next journal record. Never reused: a record that failed
+    /// leaves its seq unused.
     next_seq: u64,
+    /// Seq of the last record published (journaled and handed to the applier).
+    published: u64,
     /// The overlay holds nothing at or below this seq.
     pruned_upto: u64,
     lost: LostHook,
@@ -228,7 +265,7 @@ impl Worker {
                 break;
             }
         }
-        // Jobs still queued after shutdown: their acks drop, callers see `Closed`.
+        // Nothing is queued after the shutdown (see `Writer::open`).
         self.finish()
     }
 
@@ -238,8 +275,8 @@ impl Worker {
         let r = self.applier.checkpoint();
         self.applier.stop();
         let covered = r?;
-        if covered + 1 >= self.next_seq {
-            self.journal.reset(self.next_seq)?;
+        if covered >= self.published {
+            self.journal.reset(covered)?;
         }
         Ok(())
     }
@@ -260,78 +297,95 @@ impl Worker {
             self.pruned_upto = upto;
         }
         // A failure here only delays clearing a segment; appends report their own.
-        let _ = self.journal.checkpointed(upto, self.next_seq);
+        let _ = self.journal.checkpointed(upto);
         self.stats.journal_bytes.store(self.journal.bytes(), Ordering::Relaxed);
     }
 
-    fn run_batch(&mut self, batch: &mut Vec<Job>, durable: bool) {
-        self.maintain();
-        // A panic inside redb on a damaged page fails the batch, not the thread.
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let result = super::guarded(|| self.decide_and_journal(batch, durable, &mut outcomes));
-        self.stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match result {
-            Ok(()) => {
-                self.backoff = None;
-                if durable {
-                    self.dirty_since = None;
-                } else if self.journal.unsynced() && self.dirty_since.is_none() {
-                    self.dirty_since = Some(Self::now());
-                }
-                for (job, out) in batch.drain(..).zip(outcomes) {
-                    if let Some(ack) = job.ack {
-                        let _ = ack.send(out.map_err(Failure::from));
+    /// Runs `batch` as one or more journal records: a record takes jobs until
+    /// their row changes pass [`BATCH_BYTES`], the rest go in the next.
+    /// `force_sync`: sync even if no job is durable (a flush deadline, the shutdown).
+    fn run_batch(&mut self, batch: &mut Vec<Job>, force_sync: bool) {
+        loop {
+            self.maintain();
+            // A panic inside redb on a damaged page fails the batch, not the thread.
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut taken = batch.len();
+            let result = super::guarded(|| self.decide_and_journal(batch, force_sync, &mut taken, &mut outcomes));
+            let taken = taken.min(batch.len());
+            self.stats.ops.fetch_add(taken as u64, Ordering::Relaxed);
+            let durable = force_sync || batch[..taken].iter().any(|j| j.durable);
+            match result {
+                Ok(()) => {
+                    self.backoff = None;
+                    if durable {
+                        self.dirty_since = None;
+                    } else if self.journal.unsynced() && self.dirty_since.is_none() {
+                        self.dirty_since = Some(Self::now());
+                    }
+                    for (job, out) in batch.drain(..taken).zip(outcomes) {
+                        if let Some(ack) = job.ack {
+                            let _ = ack.send(out.map_err(Failure::from));
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-                let mut lost = Vec::new();
-                let mut decided = outcomes.into_iter();
-                for job in batch.drain(..) {
-                    // What the op had decided to revoke before the batch failed:
-                    // the store still refuses it in memory (fail closed).
-                    let unsaved = match decided.next() {
-                        Some(Ok(out)) => out.revoked().to_vec(),
-                        _ => Vec::new(),
-                    };
-                    match job.ack {
-                        Some(ack) => {
-                            let _ = ack.send(Err(Failure { error: e.clone(), unsaved }));
-                        }
-                        None => {
-                            self.stats.lost_eventual.fetch_add(1, Ordering::Relaxed);
-                            if let Op::Create(c) = &job.op {
-                                lost.push(c.rec.id);
+                Err(e) => {
+                    self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    let mut lost = Vec::new();
+                    let mut decided = outcomes.into_iter();
+                    for job in batch.drain(..taken) {
+                        // What the op had decided to revoke before the batch failed:
+                        // the store still refuses it in memory (fail closed).
+                        let unsaved = match decided.next() {
+                            Some(Ok(out)) => out.revoked().to_vec(),
+                            _ => Vec::new(),
+                        };
+                        match job.ack {
+                            Some(ack) => {
+                                let _ = ack.send(Err(Failure { error: e.clone(), unsaved }));
+                            }
+                            None => {
+                                self.stats.lost_eventual.fetch_add(1, Ordering::Relaxed);
+                                if let Op::Create(c) = &job.op {
+                                    lost.push(c.rec.id);
+                                }
                             }
                         }
                     }
+                    if !lost.is_empty() {
+                        (self.lost)(lost);
+                    }
+                    // Records of earlier batches still unsynced (Eventual ones)
+                    // stay, to be synced at the next deadline; nothing else is
+                    // pending (the back-off below keeps a failing sync from
+                    // being retried in a tight loop).
+                    self.dirty_since = self.journal.unsynced().then(Self::now);
+                    // Back off before touching the storage again.
+                    let pause = self.backoff.map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                    self.backoff = Some(pause);
+                    std::thread::sleep(pause);
                 }
-                if !lost.is_empty() {
-                    (self.lost)(lost);
-                }
-                // Nothing is pending any more: no flush deadline to chase (the
-                // writer would otherwise retry a failing sync in a tight loop).
-                self.dirty_since = None;
-                // Back off before touching the storage again.
-                let pause = self.backoff.map_or(MIN_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
-                self.backoff = Some(pause);
-                std::thread::sleep(pause);
+            }
+            if batch.is_empty() {
+                break;
             }
         }
     }
 
-    /// Decides every job, journals the batch and publishes it (overlay, index,
-    /// the applier's handover queue: a plain push that wakes no thread), all
-    /// before any ack, so a `Flush` acked means every batch before it reached
-    /// the applier (what `Store::checkpoint` relies on). `Err` means nothing of
-    /// the batch is visible, journaled or applied.
+    /// Decides jobs from the front of `batch` until their row changes pass
+    /// [`BATCH_BYTES`] (at least one, all if they fit; `taken` says how many),
+    /// journals them as one record and publishes it (overlay, index, the
+    /// applier's handover queue: a plain push that wakes no thread), all before
+    /// any ack, so a `Flush` acked means every batch before it reached the
+    /// applier (what `Store::checkpoint` relies on). Syncs if `force_sync` or a
+    /// job taken is durable. `Err` means nothing of the record is visible,
+    /// journaled or applied (records of earlier batches stay).
     /// `outcomes` gets each op's decision, in order, as it is made (also when
     /// the batch then fails).
     fn decide_and_journal(
         &mut self,
         batch: &mut [Job],
-        durable: bool,
+        force_sync: bool,
+        taken: &mut usize,
         outcomes: &mut Vec<Result<Outcome, Error>>,
     ) -> Result<(), Error> {
         let db = self.db.handle()?;
@@ -350,13 +404,24 @@ impl Worker {
             max_serial: 0,
             corrupt: 0,
         };
-        for job in batch.iter_mut() {
+        let mut bytes = 0;
+        for (i, job) in batch.iter_mut().enumerate() {
+            let before = v.muts.len();
             match v.apply(&mut job.op, &self.stats) {
                 // A corrupt row fails only the op that read it; the batch goes on.
-                Err(Error::Storage(e)) if e.kind() != StorageErrorKind::Corrupt => return Err(Error::Storage(e)),
+                Err(Error::Storage(e)) if e.kind() != StorageErrorKind::Corrupt => {
+                    *taken = i + 1;
+                    return Err(Error::Storage(e));
+                }
                 other => outcomes.push(other),
             }
+            bytes += v.muts[before..].iter().map(mutation::encoded_len).sum::<usize>();
+            if bytes > BATCH_BYTES {
+                break;
+            }
         }
+        *taken = outcomes.len();
+        let durable = force_sync || batch[..*taken].iter().any(|j| j.durable);
         if v.max_serial > 0 {
             v.muts.push(Mutation::NextSerial(v.max_serial + 1));
         }
@@ -368,22 +433,33 @@ impl Worker {
         drop(v);
         drop(rtx);
         let seq = self.next_seq;
+        let mark = self.journal.mark();
         if !muts.is_empty() {
+            // Taken even if the append fails: no seq ever names two records.
+            self.next_seq += 1;
             self.journal.append(seq, &muts)?;
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
         }
-        if durable && self.journal.unsynced() {
-            if let Err(e) = self.journal.sync() {
-                // Not acknowledged, so it must not come back at replay either.
-                let _ = self.journal.abort_last();
-                return Err(e);
+        if durable {
+            match self.journal.sync() {
+                Ok(synced) => {
+                    if synced {
+                        self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    // Not acknowledged, so it must not come back at replay
+                    // either; only this batch's record goes (an earlier one,
+                    // unsynced, stays and is synced by the next attempt).
+                    self.journal.abort_to(mark);
+                    return Err(e);
+                }
             }
-            self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
         }
         if !muts.is_empty() {
             self.db.overlay().write().apply(seq, &muts);
             self.db.index().apply(&index_ops);
-            self.next_seq += 1;
+            self.published = seq;
             self.applier.send(Arc::new(Batch { seq, muts }));
         }
         Ok(())

@@ -37,25 +37,32 @@ impl Store {
     /// following for longer than the staleness bound, or `Wiped` after its
     /// store was wiped.
     pub fn verify_access(&self, jwt: &str) -> Result<AccessClaims, Error> {
-        let inner = &self.inner;
-        if jwt.len() > inner.config.max_token_len {
-            return Err(JwtError::Malformed.into());
-        }
-        self.live()?;
-        let now = inner.config.clock.now();
-        if let Some(c) = &inner.coherence {
-            c.usable(crate::clock::to_millis(now))?;
-        }
-        let c = inner.keyring.verify(jwt, &inner.policy, now)?;
-        if inner.table.revocation.is_revoked(c.sid) {
-            return Err(Error::Revoked);
-        }
-        // Second resolution: tokens issued in the cut-off second pass this check,
-        // but their sessions were revoked by serial in the same logout.
-        if inner.table.revocation.not_before(&c.sub).is_some_and(|nb| c.iat < nb / 1000) {
-            return Err(Error::Revoked);
-        }
-        Ok(c)
+        crate::telemetry::run(
+            tracing::trace_span!("access.verify", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "access.verify",
+            false,
+            || {
+                let inner = &self.inner;
+                if jwt.len() > inner.config.max_token_len {
+                    return Err(JwtError::Malformed.into());
+                }
+                self.live()?;
+                let now = inner.config.clock.now();
+                if let Some(c) = &inner.coherence {
+                    c.usable(crate::clock::to_millis(now))?;
+                }
+                let c = inner.keyring.verify(jwt, &inner.policy, now)?;
+                if inner.table.revocation.is_revoked(c.sid) {
+                    return Err(Error::Revoked);
+                }
+                // Second resolution: tokens issued in the cut-off second pass this check,
+                // but their sessions were revoked by serial in the same logout.
+                if inner.table.revocation.not_before(&c.sub).is_some_and(|nb| c.iat < nb / 1000) {
+                    return Err(Error::Revoked);
+                }
+                Ok(c)
+            },
+        )
     }
 
     /// Authenticates a bearer credential: an access JWT or an opaque session
@@ -68,37 +75,44 @@ impl Store {
     /// (so on Redis a node that has not been following for longer than the
     /// staleness bound refuses access tokens with `Storage(Unavailable)`).
     pub fn authenticate(&self, bearer: &str) -> Result<Principal, Error> {
-        if bearer.len() > self.inner.config.max_token_len {
-            return Err(Malformed::TooLong.into());
-        }
-        let cred = match bearer.get(..7) {
-            Some(p) if p.eq_ignore_ascii_case("bearer ") => &bearer[7..],
-            _ => bearer,
-        };
-        if cred.starts_with(REFRESH_PREFIX) {
-            return Err(Malformed::WrongKind.into());
-        }
-        if cred.starts_with(SESSION_PREFIX) {
-            let s = self.validate(cred)?;
-            return Ok(Principal {
-                user: s.user().to_owned(),
-                serial: s.serial(),
-                session: Some(s.id()),
-                source: Source::Session,
-                claims: None,
-            });
-        }
-        if looks_like_jwt(cred.as_bytes()) {
-            let c = self.verify_access(cred)?;
-            return Ok(Principal {
-                user: c.sub.clone(),
-                serial: c.sid,
-                session: None,
-                source: Source::AccessToken,
-                claims: Some(c),
-            });
-        }
-        Err(if cred.trim().is_empty() { Malformed::Empty } else { Malformed::WrongPrefix }.into())
+        crate::telemetry::run(
+            tracing::trace_span!("authenticate", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "authenticate",
+            false,
+            || {
+                if bearer.len() > self.inner.config.max_token_len {
+                    return Err(Malformed::TooLong.into());
+                }
+                let cred = match bearer.get(..7) {
+                    Some(p) if p.eq_ignore_ascii_case("bearer ") => &bearer[7..],
+                    _ => bearer,
+                };
+                if cred.starts_with(REFRESH_PREFIX) {
+                    return Err(Malformed::WrongKind.into());
+                }
+                if cred.starts_with(SESSION_PREFIX) {
+                    let s = self.validate(cred)?;
+                    return Ok(Principal {
+                        user: s.user().to_owned(),
+                        serial: s.serial(),
+                        session: Some(s.id()),
+                        source: Source::Session,
+                        claims: None,
+                    });
+                }
+                if looks_like_jwt(cred.as_bytes()) {
+                    let c = self.verify_access(cred)?;
+                    return Ok(Principal {
+                        user: c.sub.clone(),
+                        serial: c.sid,
+                        session: None,
+                        source: Source::AccessToken,
+                        claims: Some(c),
+                    });
+                }
+                Err(if cred.trim().is_empty() { Malformed::Empty } else { Malformed::WrongPrefix }.into())
+            },
+        )
     }
 
     /// Would a `validate` of this token now do no I/O? True when the session

@@ -22,19 +22,29 @@ impl Store {
     /// [`Error::Storage`]; batches already applied stay applied.
     #[allow(clippy::disallowed_methods)] // the report's duration is wall time
     pub fn sweep(&self) -> Result<SweepReport, Error> {
-        let started = std::time::Instant::now();
-        let inner = self.live()?;
-        // Barrier: everything acknowledged before the sweep is in the database
-        // file, whose expiry index the sweep scans.
-        self.checkpoint()?;
-        let mut report = SweepReport::default();
-        crate::sweeper::sweep_expired(&inner.table, self.now_ms(), &mut report)?;
-        // Durable: also makes the sweep batches above durable.
-        let (revocations, keys) = self.prune_revocations()?;
-        report.revocations_pruned = revocations;
-        report.keys_pruned = keys;
-        report.duration = started.elapsed();
-        Ok(report)
+        crate::telemetry::run(
+            tracing::debug_span!("sweep", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "sweep",
+            true,
+            || {
+                let started = std::time::Instant::now();
+                let inner = self.live()?;
+                // Barrier: everything acknowledged before the sweep is in the database
+                // file, whose expiry index the sweep scans.
+                self.checkpoint()?;
+                let mut report = SweepReport::default();
+                crate::sweeper::sweep_expired(&inner.table, self.now_ms(), &mut report)?;
+                // Durable: also makes the sweep batches above durable.
+                let (revocations, keys) = self.prune_revocations()?;
+                report.revocations_pruned = revocations;
+                report.keys_pruned = keys;
+                report.duration = started.elapsed();
+                crate::telemetry::count("cloakroom.sweep.removed", report.sessions_removed() as u64);
+                crate::telemetry::sample("cloakroom.sweep.duration", report.duration.as_secs_f64());
+                self.publish_gauges();
+                Ok(report)
+            },
+        )
     }
 
     /// Drops revocation entries that no access token can name any more (revoked
@@ -48,19 +58,28 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`]; nothing is forgotten in memory unless the commit succeeded.
     pub fn prune_revocations(&self) -> Result<(usize, usize), Error> {
-        let inner = self.live()?;
-        let now = self.now_ms();
-        let entries = inner.table.revocation.due(now);
-        let not_before =
-            inner.table.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
-        let (pruned, users) = match inner.table.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
-            Outcome::Pruned(p, u) => (p, u),
-            _ => (Vec::new(), Vec::new()),
-        };
-        inner.table.revocation.forget(&pruned);
-        inner.table.revocation.forget_not_before(&users);
-        let keys = inner.keyring.prune(inner.config.clock.now());
-        Ok((pruned.len(), keys))
+        crate::telemetry::run(
+            tracing::debug_span!("revocation.prune", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "revocation.prune",
+            true,
+            || {
+                let inner = self.live()?;
+                // The prune clock, not the wall clock: a forward jump prunes nothing early.
+                let now = self.prune_now();
+                let entries = inner.table.revocation.due(now);
+                let not_before =
+                    inner.table.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
+                let (pruned, users) =
+                    match inner.table.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
+                        Outcome::Pruned(p, u) => (p, u),
+                        _ => (Vec::new(), Vec::new()),
+                    };
+                inner.table.revocation.forget(&pruned);
+                inner.table.revocation.forget_not_before(&users);
+                let keys = inner.keyring.prune(crate::clock::from_millis(now));
+                Ok((pruned.len(), keys))
+            },
+        )
     }
 
     /// Counters: sizes, cache hit rate, writer activity.
@@ -85,12 +104,41 @@ impl Store {
         stats
     }
 
+    /// Publishes the pull-style counters of [`Store::stats`] as gauges (with
+    /// the `metrics` feature): on every sweep, and whenever called.
+    pub fn publish_gauges(&self) {
+        #[cfg(feature = "metrics")]
+        {
+            use crate::telemetry::gauge;
+            #[allow(clippy::cast_precision_loss)] // counters far below 2^53
+            let f = |v: u64| v as f64;
+            let s = self.stats();
+            gauge("cloakroom.cache.entries", f(s.cached_sessions as u64));
+            gauge("cloakroom.cache.hits", f(s.cache_hits));
+            gauge("cloakroom.cache.misses", f(s.cache_misses));
+            gauge("cloakroom.revoked.serials", f(s.revoked_serials));
+            gauge("cloakroom.journal.bytes", f(s.journal_bytes));
+            gauge("cloakroom.overlay.rows", f(s.unapplied_rows as u64));
+            gauge("cloakroom.commits.failed", f(s.failed_commits));
+            gauge("cloakroom.corrupt_rows", f(s.corrupt_rows));
+            if let Some(on) = s.following {
+                gauge("cloakroom.follower.synced", if on { 1.0 } else { 0.0 });
+                gauge("cloakroom.follower.resyncs", f(s.resyncs));
+            }
+        }
+    }
+
     /// Makes every write queued so far durable (including pending sliding-expiry touches).
     ///
     /// # Errors
     /// [`Error::Storage`] if the commit failed; [`Error::Closed`].
     pub fn flush(&self) -> Result<(), Error> {
-        self.live()?.table.submit(Op::Flush, Wait::Durable).map(|_| ())
+        crate::telemetry::run(
+            tracing::debug_span!("flush", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "flush",
+            true,
+            || self.live()?.table.submit(Op::Flush, Wait::Durable).map(|_| ()),
+        )
     }
 
     /// Folds every write acknowledged so far into the database file with one
@@ -103,6 +151,24 @@ impl Store {
     /// [`Error::Storage`] if the commit failed (nothing acknowledged is lost:
     /// the journal still holds it, and the applier retries); [`Error::Closed`].
     pub fn checkpoint(&self) -> Result<(), Error> {
-        self.live()?.table.backend.checkpoint()
+        crate::telemetry::run(
+            tracing::debug_span!("checkpoint", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "checkpoint",
+            true,
+            || {
+                #[allow(clippy::disallowed_methods)] // a checkpoint's duration is wall time
+                let started = std::time::Instant::now();
+                let r = self.live()?.table.backend.checkpoint();
+                crate::telemetry::sample("cloakroom.checkpoint.duration", started.elapsed().as_secs_f64());
+                r
+            },
+        )
+    }
+
+    /// The time pruning goes by: the wall clock held to the monotonic time
+    /// elapsed (see `Revocation::prune_clock`).
+    pub(super) fn prune_now(&self) -> u64 {
+        let clock = &self.inner.config.clock;
+        self.inner.table.revocation.prune_clock(self.now_ms(), crate::clock::duration_millis(clock.monotonic()))
     }
 }

@@ -112,6 +112,11 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
+    /// The backend's name, for telemetry: `redb` or `redis`.
+    pub(crate) fn backend_name(&self) -> &'static str {
+        if self.inner.table.backend.shared() { "redis" } else { "redb" }
+    }
+
     fn live(&self) -> Result<&Inner, Error> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -166,7 +171,12 @@ impl Store {
         if let Some(s) = &inner.sweeper {
             s.stop();
         }
-        inner.table.backend.close()
+        let r = inner.table.backend.close();
+        match &r {
+            Ok(()) => tracing::info!(backend = self.backend_name(), "store closed"),
+            Err(e) => tracing::warn!(backend = self.backend_name(), error = %e, "store closed; its final flush failed"),
+        }
+        r
     }
 }
 

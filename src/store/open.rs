@@ -275,6 +275,8 @@ impl Store {
         };
         let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
         let revocation = Arc::new(Revocation::load(boot.revoked, boot.not_before));
+        // The prune clock starts at open (see `Revocation::prune_clock`).
+        revocation.prune_clock(to_millis(config.clock.now()), crate::clock::duration_millis(config.clock.monotonic()));
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));
         revocation.set_marker(crate::cache::revocation_marker(Arc::clone(&cache)));
         let lost_cache = Arc::clone(&cache);
@@ -307,6 +309,9 @@ impl Store {
             }),
             config,
         });
-        Ok(Store { inner })
+        crate::telemetry::describe();
+        let store = Store { inner };
+        tracing::info!(backend = store.backend_name(), "store opened");
+        Ok(store)
     }
 }

@@ -22,7 +22,12 @@ impl Store {
     /// metadata, or a zero TTL; [`Error::Storage`] if the write failed (nothing
     /// was stored); [`Error::Busy`] if the write queue stayed full.
     pub fn create(&self, new: NewSession) -> Result<Issued, Error> {
-        self.create_with(new, SessionToken::generate, Creation::RANDOM)
+        crate::telemetry::run(
+            tracing::debug_span!("session.create", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "session.create",
+            true,
+            || self.create_with(new, SessionToken::generate, Creation::RANDOM),
+        )
     }
 
     /// Creates a session under the token `token` makes from the store's tag
@@ -117,9 +122,20 @@ impl Store {
     /// # Errors
     /// As [`Store::validate`].
     pub fn validate_strict(&self, token: &str) -> Result<Session, Error> {
-        let tok = self.parse_session(token)?;
-        self.live()?;
-        self.check_stored(&tok, self.now_ms())
+        crate::telemetry::run(
+            tracing::debug_span!(
+                "session.validate_strict",
+                backend = self.backend_name(),
+                outcome = tracing::field::Empty
+            ),
+            "session.validate_strict",
+            true,
+            || {
+                let tok = self.parse_session(token)?;
+                self.live()?;
+                self.check_stored(&tok, self.now_ms())
+            },
+        )
     }
 
     /// Checks a session token: format, secret, revocation, absolute deadline and
@@ -131,9 +147,16 @@ impl Store {
     /// [`Error::Revoked`], [`Error::Expired`], or [`Error::Storage`] on a failed
     /// read after a cache miss.
     pub fn validate(&self, token: &str) -> Result<Session, Error> {
-        let tok = self.parse_session(token)?;
-        self.live()?;
-        self.check(&tok)
+        crate::telemetry::run(
+            tracing::trace_span!("session.validate", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "session.validate",
+            false,
+            || {
+                let tok = self.parse_session(token)?;
+                self.live()?;
+                self.check(&tok)
+            },
+        )
     }
 
     /// As [`Store::validate`], for a token already in hand (an adapter's
@@ -226,26 +249,39 @@ impl Store {
     /// # Errors
     /// As [`Store::validate`]; [`Error::NotFound`] if a concurrent rotate or revoke won.
     pub fn rotate(&self, token: &str) -> Result<Issued, Error> {
-        let checked = self.parse_session(token)?;
-        self.live()?;
-        let old = self.check(&checked)?;
-        let tok = &checked.tok;
-        let inner = &self.inner;
-        let id = old.id();
-        let token = SessionToken::with_new_secret(id, &inner.derived.token_tag)?;
-        let now = self.now_ms();
-        let serial = inner.serials.take()?;
-        let prune_after = self.prune_after(now);
-        let op =
-            Op::Rotate { id, expected: tok.secret_hash(), serial, secret_hash: token.secret_hash(), now, prune_after };
-        let Outcome::Rotated { rec, .. } = inner.table.submit(op, Wait::Durable)? else {
-            return Err(Error::NotFound);
-        };
-        // Replaces the pre-rotation entry (higher serial), never a newer update's.
-        self.inner.table.fill_written(Arc::clone(&rec));
-        self.emit(|| Event::Rotated { old: id, new: id });
-        self.emit(|| Event::Revoked { sessions: vec![id], reason: RevokeReason::Rotated });
-        Ok(Issued { token, session: Session::of(&rec, now) })
+        crate::telemetry::run(
+            tracing::debug_span!("session.rotate", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "session.rotate",
+            true,
+            || {
+                let checked = self.parse_session(token)?;
+                self.live()?;
+                let old = self.check(&checked)?;
+                let tok = &checked.tok;
+                let inner = &self.inner;
+                let id = old.id();
+                let token = SessionToken::with_new_secret(id, &inner.derived.token_tag)?;
+                let now = self.now_ms();
+                let serial = inner.serials.take()?;
+                let prune_after = self.prune_after(now);
+                let op = Op::Rotate {
+                    id,
+                    expected: tok.secret_hash(),
+                    serial,
+                    secret_hash: token.secret_hash(),
+                    now,
+                    prune_after,
+                };
+                let Outcome::Rotated { rec, .. } = inner.table.submit(op, Wait::Durable)? else {
+                    return Err(Error::NotFound);
+                };
+                // Replaces the pre-rotation entry (higher serial), never a newer update's.
+                self.inner.table.fill_written(Arc::clone(&rec));
+                self.emit(|| Event::Rotated { old: id, new: id });
+                self.emit(|| Event::Revoked { sessions: vec![id], reason: RevokeReason::Rotated });
+                Ok(Issued { token, session: Session::of(&rec, now) })
+            },
+        )
     }
 
     /// Replaces a session's data unconditionally; returns the new version.
@@ -256,7 +292,12 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`], [`Error::Input`] if too large, [`Error::Storage`].
     pub fn update_data(&self, id: SessionId, data: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.update(id, None, data.into())
+        crate::telemetry::run(
+            tracing::debug_span!("session.update", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
+            "session.update",
+            true,
+            || self.update(id, None, data.into()),
+        )
     }
 
     /// Replaces a session's data only if its version is still `version`
@@ -266,7 +307,12 @@ impl Store {
     /// [`Error::Conflict`] with the current version if another update came first:
     /// re-read and retry. Otherwise as [`Store::update_data`].
     pub fn update_data_if(&self, id: SessionId, version: u64, data: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.update(id, Some(version), data.into())
+        crate::telemetry::run(
+            tracing::debug_span!("session.update", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
+            "session.update",
+            true,
+            || self.update(id, Some(version), data.into()),
+        )
     }
 
     pub(super) fn update(&self, id: SessionId, expected: Option<u64>, data: Vec<u8>) -> Result<u64, Error> {
@@ -326,6 +372,8 @@ impl Store {
 
     /// When a serial revoked at `now` may leave the revocation set.
     pub(super) fn prune_after(&self, now: u64) -> u64 {
+        // (Starts the prune clock no later than the first revocation.)
+        let _ = self.prune_now();
         now.saturating_add(duration_millis(self.inner.config.revocation_horizon()))
     }
 
@@ -336,24 +384,31 @@ impl Store {
     /// [`Error::Storage`] if the commit failed: the session is still refused in
     /// this process (fail closed), but retry so the revocation is persisted.
     pub fn revoke(&self, id: SessionId) -> Result<(), Error> {
-        let prune_after = self.prune_after(self.now_ms());
-        // Fail closed even if the writer never reaches the op (e.g. the database
-        // cannot be reopened): refuse the session in memory first.
-        match self.inner.table.lookup(&id) {
-            Ok(Some(rec)) => self.inner.table.refuse(&[(rec.serial, id)]),
-            Ok(None) => {}
-            // The row cannot be read (storage fault): refuse the id whatever its
-            // serial turns out to be, so it cannot validate once the disk recovers.
-            Err(_) => {
-                self.inner.table.revocation.block_id(id);
-                self.inner.table.cache.remove(&id);
-            }
-        }
-        let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
-        if !ids.is_empty() {
-            self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::Session });
-        }
-        Ok(())
+        crate::telemetry::run(
+            tracing::debug_span!("session.revoke", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
+            "session.revoke",
+            true,
+            || {
+                let prune_after = self.prune_after(self.now_ms());
+                // Fail closed even if the writer never reaches the op (e.g. the database
+                // cannot be reopened): refuse the session in memory first.
+                match self.inner.table.lookup(&id) {
+                    Ok(Some(rec)) => self.inner.table.refuse(&[(rec.serial, id)]),
+                    Ok(None) => {}
+                    // The row cannot be read (storage fault): refuse the id whatever its
+                    // serial turns out to be, so it cannot validate once the disk recovers.
+                    Err(_) => {
+                        self.inner.table.revocation.block_id(id);
+                        self.inner.table.cache.remove(&id);
+                    }
+                }
+                let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
+                if !ids.is_empty() {
+                    self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::Session });
+                }
+                Ok(())
+            },
+        )
     }
 
     /// Revokes a user's sessions: all of them, or all but one. Returns how many
@@ -362,21 +417,32 @@ impl Store {
     /// # Errors
     /// [`Error::Input`] for an invalid user id; [`Error::Storage`] as for [`Store::revoke`].
     pub fn revoke_user(&self, user: &str, scope: Scope) -> Result<usize, Error> {
-        check_user(user)?;
-        let except = match scope {
-            Scope::All => None,
-            Scope::Others(id) => Some(id),
-        };
-        let prune_after = self.prune_after(self.now_ms());
-        self.revoke_in_memory(user, except);
-        let ids =
-            self.revoke_user_steps(Op::RevokeUser { user: user.into(), except, limit: USER_STEP, prune_after })?;
-        let n = ids.len();
-        if n > 0 {
-            let reason = if except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };
-            self.emit(|| Event::Revoked { sessions: ids, reason });
-        }
-        Ok(n)
+        crate::telemetry::run(
+            tracing::debug_span!("session.revoke_user", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "session.revoke_user",
+            true,
+            || {
+                check_user(user)?;
+                let except = match scope {
+                    Scope::All => None,
+                    Scope::Others(id) => Some(id),
+                };
+                let prune_after = self.prune_after(self.now_ms());
+                self.revoke_in_memory(user, except);
+                let ids = self.revoke_user_steps(Op::RevokeUser {
+                    user: user.into(),
+                    except,
+                    limit: USER_STEP,
+                    prune_after,
+                })?;
+                let n = ids.len();
+                if n > 0 {
+                    let reason = if except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };
+                    self.emit(|| Event::Revoked { sessions: ids, reason });
+                }
+                Ok(n)
+            },
+        )
     }
 
     /// Best effort, before a user-wide revocation is submitted: refuse the user's
@@ -443,19 +509,30 @@ impl Store {
     /// [`Error::Input`] for an invalid user id; [`Error::Storage`] (the cut-off
     /// still applies in this process: fail closed; retry to persist it).
     pub fn logout_everywhere(&self, user: &str) -> Result<usize, Error> {
-        check_user(user)?;
-        let now = self.now_ms();
-        self.live()?.table.revocation.set_not_before(user, now);
-        self.revoke_in_memory(user, None);
-        let prune_after = self.prune_after(now);
-        let first = Op::LogoutEverywhere { user: user.into(), at: now, limit: USER_STEP, prune_after };
-        let ids = self.revoke_user_steps(first)?;
-        let n = ids.len();
-        self.emit(|| Event::LogoutEverywhere { user: user.to_owned(), sessions: n });
-        if n > 0 {
-            self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::LogoutEverywhere });
-        }
-        Ok(n)
+        crate::telemetry::run(
+            tracing::debug_span!(
+                "session.logout_everywhere",
+                backend = self.backend_name(),
+                outcome = tracing::field::Empty
+            ),
+            "session.logout_everywhere",
+            true,
+            || {
+                check_user(user)?;
+                let now = self.now_ms();
+                self.live()?.table.revocation.set_not_before(user, now);
+                self.revoke_in_memory(user, None);
+                let prune_after = self.prune_after(now);
+                let first = Op::LogoutEverywhere { user: user.into(), at: now, limit: USER_STEP, prune_after };
+                let ids = self.revoke_user_steps(first)?;
+                let n = ids.len();
+                self.emit(|| Event::LogoutEverywhere { user: user.to_owned(), sessions: n });
+                if n > 0 {
+                    self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::LogoutEverywhere });
+                }
+                Ok(n)
+            },
+        )
     }
 
     /// A user's live sessions (expired and revoked ones left out), oldest first,
@@ -464,23 +541,31 @@ impl Store {
     /// # Errors
     /// [`Error::Input`] for an invalid user id; [`Error::Storage`] on a failed read.
     pub fn list_user(&self, user: &str) -> Result<Vec<Session>, Error> {
-        check_user(user)?;
-        let inner = self.live()?;
-        let now = self.now_ms();
-        let mut out: Vec<Session> = inner
-            .table
-            .backend
-            .list_user(user)?
-            .into_iter()
-            .filter(|rec| rules::owned_by(rec, user))
-            .map(|rec| {
-                let seen = inner.table.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
-                Session::of(&rec, seen)
-            })
-            .filter(|s| now < s.deadline_ms() && !inner.table.revocation.is_revoked(s.serial()))
-            .collect();
-        out.sort_by_key(|s| (s.created_at, s.serial()));
-        Ok(out)
+        crate::telemetry::run(
+            tracing::debug_span!("session.list_user", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "session.list_user",
+            true,
+            || {
+                check_user(user)?;
+                let inner = self.live()?;
+                let now = self.now_ms();
+                let mut out: Vec<Session> = inner
+                    .table
+                    .backend
+                    .list_user(user)?
+                    .into_iter()
+                    .filter(|rec| rules::owned_by(rec, user))
+                    .map(|rec| {
+                        let seen =
+                            inner.table.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
+                        Session::of(&rec, seen)
+                    })
+                    .filter(|s| now < s.deadline_ms() && !inner.table.revocation.is_revoked(s.serial()))
+                    .collect();
+                out.sort_by_key(|s| (s.created_at, s.serial()));
+                Ok(out)
+            },
+        )
     }
 
     /// The live session with this id, if any (not revoked, not expired): for
@@ -490,20 +575,27 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if the read fails; [`Error::Closed`] after `close`.
     pub fn session(&self, id: SessionId) -> Result<Option<Session>, Error> {
-        let inner = self.live()?;
-        let now = self.now_ms();
-        let rec = match inner.table.cache.get(&id) {
-            Some(r) => r,
-            None => match inner.table.backend.get(&id)? {
-                Some(r) => Arc::new(r),
-                None => return Ok(None),
+        crate::telemetry::run(
+            tracing::debug_span!("session.get", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
+            "session.get",
+            false,
+            || {
+                let inner = self.live()?;
+                let now = self.now_ms();
+                let rec = match inner.table.cache.get(&id) {
+                    Some(r) => r,
+                    None => match inner.table.backend.get(&id)? {
+                        Some(r) => Arc::new(r),
+                        None => return Ok(None),
+                    },
+                };
+                let last_seen = rec.seen().max(rec.last_seen);
+                if inner.table.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
+                    return Ok(None);
+                }
+                Ok(Some(Session::of(&rec, last_seen)))
             },
-        };
-        let last_seen = rec.seen().max(rec.last_seen);
-        if inner.table.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
-            return Ok(None);
-        }
-        Ok(Some(Session::of(&rec, last_seen)))
+        )
     }
 
     /// The live refresh families of a live session (one per `issue_tokens`
@@ -513,12 +605,19 @@ impl Store {
     /// # Errors
     /// [`Error::Storage`] if the read fails; [`Error::Closed`] after `close`.
     pub fn refresh_families(&self, id: SessionId) -> Result<Vec<crate::RefreshFamily>, Error> {
-        if self.session(id)?.is_none() {
-            return Ok(Vec::new());
-        }
-        let mut list = self.inner.table.backend.families(&id)?.map(|f| f.listing()).unwrap_or_default();
-        list.sort_by_key(|f| f.family);
-        Ok(list)
+        crate::telemetry::run(
+            tracing::debug_span!("session.families", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
+            "session.families",
+            false,
+            || {
+                if self.session(id)?.is_none() {
+                    return Ok(Vec::new());
+                }
+                let mut list = self.inner.table.backend.families(&id)?.map(|f| f.listing()).unwrap_or_default();
+                list.sort_by_key(|f| f.family);
+                Ok(list)
+            },
+        )
     }
 
     /// The web layer's CSRF key (derived from the server key).

@@ -33,7 +33,11 @@ impl Store {
     /// [`Error::Config`] if the kid is unknown or still the signing key.
     pub fn retire_key(&self, kid: &str) -> Result<(), Error> {
         let until = self.inner.config.clock.now() + self.inner.config.revocation_horizon();
-        self.inner.keyring.retire(kid, until)
+        let r = self.inner.keyring.retire(kid, until);
+        if r.is_ok() {
+            tracing::info!(kid, "access-token key retired (verifies until every token it signed expired)");
+        }
+        r
     }
 
     /// Issues an access token and a refresh token for a valid session.
@@ -55,28 +59,35 @@ impl Store {
         session_token: &str,
         claims: BTreeMap<String, serde_json::Value>,
     ) -> Result<TokenPair, Error> {
-        if let Some(k) = claims.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
-            return Err(InputError::ReservedClaim(k.clone()).into());
-        }
-        let claims_json = serde_json::to_vec(&claims).map_err(|e| InputError::ClaimsNotJson(e.to_string()))?;
-        if claims_json.len() > MAX_CLAIMS_LEN {
-            return Err(InputError::ClaimsTooLarge { len: claims_json.len(), max: MAX_CLAIMS_LEN }.into());
-        }
-        let session = self.validate(session_token)?;
-        let now = self.now_ms();
-        let deadline = session.expires_at;
-        let f = crate::refresh::issue(now, deadline, claims_json);
-        let reply = self.family_op(session.id(), session.serial(), f)?.ok_or(Error::NotFound)?;
-        let Verdict::Rotated(generation) = reply.verdict else { return Err(Error::NotFound) };
-        self.emit(|| Event::Refreshed { session: session.id(), generation });
-        let holder = Holder {
-            id: session.id(),
-            user: session.user(),
-            serial: session.serial(),
-            expires_at: session.expires_at,
-            deadline: session.deadline_ms(),
-        };
-        self.pair(&holder, reply.family, generation, &reply.claims, now)
+        crate::telemetry::run(
+            tracing::debug_span!("tokens.issue", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "tokens.issue",
+            true,
+            || {
+                if let Some(k) = claims.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
+                    return Err(InputError::ReservedClaim(k.clone()).into());
+                }
+                let claims_json = serde_json::to_vec(&claims).map_err(|e| InputError::ClaimsNotJson(e.to_string()))?;
+                if claims_json.len() > MAX_CLAIMS_LEN {
+                    return Err(InputError::ClaimsTooLarge { len: claims_json.len(), max: MAX_CLAIMS_LEN }.into());
+                }
+                let session = self.validate(session_token)?;
+                let now = self.now_ms();
+                let deadline = session.expires_at;
+                let f = crate::refresh::issue(now, deadline, claims_json);
+                let reply = self.family_op(session.id(), session.serial(), f)?.ok_or(Error::NotFound)?;
+                let Verdict::Rotated(generation) = reply.verdict else { return Err(Error::NotFound) };
+                self.emit(|| Event::Refreshed { session: session.id(), generation });
+                let holder = Holder {
+                    id: session.id(),
+                    user: session.user(),
+                    serial: session.serial(),
+                    expires_at: session.expires_at,
+                    deadline: session.deadline_ms(),
+                };
+                self.pair(&holder, reply.family, generation, &reply.claims, now)
+            },
+        )
     }
 
     /// A refresh-family op on session `id`, authorised against its `serial`
@@ -143,45 +154,66 @@ impl Store {
     /// [`Error::Revoked`]; [`Error::Expired`]; [`Error::ReuseDetected`] (the
     /// session is now revoked); [`Error::Storage`].
     pub fn refresh(&self, refresh_token: &str) -> Result<TokenPair, Error> {
-        let t = RefreshToken::parse(refresh_token)?;
-        let inner = self.live()?;
-        if !inner.derived.authentic(&t) {
-            return Err(Error::NotFound);
-        }
-        let Some(rec) = self.inner.table.lookup(&t.id)? else {
-            return Err(if inner.table.revocation.is_revoked_id(&t.id) { Error::Revoked } else { Error::NotFound });
-        };
-        let now = self.now_ms();
-        self.status(&rec, now)?;
-        if inner.table.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
-            return Err(Error::Revoked);
-        }
-        let ((family, presented), reuse) = (unpack(t.generation), inner.config.reuse);
-        let f = crate::refresh::rotate(family, presented, now, reuse);
-        let reply = self.family_op(t.id, rec.serial, f)?.ok_or(Error::NotFound)?;
-        match reply.verdict {
-            Verdict::Rotated(generation) | Verdict::Current(generation) => {
-                self.inner.table.touch(&rec, now);
-                if matches!(reply.verdict, Verdict::Rotated(_)) {
-                    self.emit(|| Event::Refreshed { session: rec.id, generation });
+        crate::telemetry::run(
+            tracing::debug_span!("refresh.rotate", backend = self.backend_name(), outcome = tracing::field::Empty),
+            "refresh.rotate",
+            true,
+            || {
+                let t = RefreshToken::parse(refresh_token)?;
+                let inner = self.live()?;
+                if !inner.derived.authentic(&t) {
+                    return Err(Error::NotFound);
                 }
-                let holder = Holder {
-                    id: rec.id,
-                    user: &rec.user,
-                    serial: rec.serial,
-                    expires_at: rec.expires_at,
-                    deadline: rec.deadline(now),
+                let Some(rec) = self.inner.table.lookup(&t.id)? else {
+                    return Err(if inner.table.revocation.is_revoked_id(&t.id) {
+                        Error::Revoked
+                    } else {
+                        Error::NotFound
+                    });
                 };
-                self.pair(&holder, family, generation, &reply.claims, now)
-            }
-            Verdict::Reuse { current } => {
-                // (The session table has revoked the session and evicted it.)
-                self.emit(|| Event::ReuseDetected { session: rec.id, user: rec.user.to_string(), presented, current });
-                self.emit(|| Event::Revoked { sessions: vec![rec.id], reason: RevokeReason::ReuseDetected });
-                Err(Error::ReuseDetected)
-            }
-            Verdict::Ahead | Verdict::Dead => Err(Error::NotFound),
-        }
+                let now = self.now_ms();
+                self.status(&rec, now)?;
+                if inner.table.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
+                    return Err(Error::Revoked);
+                }
+                let ((family, presented), reuse) = (unpack(t.generation), inner.config.reuse);
+                let f = crate::refresh::rotate(family, presented, now, reuse);
+                let reply = self.family_op(t.id, rec.serial, f)?.ok_or(Error::NotFound)?;
+                match reply.verdict {
+                    Verdict::Rotated(generation) | Verdict::Current(generation) => {
+                        self.inner.table.touch(&rec, now);
+                        if matches!(reply.verdict, Verdict::Rotated(_)) {
+                            crate::telemetry::count("cloakroom.refresh.rotated", 1);
+                            self.emit(|| Event::Refreshed { session: rec.id, generation });
+                        } else {
+                            crate::telemetry::count("cloakroom.refresh.grace", 1);
+                        }
+                        let holder = Holder {
+                            id: rec.id,
+                            user: &rec.user,
+                            serial: rec.serial,
+                            expires_at: rec.expires_at,
+                            deadline: rec.deadline(now),
+                        };
+                        self.pair(&holder, family, generation, &reply.claims, now)
+                    }
+                    Verdict::Reuse { current } => {
+                        // (The session table has revoked the session and evicted it.)
+                        crate::telemetry::count("cloakroom.refresh.reuse", 1);
+                        tracing::warn!(session = %rec.id, presented, current, "refresh token reuse detected: session revoked");
+                        self.emit(|| Event::ReuseDetected {
+                            session: rec.id,
+                            user: rec.user.to_string(),
+                            presented,
+                            current,
+                        });
+                        self.emit(|| Event::Revoked { sessions: vec![rec.id], reason: RevokeReason::ReuseDetected });
+                        Err(Error::ReuseDetected)
+                    }
+                    Verdict::Ahead | Verdict::Dead => Err(Error::NotFound),
+                }
+            },
+        )
     }
 }
 

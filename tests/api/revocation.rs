@@ -128,3 +128,26 @@ fn revoking_a_huge_user_does_not_stall_others() {
     assert!(s.list_user("whale").unwrap().is_empty());
     s.validate(&bystander).unwrap();
 }
+
+/// Issue 25 item 5: a forward jump of the wall clock prunes no revocation
+/// early: revoke, the clock jumps 6 min ahead (no time passes), a prune runs,
+/// the clock is stepped back, and the revoked access token is still refused.
+/// Once the time has really passed, the entry goes.
+#[test]
+fn a_forward_clock_jump_prunes_no_revocation_early() {
+    let clock = cloakroom::ManualClock::fixed();
+    let cfg = Config::builder().access_ttl(Duration::from_secs(300)).clock(clock.clone()).build().unwrap();
+    let s = open(cfg);
+    let issued = s.create(NewSession::new("jumper")).unwrap();
+    let pair = s.issue_tokens(&issued.token.to_string()).unwrap();
+    s.revoke(issued.session.id()).unwrap();
+    let start = cloakroom::Clock::now(&clock);
+    clock.set(start + Duration::from_secs(360));
+    assert_eq!(s.prune_revocations().unwrap().0, 0, "pruned on a jumped clock");
+    clock.set(start + Duration::from_secs(10));
+    assert!(matches!(s.verify_access(&pair.access), Err(Error::Revoked)));
+    // Time really passes: past the access TTL + leeway the entry is pruned.
+    clock.advance(Duration::from_secs(400));
+    assert!(s.prune_revocations().unwrap().0 >= 1);
+    assert!(s.verify_access(&pair.access).is_err());
+}
