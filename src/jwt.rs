@@ -354,7 +354,7 @@ impl Keyring {
             .collect();
         let text = serde_json::to_vec(&KeyFile { format: 1, keys })
             .map_err(|e| Error::Config(format!("keyring: cannot serialise the key file: {e}")))?;
-        crate::keys::write_private_file(path, &text)
+        crate::keyfile::write_private_file(path, &text)
     }
 
     /// Reads a key file written by [`Keyring::save`].
@@ -364,7 +364,7 @@ impl Keyring {
     /// [`Error::Storage`] if it cannot be read.
     pub fn load(path: &std::path::Path) -> Result<Keyring, Error> {
         let bad = |m: &str| Error::Config(format!("key file {}: {m}", path.display()));
-        let text = crate::keys::read_private_file(path)?;
+        let text = crate::keyfile::read_private_file(path)?;
         let doc: KeyFile = serde_json::from_slice(&text).map_err(|e| bad(&format!("not a key file ({e})")))?;
         if doc.format != 1 {
             return Err(bad("unknown format"));

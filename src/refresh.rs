@@ -12,7 +12,6 @@
 
 use std::time::Duration;
 
-use crate::backend::{FamilyChange, FamilyFn};
 use crate::session::Reader;
 
 /// What to do when an old refresh token is presented again.
@@ -33,26 +32,11 @@ impl Default for Reuse {
     }
 }
 
-/// A token's 64-bit counter: family number in the high 24 bits, generation in
-/// the low 40. Tokens minted before families existed have family 0, which is
-/// what a format-1/2 row decodes as, so they keep working.
-const GENERATION_BITS: u32 = 40;
-const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
 /// Highest family number (24 bits).
 const MAX_FAMILY: u32 = (1 << 24) - 1;
 /// Live families kept per session; issuing one more drops the one rotated
 /// least recently (its refresh token then reads as dead, not as reuse).
 pub(crate) const MAX_FAMILIES: usize = 32;
-
-pub(crate) fn pack(family: u32, generation: u64) -> u64 {
-    (u64::from(family) << GENERATION_BITS) | (generation & GENERATION_MASK)
-}
-
-pub(crate) fn unpack(counter: u64) -> (u32, u64) {
-    #[allow(clippy::cast_possible_truncation)] // 64 - 40 = 24 bits
-    let family = (counter >> GENERATION_BITS) as u32;
-    (family, counter & GENERATION_MASK)
-}
 
 /// One family's state, as stored in its session's [`Families`] row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -321,9 +305,31 @@ pub(crate) fn rotate(family: u32, presented: u64, now: u64, reuse: Reuse) -> Fam
     })
 }
 
+/// A refresh-family decision, run where the op is applied (inside the write
+/// transaction, or in a compare-and-swap loop). Pure: it may run more than once.
+pub(crate) type FamilyFn = Box<dyn Fn(Option<&[u8]>) -> FamilyChange + Send>;
+
+/// What a [`FamilyFn`] wants done.
+pub(crate) struct FamilyChange {
+    /// New family bytes to store, if any.
+    pub(crate) write: Option<Vec<u8>>,
+    /// Revoke the session (and with it the family).
+    pub(crate) revoke_session: bool,
+    /// Handed back to the caller in `Outcome::Family`.
+    pub(crate) reply: Option<FamilyReply>,
+}
+
+impl FamilyChange {
+    /// No change and no usable family.
+    pub(crate) fn none() -> FamilyChange {
+        FamilyChange { write: None, revoke_session: false, reply: None }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::{pack, unpack};
 
     fn fam(g: u64, at: u64) -> Family {
         Family { number: 0, generation: g, rotated_at: at, deadline: u64::MAX, claims: b"{}".to_vec(), floor: 0 }

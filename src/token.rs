@@ -439,14 +439,14 @@ impl RefreshToken {
     /// The rotation generation this token carries within its family.
     #[must_use]
     pub fn generation(&self) -> u64 {
-        crate::refresh::unpack(self.generation).1
+        unpack(self.generation).1
     }
 
     /// The refresh family (one per `issue_tokens` call: a device or tab) this
     /// token belongs to, numbered from 0 within its session.
     #[must_use]
     pub fn family(&self) -> u32 {
-        crate::refresh::unpack(self.generation).0
+        unpack(self.generation).0
     }
 
     /// Parses a `crr_…` token (format only: the MAC is checked by the store).
@@ -510,6 +510,22 @@ impl fmt::Debug for RefreshToken {
             .field("mac", &"<redacted>")
             .finish()
     }
+}
+
+/// A token's 64-bit counter: family number in the high 24 bits, generation in
+/// the low 40. Tokens minted before families existed have family 0, which is
+/// what a format-1/2 row decodes as, so they keep working.
+const GENERATION_BITS: u32 = 40;
+const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
+
+pub(crate) fn pack(family: u32, generation: u64) -> u64 {
+    (u64::from(family) << GENERATION_BITS) | (generation & GENERATION_MASK)
+}
+
+pub(crate) fn unpack(counter: u64) -> (u32, u64) {
+    #[allow(clippy::cast_possible_truncation)] // 64 - 40 = 24 bits
+    let family = (counter >> GENERATION_BITS) as u32;
+    (family, counter & GENERATION_MASK)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ pub(crate) mod rules;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::refresh::{Families, FamilyReply};
+use crate::refresh::{Families, FamilyFn, FamilyReply};
 use crate::session::Record;
 use crate::token::{SecretHash, SessionId};
 
@@ -183,27 +183,6 @@ pub(crate) struct Swept {
     pub(crate) families: usize,
     /// Rows skipped because they failed to decode.
     pub(crate) corrupt: usize,
-}
-
-/// A refresh-family decision, run where the op is applied (inside the write
-/// transaction, or in a compare-and-swap loop). Pure: it may run more than once.
-pub(crate) type FamilyFn = Box<dyn Fn(Option<&[u8]>) -> FamilyChange + Send>;
-
-/// What a [`FamilyFn`] wants done.
-pub(crate) struct FamilyChange {
-    /// New family bytes to store, if any.
-    pub(crate) write: Option<Vec<u8>>,
-    /// Revoke the session (and with it the family).
-    pub(crate) revoke_session: bool,
-    /// Handed back to the caller in `Outcome::Family`.
-    pub(crate) reply: Option<FamilyReply>,
-}
-
-impl FamilyChange {
-    /// No change and no usable family.
-    pub(crate) fn none() -> FamilyChange {
-        FamilyChange { write: None, revoke_session: false, reply: None }
-    }
 }
 
 /// Called after a failed batch with the ids of its Eventual creates (never

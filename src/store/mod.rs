@@ -5,6 +5,7 @@
 mod access;
 mod maintenance;
 mod open;
+mod revoke;
 mod serials;
 mod sessions;
 mod stats;

@@ -5,13 +5,15 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use super::{MAX_CLAIMS_LEN, Store};
-use crate::backend::{FamilyFn, Op, Outcome, Wait};
+use crate::backend::{Op, Outcome, Wait};
 use crate::error::{Error, InputError, JwtError};
 use crate::events::{Event, RevokeReason};
 use crate::jwt::{AccessClaims, RESERVED_CLAIMS};
-use crate::refresh::{FamilyReply, Verdict, unpack};
+use crate::refresh::FamilyFn;
+use crate::refresh::{FamilyReply, Verdict};
 use crate::token::RefreshToken;
 use crate::token::SessionId;
+use crate::token::unpack;
 
 /// Whom an access token is minted for: the session's user, serial and deadline.
 pub(super) struct Holder<'a> {

@@ -11,11 +11,12 @@ use redis::Value;
 use super::resp::{Arg, Packed};
 use super::{CAS_TRIES, Shared, split_id_hash};
 use crate::backend::rules::{self, Replace};
-use crate::backend::{Create, Failure, FamilyChange, Op, Outcome, Revoked, Swept};
+use crate::backend::{Create, Failure, Op, Outcome, Revoked, Swept};
 use crate::config::OnLimit;
 use crate::db::mac::RowTable;
 use crate::db::{decode_family, decode_session, seal_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::refresh::FamilyChange;
 use crate::session::Record;
 use crate::token::{SecretHash, SessionId};
 
