@@ -110,33 +110,11 @@ impl Config {
     /// the same settings with a server key for `Store::redis`).
     #[must_use]
     pub fn to_builder(&self) -> ConfigBuilder {
-        let c = self.clone();
         ConfigBuilder {
-            session_ttl: c.session_ttl,
-            idle_timeout: c.idle_timeout,
-            touch_granularity: Some(c.touch_granularity),
-            max_data_len: c.max_data_len,
-            cache_capacity: c.cache_capacity,
-            cache_shards: c.cache_shards,
-            durability: c.durability,
-            flush_interval: c.flush_interval,
-            checkpoint_interval: c.checkpoint_interval,
-            max_token_len: c.max_token_len,
-            write_queue: c.write_queue,
-            db_cache_bytes: c.db_cache_bytes,
-            access_ttl: c.access_ttl,
-            leeway: c.leeway,
-            issuer: c.issuer,
-            audience: c.audience,
-            reuse: c.reuse,
-            keyring: c.keyring,
-            server_key: c.server_key,
-            on_event: c.on_event,
-            sweep_interval: c.sweep_interval,
-            clock: c.clock,
-            scratch: c.scratch,
-            max_sessions_per_user: c.session_cap.map(|c| c.max),
-            on_session_limit: c.session_cap.map_or(OnLimit::RevokeOldest, |c| c.on_limit),
+            cfg: self.clone(),
+            touch_granularity: Some(self.touch_granularity),
+            max_sessions_per_user: self.session_cap.map(|c| c.max),
+            on_session_limit: self.session_cap.map_or(OnLimit::RevokeOldest, |c| c.on_limit),
         }
     }
 
@@ -168,29 +146,10 @@ pub enum OnLimit {
 /// Builder for [`Config`]. Setters document their defaults; [`ConfigBuilder::build`] validates.
 #[derive(Clone)]
 pub struct ConfigBuilder {
-    session_ttl: Duration,
-    idle_timeout: Option<Duration>,
+    /// Every setting but the ones below, as the built [`Config`] holds them.
+    cfg: Config,
+    /// `None`: derived from the idle timeout at build.
     touch_granularity: Option<Duration>,
-    max_data_len: usize,
-    cache_capacity: usize,
-    cache_shards: usize,
-    durability: Durability,
-    flush_interval: Duration,
-    checkpoint_interval: Duration,
-    max_token_len: usize,
-    write_queue: usize,
-    db_cache_bytes: usize,
-    access_ttl: Duration,
-    leeway: Duration,
-    issuer: String,
-    audience: String,
-    reuse: Reuse,
-    keyring: Option<Keyring>,
-    server_key: ServerKey,
-    on_event: Option<EventHandler>,
-    sweep_interval: Option<Duration>,
-    clock: Arc<dyn Clock>,
-    scratch: bool,
     max_sessions_per_user: Option<usize>,
     on_session_limit: OnLimit,
 }
@@ -204,29 +163,34 @@ impl fmt::Debug for ConfigBuilder {
 impl Default for ConfigBuilder {
     fn default() -> Self {
         Self {
-            session_ttl: 7 * DAY,
-            idle_timeout: Some(DAY),
+            cfg: Config {
+                session_ttl: 7 * DAY,
+                idle_timeout: Some(DAY),
+                // (Replaced at build, see `unchecked`.)
+                touch_granularity: Duration::from_secs(60),
+                max_data_len: 64 * 1024,
+                cache_capacity: 1_000_000,
+                cache_shards: 64,
+                durability: Durability::Immediate,
+                flush_interval: Duration::from_secs(1),
+                checkpoint_interval: Duration::from_secs(1),
+                max_token_len: 4096,
+                write_queue: 65_536,
+                db_cache_bytes: 1 << 30,
+                access_ttl: Duration::from_secs(300),
+                leeway: Duration::from_secs(30),
+                issuer: "cloakroom".to_owned(),
+                audience: "cloakroom".to_owned(),
+                reuse: Reuse::default(),
+                keyring: None,
+                server_key: ServerKey::Default,
+                on_event: None,
+                sweep_interval: Some(Duration::from_secs(30)),
+                clock: Arc::new(SystemClock),
+                scratch: false,
+                session_cap: None,
+            },
             touch_granularity: None,
-            max_data_len: 64 * 1024,
-            cache_capacity: 1_000_000,
-            cache_shards: 64,
-            durability: Durability::Immediate,
-            flush_interval: Duration::from_secs(1),
-            checkpoint_interval: Duration::from_secs(1),
-            max_token_len: 4096,
-            write_queue: 65_536,
-            db_cache_bytes: 1 << 30,
-            access_ttl: Duration::from_secs(300),
-            leeway: Duration::from_secs(30),
-            issuer: "cloakroom".to_owned(),
-            audience: "cloakroom".to_owned(),
-            reuse: Reuse::default(),
-            keyring: None,
-            server_key: ServerKey::Default,
-            on_event: None,
-            sweep_interval: Some(Duration::from_secs(30)),
-            clock: Arc::new(SystemClock),
-            scratch: false,
             max_sessions_per_user: None,
             on_session_limit: OnLimit::RevokeOldest,
         }
@@ -236,12 +200,12 @@ impl Default for ConfigBuilder {
 impl ConfigBuilder {
     /// Absolute session lifetime. Default: 7 days.
     pub fn session_ttl(&mut self, d: Duration) -> &mut Self {
-        self.session_ttl = d;
+        self.cfg.session_ttl = d;
         self
     }
     /// Idle timeout (`None` disables it). Default: 24 hours.
     pub fn idle_timeout(&mut self, d: Option<Duration>) -> &mut Self {
-        self.idle_timeout = d;
+        self.cfg.idle_timeout = d;
         self
     }
     /// How far `last_seen` must move before it is written again, so a hot
@@ -253,27 +217,27 @@ impl ConfigBuilder {
     }
     /// Largest accepted session data, in bytes. Default: 64 KiB; at most 16 MiB.
     pub fn max_data_len(&mut self, n: usize) -> &mut Self {
-        self.max_data_len = n;
+        self.cfg.max_data_len = n;
         self
     }
     /// Sessions kept in memory. Default: 1,000,000.
     pub fn cache_capacity(&mut self, n: usize) -> &mut Self {
-        self.cache_capacity = n;
+        self.cfg.cache_capacity = n;
         self
     }
     /// Number of cache shards, a power of two in 1..=4096. Default: 64.
     pub fn cache_shards(&mut self, n: usize) -> &mut Self {
-        self.cache_shards = n;
+        self.cfg.cache_shards = n;
         self
     }
     /// Default durability of creates and updates. Default: [`Durability::Immediate`].
     pub fn durability(&mut self, d: Durability) -> &mut Self {
-        self.durability = d;
+        self.cfg.durability = d;
         self
     }
     /// Longest time an [`Durability::Eventual`] write stays non-durable. Default: 1 s; at most 60 s.
     pub fn flush_interval(&mut self, d: Duration) -> &mut Self {
-        self.flush_interval = d;
+        self.cfg.flush_interval = d;
         self
     }
     /// Longest time between checkpoints while writes come in: a checkpoint is
@@ -282,54 +246,54 @@ impl ConfigBuilder {
     /// crash and less held in memory; longer means fewer, larger commits.
     /// Default: 1 s; between 1 ms and 60 s.
     pub fn checkpoint_interval(&mut self, d: Duration) -> &mut Self {
-        self.checkpoint_interval = d;
+        self.cfg.checkpoint_interval = d;
         self
     }
     /// Longest bearer token accepted by any parser. Default: 4 KiB.
     pub fn max_token_len(&mut self, n: usize) -> &mut Self {
-        self.max_token_len = n;
+        self.cfg.max_token_len = n;
         self
     }
     /// Capacity of the writer queue; callers wait up to 1 s for room, then get
     /// [`Error::Busy`]. Default: 65,536.
     pub fn write_queue(&mut self, n: usize) -> &mut Self {
-        self.write_queue = n;
+        self.cfg.write_queue = n;
         self
     }
     /// Memory redb may use for its page cache (allocated as pages are used). Default: 1 GiB, as redb.
     pub fn db_cache_bytes(&mut self, n: usize) -> &mut Self {
-        self.db_cache_bytes = n;
+        self.cfg.db_cache_bytes = n;
         self
     }
     /// Lifetime of access tokens (JWTs). Default: 5 minutes; at most 1 hour.
     pub fn access_ttl(&mut self, d: Duration) -> &mut Self {
-        self.access_ttl = d;
+        self.cfg.access_ttl = d;
         self
     }
     /// Clock leeway applied to `exp`/`nbf`/`iat` of access tokens. Default: 30 s; at most 60 s.
     pub fn leeway(&mut self, d: Duration) -> &mut Self {
-        self.leeway = d;
+        self.cfg.leeway = d;
         self
     }
     /// `iss` of access tokens, checked on verify. Default: `"cloakroom"`.
     pub fn issuer(&mut self, iss: impl Into<String>) -> &mut Self {
-        self.issuer = iss.into();
+        self.cfg.issuer = iss.into();
         self
     }
     /// `aud` of access tokens, checked on verify. Default: `"cloakroom"`.
     pub fn audience(&mut self, aud: impl Into<String>) -> &mut Self {
-        self.audience = aud.into();
+        self.cfg.audience = aud.into();
         self
     }
     /// Refresh-token reuse policy. Default: [`Reuse::Grace`] of 10 s.
     pub fn reuse(&mut self, reuse: Reuse) -> &mut Self {
-        self.reuse = reuse;
+        self.cfg.reuse = reuse;
         self
     }
     /// Access-token keys. Default: one HS256 key derived from the server key
     /// (kid `hs256-<fingerprint>`), enough for a single service.
     pub fn keyring(&mut self, keyring: Keyring) -> &mut Self {
-        self.keyring = Some(keyring);
+        self.cfg.keyring = Some(keyring);
         self
     }
     /// The server key (at least 32 bytes; longer input is hashed down) from which
@@ -342,7 +306,7 @@ impl ConfigBuilder {
     /// forge stored rows. Keep it out of backups of the database file. Losing
     /// it loses every stored session (their rows no longer authenticate).
     pub fn server_key(&mut self, key: &[u8]) -> &mut Self {
-        self.server_key = if key.len() < 32 {
+        self.cfg.server_key = if key.len() < 32 {
             ServerKey::TooShort(key.len())
         } else if key.len() == 32 {
             let mut k = [0u8; 32];
@@ -361,24 +325,24 @@ impl ConfigBuilder {
     /// under the lost one read as corrupt (fail closed) and are swept when they
     /// expire. Use only after deciding the old key cannot be restored. Default: off.
     pub fn replace_lost_server_key(&mut self) -> &mut Self {
-        self.server_key = ServerKey::ReplaceLost;
+        self.cfg.server_key = ServerKey::ReplaceLost;
         self
     }
     /// Reads the server key, as 64 hex digits, from environment variable `var` at open.
     pub fn server_key_env(&mut self, var: impl Into<String>) -> &mut Self {
-        self.server_key = ServerKey::Env(var.into());
+        self.cfg.server_key = ServerKey::Env(var.into());
         self
     }
     /// How often the background sweeper removes expired sessions and prunes the
     /// revocation set (real time); `None` disables the thread (call
     /// `Store::sweep` yourself). Default: 30 s.
     pub fn sweep_interval(&mut self, every: Option<Duration>) -> &mut Self {
-        self.sweep_interval = every;
+        self.cfg.sweep_interval = every;
         self
     }
     /// Receives every [`Event`]. Default: none.
     pub fn on_event(&mut self, handler: impl Fn(&Event) + Send + Sync + 'static) -> &mut Self {
-        self.on_event = Some(Arc::new(handler));
+        self.cfg.on_event = Some(Arc::new(handler));
         self
     }
     /// Marks a database file that `Store::open` creates as a scratch file: a
@@ -386,7 +350,7 @@ impl ConfigBuilder {
     /// tool may later reset without asking. Has no effect on an existing file.
     /// Default: false. See [`crate::ReadOnlyStore::is_scratch`].
     pub fn scratch(&mut self, yes: bool) -> &mut Self {
-        self.scratch = yes;
+        self.cfg.scratch = yes;
         self
     }
     /// Most live sessions one user may hold (`None`, the default: unlimited).
@@ -408,41 +372,20 @@ impl ConfigBuilder {
 
     /// The time source. Default: [`SystemClock`].
     pub fn clock(&mut self, clock: impl Clock) -> &mut Self {
-        self.clock = Arc::new(clock);
+        self.cfg.clock = Arc::new(clock);
         self
     }
 
     fn unchecked(&self) -> Config {
         let touch = self.touch_granularity.unwrap_or_else(|| {
-            self.idle_timeout.map_or(Duration::from_secs(60), |i| (i / 10).min(Duration::from_secs(60)))
+            self.cfg.idle_timeout.map_or(Duration::from_secs(60), |i| (i / 10).min(Duration::from_secs(60)))
         });
         Config {
-            session_ttl: self.session_ttl,
-            idle_timeout: self.idle_timeout,
             touch_granularity: touch,
-            max_data_len: self.max_data_len,
-            cache_capacity: self.cache_capacity,
-            cache_shards: self.cache_shards,
-            durability: self.durability,
-            flush_interval: self.flush_interval,
-            checkpoint_interval: self.checkpoint_interval,
-            max_token_len: self.max_token_len,
-            write_queue: self.write_queue,
-            db_cache_bytes: self.db_cache_bytes,
-            access_ttl: self.access_ttl,
-            leeway: self.leeway,
-            issuer: self.issuer.clone(),
-            audience: self.audience.clone(),
-            reuse: self.reuse,
-            keyring: self.keyring.clone(),
-            server_key: self.server_key.clone(),
-            on_event: self.on_event.clone(),
-            sweep_interval: self.sweep_interval,
-            clock: Arc::clone(&self.clock),
-            scratch: self.scratch,
             session_cap: self
                 .max_sessions_per_user
                 .map(|max| crate::backend::rules::Cap { max, on_limit: self.on_session_limit }),
+            ..self.cfg.clone()
         }
     }
 
