@@ -127,7 +127,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Auth {
 /// `axum::middleware::from_fn_with_state(web.clone(), cloakroom::axum::authenticate)`.
 ///
 /// Reads the session cookie and any `Authorization: Bearer` credential,
-/// authenticates them (inline when the session is cached, else on the
+/// authenticates them (inline when the validate will do no I/O — a fresh cached copy —, else on the
 /// blocking pool), refuses a cookie and a bearer that name different sessions
 /// (401), runs the CSRF checks on unsafe requests that are not
 /// bearer-authenticated (403), and records the result for [`Auth`]. A session

@@ -26,10 +26,14 @@
 //!
 //! # Async rule
 //!
-//! No fsync runs on a runtime worker thread. A validate whose session is in
-//! the cache runs inline (a few hundred nanoseconds, no I/O); a validate that
-//! must read the database, and every write (login, logout, token issue and
-//! refresh), runs on tokio's blocking pool (`spawn_blocking`).
+//! No fsync and no Redis round trip runs on a runtime worker thread. A
+//! validate runs inline only when it will do no I/O: its session is cached
+//! and the cached copy may answer (on a Redis-backed store: the node is
+//! following and the copy is within the staleness bound of its read) — a few
+//! hundred nanoseconds. Every other validate (a miss, a stale copy, any while
+//! the node is not following), and every write (login, logout, token issue
+//! and refresh), runs on tokio's blocking pool (`spawn_blocking`). Access
+//! tokens are verified inline: `verify_access` never does I/O.
 //!
 //! # Cookies
 //!

@@ -424,7 +424,9 @@ impl Store {
             || {
                 let inner = self.live()?;
                 let now = self.now_ms();
-                let rec = match inner.table.cache.get(&id) {
+                // A cached copy answers only under the validate hit's rule
+                // (on a shared backend: following, and fresh on this node's clock).
+                let rec = match inner.table.cache.get(&id).filter(|r| self.cache_may_answer(r, now)) {
                     Some(r) => r,
                     None => match inner.table.backend.get(&id)? {
                         Some(r) => Arc::new(r),
