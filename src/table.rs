@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::backend::{Backend, Op, Outcome, Wait};
+use crate::backend::{Backend, Invalidation, Op, Outcome, Revoked, Wait};
 use crate::cache::Cache;
 use crate::clock::duration_millis;
 use crate::error::{Error, StorageErrorKind};
@@ -37,6 +37,12 @@ impl SessionTable {
         on_event: Option<EventHandler>,
     ) -> SessionTable {
         SessionTable { cache, revocation, backend, granularity_ms: duration_millis(granularity), on_event }
+    }
+
+    /// The follower's way into this table (see [`Invalidator`]).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn invalidator(&self) -> Invalidator {
+        Invalidator { cache: Arc::clone(&self.cache), revocation: Arc::clone(&self.revocation) }
     }
 
     /// Tells the configured event handler, if any.
@@ -177,5 +183,40 @@ impl SessionTable {
                 Err(f.error)
             }
         }
+    }
+}
+
+/// The follower's way into this node's cache and revocation state (see
+/// [`Invalidation`]): every change a cached fill might race is bracketed by
+/// an eviction and an epoch bump, so a fill that read before it drops what
+/// it cached (see [`SessionTable::load`]).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // (only the Redis follower uses it)
+pub(crate) struct Invalidator {
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) revocation: Arc<Revocation>,
+}
+
+impl Invalidation for Invalidator {
+    fn revoked(&self, entries: &[Revoked]) {
+        self.revocation.revoke_committed(entries);
+        for e in entries {
+            self.cache.remove(&e.id);
+        }
+        self.revocation.bump_epoch();
+    }
+
+    fn changed(&self, id: &SessionId) {
+        // Evict, then bump: a fill that read the old row sees the bump.
+        self.cache.remove(id);
+        self.revocation.bump_epoch();
+    }
+
+    fn not_before(&self, user: &str, at: u64) {
+        self.revocation.set_not_before(user, at);
+    }
+
+    fn flush(&self) {
+        self.cache.clear();
+        self.revocation.bump_epoch();
     }
 }

@@ -130,7 +130,8 @@ async fn the_example_app_in_headless_chromium() {
             std::env::var_os("CLOAKROOM_REQUIRE_BROWSER").is_none(),
             "chromium/chromedriver required but not found"
         );
-        println!("SKIPPED: chromium not installed");
+        // Straight to stderr in one write: the harness captures println!.
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), b"SKIPPED: chromium not installed\n");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -185,6 +185,21 @@ pub(crate) struct Swept {
     pub(crate) corrupt: usize,
 }
 
+/// What a shared backend's follower does to this node's session table when
+/// other nodes write: the one narrow way a backend reaches up (implemented by
+/// [`crate::table::Invalidator`]).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // (only the Redis follower calls it)
+pub(crate) trait Invalidation: Send + Sync {
+    /// Sessions revoked elsewhere: refuse them, drop their cached copies.
+    fn revoked(&self, entries: &[Revoked]);
+    /// A session changed elsewhere: drop its cached copy.
+    fn changed(&self, id: &SessionId);
+    /// A user's not-before cut-off, raised elsewhere.
+    fn not_before(&self, user: &str, at: u64);
+    /// Whatever is cached may have missed events: drop all of it.
+    fn flush(&self);
+}
+
 /// Called after a failed batch with the ids of its Eventual creates (never
 /// stored), for the session table to forget from its cache.
 pub(crate) type LostHook = Arc<dyn Fn(Vec<SessionId>) + Send + Sync>;

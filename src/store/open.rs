@@ -45,7 +45,8 @@ pub(super) struct SharedTier {
 }
 
 /// Starts a shared backend's follower thread over this store's cache and bitmap.
-pub(super) type Follow = Box<dyn FnOnce(Arc<Cache>, Arc<Revocation>) -> Result<std::thread::JoinHandle<()>, Error>>;
+pub(super) type Follow =
+    Box<dyn FnOnce(Arc<dyn crate::backend::Invalidation>) -> Result<std::thread::JoinHandle<()>, Error>>;
 
 impl Store {
     /// Opens (or creates) the store in the redb file at `path`.
@@ -202,13 +203,11 @@ impl Store {
                 RedisBackend::reserve(&reserve_pool, &reserve_keys, &reserve_instance, &reserve_coherence, n)
             }),
             coherence,
-            follow: Box::new(move |cache, revocation| {
-                sync::start(pool, keys, instance, sync::Targets { cache, revocation }, follow_coherence)
-            }),
+            follow: Box::new(move |targets| sync::start(pool, keys, instance, targets, follow_coherence)),
         };
         let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;
         // Before the first call (the follower catches up again when it connects).
-        sync::catch_up(&store.inner.table.revocation, &loaded);
+        sync::catch_up(&store.inner.table.invalidator(), &loaded);
         Ok(store)
     }
 
@@ -285,7 +284,9 @@ impl Store {
         let (serials, coherence, follower) = match tier {
             None => (Serials::Local(AtomicU64::new(boot.next_serial.max(1))), None, None),
             Some(t) => {
-                let follower = (t.follow)(Arc::clone(&cache), Arc::clone(&revocation))?;
+                let invalidator =
+                    crate::table::Invalidator { cache: Arc::clone(&cache), revocation: Arc::clone(&revocation) };
+                let follower = (t.follow)(Arc::new(invalidator))?;
                 let serials = Serials::Blocks { blocks: parking_lot::Mutex::default(), reserve: t.reserve };
                 (serials, Some(t.coherence), Some(follower))
             }

@@ -28,18 +28,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Instance, Keys, Loaded, Pool, load, split_id_hash};
-use crate::backend::Revoked;
 use crate::backend::coherence::Coherence;
-use crate::cache::Cache;
+use crate::backend::{Invalidation, Revoked};
 use crate::error::{Error, StorageError, StorageErrorKind};
-use crate::revocation::Revocation;
 use crate::token::SessionId;
 
-/// The pieces the subscriber updates.
-pub(crate) struct Targets {
-    pub(crate) cache: Arc<Cache>,
-    pub(crate) revocation: Arc<Revocation>,
-}
+/// What the subscriber updates: this node's session table, through its
+/// narrow invalidation interface.
+pub(crate) type Targets = Arc<dyn Invalidation>;
 
 /// How often a quiet channel is pinged (and so how soon a dead connection is noticed).
 const PING_EVERY: Duration = Duration::from_millis(250);
@@ -64,8 +60,7 @@ pub(crate) fn start(
                 if coherence.wiped() {
                     // Nothing this node holds may answer again: the store
                     // must be reopened. Nothing more to follow.
-                    targets.cache.clear();
-                    targets.revocation.bump_epoch();
+                    targets.flush();
                     break;
                 }
                 if coherence.stopped() {
@@ -73,7 +68,7 @@ pub(crate) fn start(
                 }
                 // The server is gone or the connection broke: what was cached
                 // may miss events from now on.
-                targets.cache.clear();
+                targets.flush();
                 pool.clear();
                 coherence.pause(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -92,10 +87,9 @@ fn follow(pool: &Pool, keys: &Keys, instance: &Instance, t: &Targets, coherence:
     // Subscribed first, so nothing published from here on is missed; then
     // catch up on what may have been missed before. Evict, then bump: a fill
     // that read before the flush sees the bump and drops what it cached.
-    t.cache.clear();
-    t.revocation.bump_epoch();
+    t.flush();
     check_instance(pool, keys, instance, coherence)?;
-    catch_up(&t.revocation, &load(pool, keys)?);
+    catch_up(t.as_ref(), &load(pool, keys)?);
     coherence.resyncs.fetch_add(1, Ordering::Relaxed);
     coherence.set_synced(true);
     // A wipe does not drop connections (FLUSHALL): checked every interval.
@@ -138,10 +132,10 @@ fn check_instance(pool: &Pool, keys: &Keys, instance: &Instance, coherence: &Coh
 /// Applies what `load` read: every revocation entry (with its secret hash, so
 /// a revoked token's holder reads `Revoked`) and not-before cut-off. At open
 /// and after every (re)connect of the follower.
-pub(crate) fn catch_up(revocation: &Revocation, loaded: &Loaded) {
-    revocation.revoke_committed(&loaded.revoked);
+pub(crate) fn catch_up(t: &dyn Invalidation, loaded: &Loaded) {
+    t.revoked(&loaded.revoked);
     for (user, at) in &loaded.not_before {
-        revocation.set_not_before(user, *at);
+        t.not_before(user, *at);
     }
 }
 
@@ -158,16 +152,12 @@ pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
                 (serial, prune_after, parts.next().and_then(split_id_hash))
             {
                 instance.saw(serial);
-                t.revocation.revoke_committed(&[Revoked { serial, id, secret_hash, prune_after }]);
-                t.cache.remove(&id);
-                t.revocation.bump_epoch();
+                t.revoked(&[Revoked { serial, id, secret_hash, prune_after }]);
             }
         }
         Some((b'U', rest)) => {
             if let Ok(id) = <[u8; 16]>::try_from(rest) {
-                // Evict, then bump: a fill that read the old row sees the bump.
-                t.cache.remove(&SessionId::from_bytes(id));
-                t.revocation.bump_epoch();
+                t.changed(&SessionId::from_bytes(id));
             }
         }
         Some((b'N', rest)) => {
@@ -175,7 +165,7 @@ pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
             if let Some((at, user)) = text.split_once(':')
                 && let Ok(at) = at.parse::<u64>()
             {
-                t.revocation.set_not_before(user, at);
+                t.not_before(user, at);
             }
         }
         _ => {}
