@@ -240,6 +240,12 @@ pub(crate) trait Backend: Send + Sync {
     fn close(&self) -> Result<(), Error>;
     /// The backend's counters, into `stats`.
     fn stats(&self, stats: &mut crate::Stats);
+    /// Raises the revocation horizon recorded by the backend (ms) to `ms` if
+    /// it is lower; returns the recorded one. A backend whose horizon only
+    /// its own process sets (redb: recorded at open, `db::horizon`) returns `ms`.
+    fn record_horizon(&self, ms: u64) -> Result<u64, Error> {
+        Ok(ms)
+    }
     /// Whether other processes write the same sessions (Redis): then a write's
     /// result is not put in the cache (another node's newer write, or its
     /// invalidation event, may already have passed), and the session table

@@ -9,6 +9,7 @@
 //! key ([`mac`]).
 
 pub(crate) mod applier;
+mod horizon;
 pub(crate) mod index;
 pub(crate) mod journal;
 pub(crate) mod mac;

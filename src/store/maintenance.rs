@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use super::{Stats, Store};
 use crate::backend::{Op, Outcome, Wait};
-use crate::clock::duration_millis;
 use crate::error::Error;
 use crate::sweeper::SweepReport;
 
@@ -66,9 +65,13 @@ impl Store {
                 let inner = self.live()?;
                 // The prune clock, not the wall clock: a forward jump prunes nothing early.
                 let now = self.prune_now();
+                // Another node may have raised the recorded horizon since this one
+                // opened (Redis): the entries this node wrote under its own horizon
+                // are then kept the difference longer.
+                let recorded = inner.table.backend.record_horizon(inner.horizon_ms)?;
+                let now = now.saturating_sub(recorded.saturating_sub(inner.horizon_ms));
                 let entries = inner.table.revocation.due(now);
-                let not_before =
-                    inner.table.revocation.stale_not_before(now, duration_millis(inner.config.revocation_horizon()));
+                let not_before = inner.table.revocation.stale_not_before(now, inner.horizon_ms);
                 let (pruned, users) =
                     match inner.table.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
                         Outcome::Pruned(p, u) => (p, u),

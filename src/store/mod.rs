@@ -87,6 +87,10 @@ pub(crate) struct Inner {
     follower: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Which pre-tag session tokens this store still accepts.
     legacy: LegacyTokens,
+    /// How long a revocation entry, a not-before cut-off or a retired key
+    /// must outlive its creation (ms): the largest access TTL + leeway any
+    /// opener of this store recorded (issue 25 item 1), never just this config's.
+    horizon_ms: u64,
     closed: AtomicBool,
     sweeper: Option<Sweeper>,
 }

@@ -32,6 +32,9 @@ pub(super) struct Boot<'a> {
     revoked: &'a [(u64, u64, SessionId)],
     /// (user, not-before ms).
     not_before: Vec<(String, u64)>,
+    /// The revocation horizon recorded by the backend (ms): the largest any
+    /// opener used, this one's included (see `db::horizon`).
+    horizon_ms: u64,
 }
 
 /// What a backend shared by several nodes adds to the shared layers: serials
@@ -190,11 +193,17 @@ impl Store {
         let loaded = load(&pool, &keys)?;
         // The revocation state is applied by `sync::catch_up` below, as the
         // follower does on every (re)connect.
+        let horizon_ms = crate::backend::redis::record_horizon(
+            &pool,
+            &keys,
+            crate::clock::duration_millis(config.revocation_horizon()),
+        )?;
         let boot = Boot {
             next_serial: 1,
             legacy: LegacyTokens { tagged_since: 0, until: 0 },
             revoked: &[],
             not_before: Vec::new(),
+            horizon_ms,
         };
         let (reserve_pool, reserve_keys, reserve_instance) = (Arc::clone(&pool), keys.clone(), Arc::clone(&instance));
         let (reserve_coherence, follow_coherence) = (Arc::clone(&coherence), Arc::clone(&coherence));
@@ -242,11 +251,13 @@ impl Store {
             checkpoint_interval: config.checkpoint_interval,
             queue: config.write_queue,
         };
+        let horizon_ms = db.record_horizon(crate::clock::duration_millis(config.revocation_horizon()))?;
         let boot = Boot {
             next_serial: loaded.next_serial,
             legacy: loaded.legacy,
             revoked: &loaded.revoked,
             not_before: loaded.not_before.clone(),
+            horizon_ms,
         };
         Self::assemble(
             config,
@@ -302,6 +313,7 @@ impl Store {
             coherence,
             follower: parking_lot::Mutex::new(follower),
             legacy: boot.legacy,
+            horizon_ms: boot.horizon_ms,
             closed: AtomicBool::new(false),
             sweeper: interval.and_then(|every| {
                 Sweeper::start(weak.clone(), every, |inner| {

@@ -374,7 +374,7 @@ impl Store {
     pub(super) fn prune_after(&self, now: u64) -> u64 {
         // (Starts the prune clock no later than the first revocation.)
         let _ = self.prune_now();
-        now.saturating_add(duration_millis(self.inner.config.revocation_horizon()))
+        now.saturating_add(self.inner.horizon_ms)
     }
 
     /// A user's live sessions (expired and revoked ones left out), oldest first,

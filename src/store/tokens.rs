@@ -34,7 +34,7 @@ impl Store {
     /// # Errors
     /// [`Error::Config`] if the kid is unknown or still the signing key.
     pub fn retire_key(&self, kid: &str) -> Result<(), Error> {
-        let until = self.inner.config.clock.now() + self.inner.config.revocation_horizon();
+        let until = self.inner.config.clock.now() + std::time::Duration::from_millis(self.inner.horizon_ms);
         let r = self.inner.keyring.retire(kid, until);
         if r.is_ok() {
             tracing::info!(kid, "access-token key retired (verifies until every token it signed expired)");

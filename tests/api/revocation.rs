@@ -151,3 +151,53 @@ fn a_forward_clock_jump_prunes_no_revocation_early() {
     assert!(s.prune_revocations().unwrap().0 >= 1);
     assert!(s.verify_access(&pair.access).is_err());
 }
+
+/// Issue 25 item 1: the revocation horizon is the store's, recorded by every
+/// opener: a revocation written by an opener with the default (5 min) access
+/// TTL — the CLI — stays in force for an app whose access tokens live an hour,
+/// also across a sweep, and so does one written after a restart with a
+/// shorter TTL.
+#[test]
+fn revocations_outlive_the_longest_access_ttl_any_opener_used() {
+    let clock = cloakroom::ManualClock::fixed();
+    let app = || {
+        Config::builder()
+            .access_ttl(Duration::from_secs(3600))
+            .sweep_interval(None)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let cli = || Config::builder().sweep_interval(None).clock(clock.clone()).build().unwrap();
+    let place = Durable::new();
+    let s = place.open(app());
+    let issued = s.create(NewSession::new("long-ttl")).unwrap();
+    let pair = s.issue_tokens(&issued.token.to_string()).unwrap();
+    let other = s.create(NewSession::new("long-ttl-2")).unwrap();
+    let pair2 = s.issue_tokens(&other.token.to_string()).unwrap();
+    s.close().unwrap();
+    drop(s);
+    // The CLI (default config) revokes; then the app restarts.
+    let c = place.open(cli());
+    c.revoke(issued.session.id()).unwrap();
+    c.close().unwrap();
+    drop(c);
+    // A restart with a shorter TTL revokes the other session.
+    let short = place.open(cli());
+    short.revoke(other.session.id()).unwrap();
+    clock.advance(Duration::from_secs(6 * 60));
+    short.sweep().unwrap();
+    assert!(matches!(short.verify_access(&pair2.access), Err(Error::Revoked)));
+    short.close().unwrap();
+    drop(short);
+    let s = place.open(app());
+    assert!(matches!(s.verify_access(&pair.access), Err(Error::Revoked)));
+    clock.advance(Duration::from_secs(10 * 60));
+    s.sweep().unwrap();
+    assert!(matches!(s.verify_access(&pair.access), Err(Error::Revoked)), "pruned on the CLI's horizon");
+    assert!(matches!(s.verify_access(&pair2.access), Err(Error::Revoked)), "pruned on a shorter restart's horizon");
+    // Past the hour (+ leeway) the tokens are expired anyway and the entries may go.
+    clock.advance(Duration::from_secs(3600));
+    s.sweep().unwrap();
+    assert!(s.verify_access(&pair.access).is_err());
+}

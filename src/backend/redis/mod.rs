@@ -547,6 +547,10 @@ impl Backend for RedisBackend {
         true
     }
 
+    fn record_horizon(&self, ms: u64) -> Result<u64, Error> {
+        record_horizon(&self.shared.pool, &self.shared.keys, ms)
+    }
+
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
         let sh = &self.shared;
         sh.coherence.check_wiped()?;
@@ -655,4 +659,15 @@ impl Backend for RedisBackend {
         s.commits = writes;
         s.durable_commits = if self.shared.fsync_always { writes } else { 0 };
     }
+}
+
+/// Raises the revocation horizon recorded in `{p}:meta` (`horizon`, ms) to
+/// `ms` if it is lower; returns the recorded one (the larger). Every node
+/// prunes by it (see `db::horizon` for the redb file's).
+pub(crate) fn record_horizon(pool: &Pool, keys: &Keys, ms: u64) -> Result<u64, Error> {
+    const RAISE: &str = "local c = tonumber(redis.call('HGET', KEYS[1], 'horizon') or '0') \
+        local n = tonumber(ARGV[1]) \
+        if n > c then redis.call('HSET', KEYS[1], 'horizon', ARGV[1]); return n end \
+        return c";
+    pool.with(|c| redis::Script::new(RAISE).key(keys.meta.as_str()).arg(ms).invoke::<u64>(c))
 }
