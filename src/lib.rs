@@ -114,7 +114,7 @@ pub use config::{Config, ConfigBuilder, Durability, OnLimit};
 pub use error::{Error, InputError, JwtError, Malformed, Result, StorageError, StorageErrorKind};
 pub use events::{Event, EventHandler, RevokeReason};
 pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};
-pub use readonly::{ReadOnlyStore, TableReport, VerifyReport};
+pub use readonly::{ReadOnlyStore, TableReport, UserSessions, VerifyReport};
 pub use refresh::{RefreshFamily, Reuse};
 pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
 pub use store::{Issued, Principal, Scope, Source, Stats, Store, TokenPair};

@@ -44,6 +44,20 @@ impl VerifyReport {
     }
 }
 
+/// What [`ReadOnlyStore::list_user`] found.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UserSessions {
+    /// The user's live sessions (not revoked, not expired), oldest first.
+    pub sessions: Vec<Session>,
+    /// Session rows left out because they fail their authentication tag or
+    /// do not decode. A damaged row's user cannot be trusted, so on a format-3
+    /// file this counts every damaged session row of the file, whoever's it
+    /// was (`cloakroom verify` reports them); on formats 1 and 2, only those
+    /// the user's index names.
+    pub damaged_rows: u64,
+}
+
 /// One table's line in a [`VerifyReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -144,22 +158,27 @@ impl ReadOnlyStore {
         self.db.is_scratch()
     }
 
-    /// A user's live sessions (not revoked, not expired at `now`), oldest first.
+    /// A user's live sessions (not revoked, not expired at `now`), oldest
+    /// first. A damaged session row (one that fails its tag or does not
+    /// decode) does not fail the listing: it is left out and counted in
+    /// [`UserSessions::damaged_rows`], as [`ReadOnlyStore::verify`] counts it.
     ///
     /// # Errors
-    /// [`Error::Input`] for an invalid user id; [`Error::Storage`] if a read fails.
-    pub fn list_user(&self, user: &str, now: SystemTime) -> Result<Vec<Session>, Error> {
+    /// [`Error::Input`] for an invalid user id; [`Error::Config`] without the
+    /// server key (format 3); [`Error::Storage`] if a read fails.
+    pub fn list_user(&self, user: &str, now: SystemTime) -> Result<UserSessions, Error> {
         check_user(user)?;
         let now = to_millis(now);
-        let mut out = Vec::new();
-        for rec in self.db.list_user(user)? {
+        let rows = self.db.list_user(user)?;
+        let mut sessions = Vec::new();
+        for rec in rows.records {
             if now < rec.deadline(rec.last_seen) && !self.db.is_revoked(rec.serial)? {
                 let last_seen = rec.last_seen;
-                out.push(Session::of(&rec, last_seen));
+                sessions.push(Session::of(&rec, last_seen));
             }
         }
-        out.sort_by_key(|s| (s.created_at, s.serial()));
-        Ok(out)
+        sessions.sort_by_key(|s| (s.created_at, s.serial()));
+        Ok(UserSessions { sessions, damaged_rows: rows.damaged })
     }
 
     /// The live refresh families of `session` (as listed by

@@ -786,6 +786,14 @@ pub(crate) struct TableCheck {
     pub(crate) bad: u64,
 }
 
+/// What [`ReadOnly::list_user`] read: the user's sessions, and how many session
+/// rows could not be read (failed their tag or did not decode).
+#[derive(Default)]
+pub(crate) struct UserRows {
+    pub(crate) records: Vec<Record>,
+    pub(crate) damaged: u64,
+}
+
 /// A database opened read-only (admin reads): redb's `ReadOnlyDatabase`, which
 /// writes no byte of the file.
 pub(crate) struct ReadOnly {
@@ -804,32 +812,42 @@ impl ReadOnly {
         self.mac.as_ref().ok_or_else(|| Error::Config("reading sessions needs the server key".into()))
     }
 
-    /// Reads every session of `user`. Admin reads have no in-memory index:
-    /// format 3 is scanned in full (about a second per million sessions).
-    pub(crate) fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
-        let rtx = self.rtx()?;
-        let mut out = Vec::new();
-        if self.format >= 3 {
-            let mac = self.mac()?;
-            for row in rtx.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
-                let (k, v) = row.map_err(io)?;
-                let rec = decode_row(mac, k.value(), v.value())?;
-                if &*rec.user == user {
-                    out.push(rec);
+    /// Reads every session of `user`, and counts the session rows that fail
+    /// their tag or do not decode instead of failing on the first one (as
+    /// `verify` does). Admin reads have no in-memory index: format 3 is
+    /// scanned in full (about a second per million sessions), and a damaged
+    /// row's user cannot be trusted, so every such row in the file is
+    /// counted; formats 1 and 2 count only the rows `user`'s index names.
+    pub(crate) fn list_user(&self, user: &str) -> Result<UserRows, Error> {
+        guarded(|| {
+            let rtx = self.rtx()?;
+            let mut out = UserRows::default();
+            if self.format >= 3 {
+                let mac = self.mac()?;
+                for row in rtx.open_table(SESSIONS).map_err(io)?.iter().map_err(io)? {
+                    let (k, v) = row.map_err(io)?;
+                    match decode_row(mac, k.value(), v.value()) {
+                        Ok(rec) if &*rec.user == user => out.records.push(rec),
+                        Ok(_) => {}
+                        Err(_) => out.damaged += 1,
+                    }
+                }
+                return Ok(out);
+            }
+            let sessions = rtx.open_table(SESSIONS_V2).map_err(io)?;
+            let idx = rtx.open_table(USER_SESSIONS_V2).map_err(io)?;
+            for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
+                let (k, _) = row.map_err(io)?;
+                let id = *k.value().1;
+                if let Some(v) = sessions.get(&id).map_err(io)? {
+                    match Record::decode(SessionId::from_bytes(id), v.value()) {
+                        Ok(rec) => out.records.push(rec),
+                        Err(_) => out.damaged += 1,
+                    }
                 }
             }
-            return Ok(out);
-        }
-        let sessions = rtx.open_table(SESSIONS_V2).map_err(io)?;
-        let idx = rtx.open_table(USER_SESSIONS_V2).map_err(io)?;
-        for row in idx.range((user, &[0u8; 16])..=(user, &[0xffu8; 16])).map_err(io)? {
-            let (k, _) = row.map_err(io)?;
-            let id = *k.value().1;
-            if let Some(v) = sessions.get(&id).map_err(io)? {
-                out.push(Record::decode(SessionId::from_bytes(id), v.value()).map_err(corrupt_row)?);
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// A format-3 session's refresh families, by its storage number (older

@@ -174,7 +174,7 @@ fn read_only_opens_change_no_byte_and_create_nothing() {
     let ro = ReadOnlyStore::open(&path).unwrap();
     assert_eq!(ro.sessions_stored().unwrap(), 20, "a revoked session's row is deleted");
     assert_eq!(ro.revoked_serials().unwrap(), 1);
-    assert_eq!(ro.list_user("alice", cloakroom::Clock::now(&cloakroom::SystemClock)).unwrap().len(), 10);
+    assert_eq!(ro.list_user("alice", cloakroom::Clock::now(&cloakroom::SystemClock)).unwrap().sessions.len(), 10);
     assert!(!ro.is_scratch().unwrap());
     assert_eq!(ro.keys().unwrap().unwrap().len(), 1);
     drop(ro);
