@@ -24,7 +24,7 @@ use crate::token::{IdHash, SecretHash, SessionId};
 /// The ids of the revoked sessions, so a token whose row is gone still reads
 /// as `Revoked`, and what pruning needs. (The serials are in `Revocation::bits`.)
 #[derive(Default)]
-struct Revoked {
+struct RevokedSet {
     /// id → serial of its latest revocation; [`UNKNOWN_SERIAL`] for an id
     /// refused before its serial could be read (a revoke during a storage fault).
     ids: HashMap<SessionId, u64, IdHash>,
@@ -58,7 +58,7 @@ type Bits = [Snapshot<RoaringTreemap>; BIT_SHARDS];
 #[derive(Default)]
 pub(crate) struct Revocation {
     bits: Bits,
-    revoked: RwLock<Revoked>,
+    revoked: RwLock<RevokedSet>,
     marker: std::sync::OnceLock<Marker>,
     not_before: Snapshot<HashMap<Box<str>, u64>>,
     /// Bumped by every revocation, before its commit. A cache fill compares it

@@ -94,7 +94,7 @@ impl Auth {
 
 /// What the middleware found, as a request extension.
 #[derive(Clone)]
-enum Found {
+enum Credential {
     Signed(Box<Auth>),
     Anonymous { redirect: Option<String> },
 }
@@ -103,9 +103,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Found>() {
-            Some(Found::Signed(a)) => Ok(Auth::clone(a)),
-            Some(Found::Anonymous { redirect }) => Err(WebError::Unauthenticated { redirect: redirect.clone() }),
+        match parts.extensions.get::<Credential>() {
+            Some(Credential::Signed(a)) => Ok(Auth::clone(a)),
+            Some(Credential::Anonymous { redirect }) => Err(WebError::Unauthenticated { redirect: redirect.clone() }),
             None => Err(WebError::Internal("the cloakroom::axum::authenticate middleware is not installed")),
         }
     }
@@ -115,9 +115,9 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Auth {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        match parts.extensions.get::<Found>() {
-            Some(Found::Signed(a)) => Ok(Some(Auth::clone(a))),
-            Some(Found::Anonymous { .. }) => Ok(None),
+        match parts.extensions.get::<Credential>() {
+            Some(Credential::Signed(a)) => Ok(Some(Auth::clone(a))),
+            Some(Credential::Anonymous { .. }) => Ok(None),
             None => Err(WebError::Internal("the cloakroom::axum::authenticate middleware is not installed")),
         }
     }
@@ -171,21 +171,21 @@ async fn run(web: &Web, req: Request, next: Next) -> Result<Response, WebError> 
         (Some(Ok(b)), Some(Ok(c))) if b.principal.serial != c.principal.serial => {
             return Err(WebError::CredentialsDisagree);
         }
-        (Some(Ok(b)), _) => Found::Signed(Box::new(b)),
-        (Some(Err(_)), _) => Found::Anonymous { redirect: None },
+        (Some(Ok(b)), _) => Credential::Signed(Box::new(b)),
+        (Some(Err(_)), _) => Credential::Anonymous { redirect: None },
         (None, Some(Ok(mut c))) => {
             c.via_cookie = true;
             c.session_token = cookie;
-            Found::Signed(Box::new(c))
+            Credential::Signed(Box::new(c))
         }
-        (None, _) => Found::Anonymous { redirect: redirect_for(&parts.method, &parts.headers, config) },
+        (None, _) => Credential::Anonymous { redirect: redirect_for(&parts.method, &parts.headers, config) },
     };
     let mut body = body;
-    if unsafe_method && !matches!(&found, Found::Signed(a) if !a.via_cookie) {
+    if unsafe_method && !matches!(&found, Credential::Signed(a) if !a.via_cookie) {
         if let Some(why) = csrf::origin_problem(&parts.headers, config) {
             return Err(WebError::Csrf(why));
         }
-        if let Found::Signed(a) = &found {
+        if let Credential::Signed(a) = &found {
             let (ok, rebuilt) = token_presented(web, a, &parts.headers, body).await?;
             if !ok {
                 return Err(WebError::Csrf("missing or wrong CSRF token"));

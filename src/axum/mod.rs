@@ -75,10 +75,10 @@ pub use layer::{Auth, authenticate};
 /// CSRF key. Cheap to clone (shared); use it as (part of) the router state.
 #[derive(Clone)]
 pub struct Web {
-    inner: Arc<Inner>,
+    inner: Arc<WebInner>,
 }
 
-struct Inner {
+struct WebInner {
     store: Store,
     config: WebConfig,
 }
@@ -97,7 +97,7 @@ impl Web {
     /// weaken the defaults without [`WebConfig::insecure_dev_mode_plain_http`].
     pub fn new(store: Store, config: WebConfig) -> Result<Web, Error> {
         config.check()?;
-        Ok(Web { inner: Arc::new(Inner { store, config }) })
+        Ok(Web { inner: Arc::new(WebInner { store, config }) })
     }
 
     /// The store.

@@ -216,7 +216,7 @@ impl Pool {
 }
 
 /// What the store loads from Redis at open and after a reconnect.
-pub(crate) struct Loaded {
+pub(crate) struct RevocationState {
     /// (serial, prune-after ms, id, secret hash) of every revocation entry.
     pub(crate) revoked: Vec<Revoked>,
     /// (user, not-before ms).
@@ -249,7 +249,7 @@ fn record_once(pool: &Pool, key: &str, field: &str, value: &str) -> Result<Optio
 }
 
 /// Reads the revocation entries and not-before cut-offs.
-pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<Loaded, Error> {
+pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<RevocationState, Error> {
     let (rv, rvt, nb): LoadReply = pool.with(|c| {
         redis::pipe()
             .cmd("HGETALL")
@@ -271,7 +271,7 @@ pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<Loaded, Error> {
             Some(Revoked { serial, id, secret_hash: sh, prune_after: times.get(&serial).copied().unwrap_or(0) })
         })
         .collect();
-    Ok(Loaded { revoked, not_before: nb })
+    Ok(RevocationState { revoked, not_before: nb })
 }
 
 /// `id ‖ secret hash` (48 bytes) as stored in the revoked hash and events.
@@ -348,12 +348,12 @@ struct Counters {
 }
 
 pub(crate) struct RedisBackend {
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
     touch_tx: Mutex<Option<Sender<Queued>>>,
     toucher: Mutex<Option<JoinHandle<()>>>,
 }
 
-struct Shared {
+struct Core {
     pool: Arc<Pool>,
     /// This node's sync state and clock (wiped: every call is refused).
     coherence: Arc<Coherence>,
@@ -423,7 +423,7 @@ impl RedisBackend {
                 )));
             }
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Core {
             pool,
             coherence,
             instance,
@@ -481,7 +481,7 @@ impl RedisBackend {
     }
 }
 
-impl Shared {
+impl Core {
     /// Refuses a write to a wiped store. While the follower is not following
     /// (it checks the instance at every reconnect and every 250 ms), a write
     /// first asks the server itself: after a restart that lost the data, no
@@ -497,7 +497,7 @@ impl Shared {
     }
 }
 
-fn touch_loop(shared: &Shared, rx: &Receiver<Queued>) {
+fn touch_loop(shared: &Core, rx: &Receiver<Queued>) {
     for q in rx {
         match q {
             // A failed touch only shortens the session (fail closed): ignore

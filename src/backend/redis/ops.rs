@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use redis::Value;
 
 use super::resp::{Arg, Packed};
-use super::{CAS_TRIES, Shared, split_id_hash};
+use super::{CAS_TRIES, Core, split_id_hash};
 use crate::backend::rules::{self, Replace};
 use crate::backend::{Create, Failure, Op, Outcome, Revoked, Swept};
 use crate::config::OnLimit;
@@ -54,7 +54,7 @@ pub(super) enum CasResult {
     Changed,
 }
 
-impl Shared {
+impl Core {
     pub(super) fn read(&self, id: &SessionId) -> Result<Option<Stored>, Error> {
         let mut p = Packed::new();
         p.cmd(&["HMGET".into(), self.keys.session(id), "r".into(), "num".into(), "f".into()]);

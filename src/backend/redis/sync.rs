@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Instance, Keys, Loaded, Pool, load, split_id_hash};
+use super::{Instance, Keys, RevocationState, Pool, load, split_id_hash};
 use crate::backend::coherence::Coherence;
 use crate::backend::{Invalidation, Revoked};
 use crate::error::{Error, StorageError, StorageErrorKind};
@@ -132,7 +132,7 @@ fn check_instance(pool: &Pool, keys: &Keys, instance: &Instance, coherence: &Coh
 /// Applies what `load` read: every revocation entry (with its secret hash, so
 /// a revoked token's holder reads `Revoked`) and not-before cut-off. At open
 /// and after every (re)connect of the follower.
-pub(crate) fn catch_up(t: &dyn Invalidation, loaded: &Loaded) {
+pub(crate) fn catch_up(t: &dyn Invalidation, loaded: &RevocationState) {
     t.revoked(&loaded.revoked);
     for (user, at) in &loaded.not_before {
         t.not_before(user, *at);
