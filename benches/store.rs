@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use cloakroom::{Config, Durability, NewSession, Store};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+#[path = "telemetry_env.rs"]
+mod telemetry_env;
+
 /// Deterministic xorshift so every run validates the same token sequence.
 struct Rng(u64);
 impl Rng {
@@ -58,6 +61,7 @@ fn eventual(cache: usize, shards: usize) -> Config {
 }
 
 fn validate(c: &mut Criterion) {
+    telemetry_env::install();
     let mut g = c.benchmark_group("validate");
     g.throughput(Throughput::Elements(1));
 

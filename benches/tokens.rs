@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use cloakroom::{Config, Keyring, NewSession, Store};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+#[path = "telemetry_env.rs"]
+mod telemetry_env;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 const HS_SECRET: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
@@ -32,6 +35,7 @@ fn bare_validation(alg: Algorithm) -> Validation {
 }
 
 fn verify(c: &mut Criterion) {
+    telemetry_env::install();
     let mut g = c.benchmark_group("verify_access");
     g.throughput(Throughput::Elements(1));
     for (name, alg, key) in [
