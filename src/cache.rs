@@ -108,7 +108,7 @@ pub(crate) struct Cache {
     evictions: AtomicU64,
 }
 
-/// Cache counters for [`crate::Stats`].
+/// Cache counters for [`crate::stats::Stats`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct CacheStats {
     pub(crate) entries: usize,

@@ -90,6 +90,7 @@ mod refresh;
 mod revocation;
 mod session;
 mod snapshot;
+mod stats;
 mod store;
 mod sweeper;
 mod sync;
@@ -117,7 +118,8 @@ pub use jwt::{AccessClaims, Algorithm, KeyInfo, KeyState, Keyring};
 pub use readonly::{ReadOnlyStore, TableReport, UserSessions, VerifyReport};
 pub use refresh::{RefreshFamily, Reuse};
 pub use session::{MAX_LABEL_LEN, MAX_USER_AGENT_LEN, MAX_USER_ID_LEN, Meta, NewSession, RecordError, Session};
-pub use store::{Issued, Principal, Scope, Source, Stats, Store, TokenPair};
+pub use stats::Stats;
+pub use store::{Issued, Principal, Scope, Source, Store, TokenPair};
 pub use sweeper::SweepReport;
 pub use token::{
     REFRESH_PREFIX, REFRESH_TOKEN_LEN, RefreshToken, SESSION_PREFIX, SESSION_TOKEN_LEN, SessionId, SessionToken,

@@ -239,7 +239,7 @@ pub(crate) trait Backend: Send + Sync {
     /// Flushes and stops. Idempotent.
     fn close(&self) -> Result<(), Error>;
     /// The backend's counters, into `stats`.
-    fn stats(&self, stats: &mut crate::Stats);
+    fn stats(&self, stats: &mut crate::stats::Stats);
     /// Raises the revocation horizon recorded by the backend (ms) to `ms` if
     /// it is lower; returns the recorded one. A backend whose horizon only
     /// its own process sets (redb: recorded at open, `db::horizon`) returns `ms`.

@@ -82,7 +82,7 @@ impl Backend for Redb {
         r
     }
 
-    fn stats(&self, s: &mut crate::Stats) {
+    fn stats(&self, s: &mut crate::stats::Stats) {
         let w = &self.writer.stats;
         let a = &self.writer.applier.progress;
         s.sessions_stored = self.db.session_count().ok();

@@ -2,9 +2,10 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Stats, Store};
+use super::Store;
 use crate::backend::{Op, Outcome, Wait};
 use crate::error::Error;
+use crate::stats::Stats;
 use crate::sweeper::SweepReport;
 
 impl Store {

@@ -8,7 +8,6 @@ mod open;
 mod revoke;
 mod serials;
 mod sessions;
-mod stats;
 mod tokens;
 
 pub use access::{Principal, Source};
@@ -18,7 +17,6 @@ use serials::Serials;
     allow(unused_imports)
 )]
 pub(crate) use sessions::Creation;
-pub use stats::Stats;
 pub use tokens::TokenPair;
 
 use std::fmt;

@@ -647,7 +647,7 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    fn stats(&self, s: &mut crate::Stats) {
+    fn stats(&self, s: &mut crate::stats::Stats) {
         let c = &self.shared.counters;
         s.touch_writes = c.touches.load(Ordering::Relaxed);
         s.dropped_touches = c.dropped_touches.load(Ordering::Relaxed);

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Instance, Keys, RevocationState, Pool, load, split_id_hash};
+use super::{Instance, Keys, Pool, RevocationState, load, split_id_hash};
 use crate::backend::coherence::Coherence;
 use crate::backend::{Invalidation, Revoked};
 use crate::error::{Error, StorageError, StorageErrorKind};

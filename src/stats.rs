@@ -1,4 +1,5 @@
-//! [`Stats`]: the counters a store reports.
+//! [`Stats`]: the counters a store reports. A leaf module: the facade and
+//! every backend fill it, and it depends on nothing of theirs.
 
 /// Counters describing a store. Cheap to take.
 #[derive(Debug, Clone, Default)]
