@@ -63,7 +63,10 @@ use std::time::Duration;
 use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
 use actix_web::cookie::time::Duration as Ttl;
 
-use crate::{Error, NewSession, Session, Store};
+use crate::error::Error;
+use crate::session::NewSession;
+use crate::session::Session;
+use crate::store::Store;
 
 /// The user a session with no user is filed under (see [`CloakroomStore::anonymous_user`]).
 pub const ANONYMOUS: &str = "actix-session:anonymous";

@@ -2,7 +2,9 @@
 //! fsync, a cache miss that reads redb or asks Redis) runs on tokio's blocking
 //! pool, never on a runtime worker. Used by the web layer and the adapters.
 
-use crate::{Error, StorageError, StorageErrorKind};
+use crate::error::Error;
+use crate::error::StorageError;
+use crate::error::StorageErrorKind;
 
 /// Runs `f` on tokio's blocking pool and returns its result.
 ///

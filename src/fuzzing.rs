@@ -4,18 +4,18 @@
 /// Parses a session token from raw bytes.
 pub fn parse_session_token(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = crate::SessionToken::parse(s);
+        let _ = crate::token::SessionToken::parse(s);
     }
 }
 /// Parses a refresh token from raw bytes.
 pub fn parse_refresh_token(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = crate::RefreshToken::parse(s);
+        let _ = crate::token::RefreshToken::parse(s);
     }
 }
 /// Decodes a stored session record; a record that decodes must re-encode to the same bytes.
 pub fn decode_record(data: &[u8]) {
-    if let Ok(r) = crate::session::Record::decode(crate::SessionId::from_bytes([0; 16]), data) {
+    if let Ok(r) = crate::session::Record::decode(crate::token::SessionId::from_bytes([0; 16]), data) {
         // Canonical IP text may differ from the input's; compare field by field otherwise.
         let again = crate::session::Record::decode(r.id, &r.encode());
         assert!(again.is_ok(), "re-encoding a decoded record must decode");
@@ -38,26 +38,26 @@ pub fn decode_journal(data: &[u8]) {
 /// Decodes a stored session record and returns the decoder's verdict.
 ///
 /// # Errors
-/// The [`crate::RecordError`] of a malformed record.
-pub fn decode_record_checked(data: &[u8]) -> Result<(), crate::RecordError> {
-    crate::session::Record::decode(crate::SessionId::from_bytes([0; 16]), data).map(|_| ())
+/// The [`crate::session::RecordError`] of a malformed record.
+pub fn decode_record_checked(data: &[u8]) -> Result<(), crate::session::RecordError> {
+    crate::session::Record::decode(crate::token::SessionId::from_bytes([0; 16]), data).map(|_| ())
 }
 
 /// Verifies arbitrary bytes as an access token and as a bearer credential
 /// against a fixed store (HS256 key, fixed clock).
 pub fn verify_access(data: &[u8]) {
     use std::sync::OnceLock;
-    static STORE: OnceLock<Option<crate::Store>> = OnceLock::new();
+    static STORE: OnceLock<Option<crate::store::Store>> = OnceLock::new();
     let store = STORE.get_or_init(|| {
-        let keys = crate::Keyring::new();
+        let keys = crate::jwt::Keyring::new();
         keys.add_hs256("fuzz", &[7; 32]).ok()?;
-        let cfg = crate::Config::builder()
+        let cfg = crate::config::Config::builder()
             .keyring(keys)
             .sweep_interval(None)
-            .clock(crate::ManualClock::fixed())
+            .clock(crate::clock::ManualClock::fixed())
             .build()
             .ok()?;
-        crate::Store::in_memory(cfg).ok()
+        crate::store::Store::in_memory(cfg).ok()
     });
     if let (Some(store), Ok(s)) = (store, std::str::from_utf8(data)) {
         let _ = store.verify_access(s);

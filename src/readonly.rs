@@ -16,7 +16,7 @@ use crate::session::{Session, check_user};
 /// Opening fails with a typed [`Error::Storage`] for a missing file, a
 /// directory, an empty or foreign file, a corrupt or newer-format file, a file
 /// that another process holds open read-write, or one that needs crash recovery
-/// (open it once with [`crate::Store::open`]).
+/// (open it once with [`crate::store::Store::open`]).
 pub struct ReadOnlyStore {
     db: ReadOnly,
     path: PathBuf,
@@ -186,13 +186,13 @@ impl ReadOnlyStore {
     ///
     /// # Errors
     /// [`Error::Storage`] if the read fails or the row fails its tag.
-    pub fn refresh_families(&self, session: &Session) -> Result<Vec<crate::RefreshFamily>, Error> {
+    pub fn refresh_families(&self, session: &Session) -> Result<Vec<crate::refresh::RefreshFamily>, Error> {
         let mut list = self.db.families(session.number)?.map(|f| f.listing()).unwrap_or_default();
         list.sort_by_key(|f| f.family);
         Ok(list)
     }
 
-    /// The access-token keys a [`crate::Store`] opened on this file with the
+    /// The access-token keys a [`crate::store::Store`] opened on this file with the
     /// default configuration would use: the `<db>.keys` file if present, else
     /// the HS256 key derived from the `<db>.key` server key file. `None` when
     /// neither file exists. Reads only; never creates a key file.

@@ -72,8 +72,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use time::OffsetDateTime;
 
 use crate::backend::rules::Replace;
+use crate::error::Error;
+use crate::session::NewSession;
+use crate::session::Session;
 use crate::store::Creation;
-use crate::{Error, NewSession, Session, SessionId, SessionToken, Store};
+use crate::store::Store;
+use crate::token::SessionId;
+use crate::token::SessionToken;
 
 /// The user a session with no user is filed under (see [`CloakroomStore::anonymous_user`]).
 pub const ANONYMOUS: &str = "tower-sessions:anonymous";
@@ -391,7 +396,7 @@ mod tests {
         let id: i128 = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
         let expiry = OffsetDateTime::now_utc() + time::Duration::hours(1);
         {
-            let store = Store::open(&path, crate::Config::default()).unwrap();
+            let store = Store::open(&path, crate::config::Config::default()).unwrap();
             let ts = CloakroomStore::new(store.clone());
             rt.block_on(async {
                 assert!(ts.create_as(id, &data_of("alice"), expiry).await.ok().unwrap());
@@ -408,7 +413,7 @@ mod tests {
             check(&store);
             store.close().unwrap();
         }
-        let store = Store::open(&path, crate::Config::default()).unwrap();
+        let store = Store::open(&path, crate::config::Config::default()).unwrap();
         check(&store);
 
         fn check(store: &Store) {

@@ -3,7 +3,7 @@
 
 use axum_extra::extract::cookie::{Cookie, SameSite};
 
-use crate::Error;
+use crate::error::Error;
 
 /// The attributes of one cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 
 use super::WebConfig;
-use crate::SessionId;
+use crate::token::SessionId;
 
 /// The header that carries the token (for `fetch` / XHR callers).
 pub(crate) const HEADER: &str = "x-csrf-token";

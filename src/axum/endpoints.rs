@@ -8,7 +8,12 @@ use serde::Serialize;
 
 use super::layer::{check_csrf_token, check_origin};
 use super::{Auth, Web, WebError, blocking};
-use crate::{Error, NewSession, RefreshToken, Scope, Session, SessionId};
+use crate::error::Error;
+use crate::session::NewSession;
+use crate::session::Session;
+use crate::store::Scope;
+use crate::token::RefreshToken;
+use crate::token::SessionId;
 
 /// The result of [`Web::login`]. Its `Debug` output redacts the CSRF token.
 #[derive(Clone)]
@@ -222,7 +227,7 @@ impl Web {
     fn token_response(
         &self,
         jar: CookieJar,
-        pair: crate::TokenPair,
+        pair: crate::store::TokenPair,
         csrf_token: String,
     ) -> (CookieJar, Json<AccessTokenResponse>) {
         let now = self.now();

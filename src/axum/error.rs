@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Why a request was refused. Converts into a response with a clear body;
 /// never includes a token or secret.

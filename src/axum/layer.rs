@@ -9,7 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 
 use super::{Unauthenticated, Web, WebError, csrf};
-use crate::{AccessClaims, Error, Principal, Session, SessionId, Source};
+use crate::error::Error;
+use crate::jwt::AccessClaims;
+use crate::session::Session;
+use crate::store::Principal;
+use crate::store::Source;
+use crate::token::SessionId;
 
 /// The authenticated caller of a request, put there by [`authenticate`].
 ///
@@ -79,7 +84,7 @@ impl Auth {
 
     /// The session's CSRF token, to put in forms (`csrf_token` field) or in
     /// the `x-csrf-token` header of `fetch` calls. `None` for an access JWT.
-    /// Bound to the session's serial: after [`crate::Store::rotate`] the
+    /// Bound to the session's serial: after [`crate::store::Store::rotate`] the
     /// session has a new token (render it from the request that carries the
     /// new session cookie).
     #[must_use]

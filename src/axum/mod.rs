@@ -2,7 +2,7 @@
 //!
 //! One middleware authenticates every request once — the session cookie, or an
 //! `Authorization: Bearer` access JWT or session token, through
-//! [`Store::authenticate`](crate::Store::authenticate) — and enforces CSRF on
+//! [`Store::authenticate`](crate::store::Store::authenticate) — and enforces CSRF on
 //! cookie-authenticated unsafe requests. Handlers then take [`Auth`] (required:
 //! 401, or a redirect for page navigations) or `Option<Auth>`. [`Web`] holds
 //! the helpers for login (with session-fixation defence), logout, logout
@@ -49,7 +49,7 @@
 //! A cookie-authenticated `POST`/`PUT`/`PATCH`/`DELETE` must carry the
 //! session's synchronizer token ([`Auth::csrf_token`]: a keyed hash of the
 //! session id and serial under a key derived from the server key, so
-//! [`Store::rotate`](crate::Store::rotate) retires it) in the `x-csrf-token`
+//! [`Store::rotate`](crate::store::Store::rotate) retires it) in the `x-csrf-token`
 //! header or a `csrf_token` form field, compared in constant time; and its
 //! `Origin` (when sent) must be an allowed origin and its `Sec-Fetch-Site`
 //! (when sent) `same-origin` or `none`. Bearer-authenticated requests are
@@ -64,7 +64,8 @@ mod layer;
 
 use std::sync::Arc;
 
-use crate::{Error, Store};
+use crate::error::Error;
+use crate::store::Store;
 
 pub use config::{CookieSettings, Unauthenticated, WebConfig};
 pub use endpoints::{AccessTokenResponse, LoggedIn};
@@ -116,7 +117,7 @@ impl Web {
     /// returns for it): bound to its id and serial, so it changes when the
     /// session is rotated.
     #[must_use]
-    pub fn csrf_token(&self, session: &crate::Session) -> String {
+    pub fn csrf_token(&self, session: &crate::session::Session) -> String {
         csrf::token(self.inner.store.csrf_key(), &session.id(), session.serial())
     }
 }

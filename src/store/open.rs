@@ -132,14 +132,14 @@ impl Store {
     }
 
     /// A store whose sessions live in a Redis (or Valkey) server shared by
-    /// several nodes of an app, with [`RedisOptions`](crate::RedisOptions)'
+    /// several nodes of an app, with [`RedisOptions`](crate::backend::redis::RedisOptions)'
     /// defaults. See [`Store::redis_with`].
     ///
     /// # Errors
     /// As [`Store::redis_with`].
     #[cfg(feature = "redis")]
     pub fn redis(url: &str, config: Config) -> Result<Store, Error> {
-        Self::redis_with(url, crate::RedisOptions::default(), config)
+        Self::redis_with(url, crate::backend::redis::RedisOptions::default(), config)
     }
 
     /// A store whose sessions live in a Redis (or Valkey, Redis ≥ 7.0) server
@@ -157,7 +157,7 @@ impl Store {
     /// # Errors
     /// [`Error::Config`] without a configured server key, for a bad URL, or
     /// when `Durability::Immediate` is asked of a server that does not fsync
-    /// every write (see [`RedisOptions::require_fsync_always`](crate::RedisOptions::require_fsync_always));
+    /// every write (see [`RedisOptions::require_fsync_always`](crate::backend::redis::RedisOptions::require_fsync_always));
     /// [`Error::Storage`] of kind `Unavailable` if the server cannot be reached,
     /// or `KeyMismatch` if the data was written under another server key.
     ///
@@ -168,7 +168,7 @@ impl Store {
     /// what it cached and refuses every call with [`Error::Storage`] of kind
     /// `Wiped` until the store is reopened with this function.
     #[cfg(feature = "redis")]
-    pub fn redis_with(url: &str, options: crate::RedisOptions, config: Config) -> Result<Store, Error> {
+    pub fn redis_with(url: &str, options: crate::backend::redis::RedisOptions, config: Config) -> Result<Store, Error> {
         use crate::backend::redis::{Keys, Pool, RedisBackend, load, sync};
         if matches!(config.server_key, crate::keys::ServerKey::Default | crate::keys::ServerKey::ReplaceLost) {
             return Err(Error::Config(

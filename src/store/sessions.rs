@@ -448,7 +448,7 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Storage`] if the read fails; [`Error::Closed`] after `close`.
-    pub fn refresh_families(&self, id: SessionId) -> Result<Vec<crate::RefreshFamily>, Error> {
+    pub fn refresh_families(&self, id: SessionId) -> Result<Vec<crate::refresh::RefreshFamily>, Error> {
         crate::telemetry::run(
             tracing::debug_span!("session.families", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
             "session.families",

@@ -61,7 +61,7 @@ pub(crate) const LAYOUT_FORMAT: u32 = 1;
 /// writer before the op reports [`Error::Busy`].
 const CAS_TRIES: usize = 64;
 
-/// Settings of a Redis-backed store ([`crate::Store::redis_with`]).
+/// Settings of a Redis-backed store ([`crate::store::Store::redis_with`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedisOptions {
@@ -379,7 +379,7 @@ impl RedisBackend {
         pool: Arc<Pool>,
         keys: Keys,
         server_key: &[u8; 32],
-        keyring: &crate::Keyring,
+        keyring: &crate::jwt::Keyring,
         need_fsync_always: bool,
         coherence: Arc<Coherence>,
     ) -> Result<RedisBackend, Error> {
