@@ -52,7 +52,7 @@ pub struct Config {
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) scratch: bool,
-    pub(crate) session_cap: Option<crate::backend::rules::Cap>,
+    pub(crate) session_cap: Option<Cap>,
 }
 
 impl Default for Config {
@@ -141,6 +141,15 @@ pub enum OnLimit {
     RevokeOldest,
     /// Refuse the create with [`Error::SessionLimit`].
     Refuse,
+}
+
+/// A per-user cap on live sessions ([`crate::ConfigBuilder::max_sessions_per_user`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cap {
+    /// Most live sessions a user may hold.
+    pub(crate) max: usize,
+    /// What the create that would pass it does.
+    pub(crate) on_limit: OnLimit,
 }
 
 /// Builder for [`Config`]. Setters document their defaults; [`ConfigBuilder::build`] validates.
@@ -382,9 +391,7 @@ impl ConfigBuilder {
         });
         Config {
             touch_granularity: touch,
-            session_cap: self
-                .max_sessions_per_user
-                .map(|max| crate::backend::rules::Cap { max, on_limit: self.on_session_limit }),
+            session_cap: self.max_sessions_per_user.map(|max| Cap { max, on_limit: self.on_session_limit }),
             ..self.cfg.clone()
         }
     }

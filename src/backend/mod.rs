@@ -77,7 +77,7 @@ pub(crate) struct Create {
     /// A row already under the id: refused, or replaced (an adapter's user change).
     pub(crate) replace: rules::Replace,
     /// The user's session cap, if one applies to this create.
-    pub(crate) cap: Option<rules::Cap>,
+    pub(crate) cap: Option<crate::config::Cap>,
     /// The id came from the OS random generator (128 bits): a backend may
     /// skip looking for a row already under it (Redis keeps its create one
     /// unconditional transaction then; redb checks every create anyway).

@@ -11,6 +11,7 @@
 //! the facade is repeated where the data is.
 
 use super::Expires;
+use crate::config::{Cap, OnLimit};
 use crate::error::Error;
 use crate::session::Record;
 use crate::token::SecretHash;
@@ -103,25 +104,16 @@ pub(crate) fn owned_by(rec: &Record, user: &str) -> bool {
     &*rec.user == user
 }
 
-/// A per-user cap on live sessions ([`crate::ConfigBuilder::max_sessions_per_user`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Cap {
-    /// Most live sessions a user may hold.
-    pub(crate) max: usize,
-    /// What the create that would pass it does.
-    pub(crate) on_limit: crate::config::OnLimit,
-}
-
 /// Decides the cap at a create: given the user's live sessions as
 /// (created_at, serial) pairs, the ones to revoke (oldest first) so the new
-/// one fits, or `Refused` under [`OnLimit::Refuse`](crate::config::OnLimit::Refuse).
+/// one fits, or `Refused` under [`OnLimit::Refuse`](OnLimit::Refuse).
 pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>, Error> {
     if live.len() < cap.max {
         return Ok(Vec::new());
     }
     match cap.on_limit {
-        crate::config::OnLimit::Refuse => Err(Error::SessionLimit { max: cap.max }),
-        crate::config::OnLimit::RevokeOldest => {
+        OnLimit::Refuse => Err(Error::SessionLimit { max: cap.max }),
+        OnLimit::RevokeOldest => {
             live.sort_unstable();
             let excess = live.len() + 1 - cap.max;
             live.truncate(excess);
@@ -133,7 +125,7 @@ pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OnLimit;
+    use OnLimit;
 
     #[test]
     fn cap_revokes_the_oldest_or_refuses() {

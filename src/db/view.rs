@@ -5,13 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::index::{Index, IndexOp};
 use super::mac::{RowMac, RowTable};
 use super::mutation::Mutation;
 use super::overlay::Overlay;
-use super::writer::WriterStats;
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
 use crate::backend::{Create, Op, Outcome, Revoked, Swept, rules};
 use crate::error::{Error, StorageError, StorageErrorKind};
@@ -41,7 +40,7 @@ pub(super) struct View<'a> {
 
 impl View<'_> {
     /// Decides one op against the batch's view and stages its row changes.
-    pub(super) fn apply(&mut self, op: &mut Op, stats: &WriterStats) -> Result<Outcome, Error> {
+    pub(super) fn apply(&mut self, op: &mut Op, touches: &AtomicU64) -> Result<Outcome, Error> {
         let t = self;
         match op {
             Op::Create(c) => t.create(c),
@@ -56,7 +55,7 @@ impl View<'_> {
                 t.put(Mutation::DelExpiry(old, n));
                 t.put(Mutation::PutExpiry(new.deadline(*last_seen), n, *id.as_bytes()));
                 t.put(Mutation::PutSession(n, seal_session(t.mac, &new)));
-                stats.touches.fetch_add(1, Ordering::Relaxed);
+                touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
             Op::UpdateData { id, expected, data, expires } => {

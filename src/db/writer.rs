@@ -407,7 +407,7 @@ impl Worker {
         let mut bytes = 0;
         for (i, job) in batch.iter_mut().enumerate() {
             let before = v.muts.len();
-            match v.apply(&mut job.op, &self.stats) {
+            match v.apply(&mut job.op, &self.stats.touches) {
                 // A corrupt row fails only the op that read it; the batch goes on.
                 Err(Error::Storage(e)) if e.kind() != StorageErrorKind::Corrupt => {
                     *taken = i + 1;
