@@ -48,7 +48,7 @@ fn median_ns(group: &str, bench: &str) -> Option<f64> {
 /// Said at the start and end of a quick run, so its figures are never quoted as the documented ones.
 const QUICK_NOTE: &str = "vs_redis: QUICK MODE (CLOAKROOM_BENCH_QUICK): a smoke run of the comparison code \
 (10,000 loaded sessions, 0.2 s warm-up, 1 s per measurement, 10 samples). Its figures are NOT the \
-documented ones: docs/benchmarks.md explains why they differ and has the full run.";
+documented ones: docs/benchmarks-history.md explains why they differ; docs/benchmarks.md has the full run.";
 
 fn ratio(group: &str, what: &str) {
     ratio_of(group, what, &format!("cloakroom/{what}"), &format!("redis/{what}"));

@@ -6,7 +6,7 @@
 //! encode the whole pipeline again into a new vector before sending. Under 64
 //! callers that builder work cost about 16 µs of CPU per create, a third of
 //! the client's CPU per op, on a machine where the callers and the server
-//! share two vCPUs (docs/benchmarks.md, round 11). Here each op writes its
+//! share two vCPUs (docs/benchmarks-history.md, round 11). Here each op writes its
 //! keys (prefix and hex id), numbers and blobs once, into one buffer sized up
 //! front; replies are still read and parsed by the `redis` crate.
 
