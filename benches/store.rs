@@ -3,13 +3,15 @@
 //! Store hot paths. Run: `cargo bench --bench store`.
 
 use std::hint::black_box;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use cloakroom::{Config, Durability, NewSession, Store};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-#[path = "telemetry_env.rs"]
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/telemetry_env.rs"]
 mod telemetry_env;
 
 /// Deterministic xorshift so every run validates the same token sequence.
@@ -133,24 +135,9 @@ fn validate(c: &mut Criterion) {
 
 /// Runs `per_thread` creates on each of `threads` threads; returns the wall time.
 fn parallel_creates(store: &Store, threads: usize, per_thread: usize) -> Duration {
-    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (store, barrier) = (store.clone(), Arc::clone(&barrier));
-            std::thread::spawn(move || {
-                barrier.wait();
-                for i in 0..per_thread {
-                    black_box(store.create(NewSession::new(format!("u{t}-{i}")).data(vec![1; 64])).unwrap());
-                }
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for h in handles {
-        h.join().unwrap();
-    }
-    start.elapsed()
+    harness::parallel(threads, per_thread, &|t, i| {
+        black_box(store.create(NewSession::new(format!("u{t}-{i}")).data(vec![1; 64])).unwrap());
+    })
 }
 
 fn create(c: &mut Criterion) {

@@ -2,13 +2,15 @@
 //! Access and refresh tokens. Run: `cargo bench --bench tokens`.
 
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use cloakroom::{Config, Keyring, NewSession, Store};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-#[path = "telemetry_env.rs"]
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/telemetry_env.rs"]
 mod telemetry_env;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -71,23 +73,9 @@ fn verify_threads(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = std::time::Duration::ZERO;
                 for _ in 0..iters {
-                    let barrier = std::sync::Barrier::new(n + 1);
-                    let mut start = std::time::Instant::now();
-                    // The scope joins the threads before it returns: timed from
-                    // the common start to the last thread's end.
-                    std::thread::scope(|sc| {
-                        for _ in 0..n {
-                            sc.spawn(|| {
-                                barrier.wait();
-                                for _ in 0..PER {
-                                    black_box(s.verify_access(black_box(&jwt)).unwrap());
-                                }
-                            });
-                        }
-                        barrier.wait();
-                        start = std::time::Instant::now();
+                    total += harness::parallel(n, PER, &|_, _| {
+                        black_box(s.verify_access(black_box(&jwt)).unwrap());
                     });
-                    total += start.elapsed();
                 }
                 total
             });
@@ -133,21 +121,11 @@ fn issue_and_authenticate(c: &mut Criterion) {
 
 /// `threads` threads each refresh their own session `per` times; returns wall time.
 fn parallel_refresh(s: &Store, tokens: &mut [String], per: usize) -> Duration {
-    let barrier = Arc::new(Barrier::new(tokens.len() + 1));
-    let start = std::thread::scope(|sc| {
-        for t in tokens.iter_mut() {
-            let barrier = Arc::clone(&barrier);
-            sc.spawn(move || {
-                barrier.wait();
-                for _ in 0..per {
-                    *t = s.refresh(t).unwrap().refresh.to_string();
-                }
-            });
-        }
-        barrier.wait();
-        Instant::now()
-    });
-    start.elapsed()
+    let slots: Vec<std::sync::Mutex<&mut String>> = tokens.iter_mut().map(std::sync::Mutex::new).collect();
+    harness::parallel(slots.len(), per, &|t, _| {
+        let mut tok = slots[t].lock().unwrap();
+        **tok = s.refresh(&tok).unwrap().refresh.to_string();
+    })
 }
 
 fn refresh(c: &mut Criterion) {

@@ -16,14 +16,17 @@
 mod redis_side;
 
 use std::hint::black_box;
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use cloakroom::{Config, Durability, NewSession, Scope, Store};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use redis_side::{RedisServer, RedisSessions};
 
 const TTL: u64 = 7 * 24 * 3600;
+
+#[path = "support/harness.rs"]
+mod harness;
 
 fn quick() -> bool {
     std::env::var_os("CLOAKROOM_BENCH_QUICK").is_some()
@@ -73,25 +76,6 @@ fn store(dir: &std::path::Path, name: &str, durability: Durability) -> Store {
     let mut b = Config::builder();
     b.durability(durability).sweep_interval(None);
     Store::open(dir.join(name), b.build().unwrap()).unwrap()
-}
-
-/// Runs `f(thread)` `per` times on each of `threads` threads; wall time of the whole.
-fn parallel(threads: usize, per: usize, f: &(dyn Fn(usize) + Sync)) -> Duration {
-    let barrier = Arc::new(Barrier::new(threads + 1));
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let b = Arc::clone(&barrier);
-            s.spawn(move || {
-                b.wait();
-                for _ in 0..per {
-                    f(t);
-                }
-            });
-        }
-        barrier.wait();
-        Instant::now()
-    })
-    .elapsed()
 }
 
 fn main() {
@@ -158,7 +142,9 @@ fn main() {
         g.bench_function("cloakroom/64-callers", |b| {
             b.iter_custom(|iters| {
                 (0..iters)
-                    .map(|_| parallel(64, per, &|t| drop(s.create(NewSession::new(format!("u{t}"))).unwrap())))
+                    .map(|_| {
+                        harness::parallel(64, per, &|t, _| drop(s.create(NewSession::new(format!("u{t}"))).unwrap()))
+                    })
                     .sum()
             })
         });
@@ -173,7 +159,9 @@ fn main() {
                 b.iter_custom(|iters| {
                     (0..iters)
                         .map(|_| {
-                            parallel(64, per, &|t| drop(conns[t].lock().unwrap().create(&format!("u{t}")).unwrap()))
+                            harness::parallel(64, per, &|t, _| {
+                                drop(conns[t].lock().unwrap().create(&format!("u{t}")).unwrap())
+                            })
                         })
                         .sum()
                 })
@@ -347,13 +335,17 @@ fn on_redis(c: &mut Criterion, url: &str, n_loaded: usize) {
     g.throughput(Throughput::Elements(64 * per as u64));
     g.bench_function("cloakroom/create-64", |b| {
         b.iter_custom(|iters| {
-            (0..iters).map(|_| parallel(64, per, &|t| drop(s.create(NewSession::new(format!("u{t}"))).unwrap()))).sum()
+            (0..iters)
+                .map(|_| harness::parallel(64, per, &|t, _| drop(s.create(NewSession::new(format!("u{t}"))).unwrap())))
+                .sum()
         })
     });
     g.bench_function("redis/create-64", |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| parallel(64, per, &|t| drop(conns[t].lock().unwrap().create(&format!("u{t}")).unwrap())))
+                .map(|_| {
+                    harness::parallel(64, per, &|t, _| drop(conns[t].lock().unwrap().create(&format!("u{t}")).unwrap()))
+                })
                 .sum()
         })
     });
@@ -366,7 +358,7 @@ fn on_redis(c: &mut Criterion, url: &str, n_loaded: usize) {
                         .map(|_| (0..per).map(|_| s.create(NewSession::new("u")).unwrap().session.id()).collect())
                         .map(std::sync::Mutex::new)
                         .collect();
-                    parallel(64, per, &|t| {
+                    harness::parallel(64, per, &|t, _| {
                         let id = ids[t].lock().unwrap().pop().unwrap();
                         s.revoke(id).unwrap();
                     })
@@ -382,7 +374,7 @@ fn on_redis(c: &mut Criterion, url: &str, n_loaded: usize) {
                         .map(|t| (0..per).map(|_| conns[t].lock().unwrap().create("u").unwrap().id).collect())
                         .map(std::sync::Mutex::new)
                         .collect();
-                    parallel(64, per, &|t| {
+                    harness::parallel(64, per, &|t, _| {
                         let id = ids[t].lock().unwrap().pop().unwrap();
                         conns[t].lock().unwrap().revoke(&id, "u").unwrap();
                     })
@@ -401,7 +393,7 @@ fn on_redis(c: &mut Criterion, url: &str, n_loaded: usize) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    parallel(64, per, &|t| {
+                    harness::parallel(64, per, &|t, _| {
                         let mut rt = chains[t].lock().unwrap();
                         *rt = s.refresh(&rt).unwrap().refresh.to_string();
                     })
@@ -420,7 +412,7 @@ fn on_redis(c: &mut Criterion, url: &str, n_loaded: usize) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    parallel(64, per, &|t| {
+                    harness::parallel(64, per, &|t, _| {
                         let mut rt = rchains[t].lock().unwrap();
                         let next = conns[t].lock().unwrap().refresh(&rt).unwrap().unwrap();
                         *rt = next;

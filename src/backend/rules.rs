@@ -125,7 +125,6 @@ pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use OnLimit;
 
     #[test]
     fn cap_revokes_the_oldest_or_refuses() {
