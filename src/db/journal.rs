@@ -249,9 +249,7 @@ struct Segment {
     len: u64,
     /// Bytes of the preallocated file (0 for other storage).
     cap: u64,
-    /// Seq of the last record before this segment's first.
-    after: u64,
-    /// Seq of the last record in it (`after` if none).
+    /// Seq of the last record in it (if none, of the last before its first).
     last_seq: u64,
     /// This use's epoch.
     epoch: u64,
@@ -259,7 +257,7 @@ struct Segment {
 
 impl Segment {
     fn new(io: Box<dyn JournalIo>) -> Segment {
-        Segment { io, len: 0, cap: 0, after: 0, last_seq: 0, epoch: 0 }
+        Segment { io, len: 0, cap: 0, last_seq: 0, epoch: 0 }
     }
 
     /// Makes the segment hold nothing (durably): a zeroed header, or length 0.
@@ -410,7 +408,6 @@ impl Journal {
             } else {
                 return Err(corrupt("journal segment has no cloakroom journal header"));
             };
-            seg.after = after;
             seg.last_seq = records.last().map_or(after, |r| r.0);
             found.push(Found { index, after, records });
         }
@@ -472,7 +469,6 @@ impl Journal {
         seg.io.write(0, &h).map_err(io_err)?;
         seg.io.sync_data().map_err(io_err)?;
         seg.len = HEADER_LEN;
-        seg.after = after;
         seg.last_seq = after;
         seg.epoch = epoch;
         if i == self.active {
@@ -759,14 +755,14 @@ fn parse_records(key: &[u8; 32], b: &[u8], epoch: u64, after: u64) -> Result<(Ve
 fn durable_after(key: &[u8; 32], b: &[u8], pos: usize, epoch: u64, last: u64) -> bool {
     let mut p = pos.next_multiple_of(ALIGN) + ALIGN;
     while p + FRAME_HEAD + TAG_LEN <= b.len() {
-        if u64_at(b, p) == epoch {
-            if let Some(f) = frame_at(key, b, p, epoch) {
-                if f.synced > last {
-                    return true;
-                }
-                p = f.end;
-                continue;
+        if u64_at(b, p) == epoch
+            && let Some(f) = frame_at(key, b, p, epoch)
+        {
+            if f.synced > last {
+                return true;
             }
+            p = f.end;
+            continue;
         }
         p += ALIGN;
     }
@@ -1247,8 +1243,10 @@ mod tests {
     struct Disk {
         durable: Shared,
         live: Shared,
-        unsynced: Arc<parking_lot::Mutex<Vec<(u64, Vec<u8>)>>>,
+        unsynced: Arc<parking_lot::Mutex<Writes>>,
     }
+    /// (offset, bytes) of each write since the last sync.
+    type Writes = Vec<(u64, Vec<u8>)>;
     impl Disk {
         /// What a power cut leaves, keeping the unsynced sectors `keep` picks.
         fn cut(&self, mut keep: impl FnMut() -> bool) -> Shared {
