@@ -15,6 +15,11 @@
 //! `kill_9_during_migration_leaves_the_old_or_the_new_file` does the same to a
 //! child that migrates copies of the format-2 fixture: whatever the kill
 //! interrupts, the file opens afterwards and serves every fixture session.
+//!
+//! `large_durable_creates_all_survive_a_sigkill` kills a child once 72
+//! concurrent durable creates of 16 MiB each were acknowledged: every one
+//! of them is there after the reopen (the writer bounds a journal record in
+//! bytes, far below what replay accepts).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -384,4 +389,88 @@ fn kill_9_during_migration_leaves_the_old_or_the_new_file() {
         }
     }
     eprintln!("migration crash test: {checked} files checked, {interrupted} kills inside an open, seed {seed}");
+}
+
+/// Issue 24 item 2: the child of `large_durable_creates_all_survive_a_sigkill`.
+#[test]
+fn large_creates_child() {
+    let Ok(path) = std::env::var("CLOAKROOM_LARGE_CHILD") else { return };
+    let store = Store::open(&path, large_config()).unwrap();
+    let barrier = std::sync::Barrier::new(LARGE_CREATES);
+    let out = std::sync::Mutex::new(std::io::stdout());
+    std::thread::scope(|s| {
+        for i in 0..LARGE_CREATES {
+            let (store, barrier, out) = (&store, &barrier, &out);
+            s.spawn(move || {
+                let data = vec![i as u8; LARGE_DATA];
+                barrier.wait();
+                let issued = store.create(NewSession::new(format!("u{i}")).data(data)).unwrap();
+                let mut out = out.lock().unwrap();
+                writeln!(out, "@@ {i} {}", issued.token).unwrap();
+                out.flush().unwrap();
+            });
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3600)); // until killed
+}
+
+const LARGE_CREATES: usize = 72;
+const LARGE_DATA: usize = 16 << 20;
+
+fn large_config() -> Config {
+    Config::builder().sweep_interval(None).max_data_len(LARGE_DATA).build().unwrap()
+}
+
+/// Issue 24 item 2: 72 concurrent durable creates of 16 MiB each (1.1 GiB,
+/// more than a journal record may hold) are all acknowledged, the process is
+/// killed, and after reopening every one of them validates with its data.
+#[test]
+#[allow(clippy::disallowed_methods)] // the figures printed are wall time
+fn large_durable_creates_all_survive_a_sigkill() {
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("large.redb");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "large_creates_child", "--nocapture", "--test-threads", "1"])
+        .env("CLOAKROOM_LARGE_CHILD", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut acked: Vec<(usize, String)> = Vec::new();
+    let mut line = String::new();
+    while acked.len() < LARGE_CREATES {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("child exited after {} acks", acked.len());
+        }
+        if let Some(l) = ack(&line) {
+            let (i, token) = l.split_once(' ').unwrap();
+            acked.push((i.parse().unwrap(), token.to_owned()));
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, once every create was acknowledged
+    child.wait().unwrap();
+    let acked_after = started.elapsed();
+    let reopen = std::time::Instant::now();
+    let store = Store::open(&path, large_config()).unwrap();
+    let reopened_in = reopen.elapsed();
+    let stats = store.stats();
+    let mut lost = Vec::new();
+    for (i, token) in &acked {
+        match store.validate(token) {
+            Ok(s) => assert!(s.data() == vec![*i as u8; LARGE_DATA].as_slice(), "data of {i}"),
+            Err(e) => lost.push((*i, e)),
+        }
+    }
+    eprintln!(
+        "72 x 16 MiB: all acknowledged after {acked_after:?}; reopened in {reopened_in:?}, {} journal records \
+         replayed, {} sessions stored, {} lost",
+        stats.replayed_records,
+        stats.sessions_stored.unwrap_or(0),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "{} acknowledged sessions lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(4)]);
 }
