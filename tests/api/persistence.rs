@@ -161,3 +161,40 @@ fn newer_format_version_is_refused() {
     }
     assert_eq!(kind(Store::open(&path, config(&clock))), StorageErrorKind::NewerFormat);
 }
+
+/// Issue 25 item 2, the reported case: a session whose storage number equals
+/// the journal's next seq, rotated 33 times (each rotation moves its expiry
+/// row: the number right after a timestamp), then a clean close. The segment
+/// is reused with those frames still in it; every later open must succeed.
+#[test]
+fn a_session_rotated_33_times_whose_number_is_the_next_seq_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    Store::open(&path, config(&clock)).unwrap().close().unwrap();
+    // White-box: the next session gets number (serial) 40.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap().insert("next_serial", 40).unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(&path, config(&clock)).unwrap();
+    let t = s.create(NewSession::new("a")).unwrap();
+    assert_eq!(t.session.serial(), 40);
+    let mut token = t.token.to_string();
+    for _ in 0..33 {
+        token = s.rotate(&token).unwrap().token.to_string();
+    }
+    // One journal record per call: fill up to seq 39, so the next is 40.
+    while s.stats().commits < 39 {
+        s.update_data(t.session.id(), b"x".to_vec()).unwrap();
+    }
+    assert_eq!(s.stats().commits, 39);
+    s.close().unwrap();
+    for _ in 0..3 {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        assert_eq!(s.validate(&token).unwrap().data(), b"x");
+        s.close().unwrap();
+    }
+}
