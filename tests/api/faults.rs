@@ -257,3 +257,28 @@ fn writes_are_refused_until_a_failed_cut_is_made() {
     assert!(store.list_user("x").unwrap().is_empty());
     assert!(store.list_user("y").unwrap().is_empty());
 }
+
+/// Issue 25 item 4: a failed sync of a batch with no row changes (a flush)
+/// cuts nothing: the Eventual create journaled before it stays, the retried
+/// flush makes it durable, and a crash keeps it.
+#[test]
+fn a_failed_flush_keeps_the_eventual_write_before_it() {
+    let mut b = journaled().to_builder();
+    b.durability(cloakroom::Durability::Eventual).flush_interval(std::time::Duration::from_secs(60));
+    let cfg = b.build().unwrap();
+    let rig = Rig::split();
+    let store = rig.open(cfg.clone()).unwrap();
+    let a = store.create(NewSession::new("alice")).unwrap();
+    // Journaled (unsynced) in a batch of its own, before the flush.
+    while store.stats().commits == 0 {
+        std::thread::yield_now();
+    }
+    rig.journal[0].fail_syncs.store(1, Ordering::SeqCst);
+    assert!(store.flush().is_err());
+    store.flush().unwrap();
+    assert_eq!(store.stats().lost_eventual_writes, 0);
+    rig.crash();
+    std::mem::forget(store);
+    let store = rig.open(cfg).unwrap();
+    store.validate(&a.token.to_string()).unwrap();
+}
