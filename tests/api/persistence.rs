@@ -198,3 +198,37 @@ fn a_session_rotated_33_times_whose_number_is_the_next_seq_reopens() {
         s.close().unwrap();
     }
 }
+
+/// Issue 25 item 6: a database file restored from an older backup beside its
+/// newer journal is refused (never served without the revocation made in
+/// between), with an error saying which records are missing and what to copy;
+/// the files are left as they are. With the matching file it opens.
+#[test]
+fn a_database_file_older_than_its_journal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let backup = dir.path().join("backup.redb");
+    let clock = ManualClock::fixed();
+    let s = Store::open(&path, config(&clock)).unwrap();
+    let victim = s.create(NewSession::new("a")).unwrap();
+    s.close().unwrap();
+    std::fs::copy(&path, &backup).unwrap(); // the database file only
+    let s = Store::open(&path, config(&clock)).unwrap();
+    s.revoke(victim.session.id()).unwrap();
+    s.close().unwrap();
+    let newer = dir.path().join("newer.redb");
+    std::fs::copy(&path, &newer).unwrap();
+    std::fs::copy(&backup, &path).unwrap();
+    let journal: Vec<Vec<u8>> = Store::journal_paths(&path).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    let err = Store::open(&path, config(&clock)).expect_err("an old file beside a newer journal opened");
+    let Error::Storage(e) = &err else { panic!("{err:?}") };
+    assert_eq!(e.kind(), StorageErrorKind::JournalMismatch, "{err}");
+    let why = std::error::Error::source(e).map(ToString::to_string).unwrap_or_default();
+    assert!(why.contains("records 2..=2") && why.contains("copied together"), "{why}");
+    let after: Vec<Vec<u8>> = Store::journal_paths(&path).iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(journal == after, "the journal was changed");
+    // Put back the file that goes with the journal: it opens, the revocation holds.
+    std::fs::copy(&newer, &path).unwrap();
+    let s = Store::open(&path, config(&clock)).unwrap();
+    assert!(s.validate(&victim.token.to_string()).is_err());
+}
