@@ -232,3 +232,52 @@ fn a_database_file_older_than_its_journal_is_refused() {
     let s = Store::open(&path, config(&clock)).unwrap();
     assert!(s.validate(&victim.token.to_string()).is_err());
 }
+
+/// Issue 25 item 7: Eventual creates racing `close()`. Each returns `Ok` (and
+/// is then durable) or an error (`Closed`; `Busy` if the one-slot queue stayed
+/// full); none is acknowledged and then dropped. The queue holds one job, so
+/// at the close most creates wait for room in it, racing its shutdown.
+#[test]
+fn an_eventual_create_racing_close_is_stored_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let mut b = config(&clock).to_builder();
+    b.durability(cloakroom::Durability::Eventual).sweep_interval(None).write_queue(1);
+    let cfg = b.build().unwrap();
+    let mut total = 0;
+    for round in 0..30 {
+        let store = Store::open(&path, cfg.clone()).unwrap();
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let tokens: Vec<String> = std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..16)
+                .map(|w| {
+                    let (store, started) = (&store, &started);
+                    sc.spawn(move || {
+                        let mut mine = Vec::new();
+                        loop {
+                            match store.create(NewSession::new(format!("r{round}w{w}"))) {
+                                Ok(i) => mine.push(i.token.to_string()),
+                                Err(Error::Closed) => return mine,
+                                Err(Error::Busy) => {}
+                                Err(e) => panic!("{e:?}"),
+                            }
+                            started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            while started.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+                std::thread::yield_now();
+            }
+            store.close().unwrap();
+            workers.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let store = Store::open(&path, cfg.clone()).unwrap();
+        let lost = tokens.iter().filter(|t| store.validate(t).is_err()).count();
+        assert_eq!(lost, 0, "round {round}: {lost} of {} acknowledged creates gone", tokens.len());
+        total += tokens.len();
+        store.close().unwrap();
+    }
+    assert!(total > 0);
+}
