@@ -241,6 +241,12 @@ pub enum StorageErrorKind {
     /// copy from elsewhere) or were written under another server key: nothing
     /// was changed. Put back the right files or the right key.
     JournalMismatch,
+    /// The database file is older than its journal: the journal's first
+    /// record follows a point the file never reached (the file was restored
+    /// from an older backup than its journal). Records in between are
+    /// missing, so nothing was opened or changed; the message names the
+    /// missing seqs. Copy the database file and its journal files together.
+    JournalGap,
     /// The Redis server could not be reached, or did not answer within the
     /// configured timeout, or answered with an error. Nothing is assumed
     /// written; retry when it is back.
@@ -298,6 +304,10 @@ impl fmt::Display for StorageError {
             StorageErrorKind::JournalMismatch => {
                 "journal files belong to another database or server key (left untouched)"
             }
+            StorageErrorKind::JournalGap => {
+                "database file is older than its journal (records are missing; left untouched): restore the \
+                 database file and its journal files from the same backup"
+            }
             StorageErrorKind::Unavailable => "Redis server unavailable or did not answer in time",
             StorageErrorKind::KeyMismatch => {
                 "this Redis database was first used under another server key; configure every node with the same key"
@@ -309,7 +319,13 @@ impl fmt::Display for StorageError {
         };
         // The cause adds information only where the category does not say it all.
         match (&self.source, self.kind) {
-            (Some(s), StorageErrorKind::Io | StorageErrorKind::Commit | StorageErrorKind::Unavailable) => {
+            (
+                Some(s),
+                StorageErrorKind::Io
+                | StorageErrorKind::Commit
+                | StorageErrorKind::Unavailable
+                | StorageErrorKind::JournalGap,
+            ) => {
                 write!(f, "{what}: {s}")
             }
             _ => f.write_str(what),

@@ -72,7 +72,7 @@ pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
 const KEEP_BUFFER: usize = 64 << 20;
 /// What the open refuses a database file older than its journal with (the
 /// source says which seqs are missing).
-const GAP: StorageErrorKind = StorageErrorKind::JournalMismatch;
+const GAP: StorageErrorKind = StorageErrorKind::JournalGap;
 
 /// Byte storage for one segment: a file, or (fault-injection tests) a custom backend.
 pub(crate) trait JournalIo: Send + Sync {

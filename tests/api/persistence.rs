@@ -222,7 +222,7 @@ fn a_database_file_older_than_its_journal_is_refused() {
     let journal: Vec<Vec<u8>> = Store::journal_paths(&path).iter().map(|p| std::fs::read(p).unwrap()).collect();
     let err = Store::open(&path, config(&clock)).expect_err("an old file beside a newer journal opened");
     let Error::Storage(e) = &err else { panic!("{err:?}") };
-    assert_eq!(e.kind(), StorageErrorKind::JournalMismatch, "{err}");
+    assert_eq!(e.kind(), StorageErrorKind::JournalGap, "{err}");
     let why = std::error::Error::source(e).map(ToString::to_string).unwrap_or_default();
     assert!(why.contains("records 2..=2") && why.contains("copied together"), "{why}");
     let after: Vec<Vec<u8>> = Store::journal_paths(&path).iter().map(|p| std::fs::read(p).unwrap()).collect();
