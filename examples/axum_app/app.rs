@@ -139,17 +139,25 @@ async fn login(
     Form(c): Form<Credentials>,
 ) -> Response {
     if !check_password(c.username.clone(), c.password).await {
+        // No user name: a mistyped password often lands in that field.
+        tracing::info!("sign-in refused: wrong user or password");
         let body = page("Sign in", "<p id=error>Wrong user or password. <a href=/login>Try again</a></p>");
         return (StatusCode::UNAUTHORIZED, body).into_response();
     }
     match web.login(jar, NewSession::new(c.username).meta(meta(&headers, peer))).await {
-        Ok((jar, _)) => (jar, Redirect::to("/")).into_response(),
+        Ok((jar, signed_in)) => {
+            // Ids only, never the cookie's token (S6).
+            tracing::info!(user = signed_in.session.user(), session = %signed_in.session.id(), "signed in");
+            (jar, Redirect::to("/")).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
 async fn logout(State(web): State<Web>, jar: CookieJar, auth: Auth) -> Result<impl IntoResponse, WebError> {
-    Ok((web.logout(jar, &auth).await?, Redirect::to("/login")))
+    let jar = web.logout(jar, &auth).await?;
+    tracing::info!(user = auth.user(), session = auth.session_id().map(tracing::field::display), "signed out");
+    Ok((jar, Redirect::to("/login")))
 }
 
 async fn logout_everywhere(State(web): State<Web>, jar: CookieJar, auth: Auth) -> Result<impl IntoResponse, WebError> {

@@ -1,7 +1,7 @@
 //! A small real app on cloakroom's axum layer.
 //!
 //! ```sh
-//! cargo run --example axum_app --features axum
+//! cargo run --example axum_app --features axum,metrics
 //! ```
 //!
 //! Serves on a printed loopback address (`CLOAKROOM_APP_ADDR`, default
@@ -13,8 +13,15 @@
 //! It serves plain HTTP, so it runs the web layer in insecure dev mode
 //! (cookies without `Secure`); behind TLS, drop that line and the cookies are
 //! `__Host-session` / `__Secure-refresh`, `Secure`.
+//!
+//! Observability: logs go to stdout through `tracing-subscriber`, filtered by
+//! `RUST_LOG` (default `info`; `RUST_LOG=info,cloakroom=debug` adds a span
+//! per store write), as JSON lines with `CLOAKROOM_LOG_JSON=1`. `GET
+//! /metrics` serves the store's counters, gauges and histograms in
+//! Prometheus text format (docs/metrics.md lists them).
 
 mod app;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,7 +34,11 @@ fn env(name: &str) -> Option<String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    telemetry::init_logging()?;
+    // Before the store opens: the store describes its metrics to the recorder at open.
+    let metrics = telemetry::install_recorder()?;
+    telemetry::spawn_upkeep(metrics.clone());
     let addr: SocketAddr = env("CLOAKROOM_APP_ADDR").unwrap_or_else(|| "127.0.0.1:3000".into()).parse()?;
     let db = env("CLOAKROOM_APP_DB").unwrap_or_else(|| "axum_app.redb".into());
     let mut config = Config::builder();
@@ -42,8 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unauthenticated(Unauthenticated::RedirectPages("/login".into())),
     )?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("listening on http://{} (sessions in {db})", listener.local_addr()?);
-    let app = app::router(web.clone());
+    let local = listener.local_addr()?;
+    // A log line, not a println: in JSON mode stdout carries JSON lines only.
+    tracing::info!(addr = %format_args!("http://{local}"), db, "listening; Prometheus metrics on /metrics");
+    let app = telemetry::with_metrics(app::router(web.clone()), metrics);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
