@@ -420,3 +420,49 @@ fn sessions_lists_refresh_families() {
     assert!(families[0].contains("generation 2"), "{out}");
     assert!(families[1].contains("generation 1"), "{out}");
 }
+
+#[test]
+fn stats_json_is_one_object_with_the_same_figures_as_the_text() {
+    let (_t, dir) = setup();
+    let db = dir.join("s.redb");
+    let ids = real_db(&db);
+    let s = Store::open(&db, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    s.revoke(ids[0].parse().unwrap()).unwrap();
+    s.close().unwrap();
+    let before = hash(&db);
+
+    let o = cloakroom(&["stats", "--db", "s.redb", "--json"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "one line: {out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"));
+    let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["db", "file_bytes", "format_version", "revoked_serials", "sessions_stored"]);
+    assert_eq!(v["db"], "s.redb");
+    assert_eq!(v["file_bytes"], std::fs::metadata(&db).unwrap().len());
+
+    // The same figures as the aligned text.
+    let text = stdout(&cloakroom(&["stats", "--db", "s.redb"], &dir));
+    let figure = |label: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label}: {text}"));
+        line[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    for (key, label) in [
+        ("sessions_stored", "sessions stored"),
+        ("revoked_serials", "revoked serials"),
+        ("format_version", "format version"),
+        ("file_bytes", "file size"),
+    ] {
+        assert_eq!(v[key].as_u64(), Some(figure(label)), "{key}: {out} vs\n{text}");
+    }
+    assert!(v["revoked_serials"].as_u64().unwrap() >= 1, "the revocation is counted: {out}");
+    assert_eq!(hash(&db), before, "read-only");
+
+    // A failure prints no partial object.
+    let o = cloakroom(&["stats", "--db", "missing.redb", "--json"], &dir);
+    assert_eq!(code(&o), 1);
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("missing.redb: no such database file"), "{}", stderr(&o));
+}

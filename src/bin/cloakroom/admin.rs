@@ -50,12 +50,29 @@ pub(crate) fn utc(t: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub(crate) fn stats(db: &Path) -> Result<(), CliError> {
+/// `cloakroom stats`: aligned text, or with `json` one JSON object on one
+/// line (`{"db":…,"sessions_stored":…,"revoked_serials":…,"format_version":…,
+/// "file_bytes":…}`) for scripts. Every figure is read before anything is
+/// printed, so a failure prints no partial object.
+pub(crate) fn stats(db: &Path, json: bool) -> Result<(), CliError> {
     let s = open_read_only(db)?;
-    println!("sessions stored    {}", s.sessions_stored()?);
-    println!("revoked serials    {}", s.revoked_serials()?);
-    println!("format version     {}", s.format_version()?);
-    println!("file size          {} bytes", std::fs::metadata(db).map(|m| m.len()).unwrap_or(0));
+    let (sessions, revoked, format) = (s.sessions_stored()?, s.revoked_serials()?, s.format_version()?);
+    let file_bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    if json {
+        let out = serde_json::json!({
+            "db": db.display().to_string(),
+            "sessions_stored": sessions,
+            "revoked_serials": revoked,
+            "format_version": format,
+            "file_bytes": file_bytes,
+        });
+        println!("{out}");
+    } else {
+        println!("sessions stored    {sessions}");
+        println!("revoked serials    {revoked}");
+        println!("format version     {format}");
+        println!("file size          {file_bytes} bytes");
+    }
     Ok(())
 }
 

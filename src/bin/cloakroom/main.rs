@@ -54,6 +54,9 @@ enum Command {
         /// Database file.
         #[arg(long)]
         db: PathBuf,
+        /// Print one JSON object (for scripts) instead of the aligned text.
+        #[arg(long)]
+        json: bool,
     },
     /// A user's live sessions as a table (read-only).
     Sessions {
@@ -154,7 +157,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { db, force } => demo::run(&db, force),
-        Command::Stats { db } => admin::stats(&db),
+        Command::Stats { db, json } => admin::stats(&db, json),
         Command::Verify { db } => admin::verify(&db),
         Command::Sessions { db, user } => admin::sessions(&db, &user),
         Command::Revoke { db, session, user, everywhere, new_server_key } => {
