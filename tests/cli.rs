@@ -369,6 +369,37 @@ fn tamper(path: &Path, table: &str, mut pick: impl FnMut(&[u8]) -> bool, edit: i
     w.commit().unwrap();
 }
 
+/// Issue 25: one damaged session row (here bob's, edited without the key)
+/// no longer fails `cloakroom sessions` for every user: alice's sessions are
+/// listed, and the damaged row is reported.
+#[test]
+fn sessions_lists_the_readable_rows_and_reports_a_damaged_one() {
+    let (_t, dir) = setup();
+    let path = dir.join("d.redb");
+    let s = Store::open(&path, Config::builder().sweep_interval(None).build().unwrap()).unwrap();
+    s.create(NewSession::new("alice")).unwrap();
+    s.create(NewSession::new("alice")).unwrap();
+    let bob = s.create(NewSession::new("bob")).unwrap();
+    s.close().unwrap();
+    tamper(
+        &path,
+        "sessions_v3",
+        |v| v.starts_with(bob.session.id().as_bytes()),
+        |row| {
+            let at = row.windows(3).position(|w| w == b"bob").unwrap();
+            row[at] = b'B';
+        },
+    );
+    let o = cloakroom(&["sessions", "--db", "d.redb", "--user", "alice"], &dir);
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 live session(s) for alice"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("1 damaged session row(s)"), "{}", stderr(&o));
+    let o = cloakroom(&["sessions", "--db", "d.redb", "--user", "bob"], &dir);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("0 live session(s) for bob"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("1 damaged session row(s)"), "{}", stderr(&o));
+}
+
 /// A damaged refresh-family row fails only its own line of `cloakroom
 /// sessions`: the session and the user's other sessions are still listed.
 #[test]

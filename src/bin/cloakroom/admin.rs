@@ -98,7 +98,8 @@ pub(crate) fn verify(db: &Path) -> Result<(), CliError> {
 
 pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
     let s = open_read_only(db)?;
-    let list = s.list_user(user, SystemTime::now())?;
+    let listing = s.list_user(user, SystemTime::now())?;
+    let list = listing.sessions;
     let mut damaged_families = 0u64;
     println!(
         "{:<22}  {:<19}  {:<19}  {:<19}  {:<15}  {:<24}  label",
@@ -138,6 +139,13 @@ pub(crate) fn sessions(db: &Path, user: &str) -> Result<(), CliError> {
         }
     }
     println!("{} live session(s) for {user}", list.len());
+    if listing.damaged_rows > 0 {
+        eprintln!(
+            "warning: {} damaged session row(s) could not be read and are not listed (their user is unknown): \
+             run `cloakroom verify`, and restore the file from a backup",
+            listing.damaged_rows
+        );
+    }
     if damaged_families > 0 {
         eprintln!(
             "warning: the refresh-family rows of {damaged_families} session(s) are damaged and not listed: \
