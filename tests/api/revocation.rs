@@ -201,3 +201,20 @@ fn revocations_outlive_the_longest_access_ttl_any_opener_used() {
     s.sweep().unwrap();
     assert!(s.verify_access(&pair.access).is_err());
 }
+
+/// "Sign out other devices" over more sessions than one step takes, with the
+/// kept session first in the user index (the shortest deadline): every other
+/// session is revoked, the kept one stays.
+#[test]
+fn revoking_others_spans_steps_and_keeps_the_one() {
+    let s = open(Config::builder().durability(Durability::Eventual).build().unwrap());
+    let keep = s.create(NewSession::new("many").ttl(Duration::from_secs(3600))).unwrap();
+    let others: Vec<String> = (0..600).map(|_| s.create(NewSession::new("many")).unwrap().token.to_string()).collect();
+    s.flush().unwrap();
+    assert_eq!(s.revoke_user("many", Scope::Others(keep.session.id())).unwrap(), 600);
+    s.validate(&keep.token.to_string()).unwrap();
+    for t in &others {
+        assert!(matches!(s.validate(t), Err(Error::Revoked | Error::NotFound)));
+    }
+    assert_eq!(s.list_user("many").unwrap().len(), 1);
+}

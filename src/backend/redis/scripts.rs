@@ -70,7 +70,8 @@ return {h[1], h[2]}
 ";
 
 /// Revokes one step of a user's sessions: the first `limit` members of the
-/// user index. KEYS: user index, revoked hash, revoked zset, events channel,
+/// user index other than the one to keep (it reads `limit + 2`, so that with
+/// the kept one among them it still sees whether more remain). KEYS: user index, revoked hash, revoked zset, events channel,
 /// not-before hash. ARGV: session key prefix, member to keep (`` none),
 /// prune-after, not-before user (`` none), not-before time, limit, user.
 /// Only sessions whose `u` is the user are revoked; every member looked at
@@ -86,7 +87,7 @@ if ARGV[4] ~= '' then
   end
 end
 local limit = tonumber(ARGV[6])
-local members = redis.call('ZRANGE', KEYS[1], 0, limit)
+local members = redis.call('ZRANGE', KEYS[1], 0, limit + 1)
 local out = {0}
 local seen = 0
 for _, m in ipairs(members) do
