@@ -215,14 +215,14 @@ impl SessionStore for CloakroomStore {
             });
         }
         let (id, ttl) = (current.id(), *ttl);
-        self.blocking(move |s| s.rewrite(id, Some(data), deadline(s, &ttl))).await.map_err(up)?;
+        self.blocking(move |s| s.rewrite(id, None, Some(data), deadline(s, &ttl))).await.map_err(up)?;
         Ok(key)
     }
 
     async fn update_ttl(&self, key: &SessionKey, ttl: &Ttl) -> Result<(), anyhow::Error> {
         let Some(current) = self.live(key).await.map_err(other)? else { return Ok(()) };
         let (id, ttl) = (current.id(), *ttl);
-        self.blocking(move |s| s.rewrite(id, None, deadline(s, &ttl))).await.map_err(other)
+        self.blocking(move |s| s.rewrite(id, None, None, deadline(s, &ttl))).await.map_err(other)
     }
 
     async fn delete(&self, key: &SessionKey) -> Result<(), anyhow::Error> {

@@ -310,7 +310,12 @@ impl Write {
             if self.expires_at <= store.now_ms() {
                 return store.revoke(id);
             }
-            return store.rewrite(id, Some(self.data.clone()), self.expires_at);
+            // Only onto the session just read: a racing user change replaced
+            // it (Conflict), so read again and decide again.
+            match store.rewrite(id, Some(current.serial()), Some(self.data.clone()), self.expires_at) {
+                Err(Error::Conflict { .. }) => continue,
+                other => return other,
+            }
         }
         Err(Error::Busy)
     }
@@ -420,6 +425,11 @@ mod tests {
             let (b, c) = (store.list_user("bob").unwrap(), store.list_user("carol").unwrap());
             assert_eq!(b.len() + c.len(), 1, "bob {} carol {}", b.len(), c.len());
             assert!(store.list_user("alice").unwrap().is_empty());
+            // The row's data names the user it is filed under (a racing
+            // rewrite must not land on a session replaced since it was read).
+            let (row, user) = if b.is_empty() { (&c[0], "carol") } else { (&b[0], "bob") };
+            let data: Data = serde_json::from_slice(row.data()).unwrap();
+            assert_eq!(axum_login_user(&data).as_deref(), Some(user));
         }
     }
 }

@@ -593,3 +593,28 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Review of issue 25 item 1: nodes with different access TTLs on one Redis.
+/// A node that opened with a 5-minute TTL revokes a session whose access
+/// token a 1-hour node issued; the 1-hour node's prune must keep the entry
+/// until that token could have expired, though the entry was written under
+/// the shorter horizon.
+#[test]
+fn a_long_ttl_node_keeps_a_revocation_written_by_a_short_ttl_node() {
+    let Some(server) = server() else { return };
+    let clock = ManualClock::fixed();
+    let short = Store::redis_with(&server.url(), options("ttl"), config(&clock, Reuse::default())).unwrap();
+    let long_cfg = config(&clock, Reuse::default()).to_builder().access_ttl(Duration::from_secs(3600)).build().unwrap();
+    let long = Store::redis_with(&server.url(), options("ttl"), long_cfg).unwrap();
+    until("both followers are caught up", || {
+        short.stats().following == Some(true) && long.stats().following == Some(true)
+    });
+    let issued = long.create(NewSession::new("ttl")).unwrap();
+    let pair = long.issue_tokens(&issued.token.to_string()).unwrap();
+    short.revoke(issued.session.id()).unwrap();
+    until("the revocation reached the long node", || matches!(long.verify_access(&pair.access), Err(Error::Revoked)));
+    clock.advance(Duration::from_secs(331));
+    long.prune_revocations().unwrap();
+    short.prune_revocations().unwrap();
+    assert!(matches!(long.verify_access(&pair.access), Err(Error::Revoked)), "pruned under the short node's horizon");
+}

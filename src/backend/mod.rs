@@ -36,7 +36,17 @@ pub(crate) enum Op {
     /// Replace the data (if given; the version goes up either way) and move
     /// the absolute deadline (if given); `expected` makes it a compare-and-swap
     /// on the version.
-    UpdateData { id: SessionId, expected: Option<u64>, data: Option<Box<[u8]>>, expires: Option<Expires> },
+    /// `serial`, if given, is the session serial the caller read (an
+    /// adapter's save): a session replaced since refuses the update. `now`:
+    /// a row already past its deadline is refused (`NotFound`).
+    UpdateData {
+        id: SessionId,
+        expected: Option<u64>,
+        serial: Option<u64>,
+        now: u64,
+        data: Option<Box<[u8]>>,
+        expires: Option<Expires>,
+    },
     /// Give session `id` a new secret and serial, built from the *stored* row (so
     /// no data written before is lost), if its secret is still `expected`;
     /// revoke the old serial and drop the refresh families. The id stays.
@@ -58,7 +68,12 @@ pub(crate) enum Op {
     /// change is applied.
     /// `serial` is the session serial the caller was authorised against (see
     /// [`rules::family_authorised`]): a session rotated since refuses the op.
-    Family { id: SessionId, serial: u64, prune_after: u64, f: FamilyFn },
+    /// `now` is the request's time: the row's `last_seen` is moved to it in
+    /// the same durable write (an access token minted from this op is capped
+    /// by the idle deadline counted from `now`, so the stored deadline must
+    /// be at least that late on every node), and a row past its deadline is
+    /// refused (`Expired`).
+    Family { id: SessionId, serial: u64, now: u64, prune_after: u64, f: FamilyFn },
     /// Delete the sessions of these expiry rows (deadline, number, id) that are
     /// still expired at `now`.
     Sweep { rows: Vec<(u64, u64, SessionId)>, now: u64 },
@@ -240,11 +255,14 @@ pub(crate) trait Backend: Send + Sync {
     fn close(&self) -> Result<(), Error>;
     /// The backend's counters, into `stats`.
     fn stats(&self, stats: &mut crate::stats::Stats);
-    /// Raises the revocation horizon recorded by the backend (ms) to `ms` if
-    /// it is lower; returns the recorded one. A backend whose horizon only
-    /// its own process sets (redb: recorded at open, `db::horizon`) returns `ms`.
-    fn record_horizon(&self, ms: u64) -> Result<u64, Error> {
-        Ok(ms)
+    /// How much longer than its own prune-after time a revocation entry must
+    /// be kept (ms), given this opener's horizon `ms`: on a backend several
+    /// nodes write, an entry may have been written under a smaller horizon
+    /// than the largest any node uses (Redis: largest - smallest recorded).
+    /// 0 for redb, whose every opener writes under the recorded largest.
+    fn prune_margin(&self, ms: u64) -> Result<u64, Error> {
+        let _ = ms;
+        Ok(0)
     }
     /// Whether other processes write the same sessions (Redis): then a write's
     /// result is not put in the cache (another node's newer write, or its

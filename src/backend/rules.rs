@@ -31,10 +31,13 @@ pub(crate) fn touch(rec: &Record, last_seen: u64) -> Option<Record> {
 pub(crate) fn update(
     rec: &Record,
     expected: Option<u64>,
+    serial: Option<u64>,
+    now: u64,
     data: Option<&[u8]>,
     expires: Option<Expires>,
 ) -> Result<Record, Error> {
-    if expected.is_some_and(|v| v != rec.version) {
+    live(rec, now).map_err(|_| Error::NotFound)?;
+    if expected.is_some_and(|v| v != rec.version) || serial.is_some_and(|s| s != rec.serial) {
         return Err(Error::Conflict { current: rec.version });
     }
     let mut new = rec.clone();
@@ -60,6 +63,7 @@ pub(crate) fn rotate(
     if !rec.secret_hash.matches(expected) {
         return Err(Error::NotFound);
     }
+    live(rec, now).map_err(|_| Error::NotFound)?;
     Ok(rec.rotated(serial, secret_hash, now))
 }
 
@@ -69,8 +73,27 @@ pub(crate) fn rotate(
 /// changed it: the op is refused (`Revoked`, as the presented credential
 /// now is), so no family starts or rotates on a session the presenter no
 /// longer holds.
-pub(crate) fn family_authorised(rec: &Record, serial: u64) -> Result<(), Error> {
-    if rec.serial == serial { Ok(()) } else { Err(Error::Revoked) }
+pub(crate) fn family_authorised(rec: &Record, serial: u64, now: u64) -> Result<(), Error> {
+    if rec.serial != serial {
+        return Err(Error::Revoked);
+    }
+    live(rec, now)
+}
+
+/// A stored row answers a write only before its deadline (absolute or idle,
+/// by its stored `last_seen`): an expired row not yet swept is not brought
+/// back by an update or a rotation (the same answer as Redis, which has
+/// expired the key by then).
+fn live(rec: &Record, now: u64) -> Result<(), Error> {
+    if now < rec.deadline(rec.last_seen) { Ok(()) } else { Err(Error::Expired) }
+}
+
+/// Whether a refresh-family decision accepted the presented credential (a new
+/// family, a rotation, a grace-window retry): only then does the request count
+/// as the session's activity.
+pub(crate) fn accepted(reply: Option<&crate::refresh::FamilyReply>) -> bool {
+    reply
+        .is_some_and(|r| matches!(r.verdict, crate::refresh::Verdict::Rotated(_) | crate::refresh::Verdict::Current(_)))
 }
 
 /// What a create does to the row stored under its id.

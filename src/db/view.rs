@@ -12,6 +12,7 @@ use super::mac::{RowMac, RowTable};
 use super::mutation::Mutation;
 use super::overlay::Overlay;
 use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
+use crate::backend::rules::accepted;
 use crate::backend::{Create, Op, Outcome, Revoked, Swept, rules};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
@@ -58,11 +59,11 @@ impl View<'_> {
                 touches.fetch_add(1, Ordering::Relaxed);
                 Ok(Outcome::Done)
             }
-            Op::UpdateData { id, expected, data, expires } => {
+            Op::UpdateData { id, expected, serial, now, data, expires } => {
                 let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
-                let new = rules::update(&rec, *expected, data.as_deref(), *expires)?;
+                let new = rules::update(&rec, *expected, *serial, *now, data.as_deref(), *expires)?;
                 if expires.is_some() {
                     let n = new.number;
                     t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), n));
@@ -108,11 +109,11 @@ impl View<'_> {
                 }
                 t.revoke_user(user, None, *limit, *prune_after)
             }
-            Op::Family { id, serial, prune_after, f } => {
+            Op::Family { id, serial, now, prune_after, f } => {
                 let Some(rec) = t.get(id)? else {
                     return Err(Error::NotFound);
                 };
-                rules::family_authorised(&rec, *serial)?;
+                rules::family_authorised(&rec, *serial, *now)?;
                 let n = rec.number;
                 let stored = t.family_bytes(n)?;
                 let change = f(stored.as_deref());
@@ -122,9 +123,18 @@ impl View<'_> {
                         t.revoke(rec.serial, *id, *prune_after);
                         revoked = Some(Revoked::of(&rec, *prune_after));
                     }
-                } else if let Some(bytes) = change.write {
-                    let row = t.mac.seal(RowTable::Refresh, &n.to_le_bytes(), bytes);
-                    t.put(Mutation::PutRefresh(n, row.into()));
+                } else {
+                    if let Some(bytes) = change.write {
+                        let row = t.mac.seal(RowTable::Refresh, &n.to_le_bytes(), bytes);
+                        t.put(Mutation::PutRefresh(n, row.into()));
+                    }
+                    // A request its family accepted counts as activity,
+                    // durably with the family.
+                    if let Some(new) = rules::touch(&rec, *now).filter(|_| accepted(change.reply.as_ref())) {
+                        t.put(Mutation::DelExpiry(rec.deadline(rec.last_seen), n));
+                        t.put(Mutation::PutExpiry(new.deadline(new.last_seen), n, *id.as_bytes()));
+                        t.put(Mutation::PutSession(n, seal_session(t.mac, &new)));
+                    }
                 }
                 Ok(Outcome::Family { reply: change.reply, revoked })
             }

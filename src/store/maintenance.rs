@@ -66,11 +66,11 @@ impl Store {
                 let inner = self.live()?;
                 // The prune clock, not the wall clock: a forward jump prunes nothing early.
                 let now = self.prune_now();
-                // Another node may have raised the recorded horizon since this one
-                // opened (Redis): the entries this node wrote under its own horizon
-                // are then kept the difference longer.
-                let recorded = inner.table.backend.record_horizon(inner.horizon_ms)?;
-                let now = now.saturating_sub(recorded.saturating_sub(inner.horizon_ms));
+                // On a backend several nodes write (Redis), an entry may have
+                // been written under a smaller horizon than the largest any
+                // node uses: keep every entry the difference longer.
+                let margin = inner.table.backend.prune_margin(inner.horizon_ms)?;
+                let now = now.saturating_sub(margin);
                 let entries = inner.table.revocation.due(now);
                 let not_before = inner.table.revocation.stale_not_before(now, inner.horizon_ms);
                 let (pruned, users) =

@@ -193,7 +193,7 @@ impl Store {
         let loaded = load(&pool, &keys)?;
         // The revocation state is applied by `sync::catch_up` below, as the
         // follower does on every (re)connect.
-        let horizon_ms = crate::backend::redis::record_horizon(
+        let (horizon_ms, _) = crate::backend::redis::record_horizon(
             &pool,
             &keys,
             crate::clock::duration_millis(config.revocation_horizon()),

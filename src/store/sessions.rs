@@ -316,7 +316,7 @@ impl Store {
     }
 
     pub(super) fn update(&self, id: SessionId, expected: Option<u64>, data: Vec<u8>) -> Result<u64, Error> {
-        self.update_with(id, expected, Some(data), None)
+        self.update_with(id, expected, None, Some(data), None)
     }
 
     /// Replaces the data (if given) and moves the absolute deadline to
@@ -326,6 +326,7 @@ impl Store {
         &self,
         id: SessionId,
         expected: Option<u64>,
+        serial: Option<u64>,
         data: Option<Vec<u8>>,
         expires_at: Option<u64>,
     ) -> Result<u64, Error> {
@@ -348,7 +349,7 @@ impl Store {
             Durability::Eventual => Wait::Applied,
             Durability::Immediate => Wait::Durable,
         };
-        let op = Op::UpdateData { id, expected, data: data.map(Vec::into_boxed_slice), expires };
+        let op = Op::UpdateData { id, expected, serial, now, data: data.map(Vec::into_boxed_slice), expires };
         match inner.table.submit(op, wait)? {
             Outcome::Updated(rec) => {
                 let v = rec.version;
@@ -361,10 +362,18 @@ impl Store {
 
     /// A framework adapter's write of a session it loaded: new data (if
     /// given) and a new absolute deadline. A session revoked, deleted or
-    /// expired since is not written (and not an error): it stays gone.
+    /// expired since is not written (and not an error): it stays gone. With
+    /// `serial`, the write lands only on the session of that serial (the one
+    /// the adapter read): `Conflict` if it was replaced since (re-read).
     #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-015", feature = "actix"))]
-    pub(crate) fn rewrite(&self, id: SessionId, data: Option<Vec<u8>>, expires_at: u64) -> Result<(), Error> {
-        match self.update_with(id, None, data, Some(expires_at)) {
+    pub(crate) fn rewrite(
+        &self,
+        id: SessionId,
+        serial: Option<u64>,
+        data: Option<Vec<u8>>,
+        expires_at: u64,
+    ) -> Result<(), Error> {
+        match self.update_with(id, None, serial, data, Some(expires_at)) {
             Ok(_) | Err(Error::NotFound) => Ok(()),
             Err(e) => Err(e),
         }

@@ -96,7 +96,8 @@ impl Store {
     /// (refused if the session was rotated since).
     pub(super) fn family_op(&self, id: SessionId, serial: u64, f: FamilyFn) -> Result<Option<FamilyReply>, Error> {
         let prune_after = self.prune_after(self.now_ms());
-        match self.live()?.table.submit(Op::Family { id, serial, prune_after, f }, Wait::Durable)? {
+        let now = self.now_ms();
+        match self.live()?.table.submit(Op::Family { id, serial, now, prune_after, f }, Wait::Durable)? {
             Outcome::Family { reply, .. } => Ok(reply),
             _ => Ok(None),
         }
@@ -166,14 +167,22 @@ impl Store {
                 if !inner.derived.authentic(&t) {
                     return Err(Error::NotFound);
                 }
-                let Some(rec) = self.inner.table.lookup(&t.id)? else {
+                // A cached copy only under the validate hit's rule (on Redis: fresh
+                // and following), else the backend's row.
+                let now = self.now_ms();
+                let cached = self.inner.table.cache.get(&t.id).filter(|r| self.cache_may_answer(r, now));
+                let found = match cached {
+                    Some(r) => Some(r),
+                    None => self.inner.table.load(&t.id)?,
+                };
+                let Some(rec) = found else {
                     return Err(if inner.table.revocation.is_revoked_id(&t.id) {
                         Error::Revoked
                     } else {
                         Error::NotFound
                     });
                 };
-                let now = self.now_ms();
+
                 self.status(&rec, now)?;
                 if inner.table.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
                     return Err(Error::Revoked);

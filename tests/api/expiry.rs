@@ -125,3 +125,40 @@ fn access_tokens_die_with_their_idle_expired_session() {
     assert!(matches!(s.validate(&issued.token.to_string()), Err(Error::Expired)));
     assert!(s.verify_access(&pair.access).is_err());
 }
+
+/// Review of issue 24 item 4: the idle deadline an access token is capped by
+/// counts from the issuing request, so that request's activity is persisted
+/// with the family (not left to a touch written once per granularity): after
+/// a reopen — another process's view of the row — the session and its token
+/// end together.
+#[test]
+fn access_tokens_die_with_the_stored_idle_deadline_after_a_reopen() {
+    let clock = cloakroom::ManualClock::fixed();
+    let cfg = || {
+        cloakroom::Config::builder()
+            .session_ttl(HOUR)
+            .idle_timeout(Some(MIN))
+            .touch_granularity(Duration::from_secs(30))
+            .sweep_interval(None)
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let place = super::common::Durable::new();
+    let s = place.open(cfg());
+    let issued = s.create(NewSession::new("idle-reopen")).unwrap();
+    clock.advance(Duration::from_secs(29));
+    let pair = s.issue_tokens(&issued.token.to_string()).unwrap();
+    s.close().unwrap();
+    drop(s);
+    let s = place.open(cfg());
+    // 61 s after create, 32 s after the issuing request: the token verifies,
+    // so the session must still be live (it was, at the issuing request).
+    clock.advance(Duration::from_secs(32));
+    s.verify_access(&pair.access).unwrap();
+    s.validate(&issued.token.to_string()).unwrap();
+    // Past the idle deadline counted from the issuing request (+ leeway) the
+    // token is dead (the validate above slid the session itself).
+    clock.advance(Duration::from_secs(30));
+    assert!(s.verify_access(&pair.access).is_err(), "the access token outlived its idle window");
+}

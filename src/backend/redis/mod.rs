@@ -547,8 +547,10 @@ impl Backend for RedisBackend {
         true
     }
 
-    fn record_horizon(&self, ms: u64) -> Result<u64, Error> {
-        record_horizon(&self.shared.pool, &self.shared.keys, ms)
+    fn prune_margin(&self, ms: u64) -> Result<u64, Error> {
+        // Entries any node wrote carry at least the smallest recorded
+        // horizon: kept until the largest one has passed for all of them.
+        record_horizon(&self.shared.pool, &self.shared.keys, ms).map(|(max, min)| max.saturating_sub(min))
     }
 
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error> {
@@ -661,13 +663,18 @@ impl Backend for RedisBackend {
     }
 }
 
-/// Raises the revocation horizon recorded in `{p}:meta` (`horizon`, ms) to
-/// `ms` if it is lower; returns the recorded one (the larger). Every node
-/// prunes by it (see `db::horizon` for the redb file's).
-pub(crate) fn record_horizon(pool: &Pool, keys: &Keys, ms: u64) -> Result<u64, Error> {
-    const RAISE: &str = "local c = tonumber(redis.call('HGET', KEYS[1], 'horizon') or '0') \
-        local n = tonumber(ARGV[1]) \
-        if n > c then redis.call('HSET', KEYS[1], 'horizon', ARGV[1]); return n end \
-        return c";
-    pool.with(|c| redis::Script::new(RAISE).key(keys.meta.as_str()).arg(ms).invoke::<u64>(c))
+/// Records `ms` in the revocation horizons of `{p}:meta`: `horizon` (the
+/// largest any node used) and `horizon_min` (the smallest); returns both
+/// (largest, smallest). Every node writes revocations under the largest it
+/// knows, and prunes only once the largest has passed even for an entry
+/// written under the smallest (see `db::horizon` for the redb file's).
+pub(crate) fn record_horizon(pool: &Pool, keys: &Keys, ms: u64) -> Result<(u64, u64), Error> {
+    const RECORD: &str = "local n = tonumber(ARGV[1]) \
+        local hi = tonumber(redis.call('HGET', KEYS[1], 'horizon') or '0') \
+        local lo = tonumber(redis.call('HGET', KEYS[1], 'horizon_min') or tostring(n)) \
+        if n > hi then hi = n; redis.call('HSET', KEYS[1], 'horizon', ARGV[1]) end \
+        if n < lo or redis.call('HEXISTS', KEYS[1], 'horizon_min') == 0 then \
+          if n < lo then lo = n end; redis.call('HSET', KEYS[1], 'horizon_min', tostring(lo)) end \
+        return {hi, lo}";
+    pool.with(|c| redis::Script::new(RECORD).key(keys.meta.as_str()).arg(ms).invoke::<(u64, u64)>(c))
 }

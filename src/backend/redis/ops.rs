@@ -10,7 +10,7 @@ use redis::Value;
 
 use super::resp::{Arg, Packed};
 use super::{CAS_TRIES, Core, split_id_hash};
-use crate::backend::rules::{self, Replace};
+use crate::backend::rules::{self, Replace, accepted};
 use crate::backend::{Create, Failure, Op, Outcome, Revoked, Swept};
 use crate::config::OnLimit;
 use crate::db::mac::RowTable;
@@ -161,8 +161,8 @@ impl Core {
                     other => other,
                 }
             }
-            Op::UpdateData { id, expected, data, expires } => self.cas_loop(&id, |s| {
-                let new = rules::update(&s.rec, expected, data.as_deref(), expires)?;
+            Op::UpdateData { id, expected, serial, now, data, expires } => self.cas_loop(&id, |s| {
+                let new = rules::update(&s.rec, expected, serial, now, data.as_deref(), expires)?;
                 let cas = Cas {
                     new_r: Some(seal_session(&self.mac, &new).to_vec()),
                     ttl_ms: expires.map(|e| ttl(new.deadline(new.last_seen), e.now)),
@@ -222,8 +222,8 @@ impl Core {
             Op::LogoutEverywhere { user, at, limit, prune_after } => {
                 self.revoke_user(&user, None, limit, prune_after, Some(at))
             }
-            Op::Family { id, serial, prune_after, f } => self.cas_loop(&id, |s| {
-                rules::family_authorised(&s.rec, serial)?;
+            Op::Family { id, serial, now, prune_after, f } => self.cas_loop(&id, |s| {
+                rules::family_authorised(&s.rec, serial, now)?;
                 let n = s.rec.number;
                 let opened = match &s.f {
                     Some(row) => Some(
@@ -240,13 +240,18 @@ impl Core {
                     let cas = Cas { delete: true, prune_after, ..Cas::keep() };
                     return Ok(Step::Write(cas, Outcome::Family { reply, revoked: Some(revoked) }));
                 }
-                match write {
-                    Some(bytes) => {
-                        let cas = Cas { new_f: Some(self.seal_families(n, bytes)), ..Cas::keep() };
-                        Ok(Step::Write(cas, Outcome::Family { reply, revoked: None }))
-                    }
-                    None => Ok(Step::Answer(Outcome::Family { reply, revoked: None })),
+                // A request its family accepted counts as activity, durably with the family.
+                let touched = rules::touch(&s.rec, now).filter(|_| accepted(reply.as_ref()));
+                if write.is_none() && touched.is_none() {
+                    return Ok(Step::Answer(Outcome::Family { reply, revoked: None }));
                 }
+                let cas = Cas {
+                    new_f: write.map(|bytes| self.seal_families(n, bytes)),
+                    new_r: touched.as_ref().map(|t| seal_session(&self.mac, t).to_vec()),
+                    ttl_ms: touched.as_ref().map(|t| ttl(t.deadline(now), now)),
+                    ..Cas::keep()
+                };
+                Ok(Step::Write(cas, Outcome::Family { reply, revoked: None }))
             }),
             // Redis expires sessions itself (`PEXPIRE`): the sweeper finds none.
             Op::Sweep { .. } => Ok(Outcome::Swept(Swept::default())),
