@@ -53,8 +53,11 @@
 //!   re-created; the next request starts a new anonymous session.
 //! - **A user change without `cycle_id`** (an app that writes the user id into
 //!   the session without cycling it) revokes the session and creates it again
-//!   under the new user with the same cookie: not atomic, and the old user's
-//!   session is listed as revoked.
+//!   under the new user with the same cookie, in one atomic step of the
+//!   backend (the stored session of the serial the save read is revoked and
+//!   the new one takes its id); a save that raced another user change reads
+//!   again and decides again, and a data write lands only on the session it
+//!   read. The old user's session is listed as revoked.
 //!
 //! # Threads
 //!
