@@ -381,8 +381,6 @@ impl Store {
 
     /// When a serial revoked at `now` may leave the revocation set.
     pub(super) fn prune_after(&self, now: u64) -> u64 {
-        // (Starts the prune clock no later than the first revocation.)
-        let _ = self.prune_now();
         now.saturating_add(self.inner.horizon_ms)
     }
 
