@@ -1,4 +1,5 @@
-//! Sessions: [`Session`], [`NewSession`], [`Meta`], and the versioned record encoding.
+//! The record a session is stored and cached as, its live (atomic) state,
+//! and its versioned encoding.
 //!
 //! Record layout (format 2, little-endian), keyed by the session id in the `sessions` table:
 //!
@@ -17,130 +18,19 @@
 //! Decoding rejects unknown formats, bad lengths, bad UTF-8, unknown ip tags and
 //! trailing bytes.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::clock::{duration_millis, from_millis};
-use crate::error::InputError;
+use super::bytes::{Reader, RecordError};
+use super::input::{EMPTY_META, MAX_USER_ID_LEN, Meta, NewSession};
+use crate::clock::duration_millis;
 use crate::token::{SecretHash, SessionId};
 
-/// Longest accepted user id, in bytes.
-pub const MAX_USER_ID_LEN: usize = 256;
-/// Longest accepted user agent, in bytes.
-pub const MAX_USER_AGENT_LEN: usize = 512;
-/// Longest accepted label, in bytes.
-pub const MAX_LABEL_LEN: usize = 256;
 const RECORD_FORMAT: u8 = 2;
 /// The first record format: the ip as text. Read, never written.
 const RECORD_FORMAT_V1: u8 = 1;
 const FIXED_LEN: usize = 1 + 8 + 32 + 8 * 5;
-
-/// Descriptive metadata about the client that created a session, for a
-/// "your devices" page. All fields optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Meta {
-    /// Client IP address.
-    pub ip: Option<IpAddr>,
-    /// Client user agent (at most 512 bytes).
-    pub user_agent: Option<String>,
-    /// A free label, e.g. "Work laptop" (at most 256 bytes).
-    pub label: Option<String>,
-}
-
-impl Meta {
-    fn is_empty(&self) -> bool {
-        self.ip.is_none() && self.user_agent.is_none() && self.label.is_none()
-    }
-
-    pub(crate) fn check(&self) -> Result<(), InputError> {
-        check_len("user_agent", self.user_agent.as_deref(), MAX_USER_AGENT_LEN)?;
-        check_len("label", self.label.as_deref(), MAX_LABEL_LEN)
-    }
-}
-
-fn check_len(field: &'static str, v: Option<&str>, max: usize) -> Result<(), InputError> {
-    match v {
-        Some(s) if s.len() > max => Err(InputError::MetaTooLong { field, len: s.len(), max }),
-        _ => Ok(()),
-    }
-}
-
-static EMPTY_META: Meta = Meta { ip: None, user_agent: None, label: None };
-
-/// Checks a user id: 1..=256 bytes (UTF-8 is guaranteed by `&str`).
-pub(crate) fn check_user(user: &str) -> Result<(), InputError> {
-    if user.is_empty() || user.len() > MAX_USER_ID_LEN {
-        return Err(InputError::UserId { len: user.len(), max: MAX_USER_ID_LEN });
-    }
-    Ok(())
-}
-
-/// What to create: built with [`NewSession::new`] and passed to `Store::create`.
-#[derive(Clone)]
-pub struct NewSession {
-    pub(crate) user: String,
-    pub(crate) data: Vec<u8>,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) idle_timeout: Option<Option<Duration>>,
-    pub(crate) meta: Meta,
-}
-
-impl NewSession {
-    /// A session for `user` with empty data and the configured lifetimes.
-    #[must_use]
-    pub fn new(user: impl Into<String>) -> Self {
-        Self { user: user.into(), data: Vec::new(), ttl: None, idle_timeout: None, meta: Meta::default() }
-    }
-
-    /// Application data stored with the session (at most `Config::max_data_len`).
-    #[must_use]
-    pub fn data(mut self, data: impl Into<Vec<u8>>) -> Self {
-        self.data = data.into();
-        self
-    }
-
-    /// Absolute lifetime; defaults to `Config::session_ttl` (7 days).
-    #[must_use]
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// Idle timeout; defaults to `Config::idle_timeout` (24 h).
-    #[must_use]
-    pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = Some(Some(idle));
-        self
-    }
-
-    /// No idle timeout for this session: only the absolute deadline applies.
-    #[must_use]
-    pub fn without_idle_timeout(mut self) -> Self {
-        self.idle_timeout = Some(None);
-        self
-    }
-
-    /// Client metadata.
-    #[must_use]
-    pub fn meta(mut self, meta: Meta) -> Self {
-        self.meta = meta;
-        self
-    }
-}
-
-impl fmt::Debug for NewSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewSession")
-            .field("user", &self.user)
-            .field("data_len", &self.data.len())
-            .field("ttl", &self.ttl)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("meta", &self.meta)
-            .finish()
-    }
-}
 
 /// Mutable per-entry state, updated with atomics so `validate` never takes a write lock.
 #[derive(Debug, Default)]
@@ -194,36 +84,8 @@ fn idle_deadline(idle_timeout: u64, last_seen: u64) -> u64 {
 }
 
 /// min(absolute deadline, idle deadline), in ms.
-fn deadline(expires_at: u64, idle_timeout: u64, last_seen: u64) -> u64 {
+pub(super) fn deadline(expires_at: u64, idle_timeout: u64, last_seen: u64) -> u64 {
     expires_at.min(idle_deadline(idle_timeout, last_seen))
-}
-
-/// Why a stored record failed to decode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RecordError {
-    /// The record was written by a newer format.
-    #[error("unknown record format {0}")]
-    UnknownFormat(u8),
-    /// The record is shorter than its fields say.
-    #[error("record truncated")]
-    Truncated,
-    /// Bytes left over after the last field.
-    #[error("trailing bytes after record")]
-    Trailing,
-    /// A text field is not valid UTF-8 or an IP address does not parse.
-    #[error("invalid text field")]
-    BadText,
-    /// The IP address field has an unknown tag.
-    #[error("invalid ip address tag {0}")]
-    BadIpTag(u8),
-    /// The user id is empty or too long.
-    #[error("invalid user id")]
-    BadUser,
-    /// The row's authentication tag does not match: the file was damaged, or
-    /// edited by someone without the server key (or another server key is in use).
-    #[error("row authentication failed")]
-    BadTag,
 }
 
 impl Clone for Record {
@@ -383,54 +245,6 @@ impl Record {
     }
 }
 
-/// A cursor over a little-endian stored row; every read checks the length.
-/// Shared by the session record and the refresh family codecs.
-pub(crate) struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(b: &'a [u8]) -> Self {
-        Reader { b }
-    }
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if self.b.len() < n {
-            return Err(RecordError::Truncated);
-        }
-        let (head, tail) = self.b.split_at(n);
-        self.b = tail;
-        Ok(head)
-    }
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    pub(crate) fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
-    }
-    pub(crate) fn u64(&mut self) -> Result<u64, RecordError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-    fn text(&mut self) -> Result<&'a str, RecordError> {
-        let n = u16::from_le_bytes(self.array()?) as usize;
-        std::str::from_utf8(self.take(n)?).map_err(|_| RecordError::BadText)
-    }
-    /// A byte string with a u32 length prefix.
-    pub(crate) fn bytes_u32(&mut self) -> Result<&'a [u8], RecordError> {
-        let n = u32::from_le_bytes(self.array()?) as usize;
-        self.take(n)
-    }
-    /// Whether every byte has been read.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.b.is_empty()
-    }
-    /// Fails if any bytes are left.
-    pub(crate) fn finish(self) -> Result<(), RecordError> {
-        if self.b.is_empty() { Ok(()) } else { Err(RecordError::Trailing) }
-    }
-}
-
 /// Builds a record for a new session. Inputs must already be checked.
 pub(crate) struct RecordParts {
     pub(crate) id: SessionId,
@@ -458,158 +272,6 @@ impl RecordParts {
             meta: (!new.meta.is_empty()).then(|| Box::new(new.meta)),
             data: new.data.into_boxed_slice(),
         }
-    }
-}
-
-/// A live session, as returned by `validate`, `create` and `list_user`.
-///
-/// A copy of the stored record's public fields, owned by the caller: it holds
-/// no reference into the cache, so returning one writes nothing shared with
-/// other threads' validates.
-#[derive(Clone)]
-pub struct Session {
-    id: SessionId,
-    serial: u64,
-    pub(crate) number: u64,
-    pub(crate) created_at: u64,
-    pub(crate) expires_at: u64,
-    idle_timeout: u64,
-    pub(crate) last_seen: u64,
-    version: u64,
-    user: Small,
-    data: Small,
-    meta: Option<Box<Meta>>,
-}
-
-/// Inline capacity of [`Small`]: a UUID user id (36 bytes) and small data fit.
-const SMALL_INLINE: usize = 54;
-
-/// Bytes owned by a [`Session`]: inline up to [`SMALL_INLINE`], else on the
-/// heap. A validate of a session with a short user id and small data copies
-/// them without allocating: an allocation per hit costs ~20 ns, and where the
-/// allocator places two threads' blocks near each other it writes lines both
-/// threads use (measured: one hot session on 2 threads went 1.3x-2.0x from
-/// run to run with glibc's per-thread cache on, a steady 2.0x without it).
-#[derive(Clone)]
-enum Small {
-    Inline { len: u8, buf: [u8; SMALL_INLINE] },
-    Heap(Box<[u8]>),
-}
-
-impl Small {
-    fn copy_of(bytes: &[u8]) -> Small {
-        match u8::try_from(bytes.len()) {
-            Ok(len) if bytes.len() <= SMALL_INLINE => {
-                let mut buf = [0u8; SMALL_INLINE];
-                buf[..bytes.len()].copy_from_slice(bytes);
-                Small::Inline { len, buf }
-            }
-            _ => Small::Heap(bytes.into()),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Small::Inline { len, buf } => &buf[..usize::from(*len)],
-            Small::Heap(b) => b,
-        }
-    }
-}
-
-impl Session {
-    /// The caller's copy of `rec`, last seen at `last_seen`.
-    pub(crate) fn of(rec: &Record, last_seen: u64) -> Self {
-        Self {
-            id: rec.id,
-            serial: rec.serial,
-            number: rec.number,
-            created_at: rec.created_at,
-            expires_at: rec.expires_at,
-            idle_timeout: rec.idle_timeout,
-            last_seen,
-            version: rec.version,
-            user: Small::copy_of(rec.user.as_bytes()),
-            data: Small::copy_of(&rec.data),
-            meta: rec.meta.clone(),
-        }
-    }
-
-    /// min(absolute deadline, last seen + idle timeout), in ms.
-    pub(crate) fn deadline_ms(&self) -> u64 {
-        deadline(self.expires_at, self.idle_timeout, self.last_seen)
-    }
-
-    /// The session id (safe to log).
-    #[must_use]
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-    /// The user this session belongs to.
-    #[must_use]
-    pub fn user(&self) -> &str {
-        // Always valid: copied from a `str` (`Session::of`).
-        std::str::from_utf8(self.user.as_bytes()).unwrap_or_default()
-    }
-    /// The monotonic serial number of this session; access tokens carry it as `sid`.
-    #[must_use]
-    pub fn serial(&self) -> u64 {
-        self.serial
-    }
-    /// When the session was created.
-    #[must_use]
-    pub fn created_at(&self) -> SystemTime {
-        from_millis(self.created_at)
-    }
-    /// The absolute deadline.
-    #[must_use]
-    pub fn expires_at(&self) -> SystemTime {
-        from_millis(self.expires_at)
-    }
-    /// The idle timeout, if any.
-    #[must_use]
-    pub fn idle_timeout(&self) -> Option<Duration> {
-        (self.idle_timeout != 0).then(|| Duration::from_millis(self.idle_timeout))
-    }
-    /// When the session expires if it stays idle from now on: min(absolute deadline, last seen + idle timeout).
-    #[must_use]
-    pub fn idle_deadline(&self) -> SystemTime {
-        from_millis(self.deadline_ms())
-    }
-    /// The last time the session was validated.
-    #[must_use]
-    pub fn last_seen(&self) -> SystemTime {
-        from_millis(self.last_seen)
-    }
-    /// The data version; starts at 1 and grows with each `update_data`.
-    #[must_use]
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-    /// Application data.
-    #[must_use]
-    pub fn data(&self) -> &[u8] {
-        self.data.as_bytes()
-    }
-    /// Client metadata.
-    #[must_use]
-    pub fn meta(&self) -> &Meta {
-        self.meta.as_deref().unwrap_or(&EMPTY_META)
-    }
-}
-
-impl fmt::Debug for Session {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("id", &self.id())
-            .field("user", &self.user())
-            .field("serial", &self.serial())
-            .field("created_at", &self.created_at)
-            .field("expires_at", &self.expires_at)
-            .field("last_seen", &self.last_seen)
-            .field("version", &self.version())
-            .field("data_len", &self.data().len())
-            .field("meta", self.meta())
-            .finish()
     }
 }
 
@@ -643,21 +305,6 @@ mod tests {
 
     /// A session's copy of user and data is the record's, inline or on the
     /// heap, at and around the inline capacity, with multi-byte UTF-8.
-    #[test]
-    fn session_copies_user_and_data_inline_or_on_the_heap() {
-        for len in [0, 1, SMALL_INLINE - 1, SMALL_INLINE, SMALL_INLINE + 1, 300] {
-            let user: String = "é".repeat(len / 2) + &"u".repeat(len % 2 + 1);
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let rec = sample(&user, data.clone(), Meta::default());
-            let s = Session::of(&rec, 5);
-            assert_eq!(s.user(), user, "user of {} bytes", user.len());
-            assert_eq!(s.data(), &data[..], "data of {len} bytes");
-            assert_eq!(matches!(s.data, Small::Inline { .. }), len <= SMALL_INLINE);
-            let c = s.clone();
-            assert_eq!((c.user(), c.data()), (s.user(), s.data()));
-        }
-    }
-
     #[test]
     fn decode_rejects_every_truncation_and_trailing_bytes() {
         let meta = Meta { ip: Some("10.0.0.1".parse().unwrap()), user_agent: Some("ua".into()), label: None };
@@ -702,14 +349,6 @@ mod tests {
         let again = Record::decode(r.id, &r.encode()).unwrap();
         assert_eq!(r.encode()[0], 2);
         assert_eq!(again.meta().ip, r.meta().ip);
-    }
-
-    #[test]
-    fn user_limits() {
-        assert!(check_user("").is_err());
-        assert!(check_user(&"x".repeat(256)).is_ok());
-        assert!(check_user(&"x".repeat(257)).is_err());
-        assert!(check_user("ユーザー\u{200d}🙂").is_ok());
     }
 
     proptest! {
