@@ -1,60 +1,255 @@
 #!/usr/bin/env python3
-"""The crate's module import graph, drawn from `crate::` and `super::` paths in
-src/ (comments and unit-test modules left out): fails if any modules import
-each other in a circle (issue 26: every import points down)."""
-import re,os,sys,itertools
-root=os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src')
+"""The crate's module import graph, drawn from the `crate::`, `super::` and
+`self::` paths in src/ (comments, string literals and `#[cfg(test)]` modules
+left out; src/bin is its own crate). Issue 26: every import points down.
+
+It counts three things:
+
+- circles: modules that import each other, directly or through others
+  (a strongly connected component of the module graph; an edge from a module
+  to one of its own ancestors is not part of this graph, see the next item);
+- upward imports: a module naming an item *defined* in the file of one of its
+  ancestors: `super::Store` in `store/sessions.rs` when `struct Store` is
+  written in `store/mod.rs`, `crate::X` when `X` is written in `lib.rs`.
+  Naming a sibling (`super::sibling::X`), or a name the ancestor only
+  re-exports from one of its children (`super::X` where the parent's file says
+  `pub use child::X`), is not upward: the item lives below the ancestor;
+- root re-export imports: a module naming `crate::X` where `X` is one of the
+  crate root's re-exports (`pub use store::Store;` in `lib.rs`) instead of the
+  module that defines it.
+
+It prints the counts and every upward and root re-export import, and fails
+on any circle and any root re-export import (0 when this was written).
+Upward imports will fail it once their count has reached 0 and they join
+FAIL_ON below, so they cannot come back.
+
+Usage: python3 .ci/imports.py [--quiet]   (--quiet: counts and failures only)
+"""
+import collections
+import os
+import re
+import sys
+
+# Which counts fail the check: circles, and each other count from the day it
+# reaches 0 on main (root re-exports: 0 since this check was written; upward
+# imports join when the owners of the listed modules have fixed them).
+FAIL_ON = {'circles', 'root re-export'}
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src')
+quiet = '--quiet' in sys.argv[1:]
+
+
 def modname(path):
-    rel=os.path.relpath(path,root)[:-3]
-    parts=rel.split('/')
-    if parts[-1]=='mod': parts=parts[:-1]
-    if parts==['lib']: return 'crate'
-    return '::'.join(parts)
-mods={}
-for d,_,fs in os.walk(root):
-    if 'bin' in d.split('/'): continue
+    rel = os.path.relpath(path, root)[:-3]
+    parts = rel.split(os.sep)
+    if parts[-1] == 'mod':
+        parts = parts[:-1]
+    if parts == ['lib']:
+        return 'crate'
+    return 'crate::' + '::'.join(parts)
+
+
+def strip(src):
+    """Source without comments, string/char literals and #[cfg(test)] modules."""
+    src = re.sub(r'r(#*)"(.*?)"\1', '""', src, flags=re.S)  # raw strings
+    src = re.sub(r'"(?:\\.|[^"\\])*"', '""', src, flags=re.S)
+    src = re.sub(r"'(?:\\.|[^'\\])'", "' '", src)
+    src = re.sub(r'/\*.*?\*/', '', src, flags=re.S)
+    src = re.sub(r'//[^\n]*', '', src)
+    out, i = [], 0
+    # `#[cfg(test)]` or `#[cfg(all(test, ...))]`: compiled only into unit tests.
+    test_mod = re.compile(r'#\[cfg\((?:test|all\([^\]]*\btest\b[^\]]*\))\)\]\s*'
+                          r'(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{')
+    while True:
+        m = test_mod.search(src, i)
+        if not m:
+            out.append(src[i:])
+            break
+        out.append(src[i:m.start()])
+        depth, j = 1, m.end()
+        while j < len(src) and depth:
+            depth += {'{': 1, '}': -1}.get(src[j], 0)
+            j += 1
+        i = j
+    return ''.join(out)
+
+
+mods = {}
+for d, _, fs in os.walk(root):
+    if 'bin' in os.path.relpath(d, root).split(os.sep):
+        continue
     for f in fs:
         if f.endswith('.rs'):
-            p=os.path.join(d,f); mods[modname(p)]=open(p).read()
-names=set(mods)
-def resolve(path):
-    parts=path.split('::')
-    best=None
-    for i in range(len(parts),0,-1):
-        c='::'.join(parts[:i])
-        if c in names: return c
-    return None
-edges=set()
-for m,src in mods.items():
-    src=re.sub(r'//[^\n]*', '', src)
-    src=re.sub(r'#\[cfg\(test\)\]\s*mod tests\s*\{.*', '', src, flags=re.S)  # drop unit tests
-    for mm in re.finditer(r'crate::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)', src):
-        t=resolve(mm.group(1))
-        if t and t!=m and not m.startswith(t+'::') : edges.add((m,t))
-    for mm in re.finditer(r'\bsuper::([a-z_][a-z0-9_]*)', src):
-        parent='::'.join(m.split('::')[:-1])
-        cand=(parent+'::' if parent else '')+mm.group(1)
-        if cand in names and cand!=m: edges.add((m,cand))
-# cycles at module level via SCC
-import collections
-g=collections.defaultdict(set)
-for a,b in edges: g[a].add(b)
-idx={};low={};st=[];on=set();sccs=[];c=[0]
+            p = os.path.join(d, f)
+            mods[modname(p)] = strip(open(p, encoding='utf-8').read())
+names = set(mods)
+
+IDENT = r'[A-Za-z_][A-Za-z0-9_]*'
+# Items a file defines (at any indentation: enough for `mod` files, which
+# define their items at top level).
+DEFINES = re.compile(
+    r'^\s*(?:pub(?:\([^)]*\))?\s+)?(?:unsafe\s+)?(?:async\s+)?(?:const\s+)?'
+    r'(?:struct|enum|union|trait|type|fn|const|static|macro_rules!)\s+(' + IDENT + ')',
+    re.M)
+defined = {m: set(DEFINES.findall(src)) for m, src in mods.items()}
+# Uses inside a file (`use` declarations).
+USE = re.compile(r'\b(pub(?:\([^)]*\))?\s+)?use\s+([^;]*);', re.S)
+
+
+def expand(tree):
+    """`a::{b, c::{d, e as f}, g::*}` -> ['a::b', 'a::c::d', 'a::c::e', 'a::g::*']."""
+    tree = re.sub(r'\s+', '', tree)
+    tree = re.sub(r'as' + '(?=' + IDENT + ')', ' as ', tree)  # keep aliases apart
+    out = []
+
+    def go(prefix, s):
+        depth, start, parts = 0, 0, []
+        for k, ch in enumerate(s):
+            if ch == '{':
+                depth += 1
+            elif ch == '}':
+                depth -= 1
+            elif ch == ',' and depth == 0:
+                parts.append(s[start:k])
+                start = k + 1
+        parts.append(s[start:])
+        for part in parts:
+            if not part:
+                continue
+            b = part.find('{')
+            if b >= 0:
+                go(prefix + part[:b], part[b + 1:part.rfind('}')])
+            else:
+                path = (prefix + part).split(' as ')[0]
+                if path.endswith('::self'):
+                    path = path[:-len('::self')]
+                out.append(path)
+
+    go('', tree)
+    return out
+
+
+def absolute(m, path):
+    """The path `path`, written in module `m`, from the crate root; None if external."""
+    segs = path.split('::')
+    if segs[0] == 'crate':
+        return segs
+    if segs[0] not in ('super', 'self'):
+        return None
+    base = m.split('::')
+    while segs and segs[0] in ('super', 'self'):
+        if segs.pop(0) == 'super':
+            base = base[:-1]
+    return base + segs
+
+
+def module_of(abs_segs):
+    """(deepest module that is a prefix of the path, the rest of the path)."""
+    for i in range(len(abs_segs), 0, -1):
+        c = '::'.join(abs_segs[:i])
+        if c in names:
+            return c, abs_segs[i:]
+    return None, abs_segs
+
+
+# The crate root's re-exports: name -> the path it re-exports.
+root_reexports = {}
+for mm in USE.finditer(mods['crate']):
+    if mm.group(1):
+        for p in expand(mm.group(2)):
+            segs = absolute('crate', 'crate::' + p if not p.startswith(('crate', 'self', 'super')) else p)
+            if segs:
+                root_reexports[segs[-1]] = segs
+
+paths = collections.defaultdict(set)  # module -> absolute paths it names
+for m, src in mods.items():
+    for mm in USE.finditer(src):
+        if m == 'crate':
+            continue  # the root's own `use`s are its re-exports (above)
+        for p in expand(mm.group(2)):
+            segs = absolute(m, p)
+            if segs:
+                paths[m].add(tuple(segs))
+    rest = USE.sub('', src)
+    for mm in re.finditer(r'(?<![A-Za-z0-9_$])((?:crate|super|self)(?:::' + IDENT + r')+)', rest):
+        segs = absolute(m, mm.group(1))
+        if segs:
+            paths[m].add(tuple(segs))
+
+edges, upward, via_root = set(), set(), set()
+for m, ps in paths.items():
+    ancestors = {'::'.join(m.split('::')[:i]) for i in range(1, len(m.split('::')))}
+    for segs in ps:
+        segs = list(segs)
+        if segs == ['crate'] or not segs:
+            continue
+        target, rest = module_of(segs)
+        if target == 'crate' and rest and rest[0] in root_reexports and m != 'crate':
+            via_root.add((m, rest[0]))
+            target, rest = module_of(root_reexports[rest[0]])
+        if target is None:
+            continue
+        if target in ancestors and rest and rest[0] != '*' and rest[0] in defined[target]:
+            upward.add((m, target, rest[0]))
+        elif target in ancestors and rest and rest[0] == '*':
+            upward.add((m, target, '*'))
+        if target != m and target not in ancestors:
+            edges.add((m, target))
+
+# Circles: strongly connected components (Tarjan).
+g = collections.defaultdict(set)
+for a, b in edges:
+    g[a].add(b)
+idx, low, st, on, sccs, counter = {}, {}, [], set(), [], [0]
 sys.setrecursionlimit(10000)
+
+
 def sc(v):
-    idx[v]=low[v]=c[0];c[0]+=1;st.append(v);on.add(v)
-    for w in g[v]:
-        if w not in idx: sc(w);low[v]=min(low[v],low[w])
-        elif w in on: low[v]=min(low[v],idx[w])
-    if low[v]==idx[v]:
-        comp=[]
+    idx[v] = low[v] = counter[0]
+    counter[0] += 1
+    st.append(v)
+    on.add(v)
+    for w in sorted(g[v]):
+        if w not in idx:
+            sc(w)
+            low[v] = min(low[v], low[w])
+        elif w in on:
+            low[v] = min(low[v], idx[w])
+    if low[v] == idx[v]:
+        comp = []
         while True:
-            w=st.pop();on.discard(w);comp.append(w)
-            if w==v:break
-        if len(comp)>1: sccs.append(comp)
-for v in list(names):
-    if v not in idx: sc(v)
-print('import graph:',len(names),'modules,',len(edges),'edges,',len(sccs),'circles')
-for s in sccs: print('CYCLE:',sorted(s))
-# child->parent-module imports ("upward" into an ancestor's items other than via super is fine?) list edges to ancestors
-sys.exit(1 if sccs else 0)
+            w = st.pop()
+            on.discard(w)
+            comp.append(w)
+            if w == v:
+                break
+        if len(comp) > 1:
+            sccs.append(comp)
+
+
+for v in sorted(names):
+    if v not in idx:
+        sc(v)
+
+
+def short(m):
+    return m[len('crate::'):] if m.startswith('crate::') else m
+
+
+counts = {'circles': len(sccs), 'upward': len(upward), 'root re-export': len(via_root)}
+up_pairs = len({(m, t) for m, t, _ in upward})
+print(f"import graph: {len(names)} modules, {len(edges)} edges, {counts['circles']} circles, "
+      f"{counts['upward']} upward imports (names; {up_pairs} module -> ancestor pairs), "
+      f"{counts['root re-export']} imports through the crate root's re-exports")
+for s in sccs:
+    print('CYCLE:', sorted(short(x) for x in s))
+if not quiet:
+    for m, t, name in sorted(upward):
+        print(f'UPWARD: {short(m)} -> {short(t)}::{name}')
+    for m, name in sorted(via_root):
+        src = '::'.join(root_reexports[name][1:])
+        print(f'ROOT RE-EXPORT: {short(m)} -> crate::{name} (defined at {src})')
+failed = [k for k in ('circles', 'upward', 'root re-export') if counts[k] and k in FAIL_ON]
+if failed:
+    print('FAILED:', ', '.join(failed), file=sys.stderr)
+sys.exit(1 if failed else 0)
