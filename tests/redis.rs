@@ -31,7 +31,10 @@ fn server() -> Option<Server> {
     redis_side::available_for_tests("multi-node Redis test").then(Server::start)
 }
 
-/// The kind of a `Storage` error; panics on anything else.
+/// The kind of a `Storage` error; panics on anything else. The same as
+/// `tests/api/common.rs`'s: this binary cannot include that file, which
+/// builds the API suites' stores from their crate's `REDIS` switch and
+/// runner.
 fn storage_kind<T>(r: Result<T, Error>) -> StorageErrorKind {
     match r {
         Err(Error::Storage(e)) => e.kind(),

@@ -1,7 +1,9 @@
 //! The bad-token table: every malformed input is refused with the exact error,
 //! before any lookup (the cache-miss counter does not move).
 
-use cloakroom::{Config, Error, Malformed, ManualClock, NewSession, REFRESH_PREFIX, Store};
+use std::time::Duration;
+
+use cloakroom::{Config, Error, InputError, Malformed, ManualClock, NewSession, REFRESH_PREFIX, Store};
 
 use super::common::store;
 
@@ -316,4 +318,25 @@ fn bad_input_table_across_all_parsers() {
         n += 1;
     }
     assert!(n >= 40, "{n} cases");
+}
+
+/// A per-session idle timeout not longer than the touch granularity is refused.
+#[test]
+fn idle_timeout_below_the_touch_granularity_is_refused() {
+    let (s, _clock) = store(); // touch granularity 1 min
+    let r = s.create(NewSession::new("bob").idle_timeout(Duration::from_secs(30)));
+    assert!(matches!(r, Err(Error::Input(InputError::IdleBelowGranularity { granularity_ms: 60_000 }))), "{r:?}");
+    s.create(NewSession::new("bob").idle_timeout(Duration::from_secs(61))).unwrap();
+}
+
+/// `Revoked` is answered only to the holder of the revoked secret; a token
+/// with the same id and any other secret reads `NotFound` (no oracle on ids).
+#[test]
+fn a_revoked_id_without_its_secret_reads_not_found() {
+    let (s, _clock) = store();
+    let first = s.create(NewSession::new("carol")).unwrap().token.to_string();
+    let second = s.rotate(&first).unwrap().token.to_string(); // same id, new secret
+    s.revoke(s.validate(&second).unwrap().id()).unwrap();
+    assert!(matches!(s.validate(&second), Err(Error::Revoked)), "the holder learns it was revoked");
+    assert!(matches!(s.validate(&first), Err(Error::NotFound)), "another secret learns nothing");
 }

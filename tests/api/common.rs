@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use cloakroom::{Config, ManualClock, Store};
+use cloakroom::{Config, Error, ManualClock, StorageErrorKind, Store};
 
 pub(crate) const MIN: Duration = Duration::from_secs(60);
 pub(crate) const HOUR: Duration = Duration::from_secs(3600);
@@ -16,6 +16,16 @@ pub(crate) fn store() -> (Store, ManualClock) {
         .build()
         .unwrap();
     (open(cfg), clock)
+}
+
+/// The kind of a `Storage` error; panics on anything else (the error, or `Ok`).
+#[allow(dead_code)] // `tests/api_redis.rs` runs none of the (file-backed) tests that use it
+pub(crate) fn storage_kind<T>(r: Result<T, Error>) -> StorageErrorKind {
+    match r {
+        Err(Error::Storage(e)) => e.kind(),
+        Err(e) => panic!("expected a storage error, got {e:?}"),
+        Ok(_) => panic!("expected a storage error, got Ok"),
+    }
 }
 
 /// The server key `open` gives a Redis-backed store whose config sets none.
@@ -153,6 +163,7 @@ pub(crate) mod redis {
 }
 
 /// The same configuration for a file-backed store.
+#[allow(dead_code)] // `tests/api_redis.rs` runs none of the file-backed tests that use it
 pub(crate) fn config(clock: &ManualClock) -> Config {
     Config::builder()
         .session_ttl(HOUR)

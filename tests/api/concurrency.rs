@@ -1,7 +1,7 @@
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use cloakroom::{Config, Durability, NewSession, Store};
+use cloakroom::{Config, Durability, Error, ManualClock, NewSession, Scope, Store};
 
 /// After `revoke` returns, no validate on any thread succeeds.
 #[test]
@@ -98,5 +98,57 @@ fn eventual_creates_from_many_threads() {
         assert_eq!(listed, 800);
     } else {
         assert_eq!(store.stats().sessions_stored, Some(800));
+    }
+}
+
+/// Defect 3: a session whose create returned before `revoke_user` or
+/// `logout_everywhere` was called never survives it.
+#[test]
+fn creates_that_returned_before_a_user_wide_revocation_never_survive_it() {
+    for eventual in [false, true] {
+        let clock = ManualClock::fixed();
+        let mut b = Config::builder();
+        b.clock(clock.clone()).sweep_interval(None);
+        if eventual {
+            b.durability(Durability::Eventual);
+        }
+        let s = super::common::open(b.build().unwrap());
+        for round in 0..100 {
+            let user = format!("dave{round}");
+            let done: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let before: Vec<String> = std::thread::scope(|sc| {
+                for _ in 0..2 {
+                    sc.spawn(|| {
+                        // Bounded, so an Eventual flood never fills the queue.
+                        for _ in 0..64 {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                break;
+                            }
+                            match s.create(NewSession::new(user.clone())) {
+                                Ok(i) => done.lock().push(i.token.to_string()),
+                                Err(Error::Busy) => std::thread::yield_now(), // queue full: back off
+                                Err(e) => panic!("{e:?}"),
+                            }
+                        }
+                    });
+                }
+                while done.lock().len() < 5 {
+                    std::thread::yield_now();
+                }
+                // (the creators stop by themselves after 64 each)
+                let before = done.lock().clone();
+                if round % 2 == 0 {
+                    s.revoke_user(&user, Scope::All).unwrap();
+                } else {
+                    s.logout_everywhere(&user).unwrap();
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                before
+            });
+            for t in &before {
+                assert!(s.validate(t).is_err(), "eventual={eventual} round {round}: a session survived");
+            }
+        }
     }
 }

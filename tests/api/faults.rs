@@ -4,14 +4,8 @@ use std::sync::atomic::Ordering;
 
 use cloakroom::{Config, Error, NewSession, Reuse, StorageErrorKind};
 
-use super::faulty::{Rig, faulty_store};
-
-fn storage_kind<T: std::fmt::Debug>(r: Result<T, Error>) -> StorageErrorKind {
-    match r {
-        Err(Error::Storage(e)) => e.kind(),
-        other => panic!("expected a storage error, got {other:?}"),
-    }
-}
+use super::common::storage_kind;
+use super::support::faulty_backend::{Rig, faulty_store};
 
 /// A fixed server key: reopening the same storage must use the same key.
 fn plain() -> Config {

@@ -7,14 +7,7 @@ use std::time::Duration;
 
 use cloakroom::{Config, Error, ManualClock, NewSession, ReadOnlyStore, StorageErrorKind, Store};
 
-use super::common::config;
-
-fn storage_kind<T: std::fmt::Debug>(r: Result<T, Error>) -> StorageErrorKind {
-    match r {
-        Err(Error::Storage(e)) => e.kind(),
-        other => panic!("expected a storage error, got {other:?}"),
-    }
-}
+use super::common::{config, storage_kind};
 
 fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =

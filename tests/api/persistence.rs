@@ -1,4 +1,6 @@
-use cloakroom::{Error, ManualClock, NewSession, Scope, StorageErrorKind, Store};
+use std::sync::{Arc, Barrier};
+
+use cloakroom::{Config, Durability, Error, ManualClock, NewSession, Scope, StorageErrorKind, Store};
 
 use super::common::{HOUR, MIN, config};
 
@@ -280,4 +282,38 @@ fn an_eventual_create_racing_close_is_stored_or_refused() {
         store.close().unwrap();
     }
     assert!(total > 0);
+}
+
+/// Defect 8: two concurrent `close()` calls both wait for the one final flush.
+#[test]
+fn concurrent_closes_both_wait_for_the_final_flush() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.redb");
+        let clock = ManualClock::fixed();
+        let mut b = Config::builder();
+        b.durability(Durability::Eventual).sweep_interval(None).clock(clock.clone());
+        let s = Store::open(&path, b.build().unwrap()).unwrap();
+        let tokens: Vec<String> =
+            (0..500).map(|i| s.create(NewSession::new(format!("u{i}"))).unwrap().token.to_string()).collect();
+        let barrier = Arc::new(Barrier::new(2));
+        let results: Vec<Result<(), Error>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let (s, barrier) = (s.clone(), Arc::clone(&barrier));
+                    sc.spawn(move || {
+                        barrier.wait();
+                        s.close()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(results.iter().all(Result::is_ok), "round {round}: {results:?}");
+        drop(s);
+        let s = Store::open(&path, config(&clock)).unwrap();
+        for t in &tokens {
+            s.validate(t).unwrap_or_else(|e| panic!("round {round}: an acknowledged create was lost: {e:?}"));
+        }
+    }
 }

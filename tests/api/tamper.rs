@@ -5,8 +5,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use cloakroom::{Config, Error, Event, NewSession, ReadOnlyStore, StorageErrorKind, Store};
+use cloakroom::{Config, Error, Event, ManualClock, NewSession, ReadOnlyStore, Scope, StorageErrorKind, Store};
 use redb::{ReadableDatabase as _, TableDefinition};
+
+use super::common::config;
 
 /// Format 3: session number → (id ‖ record ‖ tag).
 const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions_v3");
@@ -193,4 +195,56 @@ fn verify_reports_nothing_on_a_clean_file_and_needs_the_key() {
     // Without a key file (the key came from config), verify says what it needs.
     assert!(!Store::server_key_path(&path).exists());
     assert!(matches!(ReadOnlyStore::open(&path).unwrap().verify(), Err(Error::Config(_))));
+}
+
+/// Defect 5: one corrupt row reached by a sweep or a user-wide revoke fails
+/// only what read it; the rest of the batch (and the store) goes on.
+#[test]
+fn a_corrupt_row_fails_only_the_op_that_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::fixed();
+    let (short, doomed_id) = {
+        let s = Store::open(&path, config(&clock)).unwrap();
+        let short: Vec<String> = (0..3)
+            .map(|_| {
+                s.create(NewSession::new("eve").ttl(std::time::Duration::from_secs(60))).unwrap().token.to_string()
+            })
+            .collect();
+        let doomed = s.create(NewSession::new("eve").ttl(std::time::Duration::from_secs(60))).unwrap();
+        s.close().unwrap();
+        (short, doomed.session.id())
+    };
+    {
+        // Format 3: number → id ‖ record ‖ tag. Keep the id, break the rest.
+        let def = redb::TableDefinition::<u64, &[u8]>::new("sessions_v3");
+        let db = redb::Database::create(&path).unwrap();
+        let n = {
+            let r = redb::ReadableDatabase::begin_read(&db).unwrap();
+            let t = r.open_table(def).unwrap();
+            let found = redb::ReadableTable::iter(&t)
+                .unwrap()
+                .map(|row| row.unwrap())
+                .find(|(_, v)| v.value().starts_with(doomed_id.as_bytes()))
+                .map(|(k, _)| k.value());
+            found.unwrap()
+        };
+        let mut garbage = doomed_id.as_bytes().to_vec();
+        garbage.extend_from_slice(&[9u8, 1, 2, 3]);
+        let w = db.begin_write().unwrap();
+        w.open_table(def).unwrap().insert(n, garbage.as_slice()).unwrap();
+        w.commit().unwrap();
+    }
+    let s = Store::open(&path, config(&clock)).unwrap();
+    clock.advance(std::time::Duration::from_secs(120));
+    let report = s.sweep().unwrap();
+    assert_eq!((report.sessions_removed(), report.corrupt_rows), (3, 1));
+    for t in &short {
+        assert!(s.validate(t).is_err());
+    }
+    // The store keeps serving; a user-wide revoke removes the undecodable row too.
+    let live = s.create(NewSession::new("eve")).unwrap();
+    assert_eq!(s.revoke_user("eve", Scope::All).unwrap(), 1);
+    assert!(s.validate(&live.token.to_string()).is_err());
+    s.create(NewSession::new("frank")).unwrap();
 }
