@@ -18,6 +18,7 @@ use crate::sync::{RwLock, step};
 use roaring::RoaringTreemap;
 
 use crate::backend::Revoked as Committed;
+use crate::backend::{UserCut, rules};
 use crate::snapshot::Snapshot;
 use crate::token::{IdHash, SecretHash, SessionId};
 
@@ -40,6 +41,9 @@ struct RevokedSet {
 /// One revocation mark: serial, id, prune-after (if committed), secret hash (if known).
 type Mark = (u64, SessionId, Option<u64>, Option<SecretHash>);
 
+/// User-wide revocations in progress by user, each flagged when this process runs it.
+type Cuts = HashMap<Box<str>, Vec<(UserCut, bool)>>;
+
 /// Serials start at 1; 0 marks an id revoked while its serial was unknown.
 const UNKNOWN_SERIAL: u64 = 0;
 
@@ -61,6 +65,11 @@ pub(crate) struct Revocation {
     revoked: RwLock<RevokedSet>,
     marker: std::sync::OnceLock<Marker>,
     not_before: Snapshot<HashMap<Box<str>, u64>>,
+    /// User-wide revocations in progress (see [`UserCut`]), by user; the flag
+    /// marks one this process is running (kept by [`Revocation::sync_cuts`]).
+    cuts: Snapshot<Cuts>,
+    /// Whether `cuts` holds any: the hot paths skip the map when not.
+    any_cut: std::sync::atomic::AtomicBool,
     /// Bumped by every revocation, before its commit. A cache fill compares it
     /// before and after its database read, so a reader that stalled across a
     /// revocation (and its later pruning) never caches what it read.
@@ -70,8 +79,17 @@ pub(crate) struct Revocation {
 }
 
 impl Revocation {
-    pub(crate) fn load(revoked: &[(u64, u64, SessionId)], not_before: Vec<(String, u64)>) -> Self {
+    pub(crate) fn load(
+        revoked: &[(u64, u64, SessionId)],
+        not_before: Vec<(String, u64)>,
+        cuts: Vec<(String, UserCut)>,
+    ) -> Self {
         let r = Self {
+            any_cut: std::sync::atomic::AtomicBool::new(!cuts.is_empty()),
+            cuts: Snapshot::new(cuts.into_iter().fold(HashMap::new(), |mut m, (u, c)| {
+                m.entry(u.into_boxed_str()).or_insert_with(Vec::new).push((c, false));
+                m
+            })),
             bits: Bits::default(),
             revoked: RwLock::default(),
             marker: std::sync::OnceLock::new(),
@@ -212,6 +230,68 @@ impl Revocation {
         });
     }
 
+    /// Starts refusing the sessions `cut` covers: a user-wide revocation
+    /// this process runs (`local`) or another node began.
+    pub(crate) fn add_cut(&self, user: &str, cut: UserCut, local: bool) {
+        self.cuts.write(|map| {
+            let list = map.entry(user.into()).or_default();
+            match list.iter_mut().find(|(c, _)| *c == cut) {
+                Some(entry) => entry.1 |= local,
+                None => list.push((cut, local)),
+            }
+        });
+        self.any_cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Replaces the markers of other nodes' revocations with `stored` (what
+    /// the shared backend holds after a reconnect: one whose end this node
+    /// missed is gone there); the ones this process runs stay.
+    pub(crate) fn sync_cuts(&self, stored: &[(String, UserCut)]) {
+        self.cuts.write(|map| {
+            for list in map.values_mut() {
+                list.retain(|(_, local)| *local);
+            }
+            for (user, cut) in stored {
+                let list = map.entry(user.as_str().into()).or_default();
+                if !list.iter().any(|(c, _)| c == cut) {
+                    list.push((*cut, false));
+                }
+            }
+            map.retain(|_, list| !list.is_empty());
+            self.any_cut.store(!map.is_empty(), Ordering::SeqCst);
+        });
+    }
+
+    /// Ends a user-wide revocation: every session it covered is revoked.
+    pub(crate) fn remove_cut(&self, user: &str, cut: &UserCut) {
+        self.cuts.write(|map| {
+            if let Some(list) = map.get_mut(user) {
+                list.retain(|(c, _)| c != cut);
+                if list.is_empty() {
+                    map.remove(user);
+                }
+            }
+            self.any_cut.store(!map.is_empty(), Ordering::SeqCst);
+        });
+    }
+
+    /// Every user-wide revocation in progress: (user, marker).
+    pub(crate) fn cuts(&self) -> Vec<(String, UserCut)> {
+        self.cuts.read().iter().flat_map(|(u, list)| list.iter().map(|(c, _)| (u.to_string(), *c))).collect()
+    }
+
+    /// Whether a user-wide revocation in progress refuses this session.
+    pub(crate) fn cut_session(&self, user: &str, created_at: u64, id: &SessionId) -> bool {
+        self.any_cut.load(Ordering::Acquire)
+            && self.cuts.read().get(user).is_some_and(|l| l.iter().any(|(c, _)| rules::cut_refuses(c, created_at, id)))
+    }
+
+    /// Whether a user-wide revocation in progress refuses this access token.
+    pub(crate) fn cut_access(&self, user: &str, iat: u64, sid: u64) -> bool {
+        self.any_cut.load(Ordering::Acquire)
+            && self.cuts.read().get(user).is_some_and(|l| l.iter().any(|(c, _)| rules::cut_refuses_access(c, iat, sid)))
+    }
+
     /// Is this session serial revoked?
     pub(crate) fn is_revoked(&self, serial: u64) -> bool {
         self.shard(serial).read().contains(serial)
@@ -317,7 +397,7 @@ mod tests {
     #[test]
     fn revoke_and_forget_large_serials() {
         let id = |b| SessionId::from_bytes([b; 16]);
-        let r = Revocation::load(&[(1, 0, id(1)), (5, 0, id(5))], Vec::new());
+        let r = Revocation::load(&[(1, 0, id(1)), (5, 0, id(5))], Vec::new(), Vec::new());
         assert!(r.is_revoked(5) && r.is_revoked_id(&id(5)));
         r.revoke(&[(u64::MAX - 1, id(9)), (7, id(7))], Some(100));
         assert!(r.is_revoked(u64::MAX - 1));

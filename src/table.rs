@@ -215,6 +215,18 @@ impl Invalidation for Invalidator {
         self.revocation.set_not_before(user, at);
     }
 
+    fn cut(&self, user: &str, cut: crate::backend::UserCut, on: bool) {
+        if on {
+            self.revocation.add_cut(user, cut, false);
+        } else {
+            self.revocation.remove_cut(user, &cut);
+        }
+    }
+
+    fn cuts(&self, stored: &[(String, crate::backend::UserCut)]) {
+        self.revocation.sync_cuts(stored);
+    }
+
     fn flush(&self) {
         self.cache.clear();
         self.revocation.bump_epoch();

@@ -621,3 +621,79 @@ fn a_long_ttl_node_keeps_a_revocation_written_by_a_short_ttl_node() {
     short.prune_revocations().unwrap();
     assert!(matches!(long.verify_access(&pair.access), Err(Error::Revoked)), "pruned under the short node's horizon");
 }
+
+/// Issue 24 items 2 and 7: a user-wide revocation runs in bounded steps (256
+/// sessions each); another node sees it all at once. While node A revokes
+/// 1,500 sessions, node B validates them from its cache in a loop: once B
+/// has refused one, it never accepts another. Fails without the marker
+/// (B accepts the sessions of the steps not yet run).
+#[test]
+fn a_user_revocation_in_steps_is_all_at_once_on_another_node() {
+    let Some(server) = server() else { return };
+    let (a, b, _) = two_nodes(&server, Reuse::default());
+    let tokens: Vec<String> =
+        (0..1500).map(|_| a.create(NewSession::new("victim")).unwrap().token.to_string()).collect();
+    for t in &tokens {
+        b.validate(t).unwrap(); // cached on B
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut refused, mut accepted_after, mut rounds) = (0usize, 0usize, 0usize);
+    std::thread::scope(|s| {
+        let (a, done) = (&a, &done);
+        s.spawn(move || {
+            assert_eq!(a.revoke_user("victim", Scope::All).unwrap(), 1500);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            rounds += 1;
+            for t in &tokens {
+                match b.validate(t) {
+                    Ok(_) if refused > 0 => accepted_after += 1,
+                    Ok(_) => {}
+                    Err(_) => refused += 1,
+                }
+            }
+        }
+    });
+    eprintln!("B: {rounds} rounds over 1500 sessions during the revocation, {refused} refusals");
+    assert_eq!(accepted_after, 0, "B accepted sessions of the user after refusing one (half-revoked view)");
+    until("B refuses every session", || tokens.iter().all(|t| b.validate(t).is_err()));
+}
+
+/// Issue 24 items 2 and 7: a node that died after the first step of a
+/// user-wide revocation leaves its marker in Redis (emulated here: the
+/// marker the first step stores and publishes, without its deletes). The
+/// other nodes refuse every covered session at once, and the next node to
+/// open finishes the revocation and removes the marker. (Finishing revokes
+/// every session the user holds by then, also one created since on another
+/// node: fail closed, documented.) Sessions created after the marker are
+/// not refused while it stands.
+#[test]
+fn a_user_revocation_left_half_done_by_a_dead_node_is_refused_and_finished_by_the_next_open() {
+    let Some(server) = server() else { return };
+    let (a, b, clock) = two_nodes(&server, Reuse::default());
+    let tokens: Vec<String> =
+        (0..300).map(|_| a.create(NewSession::new("victim")).unwrap().token.to_string()).collect();
+    let keep = a.create(NewSession::new("bystander")).unwrap().token.to_string();
+    for t in &tokens {
+        b.validate(t).unwrap();
+    }
+    let at = clock.now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let marker = format!("{at}::0:victim");
+    server.cmd(redis::cmd("HSET").arg("{app}:cuts").arg(&marker).arg("1")).unwrap();
+    server.cmd(redis::cmd("PUBLISH").arg("{app}:ev").arg(format!("C{marker}"))).unwrap();
+    until("B refuses every covered session", || tokens.iter().all(|t| b.validate(t).is_err()));
+    b.validate(&keep).unwrap();
+    clock.advance(Duration::from_millis(5));
+    let later = b.create(NewSession::new("victim")).unwrap().token.to_string();
+    b.validate(&later).unwrap();
+
+    let c = Store::redis_with(&server.url(), options("app"), config(&clock, Reuse::default())).unwrap();
+    let left: i64 = redis::from_redis_value(server.cmd(redis::cmd("HLEN").arg("{app}:cuts")).unwrap()).unwrap();
+    assert_eq!(left, 0, "the opening node finished the revocation and removed its marker");
+    for node in [&a, &b, &c] {
+        until("every covered session is refused", || tokens.iter().all(|t| node.validate(t).is_err()));
+    }
+    assert!(c.validate(&later).is_err(), "the finishing steps revoke all of the user's sessions");
+    c.validate(&keep).unwrap();
+}

@@ -57,10 +57,19 @@ pub(crate) enum Op {
     /// user-wide revocation runs as a series of these, so no op, journal
     /// record or Redis script grows with the user's session count; the
     /// outcome's list shorter than `limit` means none is left).
-    RevokeUser { user: Box<str>, except: Option<SessionId>, limit: usize, prune_after: u64 },
-    /// Raise a user's not-before cut-off to `at` (ms) and revoke up to
-    /// `limit` of their sessions (the rest follow as `RevokeUser` ops).
-    LogoutEverywhere { user: Box<str>, at: u64, limit: usize, prune_after: u64 },
+    ///
+    /// `cut` is the series' marker (see [`UserCut`]): the `first` step
+    /// stores it (and, for a logout everywhere, raises the user's
+    /// not-before cut-off to `not_before` ms), the step that finds nothing
+    /// left removes it — each in the same durable write as its revocations.
+    RevokeUser {
+        user: Box<str>,
+        cut: UserCut,
+        first: bool,
+        not_before: Option<u64>,
+        limit: usize,
+        prune_after: u64,
+    },
     /// Read-modify-write of a session's refresh families: `f` sees the stored
     /// family bytes, tag checked (`None` if absent), and decides. `NotFound` if
     /// the session is gone. A backend may call `f` more than once (an optimistic
@@ -83,6 +92,43 @@ pub(crate) enum Op {
     PruneRevoked { entries: Vec<(u64, SessionId)>, not_before: Vec<(String, u64)> },
     /// No change; a durable barrier.
     Flush,
+}
+
+/// A user-wide revocation in progress: from its first durable step until its
+/// last, the user's sessions created at or before `at` (ms), all but
+/// `except`, are refused — by every node (the marker travels with the
+/// revocation events) and across a crash (it is stored with the first step,
+/// removed with the last, and an open finishes any series it finds). So the
+/// revocation is atomic to readers however many bounded steps it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct UserCut {
+    pub(crate) at: u64,
+    /// The session kept (`Scope::Others`) and the serial it had when the
+    /// revocation began (its access tokens carry that serial).
+    pub(crate) except: Option<(SessionId, u64)>,
+}
+
+impl UserCut {
+    /// The marker's stored key, the same on both backends:
+    /// `at:except-id:except-serial:user` (the id empty for none; a session id
+    /// is base64url, so the first three fields hold no `:`).
+    pub(crate) fn key(&self, user: &str) -> String {
+        match self.except {
+            Some((id, serial)) => format!("{}:{id}:{serial}:{user}", self.at),
+            None => format!("{}::0:{user}", self.at),
+        }
+    }
+
+    /// Parses [`UserCut::key`]: (user, marker).
+    pub(crate) fn parse(key: &str) -> Option<(String, UserCut)> {
+        let mut parts = key.splitn(4, ':');
+        let at = parts.next()?.parse().ok()?;
+        let id = parts.next()?;
+        let serial: u64 = parts.next()?.parse().ok()?;
+        let user = parts.next()?;
+        let except = if id.is_empty() { None } else { Some((id.parse().ok()?, serial)) };
+        (!user.is_empty()).then(|| (user.to_owned(), UserCut { at, except }))
+    }
 }
 
 /// A create: the new record and what the id and the user's sessions must
@@ -211,6 +257,11 @@ pub(crate) trait Invalidation: Send + Sync {
     fn changed(&self, id: &SessionId);
     /// A user's not-before cut-off, raised elsewhere.
     fn not_before(&self, user: &str, at: u64);
+    /// A user-wide revocation began (`on`) or ended elsewhere.
+    fn cut(&self, user: &str, cut: UserCut, on: bool);
+    /// The user-wide revocations in progress, as stored (after a reconnect:
+    /// any this node missed the end of are dropped).
+    fn cuts(&self, stored: &[(String, UserCut)]);
     /// Whatever is cached may have missed events: drop all of it.
     fn flush(&self);
 }

@@ -14,7 +14,7 @@ use super::Expires;
 use crate::config::{Cap, OnLimit};
 use crate::error::Error;
 use crate::session::Record;
-use crate::token::SecretHash;
+use crate::token::{SecretHash, SessionId};
 
 /// A sliding-expiry touch: the row with `last_seen` moved forward, or `None`
 /// when the stored row is already as recent (nothing to write).
@@ -145,6 +145,31 @@ pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>
     }
 }
 
+/// What a step of a user-wide revocation does to its marker: the first step
+/// stores it unless it already finished the series (`Some(true)`), the step
+/// that finishes a longer series removes it (`Some(false)`).
+pub(crate) fn cut_change(first: bool, more: bool) -> Option<bool> {
+    match (first, more) {
+        (true, true) => Some(true),
+        (false, false) => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a user-wide revocation in progress (`cut`) refuses a session of
+/// its user created at `created_at` (ms) with this id: created at or before
+/// the revocation began, and not the one it keeps.
+pub(crate) fn cut_refuses(cut: &super::UserCut, created_at: u64, id: &SessionId) -> bool {
+    created_at <= cut.at && cut.except.is_none_or(|(keep, _)| keep != *id)
+}
+
+/// As [`cut_refuses`] for an access token issued at `iat` (Unix seconds)
+/// under session serial `sid`. A token of the same second as the cut is
+/// refused (fail closed: seconds cannot order it).
+pub(crate) fn cut_refuses_access(cut: &super::UserCut, iat: u64, sid: u64) -> bool {
+    iat <= cut.at / 1000 && cut.except.is_none_or(|(_, keep)| keep != sid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +183,33 @@ mod tests {
         let r = Cap { max: 2, on_limit: OnLimit::Refuse };
         assert!(matches!(cap(r, vec![(9, 3), (5, 1)]), Err(Error::SessionLimit { max: 2 })));
         assert_eq!(cap(r, vec![(9, 3)]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_user_cut_refuses_what_it_covers_and_keeps_the_kept() {
+        let keep = SessionId::from_bytes([7; 16]);
+        let other = SessionId::from_bytes([8; 16]);
+        let all = super::super::UserCut { at: 5_000, except: None };
+        assert!(cut_refuses(&all, 5_000, &other), "created at the cut: refused");
+        assert!(!cut_refuses(&all, 5_001, &other), "created after: untouched");
+        let others = super::super::UserCut { at: 5_000, except: Some((keep, 42)) };
+        assert!(!cut_refuses(&others, 10, &keep));
+        assert!(cut_refuses(&others, 10, &other));
+        assert!(cut_refuses_access(&all, 5, 1), "same second: refused (fail closed)");
+        assert!(!cut_refuses_access(&all, 6, 1));
+        assert!(!cut_refuses_access(&others, 1, 42), "the kept session's serial");
+        assert!(cut_refuses_access(&others, 1, 43));
+    }
+
+    #[test]
+    fn a_user_cut_key_round_trips_with_any_user_text() {
+        let keep = SessionId::from_bytes([7; 16]);
+        for cut in [super::super::UserCut { at: 9, except: None }, super::super::UserCut { at: 1, except: Some((keep, 3)) }] {
+            for user in ["bob", "a:b:c", "::", "\u{0}x"] {
+                assert_eq!(super::super::UserCut::parse(&cut.key(user)), Some((user.to_owned(), cut)));
+            }
+        }
+        assert_eq!(super::super::UserCut::parse("x::0:bob"), None);
+        assert_eq!(super::super::UserCut::parse("1::0:"), None);
     }
 }

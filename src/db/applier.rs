@@ -23,7 +23,9 @@ use parking_lot::Mutex;
 use redb::ReadableTable as _;
 
 use super::mutation::Mutation;
-use super::tables::{EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS};
+use super::tables::{
+    EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_CUTS,
+};
 use super::{Db, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
 
@@ -306,3 +308,10 @@ pub(crate) fn apply_all<'a>(
     meta.insert(META_JOURNAL_SEQ, last_seq).map_err(io)?;
     Ok(())
 }
+    let mut cuts = wtx.open_table(USER_CUTS).map_err(io)?;
+                Mutation::PutCut(k, v) => {
+                    cuts.insert(&**k, &**v).map_err(io)?;
+                }
+                Mutation::DelCut(k) => {
+                    cuts.remove(&**k).map_err(io)?;
+                }

@@ -20,6 +20,7 @@ pub(crate) enum RowTable {
     Refresh = 2,
     Revoked = 3,
     NotBefore = 4,
+    Cut = 5,
 }
 
 impl RowTable {
@@ -30,6 +31,7 @@ impl RowTable {
             RowTable::Refresh => "refresh",
             RowTable::Revoked => "revoked",
             RowTable::NotBefore => "not_before",
+            RowTable::Cut => "user_cuts",
         }
     }
 }

@@ -40,7 +40,7 @@ use overlay::Overlay;
 use tables::{
     EXPIRY, EXPIRY_V2, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, META_LEGACY_UNTIL,
     META_NEXT_SERIAL, META_SCRATCH, META_TAGGED_SINCE, NOT_BEFORE, NOT_BEFORE_V2, REFRESH, REFRESH_V2, REVOKED,
-    REVOKED_V2, SESSIONS, SESSIONS_V2, USER_SESSIONS_V2,
+    REVOKED_V2, SESSIONS, SESSIONS_V2, USER_CUTS, USER_SESSIONS_V2,
 };
 
 /// Reopens the database file after an I/O failure (redb refuses every operation
@@ -99,6 +99,8 @@ pub(crate) struct Loaded {
     pub(crate) revoked: Vec<(u64, u64, SessionId)>,
     /// (user, not-before ms).
     pub(crate) not_before: Vec<(String, u64)>,
+    /// User-wide revocations in progress (see [`crate::backend::UserCut`]).
+    pub(crate) cuts: Vec<(String, crate::backend::UserCut)>,
     /// The last journal seq folded into redb durably.
     pub(crate) checkpointed: u64,
     /// Journal records replayed by this open.
@@ -328,6 +330,7 @@ impl Db {
             wtx.open_table(REVOKED).map_err(io)?;
             wtx.open_table(REFRESH).map_err(io)?;
             wtx.open_table(NOT_BEFORE).map_err(io)?;
+            wtx.open_table(USER_CUTS).map_err(io)?;
         }
         wtx.commit().map_err(io)?;
         Ok(DbState::Created)
@@ -621,7 +624,24 @@ impl Db {
             });
             not_before.push((user.to_owned(), at));
         }
-        Ok(Loaded { next_serial, legacy, revoked: list, not_before, checkpointed: 0, replayed: 0 })
+        let mut cuts = Vec::new();
+        if let Some(table) = open_if_present(&rtx, USER_CUTS)? {
+            for row in table.iter().map_err(io)? {
+                let (k, v) = row.map_err(io)?;
+                if mac_cut(self.mac(), k.value(), v.value()).is_err() {
+                    // Fail closed: a damaged marker still refuses what it names.
+                    self.shared.corrupt_rows.fetch_add(1, Ordering::Relaxed);
+                }
+                match crate::backend::UserCut::parse(k.value()) {
+                    Some(cut) => cuts.push(cut),
+                    None => {
+                        self.shared.corrupt_rows.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("a user-revocation marker's key does not parse: ignored (run `cloakroom verify`)");
+                    }
+                }
+            }
+        }
+        Ok(Loaded { next_serial, legacy, revoked: list, not_before, cuts, checkpointed: 0, replayed: 0 })
     }
 }
 
@@ -765,6 +785,29 @@ pub(crate) fn decode_revoked(mac: &RowMac, serial: u64, row: &[u8]) -> Result<(u
     let id = r.array::<16>().map_err(corrupt_row)?;
     r.finish().map_err(corrupt_row)?;
     Ok((prune_after, SessionId::from_bytes(id)))
+}
+
+/// A table, or `None` in a file written before the table existed.
+fn open_if_present<K: redb::Key + 'static, V: redb::Value + 'static>(
+    rtx: &redb::ReadTransaction,
+    def: redb::TableDefinition<'_, K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, Error> {
+    match rtx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The sealed row of a user-revocation marker (the key says it all).
+pub(crate) fn seal_cut(mac: &RowMac, key: &str) -> Vec<u8> {
+    mac.seal(RowTable::Cut, key.as_bytes(), Vec::new())
+}
+
+/// Checks a marker row's tag.
+fn mac_cut(mac: &RowMac, key: &str, row: &[u8]) -> Result<(), Error> {
+    let b = mac.open(RowTable::Cut, key.as_bytes(), row).map_err(corrupt_row)?;
+    crate::session::Reader::new(b).finish().map_err(corrupt_row)
 }
 
 pub(crate) fn seal_not_before(mac: &RowMac, user: &str, at: u64) -> Vec<u8> {
@@ -946,6 +989,12 @@ impl ReadOnly {
         let nb = rtx.open_table(NOT_BEFORE).map_err(io)?;
         let check = tally(nb.iter().map_err(io)?, |user, v| decode_not_before(mac, user, v).is_ok())?;
         out.push((RowTable::NotBefore.name(), check));
+        if let Some(cuts) = open_if_present(&rtx, USER_CUTS)? {
+            let check = tally(cuts.iter().map_err(io)?, |key, v| {
+                mac_cut(mac, key, v).is_ok() && crate::backend::UserCut::parse(key).is_some()
+            })?;
+            out.push((RowTable::Cut.name(), check));
+        }
         // Every readable session needs its current expiry row, or it would never
         // be swept; a stale expiry row is harmless (the sweeper drops it), but
         // one naming a session under another id is not.

@@ -21,6 +21,10 @@ pub(crate) enum Mutation {
     DelRefresh(u64),
     PutNotBefore(Box<str>, Arc<[u8]>),
     DelNotBefore(Box<str>),
+    /// (marker key [`crate::backend::UserCut::key`], sealed empty row): a
+    /// user-wide revocation in progress.
+    PutCut(Box<str>, Arc<[u8]>),
+    DelCut(Box<str>),
     /// Raise the stored next serial to at least this.
     NextSerial(u64),
 }
@@ -39,6 +43,8 @@ impl Mutation {
             Mutation::PutNotBefore(..) => 11,
             Mutation::DelNotBefore(..) => 12,
             Mutation::NextSerial(..) => 13,
+            Mutation::PutCut(..) => 14,
+            Mutation::DelCut(..) => 15,
         }
     }
 }
@@ -62,8 +68,8 @@ pub(crate) fn encoded_len(m: &Mutation) -> usize {
         Mutation::DelSession(_) | Mutation::DelRefresh(_) | Mutation::DelRevoked(_) | Mutation::NextSerial(_) => 8,
         Mutation::PutExpiry(..) => 8 + 8 + 16,
         Mutation::DelExpiry(..) => 8 + 8,
-        Mutation::PutNotBefore(u, v) => 2 + u.len() + 4 + v.len(),
-        Mutation::DelNotBefore(u) => 2 + u.len(),
+        Mutation::PutNotBefore(u, v) | Mutation::PutCut(u, v) => 2 + u.len() + 4 + v.len(),
+        Mutation::DelNotBefore(u) | Mutation::DelCut(u) => 2 + u.len(),
     }
 }
 
@@ -88,11 +94,11 @@ pub(crate) fn encode(muts: &[Mutation], out: &mut Vec<u8>) {
                 out.extend_from_slice(&d.to_le_bytes());
                 out.extend_from_slice(&n.to_le_bytes());
             }
-            Mutation::PutNotBefore(u, v) => {
+            Mutation::PutNotBefore(u, v) | Mutation::PutCut(u, v) => {
                 text(out, u);
                 bytes(out, v);
             }
-            Mutation::DelNotBefore(u) => text(out, u),
+            Mutation::DelNotBefore(u) | Mutation::DelCut(u) => text(out, u),
         }
     }
 }
@@ -118,6 +124,8 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<Mutation>, RecordError> {
             11 => Mutation::PutNotBefore(text(&mut r)?, r.bytes_u32()?.into()),
             12 => Mutation::DelNotBefore(text(&mut r)?),
             13 => Mutation::NextSerial(r.u64()?),
+            14 => Mutation::PutCut(text(&mut r)?, r.bytes_u32()?.into()),
+            15 => Mutation::DelCut(text(&mut r)?),
             t => return Err(RecordError::UnknownFormat(t)),
         };
         out.push(m);
@@ -141,7 +149,9 @@ mod tests {
             Mutation::DelRevoked(8),
             Mutation::PutRefresh(9, v.clone()),
             Mutation::DelRefresh(10),
-            Mutation::PutNotBefore("nb".into(), v),
+            Mutation::PutNotBefore("nb".into(), v.clone()),
+            Mutation::PutCut("1::0:u".into(), v),
+            Mutation::DelCut("1::0:u".into()),
             Mutation::DelNotBefore("nb".into()),
             Mutation::NextSerial(13),
         ];

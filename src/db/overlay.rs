@@ -54,7 +54,10 @@ impl Overlay {
                 | Mutation::DelExpiry(..)
                 | Mutation::PutRevoked(..)
                 | Mutation::DelRevoked(..)
-                | Mutation::NextSerial(..) => {}
+                | Mutation::NextSerial(..)
+                // Read only at open (see `backend::UserCut`).
+                | Mutation::PutCut(..)
+                | Mutation::DelCut(..) => {}
             }
         }
     }

@@ -30,6 +30,10 @@ pub(crate) const REVOKED: TableDefinition<u64, &[u8]> = TableDefinition::new("re
 pub(crate) const REFRESH: TableDefinition<u64, &[u8]> = TableDefinition::new("refresh_v3");
 /// user → sealed not-before (ms u64): tokens issued before it are dead.
 pub(crate) const NOT_BEFORE: TableDefinition<&str, &[u8]> = TableDefinition::new("not_before_v3");
+/// marker key (see `backend::UserCut::key`) → sealed empty row: a user-wide
+/// revocation in progress, written with its first step and removed with its
+/// last (absent in files of earlier versions: created at open).
+pub(crate) const USER_CUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_cuts_v3");
 /// "format_version", "next_serial", "journal_seq", "journal_id", and "scratch"
 /// (1 when a tool such as `cloakroom demo` created the file as a throwaway it may reset).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -11,7 +11,7 @@ use super::index::{Index, IndexOp};
 use super::mac::{RowMac, RowTable};
 use super::mutation::Mutation;
 use super::overlay::Overlay;
-use super::{decode_family, decode_not_before, io, seal_not_before, seal_revoked, seal_session};
+use super::{decode_family, decode_not_before, io, seal_cut, seal_not_before, seal_revoked, seal_session};
 use crate::backend::rules::accepted;
 use crate::backend::{Create, Op, Outcome, Revoked, Swept, rules};
 use crate::error::{Error, StorageError, StorageErrorKind};
@@ -100,14 +100,26 @@ impl View<'_> {
                 t.revoke(rec.serial, *id, *prune_after);
                 Ok(Outcome::Revoked(vec![Revoked::of(&rec, *prune_after)]))
             }
-            Op::RevokeUser { user, except, limit, prune_after } => t.revoke_user(user, *except, *limit, *prune_after),
-            Op::LogoutEverywhere { user, at, limit, prune_after } => {
-                let stored = t.not_before_of(user)?.unwrap_or(0);
-                if *at > stored {
-                    let row = seal_not_before(t.mac, user, *at);
-                    t.put(Mutation::PutNotBefore(user.clone(), row.into()));
+            Op::RevokeUser { user, cut, first, not_before, limit, prune_after } => {
+                if let Some(at) = *not_before {
+                    let stored = t.not_before_of(user)?.unwrap_or(0);
+                    if at > stored {
+                        let row = seal_not_before(t.mac, user, at);
+                        t.put(Mutation::PutNotBefore(user.clone(), row.into()));
+                    }
                 }
-                t.revoke_user(user, None, *limit, *prune_after)
+                let out = t.revoke_user(user, cut.except.map(|(id, _)| id), *limit, *prune_after)?;
+                let more = matches!(out, Outcome::RevokedUser { more: true, .. });
+                let key = cut.key(user);
+                match rules::cut_change(*first, more) {
+                    Some(true) => {
+                        let row = seal_cut(t.mac, &key);
+                        t.put(Mutation::PutCut(key.into(), row.into()));
+                    }
+                    Some(false) => t.put(Mutation::DelCut(key.into())),
+                    None => {}
+                }
+                Ok(out)
             }
             Op::Family { id, serial, now, prune_after, f } => {
                 let Some(rec) = t.get(id)? else {

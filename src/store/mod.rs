@@ -149,6 +149,11 @@ impl Store {
             self.inner.table.cache.remove(&rec.id);
             return Err(Error::Revoked);
         }
+        // A user-wide revocation in progress (here or on another node, or
+        // interrupted by a crash and not yet finished).
+        if self.inner.table.revocation.cut_session(&rec.user, rec.created_at, &rec.id) {
+            return Err(Error::Revoked);
+        }
         if now >= rec.deadline(rec.seen()) {
             self.emit(|| Event::Expired { session: rec.id });
             return Err(Error::Expired);

@@ -32,6 +32,8 @@ pub(super) struct Boot<'a> {
     revoked: &'a [(u64, u64, SessionId)],
     /// (user, not-before ms).
     not_before: Vec<(String, u64)>,
+    /// User-wide revocations in progress.
+    cuts: Vec<(String, crate::backend::UserCut)>,
     /// The revocation horizon recorded by the backend (ms): the largest any
     /// opener used, this one's included (see `db::horizon`).
     horizon_ms: u64,
@@ -203,6 +205,7 @@ impl Store {
             legacy: LegacyTokens { tagged_since: 0, until: 0 },
             revoked: &[],
             not_before: Vec::new(),
+            cuts: Vec::new(),
             horizon_ms,
         };
         let (reserve_pool, reserve_keys, reserve_instance) = (Arc::clone(&pool), keys.clone(), Arc::clone(&instance));
@@ -217,6 +220,7 @@ impl Store {
         let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;
         // Before the first call (the follower catches up again when it connects).
         sync::catch_up(&store.inner.table.invalidator(), &loaded);
+        store.finish_user_revocations();
         Ok(store)
     }
 
@@ -257,15 +261,18 @@ impl Store {
             legacy: loaded.legacy,
             revoked: &loaded.revoked,
             not_before: loaded.not_before.clone(),
+            cuts: loaded.cuts.clone(),
             horizon_ms,
         };
-        Self::assemble(
+        let store = Self::assemble(
             config,
             server_key,
             boot,
             |lost| Ok(Box::new(Redb::start(db, &loaded, journal, lost, tuning)?) as Box<dyn Backend>),
             None,
-        )
+        )?;
+        store.finish_user_revocations();
+        Ok(store)
     }
 
     /// Builds the shared layers (keys, keyring, revocation state, cache, session
@@ -284,7 +291,7 @@ impl Store {
             None => default_keyring(&derived)?,
         };
         let policy = Policy::new(config.issuer.clone(), config.audience.clone(), config.leeway);
-        let revocation = Arc::new(Revocation::load(boot.revoked, boot.not_before));
+        let revocation = Arc::new(Revocation::load(boot.revoked, boot.not_before, boot.cuts));
         // The prune clock starts at open (see `Revocation::prune_clock`).
         revocation.prune_clock(to_millis(config.clock.now()), crate::clock::duration_millis(config.clock.monotonic()));
         let cache = Arc::new(Cache::new(config.cache_capacity, config.cache_shards));

@@ -3,7 +3,7 @@
 
 use super::{Scope, Store};
 use crate::backend::rules::{self};
-use crate::backend::{Op, Outcome, Wait};
+use crate::backend::{Op, Outcome, UserCut, Wait};
 use crate::error::Error;
 use crate::events::{Event, RevokeReason};
 use crate::session::check_user;
@@ -45,10 +45,14 @@ impl Store {
     }
 
     /// Revokes a user's sessions: all of them, or all but one. Returns how many
-    /// were revoked. Durable.
+    /// were revoked. Durable, and atomic to readers: once it returns (or, after
+    /// a crash mid-way, once the store is reopened) none of them validates, on
+    /// any node, however many bounded steps it took.
     ///
     /// # Errors
-    /// [`Error::Input`] for an invalid user id; [`Error::Storage`] as for [`Store::revoke`].
+    /// [`Error::Input`] for an invalid user id; [`Error::Storage`] as for
+    /// [`Store::revoke`] (the user's sessions stay refused: fail closed; the
+    /// next open finishes the revocation).
     pub fn revoke_user(&self, user: &str, scope: Scope) -> Result<usize, Error> {
         crate::telemetry::run(
             tracing::debug_span!("session.revoke_user", backend = self.backend_name(), outcome = tracing::field::Empty),
@@ -58,16 +62,10 @@ impl Store {
                 check_user(user)?;
                 let except = match scope {
                     Scope::All => None,
-                    Scope::Others(id) => Some(id),
+                    Scope::Others(id) => Some((id, self.kept_serial(user, id))),
                 };
-                let prune_after = self.prune_after(self.now_ms());
-                self.revoke_in_memory(user, except);
-                let ids = self.revoke_user_steps(Op::RevokeUser {
-                    user: user.into(),
-                    except,
-                    limit: USER_STEP,
-                    prune_after,
-                })?;
+                let now = self.now_ms();
+                let ids = self.revoke_user_at(user, UserCut { at: now, except }, None, now)?;
                 let n = ids.len();
                 if n > 0 {
                     let reason = if except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };
@@ -76,6 +74,31 @@ impl Store {
                 Ok(n)
             },
         )
+    }
+
+    /// The serial of the session a `Scope::Others` revocation keeps (its access
+    /// tokens carry it); 0 (none) when it is not a session of this user.
+    fn kept_serial(&self, user: &str, id: SessionId) -> u64 {
+        match self.inner.table.lookup(&id) {
+            Ok(Some(rec)) if rules::owned_by(&rec, user) => rec.serial,
+            _ => 0,
+        }
+    }
+
+    /// A user-wide revocation: the marker refuses the covered sessions in
+    /// memory at once (a failed commit still fails closed), and the bounded
+    /// durable steps store it, revoke, and remove it.
+    fn revoke_user_at(
+        &self,
+        user: &str,
+        cut: UserCut,
+        not_before: Option<u64>,
+        now: u64,
+    ) -> Result<Vec<SessionId>, Error> {
+        let inner = self.live()?;
+        inner.table.revocation.add_cut(user, cut, true);
+        self.revoke_in_memory(user, cut.except.map(|(id, _)| id));
+        self.revoke_user_steps(user, cut, not_before, true, self.prune_after(now))
     }
 
     /// Best effort, before a user-wide revocation is submitted: refuse the user's
@@ -91,36 +114,71 @@ impl Store {
         }
     }
 
-    /// Runs a user-wide revocation as a series of bounded steps (`first`,
-    /// then `RevokeUser` ops of the same scope) until the user has none of the
-    /// sessions left: no single op, journal record or Redis script grows with
-    /// the user's session count, and other callers' writes interleave with
-    /// the steps. The caller has refused the user's sessions in memory
-    /// first, so readers see the whole revocation at once; each step is
-    /// durable before the next starts.
-    pub(super) fn revoke_user_steps(&self, first: Op) -> Result<Vec<SessionId>, Error> {
-        let (user, except, prune_after) = match &first {
-            Op::RevokeUser { user, except, prune_after, .. } => (user.clone(), *except, *prune_after),
-            Op::LogoutEverywhere { user, prune_after, .. } => (user.clone(), None, *prune_after),
-            _ => return self.revoke_op(first),
-        };
+    /// Runs a user-wide revocation as a series of bounded `RevokeUser` steps
+    /// until the user has none of the sessions left: no single op, journal
+    /// record or Redis script grows with the user's session count, and other
+    /// callers' writes interleave with the steps. Each step is durable before
+    /// the next starts; the first stores the marker `cut` (unless it finished
+    /// the series), the last removes it. `first` is false when an open
+    /// finishes a series a crash interrupted.
+    fn revoke_user_steps(
+        &self,
+        user: &str,
+        cut: UserCut,
+        not_before: Option<u64>,
+        first: bool,
+        prune_after: u64,
+    ) -> Result<Vec<SessionId>, Error> {
         let mut ids = Vec::new();
-        let mut op = first;
+        let mut first = first;
         loop {
+            let op = Op::RevokeUser {
+                user: user.into(),
+                cut,
+                first,
+                not_before: not_before.filter(|_| first),
+                limit: USER_STEP,
+                prune_after,
+            };
             match self.live()?.table.submit(op, Wait::Durable)? {
                 Outcome::RevokedUser { revoked, more } => {
                     ids.extend(revoked.iter().map(|r| r.id));
                     if !more {
-                        return Ok(ids);
+                        break;
                     }
                 }
-                Outcome::Revoked(list) => {
-                    ids.extend(list.iter().map(|r| r.id));
-                    return Ok(ids);
-                }
-                _ => return Ok(ids),
+                _ => break,
             }
-            op = Op::RevokeUser { user: user.clone(), except, limit: USER_STEP, prune_after };
+            first = false;
+        }
+        // Every session the marker covered is revoked now (and the stored
+        // marker is gone with the last step).
+        self.inner.table.revocation.remove_cut(user, &cut);
+        Ok(ids)
+    }
+
+    /// Finishes the user-wide revocations a crash (or a failed step)
+    /// interrupted: run at open, before the store is handed out, over the
+    /// markers the backend loaded. A failure leaves the marker refusing what
+    /// it covers (fail closed) for the next open to finish.
+    pub(super) fn finish_user_revocations(&self) {
+        for (user, cut) in self.inner.table.revocation.cuts() {
+            let prune_after = self.prune_after(self.now_ms());
+            self.inner.table.revocation.add_cut(&user, cut, true);
+            match self.revoke_user_steps(&user, cut, None, false, prune_after) {
+                Ok(ids) => {
+                    tracing::info!(sessions = ids.len(), "finished a user-wide revocation an earlier run left unfinished");
+                    if !ids.is_empty() {
+                        let reason =
+                            if cut.except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };
+                        self.emit(|| Event::Revoked { sessions: ids, reason });
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not finish an interrupted user-wide revocation: its sessions stay refused; the next open retries"
+                ),
+            }
         }
     }
 
@@ -154,10 +212,7 @@ impl Store {
                 check_user(user)?;
                 let now = self.now_ms();
                 self.live()?.table.revocation.set_not_before(user, now);
-                self.revoke_in_memory(user, None);
-                let prune_after = self.prune_after(now);
-                let first = Op::LogoutEverywhere { user: user.into(), at: now, limit: USER_STEP, prune_after };
-                let ids = self.revoke_user_steps(first)?;
+                let ids = self.revoke_user_at(user, UserCut { at: now, except: None }, Some(now), now)?;
                 let n = ids.len();
                 self.emit(|| Event::LogoutEverywhere { user: user.to_owned(), sessions: n });
                 if n > 0 {

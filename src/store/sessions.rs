@@ -403,7 +403,10 @@ impl Store {
                     .backend
                     .list_user(user)?
                     .into_iter()
-                    .filter(|rec| rules::owned_by(rec, user))
+                    .filter(|rec| {
+                        rules::owned_by(rec, user)
+                            && !inner.table.revocation.cut_session(user, rec.created_at, &rec.id)
+                    })
                     .map(|rec| {
                         let seen =
                             inner.table.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
@@ -441,7 +444,10 @@ impl Store {
                     },
                 };
                 let last_seen = rec.seen().max(rec.last_seen);
-                if inner.table.revocation.is_revoked(rec.serial) || now >= rec.deadline(last_seen) {
+                if inner.table.revocation.is_revoked(rec.serial)
+                    || inner.table.revocation.cut_session(&rec.user, rec.created_at, &rec.id)
+                    || now >= rec.deadline(last_seen)
+                {
                     return Ok(None);
                 }
                 Ok(Some(Session::of(&rec, last_seen)))

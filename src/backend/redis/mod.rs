@@ -109,6 +109,7 @@ pub(crate) struct Keys {
     revoked: String,
     revoked_times: String,
     not_before: String,
+    cuts: String,
     meta: String,
     kids: String,
     events: String,
@@ -123,6 +124,7 @@ impl Keys {
             revoked: k("rv"),
             revoked_times: k("rvt"),
             not_before: k("nb"),
+            cuts: k("cuts"),
             meta: k("meta"),
             kids: k("kids"),
             events: k("ev"),
@@ -147,6 +149,10 @@ impl Keys {
     }
     pub(crate) fn not_before(&self) -> &str {
         &self.not_before
+    }
+    /// The hash of user-wide revocations in progress (field: the marker key).
+    pub(crate) fn cuts(&self) -> &str {
+        &self.cuts
     }
     pub(crate) fn events(&self) -> &str {
         &self.events
@@ -224,8 +230,10 @@ pub(crate) struct RevocationState {
 }
 
 /// What `load` reads in one pipeline: the revoked hash, the revoked zset
-/// (serial, prune-after) and the not-before hash.
-type LoadReply = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<(String, u64)>);
+/// (serial, prune-after), the not-before hash and the marker hash.
+type LoadReply = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<(String, u64)>, Vec<String>);
+    /// User-wide revocations in progress.
+    pub(crate) cuts: Vec<(String, crate::backend::UserCut)>,
 
 /// One session row of a listing: `r`, `num`, `id`.
 type ListedRow = (Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>);
@@ -250,7 +258,7 @@ fn record_once(pool: &Pool, key: &str, field: &str, value: &str) -> Result<Optio
 
 /// Reads the revocation entries and not-before cut-offs.
 pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<RevocationState, Error> {
-    let (rv, rvt, nb): LoadReply = pool.with(|c| {
+    let (rv, rvt, nb, cuts): LoadReply = pool.with(|c| {
         redis::pipe()
             .cmd("HGETALL")
             .arg(keys.revoked())
@@ -266,12 +274,15 @@ pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<RevocationState, Error> {
     let times: std::collections::HashMap<u64, u64> = rvt.into_iter().collect();
     let revoked = rv
         .into_iter()
+            .cmd("HKEYS")
+            .arg(keys.cuts())
         .filter_map(|(serial, v)| {
             let (id, sh) = split_id_hash(&v)?;
             Some(Revoked { serial, id, secret_hash: sh, prune_after: times.get(&serial).copied().unwrap_or(0) })
         })
         .collect();
-    Ok(RevocationState { revoked, not_before: nb })
+    let cuts = cuts.iter().filter_map(|k| crate::backend::UserCut::parse(k)).collect();
+    Ok(RevocationState { revoked, not_before: nb, cuts })
 }
 
 /// `id ‖ secret hash` (48 bytes) as stored in the revoked hash and events.

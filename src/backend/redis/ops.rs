@@ -216,11 +216,8 @@ impl Core {
                     _ => Ok(Outcome::Revoked(Vec::new())),
                 }
             }
-            Op::RevokeUser { user, except, limit, prune_after } => {
-                self.revoke_user(&user, except, limit, prune_after, None)
-            }
-            Op::LogoutEverywhere { user, at, limit, prune_after } => {
-                self.revoke_user(&user, None, limit, prune_after, Some(at))
+            Op::RevokeUser { user, cut, first, not_before, limit, prune_after } => {
+                self.revoke_user(&user, cut, first, limit, prune_after, not_before)
             }
             Op::Family { id, serial, now, prune_after, f } => self.cas_loop(&id, |s| {
                 rules::family_authorised(&s.rec, serial, now)?;
@@ -280,11 +277,13 @@ impl Core {
     fn revoke_user(
         &self,
         user: &str,
-        except: Option<SessionId>,
+        cut: crate::backend::UserCut,
+        first: bool,
         limit: usize,
         prune_after: u64,
         not_before: Option<u64>,
     ) -> Result<Outcome, Failure> {
+        let marker = cut.key(user);
         let mut p = Packed::new();
         p.evalsha(
             &self.scripts.revoke_user,
@@ -294,15 +293,18 @@ impl Core {
                 self.keys.revoked_times().into(),
                 self.keys.events().into(),
                 self.keys.not_before().into(),
+                self.keys.cuts().into(),
             ],
             &[
                 self.keys.session_prefix.as_str().into(),
-                except.as_ref().map_or(Arg::B(b""), |id| Arg::Hex("", id.as_bytes())),
+                cut.except.as_ref().map_or(Arg::B(b""), |(id, _)| Arg::Hex("", id.as_bytes())),
                 Arg::U(prune_after),
                 if not_before.is_some() { user.into() } else { "".into() },
                 Arg::U(not_before.unwrap_or(0)),
                 Arg::U(limit as u64),
                 user.into(),
+                marker.as_str().into(),
+                if first { "1".into() } else { "".into() },
             ],
         );
         let flat: Vec<Value> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke_user))?;

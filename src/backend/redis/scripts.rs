@@ -72,8 +72,9 @@ return {h[1], h[2]}
 /// Revokes one step of a user's sessions: the first `limit` members of the
 /// user index other than the one to keep (it reads `limit + 2`, so that with
 /// the kept one among them it still sees whether more remain). KEYS: user index, revoked hash, revoked zset, events channel,
-/// not-before hash. ARGV: session key prefix, member to keep (`` none),
-/// prune-after, not-before user (`` none), not-before time, limit, user.
+/// not-before hash, marker hash. ARGV: session key prefix, member to keep
+/// (`` none), prune-after, not-before user (`` none), not-before time, limit,
+/// user, marker key (`backend::UserCut::key`), `1` for the series' first step.
 /// Only sessions whose `u` is the user are revoked; every member looked at
 /// leaves the index (gone, another user's row, or revoked). Returns
 /// {more, ser, id, sh, ...}: `more` is 1 when the step used its whole limit
@@ -88,6 +89,18 @@ if ARGV[4] ~= '' then
 end
 local limit = tonumber(ARGV[6])
 local members = redis.call('ZRANGE', KEYS[1], 0, limit + 1)
+-- The series' marker (rules::cut_change): stored by a first step that leaves
+-- more, before its revocations are published; removed by a later step that
+-- leaves none, after them.
+local cands = 0
+for _, m in ipairs(members) do
+  if m ~= ARGV[2] then cands = cands + 1 end
+end
+local more = cands > limit
+if ARGV[9] == '1' and more then
+  redis.call('HSET', KEYS[6], ARGV[8], '1')
+  redis.call('PUBLISH', KEYS[4], 'C' .. ARGV[8])
+end
 local out = {0}
 local seen = 0
 for _, m in ipairs(members) do
@@ -102,6 +115,10 @@ for _, m in ipairs(members) do
     end
     redis.call('ZREM', KEYS[1], m)
   end
+end
+if ARGV[9] ~= '1' and not more then
+  redis.call('HDEL', KEYS[6], ARGV[8])
+  redis.call('PUBLISH', KEYS[4], 'c' .. ARGV[8])
 end
 return out
 ";

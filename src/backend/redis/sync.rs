@@ -140,7 +140,8 @@ pub(crate) fn catch_up(t: &dyn Invalidation, loaded: &RevocationState) {
 }
 
 /// Applies one event: `R<serial>:<prune-after>:<id ‖ secret hash>`,
-/// `U<id>`, `N<at>:<user>`. Anything else is ignored.
+/// `U<id>`, `N<at>:<user>`, `C<marker key>` / `c<marker key>` (a user-wide
+/// revocation began / ended). Anything else is ignored.
 pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
     match payload.split_first() {
         Some((b'R', rest)) => {
@@ -171,3 +172,9 @@ pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
         _ => {}
     }
 }
+    t.cuts(&loaded.cuts);
+        Some((tag @ (b'C' | b'c'), rest)) => {
+            if let Some((user, cut)) = std::str::from_utf8(rest).ok().and_then(crate::backend::UserCut::parse) {
+                t.cut(&user, cut, *tag == b'C');
+            }
+        }
