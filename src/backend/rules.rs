@@ -10,7 +10,9 @@
 //! the rule refuses it when the stored row no longer matches: a check made in
 //! the facade is repeated where the data is.
 
-use super::Expires;
+/// (Re-exported for the adapters, which name it with the rule.)
+pub(crate) use super::op::Replace;
+use super::op::{Expires, UserCut};
 use crate::config::{Cap, OnLimit};
 use crate::error::Error;
 use crate::session::Record;
@@ -96,17 +98,6 @@ pub(crate) fn accepted(reply: Option<&crate::refresh::FamilyReply>) -> bool {
         .is_some_and(|r| matches!(r.verdict, crate::refresh::Verdict::Rotated(_) | crate::refresh::Verdict::Current(_)))
 }
 
-/// What a create does to the row stored under its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Replace {
-    /// The id must be free: a create over an existing row is refused.
-    Nothing,
-    /// The row must be the session of this serial; it is revoked and the new
-    /// one takes its id in the same step (an adapter's user change).
-    #[cfg_attr(not(any(feature = "tower-sessions", feature = "tower-sessions-015")), allow(dead_code))]
-    Serial(u64),
-}
-
 /// Decides a create against the row stored under its id: `Ok(None)` to
 /// insert, `Ok(Some(old))` to revoke `old` and insert in one step, or
 /// `Conflict` (with the stored version) when the id is taken by another
@@ -127,10 +118,13 @@ pub(crate) fn owned_by(rec: &Record, user: &str) -> bool {
     &*rec.user == user
 }
 
-/// Decides the cap at a create: given the user's live sessions as
-/// (created_at, serial) pairs, the ones to revoke (oldest first) so the new
-/// one fits, or `Refused` under [`OnLimit::Refuse`](OnLimit::Refuse).
-pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64)>) -> Result<Vec<(u64, u64)>, Error> {
+/// Decides the cap at a create: given the serials of the user's live
+/// sessions, the ones to revoke (oldest first) so the new one fits, or
+/// `Refused` under [`OnLimit::Refuse`](OnLimit::Refuse). Oldest is the
+/// lowest serial: the session signed in longest ago (a rotation, done on
+/// sign-in and privilege change, gives a new serial). Both backends (the
+/// Redis CREATE script sorts by `ser` the same way).
+pub(crate) fn cap(cap: Cap, mut live: Vec<u64>) -> Result<Vec<u64>, Error> {
     if live.len() < cap.max {
         return Ok(Vec::new());
     }
@@ -159,14 +153,14 @@ pub(crate) fn cut_change(first: bool, more: bool) -> Option<bool> {
 /// Whether a user-wide revocation in progress (`cut`) refuses a session of
 /// its user created at `created_at` (ms) with this id: created at or before
 /// the revocation began, and not the one it keeps.
-pub(crate) fn cut_refuses(cut: &super::UserCut, created_at: u64, id: &SessionId) -> bool {
+pub(crate) fn cut_refuses(cut: &UserCut, created_at: u64, id: &SessionId) -> bool {
     created_at <= cut.at && cut.except.is_none_or(|(keep, _)| keep != *id)
 }
 
 /// As [`cut_refuses`] for an access token issued at `iat` (Unix seconds)
 /// under session serial `sid`. A token of the same second as the cut is
 /// refused (fail closed: seconds cannot order it).
-pub(crate) fn cut_refuses_access(cut: &super::UserCut, iat: u64, sid: u64) -> bool {
+pub(crate) fn cut_refuses_access(cut: &UserCut, iat: u64, sid: u64) -> bool {
     iat <= cut.at / 1000 && cut.except.is_none_or(|(_, keep)| keep != sid)
 }
 
@@ -177,22 +171,22 @@ mod tests {
     #[test]
     fn cap_revokes_the_oldest_or_refuses() {
         let c = Cap { max: 2, on_limit: OnLimit::RevokeOldest };
-        assert_eq!(cap(c, vec![(5, 1)]).unwrap(), vec![]);
-        assert_eq!(cap(c, vec![(9, 3), (5, 1)]).unwrap(), vec![(5, 1)]);
-        assert_eq!(cap(c, vec![(9, 3), (5, 1), (7, 2)]).unwrap(), vec![(5, 1), (7, 2)]);
+        assert_eq!(cap(c, vec![1]).unwrap(), Vec::<u64>::new());
+        assert_eq!(cap(c, vec![3, 1]).unwrap(), vec![1]);
+        assert_eq!(cap(c, vec![3, 1, 2]).unwrap(), vec![1, 2]);
         let r = Cap { max: 2, on_limit: OnLimit::Refuse };
-        assert!(matches!(cap(r, vec![(9, 3), (5, 1)]), Err(Error::SessionLimit { max: 2 })));
-        assert_eq!(cap(r, vec![(9, 3)]).unwrap(), vec![]);
+        assert!(matches!(cap(r, vec![3, 1]), Err(Error::SessionLimit { max: 2 })));
+        assert_eq!(cap(r, vec![3]).unwrap(), Vec::<u64>::new());
     }
 
     #[test]
     fn a_user_cut_refuses_what_it_covers_and_keeps_the_kept() {
         let keep = SessionId::from_bytes([7; 16]);
         let other = SessionId::from_bytes([8; 16]);
-        let all = super::super::UserCut { at: 5_000, except: None };
+        let all = crate::backend::op::UserCut { at: 5_000, except: None };
         assert!(cut_refuses(&all, 5_000, &other), "created at the cut: refused");
         assert!(!cut_refuses(&all, 5_001, &other), "created after: untouched");
-        let others = super::super::UserCut { at: 5_000, except: Some((keep, 42)) };
+        let others = crate::backend::op::UserCut { at: 5_000, except: Some((keep, 42)) };
         assert!(!cut_refuses(&others, 10, &keep));
         assert!(cut_refuses(&others, 10, &other));
         assert!(cut_refuses_access(&all, 5, 1), "same second: refused (fail closed)");
@@ -204,12 +198,15 @@ mod tests {
     #[test]
     fn a_user_cut_key_round_trips_with_any_user_text() {
         let keep = SessionId::from_bytes([7; 16]);
-        for cut in [super::super::UserCut { at: 9, except: None }, super::super::UserCut { at: 1, except: Some((keep, 3)) }] {
+        for cut in [
+            crate::backend::op::UserCut { at: 9, except: None },
+            crate::backend::op::UserCut { at: 1, except: Some((keep, 3)) },
+        ] {
             for user in ["bob", "a:b:c", "::", "\u{0}x"] {
-                assert_eq!(super::super::UserCut::parse(&cut.key(user)), Some((user.to_owned(), cut)));
+                assert_eq!(crate::backend::op::UserCut::parse(&cut.key(user)), Some((user.to_owned(), cut)));
             }
         }
-        assert_eq!(super::super::UserCut::parse("x::0:bob"), None);
-        assert_eq!(super::super::UserCut::parse("1::0:"), None);
+        assert_eq!(crate::backend::op::UserCut::parse("x::0:bob"), None);
+        assert_eq!(crate::backend::op::UserCut::parse("1::0:"), None);
     }
 }

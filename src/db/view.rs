@@ -321,11 +321,11 @@ impl View<'_> {
                     && rules::owned_by(&r, &rec.user)
                     && rec.created_at < r.deadline(r.last_seen)
                 {
-                    live.push((r.created_at, r.serial, id));
+                    live.push((r.serial, id));
                 }
             }
-            let by_serial: HashMap<u64, SessionId> = live.iter().map(|&(_, s, id)| (s, id)).collect();
-            for (_, serial) in rules::cap(cap, live.into_iter().map(|(c, s, _)| (c, s)).collect())? {
+            let by_serial: HashMap<u64, SessionId> = live.iter().copied().collect();
+            for serial in rules::cap(cap, live.into_iter().map(|(s, _)| s).collect())? {
                 if let Some(id) = by_serial.get(&serial)
                     && let Some(old) = self.delete(id)?
                 {

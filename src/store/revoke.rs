@@ -1,9 +1,10 @@
 //! Revocation: one session, a user's sessions (in bounded steps), and
 //! logout everywhere.
 
-use super::{Scope, Store};
+use super::handle::{Scope, Store};
+use crate::backend::contract::Wait;
+use crate::backend::op::{Op, Outcome, UserCut};
 use crate::backend::rules::{self};
-use crate::backend::{Op, Outcome, UserCut, Wait};
 use crate::error::Error;
 use crate::events::{Event, RevokeReason};
 use crate::session::check_user;
@@ -167,7 +168,10 @@ impl Store {
             self.inner.table.revocation.add_cut(&user, cut, true);
             match self.revoke_user_steps(&user, cut, None, false, prune_after) {
                 Ok(ids) => {
-                    tracing::info!(sessions = ids.len(), "finished a user-wide revocation an earlier run left unfinished");
+                    tracing::info!(
+                        sessions = ids.len(),
+                        "finished a user-wide revocation an earlier run left unfinished"
+                    );
                     if !ids.is_empty() {
                         let reason =
                             if cut.except.is_some() { RevokeReason::OthersOfUser } else { RevokeReason::AllOfUser };

@@ -28,6 +28,22 @@ fn the_session_cap_revokes_the_oldest() {
     assert_eq!(s.list_user("capped").unwrap().len(), 3);
 }
 
+/// "Oldest" is the session signed in longest ago: a rotation (the
+/// fixation defence on sign-in and privilege change) makes a session new
+/// again, on both backends alike (redb went by creation time, Redis by
+/// serial: the same sessions were capped differently).
+#[test]
+fn the_session_cap_counts_a_rotated_session_as_new() {
+    let s = open(capped(2, OnLimit::RevokeOldest));
+    let a = s.create(NewSession::new("rot")).unwrap().token.to_string();
+    let b = s.create(NewSession::new("rot")).unwrap().token.to_string();
+    let a = s.rotate(&a).unwrap().token.to_string();
+    let c = s.create(NewSession::new("rot")).unwrap().token.to_string();
+    assert!(matches!(s.validate(&b), Err(Error::Revoked | Error::NotFound)), "b is the oldest sign-in");
+    s.validate(&a).unwrap();
+    s.validate(&c).unwrap();
+}
+
 /// With `OnLimit::Refuse` the (n+1)-th create is refused and stores nothing.
 #[test]
 fn the_session_cap_refuses() {
