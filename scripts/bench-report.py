@@ -43,17 +43,44 @@ ROWS = [
     ("eventual create vs Redis (everysec), 64 callers", "vs_redis", "create-eventual-vs-everysec", "cloakroom/64-callers", "create-eventual-vs-everysec", "redis/64-callers", "faster"),
     ("revoke one session vs Redis", "vs_redis", "revoke", "cloakroom/one", "revoke", "redis/one", "faster"),
     ("refresh (rotate) vs Redis", "vs_redis", "revoke", "cloakroom/refresh", "revoke", "redis/refresh", "faster"),
+    ("HTTP GET with a session, 1 connection: vs tower-sessions + Redis store", "web", "web/get/1-conns", "cloakroom", "web/get/1-conns", "tower-sessions-redis", "faster"),
+    ("HTTP GET with a session, 64 connections: vs tower-sessions + Redis store", "web", "web/get/64-conns", "cloakroom", "web/get/64-conns", "tower-sessions-redis", "faster"),
+    ("HTTP GET, 64 connections: vs tower-sessions + moka cache + Redis", "web", "web/get/64-conns", "cloakroom", "web/get/64-conns", "tower-sessions-moka-redis", "faster"),
     ("sweep of expired sessions", "sweep", "sweep", None, None, None, None),
 ]
 
+# Where `run` keeps each bench's console output (parsed for the figures
+# criterion does not measure, e.g. memory per session).
+LOGS = os.path.join(TARGET, "bench-report")
 
-def sh(cmd, env=None):
+
+def sh(cmd, env=None, log=None):
+    """Runs `cmd`; with `log`, its output also goes to target/bench-report/<log>."""
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}).returncode
+    if log is None:
+        return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}).returncode
+    os.makedirs(LOGS, exist_ok=True)
+    with open(os.path.join(LOGS, log), "w") as out:
+        p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        for line in p.stdout:
+            sys.stdout.write(line)
+            out.write(line)
+        return p.wait()
+
+
+def logged(log, pattern):
+    """The first match of `pattern` in a bench's kept output, or None."""
+    try:
+        with open(os.path.join(LOGS, log)) as f:
+            m = re.search(pattern, f.read())
+            return m if m else None
+    except OSError:
+        return None
 
 
 def median(group, bench):
-    path = os.path.join(TARGET, "criterion", group, bench.replace("/", "_"), "new", "estimates.json")
+    path = os.path.join(TARGET, "criterion", group.replace("/", "_"), bench.replace("/", "_"), "new", "estimates.json")
     try:
         with open(path) as f:
             return json.load(f)["median"]["point_estimate"]
@@ -125,16 +152,16 @@ def table(cmd):
                 ratio = f"{ours / theirs:.2f}× the bare decode"
         comp = human(theirs) if cgroup else ""
         lines.append(f"| {label} | `{file}`: `{group}/{bench}` | {human(ours)} | {comp} | {ratio} |")
+    m = logged("store.log", r"open/1M-sessions: (\d+) sessions, indexes (\d+) bytes \((\d+) bytes per session\)")
+    mem = f"{m.group(3)} B" if m else "not run"
+    lines.append(f"| memory per session (in-memory indexes, 1M sessions) | `store`: `open/1M-sessions` output | {mem} | | |")
     lines += [
         "",
         "![cloakroom vs Redis, this run](benchmarks.svg)",
         "",
-        "Not in this table (see docs/benchmarks-history.md for their last measured",
-        "figures and how): memory per session, the HTTP GET comparison with",
-        "tower-sessions + Redis (`cargo bench --bench web`, minutes per row), and",
-        "`cloakroom bench` load runs (authoritative for tail latency and",
-        "throughput under many callers; criterion is authoritative for per-call",
-        "medians).",
+        "Not in this table: `cloakroom bench` load runs (authoritative for tail",
+        "latency and throughput under many callers; criterion is authoritative for",
+        "per-call medians): see the sections below and docs/benchmarks-history.md.",
         END,
     ]
     return "\n".join(lines), bars
@@ -167,11 +194,12 @@ def main():
     cmd = "python3 scripts/bench-report.py" + (" --quick" if a.quick else "")
     if not a.no_run:
         for b in ("store", "tokens", "sweep"):
-            if sh(["cargo", "bench", "--bench", b] + crit) != 0:
+            if sh(["cargo", "bench", "--bench", b] + crit, log=f"{b}.log") != 0:
                 sys.exit(f"bench {b} failed")
         env = {"CLOAKROOM_BENCH_QUICK": "1"} if a.quick else {}
-        if sh(["cargo", "bench", "--all-features", "--bench", "vs_redis"], env) != 0:
-            sys.exit("bench vs_redis failed")
+        for b in ("vs_redis", "web"):
+            if sh(["cargo", "bench", "--all-features", "--bench", b], env, log=f"{b}.log") != 0:
+                sys.exit(f"bench {b} failed")
     text, bars = table(cmd)
     with open(DOC) as f:
         doc = f.read()
