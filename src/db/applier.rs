@@ -28,6 +28,7 @@ use super::tables::{
 };
 use super::{Db, io};
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::telemetry::Hist;
 
 /// Non-durable commits gather at least this long (or [`APPLY_MUTATIONS`]
 /// changes): every commit costs redb a fixed overhead (page checksums, the
@@ -88,7 +89,10 @@ impl Applier {
         let q = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name("cloakroom-applier".into())
-            .spawn(move || Worker { db, progress: p, last_seq: checkpointed, interval, queue: q }.run(&rx))
+            .spawn(move || {
+                let metrics = Metrics::new();
+                Worker { db, progress: p, last_seq: checkpointed, interval, queue: q, metrics }.run(&rx)
+            })
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
         Ok(Applier { tx: Mutex::new(Some(tx)), queue, thread: Mutex::new(Some(thread)), progress })
     }
@@ -126,6 +130,43 @@ struct Worker {
     /// Longest time between checkpoints while batches are pending.
     interval: Duration,
     queue: Handover,
+    metrics: Metrics,
+}
+
+/// Why a checkpoint ran (a bounded label).
+#[derive(Clone, Copy)]
+enum Trigger {
+    Interval,
+    Rows,
+    Request,
+    Close,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Interval => "interval",
+            Trigger::Rows => "rows",
+            Trigger::Request => "request",
+            Trigger::Close => "close",
+        }
+    }
+}
+
+/// `cloakroom.applier.checkpoint.duration` by trigger, and `.rows`.
+struct Metrics {
+    duration: [Hist; 4],
+    rows: Hist,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let h = |t: Trigger| Hist::labelled("cloakroom.applier.checkpoint.duration", "trigger", t.name());
+        Metrics {
+            duration: [h(Trigger::Interval), h(Trigger::Rows), h(Trigger::Request), h(Trigger::Close)],
+            rows: Hist::new("cloakroom.applier.checkpoint.rows"),
+        }
+    }
 }
 
 impl Worker {
@@ -135,6 +176,7 @@ impl Worker {
     }
 
     fn run(mut self, rx: &Receiver<Msg>) {
+        let _thread = tracing::info_span!("applier").entered();
         // Batches since the last checkpoint, and how many of them are applied.
         let mut pending: Vec<Arc<Batch>> = Vec::new();
         let mut applied = 0;
@@ -182,8 +224,31 @@ impl Worker {
                 let started = Self::now();
                 let r = super::guarded(|| self.commit(&pending[applied..], due));
                 if r.is_ok() && due {
-                    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let took = started.elapsed();
+                    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                     self.progress.last_checkpoint_us.store(us, Ordering::Relaxed);
+                    let trigger = if stopping {
+                        Trigger::Close
+                    } else if !waiters.is_empty() {
+                        Trigger::Request
+                    } else if rows >= CHECKPOINT_MUTATIONS {
+                        Trigger::Rows
+                    } else {
+                        Trigger::Interval
+                    };
+                    self.metrics.duration[trigger as usize].seconds(took);
+                    #[allow(clippy::cast_precision_loss)] // counts far below 2^53
+                    self.metrics.rows.record(rows as f64);
+                    let overlay_rows = self.db.overlay().read().len();
+                    tracing::debug!(
+                        trigger = trigger.name(),
+                        ms = us / 1000,
+                        rows,
+                        batches = pending.len(),
+                        seq = self.last_seq,
+                        overlay_rows,
+                        "checkpoint committed"
+                    );
                 }
                 r
             } else {
@@ -214,6 +279,11 @@ impl Worker {
                 }
                 Err(e) => {
                     self.progress.failed_commits.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        error = crate::telemetry::error_kind(&e),
+                        checkpoint = due,
+                        "applier commit failed; nothing acknowledged is lost (the journal holds it), retrying"
+                    );
                     // The reopened file holds only the last checkpoint: apply
                     // every pending batch again (the changes are idempotent).
                     if self.db.reset() {
@@ -260,6 +330,7 @@ pub(crate) fn apply_all<'a>(
     let mut revoked = wtx.open_table(REVOKED).map_err(io)?;
     let mut refresh = wtx.open_table(REFRESH).map_err(io)?;
     let mut not_before = wtx.open_table(NOT_BEFORE).map_err(io)?;
+    let mut cuts = wtx.open_table(USER_CUTS).map_err(io)?;
     let mut meta = wtx.open_table(META).map_err(io)?;
     let mut next_serial = 0;
     for muts in batches {
@@ -295,6 +366,12 @@ pub(crate) fn apply_all<'a>(
                 Mutation::DelNotBefore(u) => {
                     not_before.remove(&**u).map_err(io)?;
                 }
+                Mutation::PutCut(k, v) => {
+                    cuts.insert(&**k, &**v).map_err(io)?;
+                }
+                Mutation::DelCut(k) => {
+                    cuts.remove(&**k).map_err(io)?;
+                }
                 Mutation::NextSerial(n) => next_serial = next_serial.max(*n),
             }
         }
@@ -308,10 +385,3 @@ pub(crate) fn apply_all<'a>(
     meta.insert(META_JOURNAL_SEQ, last_seq).map_err(io)?;
     Ok(())
 }
-    let mut cuts = wtx.open_table(USER_CUTS).map_err(io)?;
-                Mutation::PutCut(k, v) => {
-                    cuts.insert(&**k, &**v).map_err(io)?;
-                }
-                Mutation::DelCut(k) => {
-                    cuts.remove(&**k).map_err(io)?;
-                }

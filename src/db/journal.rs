@@ -53,6 +53,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::mutation::{self, Mutation};
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::telemetry::JournalMetrics;
 
 /// Format 2 (the one written).
 const MAGIC: &[u8; 8] = b"CLKJRNL\x02";
@@ -239,6 +240,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8).and_then(|x| x.try_into().ok()).map_or(0, u64::from_le_bytes)
 }
 
+/// Real time, for the fsync durations.
+#[allow(clippy::disallowed_methods)]
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).and_then(|x| x.try_into().ok()).map_or(0, u32::from_le_bytes)
 }
@@ -327,6 +334,8 @@ pub(crate) struct Journal {
     cut_unsynced: Option<u64>,
     /// Whether the active segment has bytes not yet synced.
     unsynced: bool,
+    /// The fsync histograms (no-ops until the writer sets them).
+    metrics: JournalMetrics,
 }
 
 /// One journal record: its seq and row changes.
@@ -424,8 +433,14 @@ impl Journal {
             cut_at: None,
             cut_unsynced: None,
             unsynced: false,
+            metrics: JournalMetrics::noop(),
         };
         Ok((journal, Replay { records }))
+    }
+
+    /// Records fsync durations into `m` from now on.
+    pub(crate) fn set_metrics(&mut self, m: JournalMetrics) {
+        self.metrics = m;
     }
 
     /// Clears both segments and starts the first after seq `after` (once a
@@ -565,7 +580,10 @@ impl Journal {
             return Ok(false);
         }
         let seg = &self.segs[self.active];
-        match seg.io.sync_data() {
+        let started = now();
+        let synced = seg.io.sync_data();
+        self.metrics.batch.seconds(started.elapsed());
+        match synced {
             Ok(()) => {
                 self.synced_len = seg.len;
                 self.synced_seq = seg.last_seq;
@@ -619,11 +637,16 @@ impl Journal {
 
     /// Called with the seq up to which redb holds every record durably: clears
     /// the inactive segment once covered, and moves appends to it when the
-    /// active one is long.
-    pub(crate) fn checkpointed(&mut self, upto: u64) -> Result<(), Error> {
+    /// active one is long. Returns whether it did either.
+    pub(crate) fn checkpointed(&mut self, upto: u64) -> Result<bool, Error> {
         let other = 1 - self.active;
+        let mut did = false;
         if self.segs[other].len > 0 && self.segs[other].last_seq <= upto {
+            let started = now();
             self.segs[other].clear()?;
+            self.metrics.segment.seconds(started.elapsed());
+            tracing::debug!(segment = other, covered = upto, "journal segment cleared");
+            did = true;
         }
         if self.segs[self.active].len >= SEGMENT_BYTES && self.segs[other].len == 0 {
             // Everything in the old segment must be durable before the new one is
@@ -631,11 +654,18 @@ impl Journal {
             // behind durable ones, and the new segment's `after` says so).
             self.sync()?;
             let after = self.segs[self.active].last_seq;
+            let started = now();
             self.start_segment(other, after)?;
+            let took = started.elapsed();
+            self.metrics.segment.seconds(took);
+            let bytes = self.segs[self.active].len;
             self.active = other;
             self.synced_len = HEADER_LEN;
+            let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(segment = other, after, bytes, us, "journal segment switched");
+            did = true;
         }
-        Ok(())
+        Ok(did)
     }
 
     /// Bytes held in both segments.

@@ -39,6 +39,7 @@ use super::tables::{NOT_BEFORE, REFRESH, SESSIONS};
 use super::view::View;
 use crate::backend::{Failure, LostHook, Op, Outcome, Wait};
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::telemetry::{JournalMetrics, WriterMetrics};
 
 /// Most jobs applied in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -49,6 +50,8 @@ const BATCH_BYTES: usize = 64 << 20;
 /// Rows written but not yet checkpointed beyond which the writer waits for a
 /// checkpoint (the memory bound of the overlay).
 const MAX_LAG_ROWS: usize = 1_000_000;
+/// A stall between batches at least this long is also a DEBUG event.
+const STALL_EVENT: Duration = Duration::from_millis(1);
 /// How long a caller waits for room in a full queue before `Error::Busy`.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -58,6 +61,8 @@ struct Job {
     op: Op,
     durable: bool,
     ack: Option<Ack>,
+    /// When it was submitted (queue wait and commit latency are measured from here).
+    queued: Instant,
 }
 
 enum Msg {
@@ -116,9 +121,11 @@ impl Writer {
         let (tx, rx) = crossbeam_channel::bounded(s.queue);
         let stats = Arc::new(WriterStats::default());
         let applier = Arc::new(Applier::start(s.db.clone(), s.checkpointed, s.checkpoint_interval)?);
+        let mut journal = s.journal;
+        journal.set_metrics(JournalMetrics::new());
         let worker = Worker {
             db: s.db,
-            journal: s.journal,
+            journal,
             applier: Arc::clone(&applier),
             next_seq: s.checkpointed + 1,
             published: s.checkpointed,
@@ -128,6 +135,7 @@ impl Writer {
             stats: Arc::clone(&stats),
             dirty_since: None,
             backoff: None,
+            metrics: WriterMetrics::new(),
         };
         let thread = std::thread::Builder::new()
             .name("cloakroom-writer".into())
@@ -153,7 +161,7 @@ impl Writer {
             if !*open {
                 return Err(Error::Closed.into());
             }
-            match self.tx.send_timeout(Msg::Job(Job { op, durable, ack }), ENQUEUE_TIMEOUT) {
+            match self.tx.send_timeout(Msg::Job(Job { op, durable, ack, queued: Worker::now() }), ENQUEUE_TIMEOUT) {
                 Ok(()) => {}
                 Err(SendTimeoutError::Timeout(_)) => return Err(Error::Busy.into()),
                 Err(SendTimeoutError::Disconnected(_)) => return Err(Error::Closed.into()),
@@ -174,7 +182,8 @@ impl Writer {
         if !*open {
             return;
         }
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(Job { op, durable: false, ack: None })) {
+        let job = Job { op, durable: false, ack: None, queued: Worker::now() };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Job(job)) {
             self.stats.dropped_touches.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -221,6 +230,7 @@ struct Worker {
     dirty_since: Option<Instant>,
     /// The pause before the next attempt after consecutive failed batches.
     backoff: Option<Duration>,
+    metrics: WriterMetrics,
 }
 
 impl Worker {
@@ -230,6 +240,8 @@ impl Worker {
     }
 
     fn run(mut self, rx: &Receiver<Msg>) -> Result<(), Error> {
+        // Every event of this thread (batches, stalls, segment switches) is inside it.
+        let _thread = tracing::info_span!("writer").entered();
         let mut batch: Vec<Job> = Vec::new();
         loop {
             let first = match self.dirty_since {
@@ -254,6 +266,13 @@ impl Worker {
                     Ok(Msg::Job(j)) => batch.push(j),
                     Ok(Msg::Shutdown) => shutdown = true,
                     Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                let taken = Self::now();
+                self.metrics.queue_depth.set((batch.len() + rx.len()) as u64);
+                for j in &batch {
+                    self.metrics.queue_wait.seconds(taken.saturating_duration_since(j.queued));
                 }
             }
             let overdue = self.dirty_since.is_some_and(|t| t.elapsed() >= self.flush_interval);
@@ -289,16 +308,46 @@ impl Worker {
         // enqueue timeout), so memory stays bounded under a sustained overload.
         if self.db.overlay().read().len() > MAX_LAG_ROWS {
             self.stats.lag_waits.fetch_add(1, Ordering::Relaxed);
+            let t = Self::now();
             let _ = self.applier.checkpoint();
+            self.stall(&t, "lag");
         }
         let upto = self.applier.progress.checkpointed.load(Ordering::Acquire);
         if upto > self.pruned_upto {
-            self.db.overlay().write().prune(upto);
+            let t = Self::now();
+            let rows = {
+                let mut overlay = self.db.overlay().write();
+                overlay.prune(upto);
+                overlay.len()
+            };
             self.pruned_upto = upto;
+            self.metrics.overlay_rows.set(rows as u64);
+            self.stall(&t, "overlay_prune");
         }
+        let t = Self::now();
         // A failure here only delays clearing a segment; appends report their own.
-        let _ = self.journal.checkpointed(upto);
-        self.stats.journal_bytes.store(self.journal.bytes(), Ordering::Relaxed);
+        if self.journal.checkpointed(upto).unwrap_or(true) {
+            self.stall(&t, "segment");
+        }
+        let bytes = self.journal.bytes();
+        self.stats.journal_bytes.store(bytes, Ordering::Relaxed);
+        self.metrics.journal_bytes.set(bytes);
+    }
+
+    /// Records the writer's time since `t` spent on `cause` between batches
+    /// (every acknowledgement queued meanwhile waits for it).
+    fn stall(&self, t: &Instant, cause: &'static str) {
+        let d = t.elapsed();
+        let h = match cause {
+            "lag" => &self.metrics.stall_lag,
+            "overlay_prune" => &self.metrics.stall_prune,
+            _ => &self.metrics.stall_segment,
+        };
+        h.seconds(d);
+        if d >= STALL_EVENT {
+            let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            tracing::debug!(cause, us, "writer stalled between batches");
+        }
     }
 
     /// Runs `batch` as one or more journal records: a record takes jobs until
@@ -322,7 +371,11 @@ impl Worker {
                     } else if self.journal.unsynced() && self.dirty_since.is_none() {
                         self.dirty_since = Some(Self::now());
                     }
+                    let acked = Self::now();
                     for (job, out) in batch.drain(..taken).zip(outcomes) {
+                        if job.durable {
+                            self.metrics.commit.seconds(acked.saturating_duration_since(job.queued));
+                        }
                         if let Some(ack) = job.ack {
                             let _ = ack.send(out.map_err(Failure::from));
                         }
@@ -439,9 +492,18 @@ impl Worker {
             self.next_seq += 1;
             self.journal.append(seq, &muts)?;
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            #[allow(clippy::cast_precision_loss)] // counts far below 2^53
+            {
+                self.metrics.batch_ops.record(*taken as f64);
+                self.metrics.batch_bytes.record(bytes as f64);
+            }
         }
+        let mut fsync_us = 0;
         if durable {
-            match self.journal.sync() {
+            let started = Self::now();
+            let synced = self.journal.sync();
+            fsync_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            match synced {
                 Ok(synced) => {
                     if synced {
                         self.stats.durable_commits.fetch_add(1, Ordering::Relaxed);
@@ -457,11 +519,17 @@ impl Worker {
             }
         }
         if !muts.is_empty() {
-            self.db.overlay().write().apply(seq, &muts);
+            let rows = {
+                let mut overlay = self.db.overlay().write();
+                overlay.apply(seq, &muts);
+                overlay.len()
+            };
+            self.metrics.overlay_rows.set(rows as u64);
             self.db.index().apply(&index_ops);
             self.published = seq;
             self.applier.send(Arc::new(Batch { seq, muts }));
         }
+        tracing::trace!(seq, ops = *taken, bytes, durable, fsync_us, "writer batch");
         Ok(())
     }
 }

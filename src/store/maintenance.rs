@@ -125,9 +125,10 @@ impl Store {
             gauge("cloakroom.overlay.rows", f(s.unapplied_rows as u64));
             gauge("cloakroom.commits.failed", f(s.failed_commits));
             gauge("cloakroom.corrupt_rows", f(s.corrupt_rows));
+            // (The follower thread also sets it at every change, and counts
+            // `cloakroom.follower.resyncs`.)
             if let Some(on) = s.following {
                 gauge("cloakroom.follower.synced", if on { 1.0 } else { 0.0 });
-                gauge("cloakroom.follower.resyncs", f(s.resyncs));
             }
         }
     }

@@ -178,12 +178,15 @@ pub(crate) struct Pool {
     idle: Mutex<Vec<Connection>>,
     cap: usize,
     timeout: Duration,
+    /// `cloakroom.redis.round_trips`: one per request sent through the pool.
+    round_trips: crate::telemetry::Counter,
 }
 
 impl Pool {
     pub(crate) fn new(url: &str, cap: usize, timeout: Duration) -> Result<Pool, Error> {
         let client = Client::open(url).map_err(|e| Error::Config(format!("bad Redis URL: {e}")))?;
-        Ok(Pool { client, idle: Mutex::new(Vec::new()), cap, timeout })
+        let round_trips = crate::telemetry::Counter::new("cloakroom.redis.round_trips");
+        Ok(Pool { client, idle: Mutex::new(Vec::new()), cap, timeout, round_trips })
     }
 
     /// A new connection with the pool's timeouts (not pooled).
@@ -202,6 +205,8 @@ impl Pool {
             Some(c) => c,
             None => self.connect()?,
         };
+        // One request (a command, a pipeline or a transaction: one round trip).
+        self.round_trips.increment(1);
         let out = f(&mut con);
         let healthy = out.as_ref().err().is_none_or(|e| {
             !e.is_io_error() && !e.is_timeout() && !e.is_connection_dropped() && !e.is_unrecoverable_error()
@@ -227,13 +232,13 @@ pub(crate) struct RevocationState {
     pub(crate) revoked: Vec<Revoked>,
     /// (user, not-before ms).
     pub(crate) not_before: Vec<(String, u64)>,
+    /// User-wide revocations in progress.
+    pub(crate) cuts: Vec<(String, crate::backend::UserCut)>,
 }
 
 /// What `load` reads in one pipeline: the revoked hash, the revoked zset
 /// (serial, prune-after), the not-before hash and the marker hash.
 type LoadReply = (Vec<(u64, Vec<u8>)>, Vec<(u64, u64)>, Vec<(String, u64)>, Vec<String>);
-    /// User-wide revocations in progress.
-    pub(crate) cuts: Vec<(String, crate::backend::UserCut)>,
 
 /// One session row of a listing: `r`, `num`, `id`.
 type ListedRow = (Option<Vec<u8>>, Option<u64>, Option<Vec<u8>>);
@@ -269,13 +274,13 @@ pub(crate) fn load(pool: &Pool, keys: &Keys) -> Result<RevocationState, Error> {
             .arg("WITHSCORES")
             .cmd("HGETALL")
             .arg(keys.not_before())
+            .cmd("HKEYS")
+            .arg(keys.cuts())
             .query(c)
     })?;
     let times: std::collections::HashMap<u64, u64> = rvt.into_iter().collect();
     let revoked = rv
         .into_iter()
-            .cmd("HKEYS")
-            .arg(keys.cuts())
         .filter_map(|(serial, v)| {
             let (id, sh) = split_id_hash(&v)?;
             Some(Revoked { serial, id, secret_hash: sh, prune_after: times.get(&serial).copied().unwrap_or(0) })

@@ -31,6 +31,7 @@ use super::{Instance, Keys, Pool, RevocationState, load, split_id_hash};
 use crate::backend::coherence::Coherence;
 use crate::backend::{Invalidation, Revoked};
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::telemetry::{Counter, Gauge};
 use crate::token::SessionId;
 
 /// What the subscriber updates: this node's session table, through its
@@ -51,15 +52,41 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("cloakroom-redis-events".into())
         .spawn(move || {
+            let _thread = tracing::info_span!("follower").entered();
+            let state = State {
+                synced: Gauge::new("cloakroom.follower.synced"),
+                resyncs: Counter::new("cloakroom.follower.resyncs"),
+            };
             let mut backoff = Duration::from_millis(10);
             while !coherence.stopped() {
-                if follow(&pool, &keys, &instance, &targets, &coherence).is_ok() {
+                let r = follow(&pool, &keys, &instance, &targets, &coherence, &state);
+                if r.is_ok() {
                     backoff = Duration::from_millis(10);
                 }
+                let was = coherence.synced();
                 coherence.set_synced(false);
+                state.synced.set(0);
+                if let Err(e) = &r {
+                    let kind = storage_kind(e);
+                    // Until it is following again this node serves no cached
+                    // hit, and past the staleness bound it refuses access tokens.
+                    if was {
+                        tracing::warn!(
+                            error = kind,
+                            "follower lost the Redis event channel; failing closed until resynced"
+                        );
+                    } else {
+                        tracing::warn!(
+                            error = kind,
+                            retry_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                            "follower cannot connect"
+                        );
+                    }
+                }
                 if coherence.wiped() {
                     // Nothing this node holds may answer again: the store
                     // must be reopened. Nothing more to follow.
+                    tracing::warn!("follower stopped: the Redis data is not the instance this node opened (wiped)");
                     targets.flush();
                     break;
                 }
@@ -79,7 +106,33 @@ pub(crate) fn start(
 
 /// One connection's life: subscribe, check the instance, catch up, apply
 /// events until it breaks (or the data turns out wiped).
-fn follow(pool: &Pool, keys: &Keys, instance: &Instance, t: &Targets, coherence: &Coherence) -> Result<(), Error> {
+/// The follower's metrics: `cloakroom.follower.synced` (1 while following)
+/// and `cloakroom.follower.resyncs` (each catch-up).
+struct State {
+    synced: Gauge,
+    resyncs: Counter,
+}
+
+/// A bounded name for why the follower stopped (never the server's text).
+fn storage_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Storage(s) => match s.kind() {
+            StorageErrorKind::Unavailable => "unavailable",
+            StorageErrorKind::Wiped => "wiped",
+            _ => "storage",
+        },
+        other => crate::telemetry::error_kind(other),
+    }
+}
+
+fn follow(
+    pool: &Pool,
+    keys: &Keys,
+    instance: &Instance,
+    t: &Targets,
+    coherence: &Coherence,
+    state: &State,
+) -> Result<(), Error> {
     let mut con = pool.connect()?;
     con.set_read_timeout(Some(PING_EVERY)).map_err(super::unavailable)?;
     let mut sub = con.as_pubsub();
@@ -89,9 +142,18 @@ fn follow(pool: &Pool, keys: &Keys, instance: &Instance, t: &Targets, coherence:
     // that read before the flush sees the bump and drops what it cached.
     t.flush();
     check_instance(pool, keys, instance, coherence)?;
-    catch_up(t.as_ref(), &load(pool, keys)?);
-    coherence.resyncs.fetch_add(1, Ordering::Relaxed);
+    let loaded = load(pool, keys)?;
+    catch_up(t.as_ref(), &loaded);
+    let resyncs = coherence.resyncs.fetch_add(1, Ordering::Relaxed) + 1;
     coherence.set_synced(true);
+    state.resyncs.increment(1);
+    state.synced.set(1);
+    tracing::info!(
+        resyncs,
+        revoked = loaded.revoked.len(),
+        not_before = loaded.not_before.len(),
+        "follower connected and caught up"
+    );
     // A wipe does not drop connections (FLUSHALL): checked every interval.
     let mut checked = monotonic();
     while !coherence.stopped() {
@@ -137,6 +199,7 @@ pub(crate) fn catch_up(t: &dyn Invalidation, loaded: &RevocationState) {
     for (user, at) in &loaded.not_before {
         t.not_before(user, *at);
     }
+    t.cuts(&loaded.cuts);
 }
 
 /// Applies one event: `R<serial>:<prune-after>:<id ‖ secret hash>`,
@@ -169,12 +232,11 @@ pub(crate) fn apply(t: &Targets, instance: &Instance, payload: &[u8]) {
                 t.not_before(user, at);
             }
         }
-        _ => {}
-    }
-}
-    t.cuts(&loaded.cuts);
         Some((tag @ (b'C' | b'c'), rest)) => {
             if let Some((user, cut)) = std::str::from_utf8(rest).ok().and_then(crate::backend::UserCut::parse) {
                 t.cut(&user, cut, *tag == b'C');
             }
         }
+        _ => {}
+    }
+}
