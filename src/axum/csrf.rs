@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, Method, header};
 use base64::Engine as _;
 use subtle::ConstantTimeEq as _;
 
-use super::WebConfig;
+use super::config::WebConfig;
 use crate::token::SessionId;
 
 /// The header that carries the token (for `fetch` / XHR callers).

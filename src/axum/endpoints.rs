@@ -6,8 +6,10 @@ use axum::http::HeaderMap;
 use axum_extra::extract::cookie::CookieJar;
 use serde::Serialize;
 
+use super::error::WebError;
+use super::layer::Auth;
 use super::layer::{check_csrf_token, check_origin};
-use super::{Auth, Web, WebError, blocking};
+use super::web::{Web, blocking};
 use crate::error::Error;
 use crate::session::NewSession;
 use crate::session::Session;

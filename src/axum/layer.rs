@@ -8,7 +8,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::CookieJar;
 
-use super::{Unauthenticated, Web, WebError, csrf};
+use super::config::{Unauthenticated, WebConfig};
+use super::csrf;
+use super::error::WebError;
+use super::web::Web;
 use crate::error::Error;
 use crate::jwt::AccessClaims;
 use crate::session::Session;
@@ -241,7 +244,7 @@ fn bearer_credential(v: &HeaderValue) -> Option<String> {
 }
 
 /// A page navigation (GET/HEAD accepting HTML) is redirected when so configured.
-fn redirect_for(method: &Method, headers: &HeaderMap, config: &super::WebConfig) -> Option<String> {
+fn redirect_for(method: &Method, headers: &HeaderMap, config: &WebConfig) -> Option<String> {
     let Unauthenticated::RedirectPages(to) = &config.unauthenticated else { return None };
     let page = matches!(*method, Method::GET | Method::HEAD)
         && headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));

@@ -4,7 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Backend, Failure, LostHook, Op, Outcome, Wait};
+use super::contract::{Backend, LostHook, Wait};
+use super::op::{Failure, Op, Outcome};
 use crate::db::journal::Journal;
 use crate::db::writer::{Start, Writer};
 use crate::db::{Db, Loaded};

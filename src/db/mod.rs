@@ -99,8 +99,8 @@ pub(crate) struct Loaded {
     pub(crate) revoked: Vec<(u64, u64, SessionId)>,
     /// (user, not-before ms).
     pub(crate) not_before: Vec<(String, u64)>,
-    /// User-wide revocations in progress (see [`crate::backend::UserCut`]).
-    pub(crate) cuts: Vec<(String, crate::backend::UserCut)>,
+    /// User-wide revocations in progress (see [`crate::backend::op::UserCut`]).
+    pub(crate) cuts: Vec<(String, crate::backend::op::UserCut)>,
     /// The last journal seq folded into redb durably.
     pub(crate) checkpointed: u64,
     /// Journal records replayed by this open.
@@ -632,7 +632,7 @@ impl Db {
                     // Fail closed: a damaged marker still refuses what it names.
                     self.shared.corrupt_rows.fetch_add(1, Ordering::Relaxed);
                 }
-                match crate::backend::UserCut::parse(k.value()) {
+                match crate::backend::op::UserCut::parse(k.value()) {
                     Some(cut) => cuts.push(cut),
                     None => {
                         self.shared.corrupt_rows.fetch_add(1, Ordering::Relaxed);
@@ -991,7 +991,7 @@ impl ReadOnly {
         out.push((RowTable::NotBefore.name(), check));
         if let Some(cuts) = open_if_present(&rtx, USER_CUTS)? {
             let check = tally(cuts.iter().map_err(io)?, |key, v| {
-                mac_cut(mac, key, v).is_ok() && crate::backend::UserCut::parse(key).is_some()
+                mac_cut(mac, key, v).is_ok() && crate::backend::op::UserCut::parse(key).is_some()
             })?;
             out.push((RowTable::Cut.name(), check));
         }

@@ -1,7 +1,7 @@
 //! Access-token verification, bearer authentication, and whether a cached
 //! entry may answer without I/O.
 
-use super::Store;
+use super::handle::Store;
 use crate::error::{Error, JwtError, Malformed};
 use crate::jwt::AccessClaims;
 use crate::token::SessionId;

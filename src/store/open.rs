@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use super::{Inner, Serials, Store};
+use super::handle::{Inner, Store};
+use super::serials::Serials;
 use crate::backend::coherence::Coherence;
+use crate::backend::contract::{Backend, LostHook};
 use crate::backend::redb::{Redb, Tuning};
-use crate::backend::{Backend, LostHook};
 use crate::cache::Cache;
 use crate::clock::to_millis;
 use crate::config::Config;
@@ -33,7 +34,7 @@ pub(super) struct Boot<'a> {
     /// (user, not-before ms).
     not_before: Vec<(String, u64)>,
     /// User-wide revocations in progress.
-    cuts: Vec<(String, crate::backend::UserCut)>,
+    cuts: Vec<(String, crate::backend::op::UserCut)>,
     /// The revocation horizon recorded by the backend (ms): the largest any
     /// opener used, this one's included (see `db::horizon`).
     horizon_ms: u64,
@@ -51,7 +52,7 @@ pub(super) struct SharedTier {
 
 /// Starts a shared backend's follower thread over this store's cache and bitmap.
 pub(super) type Follow =
-    Box<dyn FnOnce(Arc<dyn crate::backend::Invalidation>) -> Result<std::thread::JoinHandle<()>, Error>>;
+    Box<dyn FnOnce(Arc<dyn crate::backend::contract::Invalidation>) -> Result<std::thread::JoinHandle<()>, Error>>;
 
 impl Store {
     /// Opens (or creates) the store in the redb file at `path`.

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Checked, Issued, Store, check_lifetime};
-use crate::backend::rules::{self, Replace};
-use crate::backend::{Create, Op, Outcome, Wait};
+use super::handle::{Checked, Issued, Store, check_lifetime};
+use crate::backend::contract::Wait;
+use crate::backend::op::{Create, Op, Outcome, Replace};
+use crate::backend::rules;
 use crate::clock::duration_millis;
 use crate::config::Durability;
 use crate::error::{Error, InputError, Malformed};
@@ -341,7 +342,7 @@ impl Store {
             Some(at) if at <= now => return Err(InputError::Ttl("expiry").into()),
             Some(at) => {
                 check_lifetime("expiry", Duration::from_millis(at - now))?;
-                Some(crate::backend::Expires { at, now })
+                Some(crate::backend::op::Expires { at, now })
             }
             None => None,
         };
@@ -404,8 +405,7 @@ impl Store {
                     .list_user(user)?
                     .into_iter()
                     .filter(|rec| {
-                        rules::owned_by(rec, user)
-                            && !inner.table.revocation.cut_session(user, rec.created_at, &rec.id)
+                        rules::owned_by(rec, user) && !inner.table.revocation.cut_session(user, rec.created_at, &rec.id)
                     })
                     .map(|rec| {
                         let seen =

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use super::{MAX_CLAIMS_LEN, Store};
-use crate::backend::{Op, Outcome, Wait};
+use super::handle::{MAX_CLAIMS_LEN, Store};
+use crate::backend::contract::Wait;
+use crate::backend::op::{Op, Outcome};
 use crate::error::{Error, InputError, JwtError};
 use crate::events::{Event, RevokeReason};
 use crate::jwt::{AccessClaims, RESERVED_CLAIMS};
