@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use super::contract::{Backend, LostHook, Wait};
 use super::op::{Failure, Op, Outcome};
+use crate::db::handle::Db;
 use crate::db::journal::Journal;
+use crate::db::open::Loaded;
 use crate::db::writer::{Start, Writer};
-use crate::db::{Db, Loaded};
 use crate::error::Error;
 use crate::refresh::Families;
 use crate::session::Record;

@@ -12,7 +12,7 @@ use super::serials::Serials;
 use crate::backend::coherence::Coherence;
 use crate::clock::to_millis;
 use crate::config::Config;
-use crate::db::LegacyTokens;
+use crate::db::open::LegacyTokens;
 use crate::error::{Error, InputError};
 use crate::events::Event;
 use crate::jwt::{Keyring, Policy};
