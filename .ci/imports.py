@@ -20,8 +20,11 @@ It counts three things:
 
 It prints the counts and every upward and root re-export import, and fails
 on any circle and any root re-export import (0 when this was written).
-Upward imports will fail it once their count has reached 0 and they join
-FAIL_ON below, so they cannot come back.
+Upward imports are printed, not failed, until their count reaches 0; then
+they join FAIL_ON below, so they cannot come back. Since the parents of
+store/, backend/, axum/ and db/ became thin indexes (their `mod.rs` only
+declares and re-exports children), the ones left are in backend/redis/
+(`ops` and `sync` naming items of `backend/redis/mod.rs`).
 
 Usage: python3 .ci/imports.py [--quiet]   (--quiet: counts and failures only)
 """
@@ -32,7 +35,7 @@ import sys
 
 # Which counts fail the check: circles, and each other count from the day it
 # reaches 0 on main (root re-exports: 0 since this check was written; upward
-# imports join when the owners of the listed modules have fixed them).
+# imports join when backend/redis/, the last modules listed, has none).
 FAIL_ON = {'circles', 'root re-export'}
 
 root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src')
@@ -245,7 +248,8 @@ for s in sccs:
     print('CYCLE:', sorted(short(x) for x in s))
 if not quiet:
     for m, t, name in sorted(upward):
-        print(f'UPWARD: {short(m)} -> {short(t)}::{name}')
+        note = '' if 'upward' in FAIL_ON else ' (reported, not failed)'
+        print(f'UPWARD: {short(m)} -> {short(t)}::{name}{note}')
     for m, name in sorted(via_root):
         src = '::'.join(root_reexports[name][1:])
         print(f'ROOT RE-EXPORT: {short(m)} -> crate::{name} (defined at {src})')
