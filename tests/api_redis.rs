@@ -17,18 +17,27 @@ const REDIS: bool = true;
 #[allow(clippy::disallowed_methods, unreachable_pub)] // the Redis baseline times its own server start
 mod redis_side;
 
+/// The backend-independent capability files of `tests/api.rs` (the files
+/// that open redb files or inject storage faults run there only).
 #[path = "api"]
 mod api {
     mod common;
+    /// Test doubles: `faulty_backend`, storage that fails on demand.
+    mod support {
+        pub(crate) mod faulty_backend;
+    }
+    /// `bad_input` names the fault-injecting backend `super::faulty` (as in
+    /// `tests/api.rs`).
+    use support::faulty_backend as faulty;
 
+    mod access;
     mod bad_input;
     mod concurrency;
     mod expiry;
-    mod faulty;
     mod lifecycle;
     mod model;
-    mod policy;
+    mod pruning;
     mod revocation;
+    mod rotation;
     mod tokens;
-    mod writes;
 }

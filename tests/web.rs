@@ -18,7 +18,7 @@ use tower::ServiceExt as _;
 
 /// Storage that fails on demand (`Store::open_with_backend`, feature `test-util`).
 #[cfg(feature = "test-util")]
-#[path = "api/faulty.rs"]
+#[path = "api/support/faulty_backend.rs"]
 mod faulty;
 
 const HOST: &str = "app.test";
