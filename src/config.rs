@@ -135,9 +135,9 @@ const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 #[non_exhaustive]
 pub enum OnLimit {
     /// Revoke the user's oldest live session(s) so the new one fits (as
-    /// GoTrue's and Kratos's session caps do): the ones signed in longest
-    /// ago, where a [`Store::rotate`](crate::Store::rotate) (on sign-in or
-    /// privilege change) counts as a new sign-in. The revoked ones are reported
+    /// GoTrue's and Kratos's session caps do): the ones created longest ago
+    /// (creation time, as the creating node's clock wrote it; a
+    /// [`Store::rotate`](crate::Store::rotate) keeps it). The revoked ones are reported
     /// in an [`Event::Revoked`](crate::Event::Revoked) with reason
     /// [`RevokeReason::SessionLimit`](crate::RevokeReason::SessionLimit).
     RevokeOldest,

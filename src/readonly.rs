@@ -170,9 +170,15 @@ impl ReadOnlyStore {
         check_user(user)?;
         let now = to_millis(now);
         let rows = self.db.list_user(user)?;
+        // A user-wide revocation a store left unfinished refuses what it
+        // covers, as the store does (and as it will once reopened).
+        let cuts = self.db.cuts_of(user)?;
         let mut sessions = Vec::new();
         for rec in rows.records {
-            if now < rec.deadline(rec.last_seen) && !self.db.is_revoked(rec.serial)? {
+            if now < rec.deadline(rec.last_seen)
+                && !self.db.is_revoked(rec.serial)?
+                && !cuts.iter().any(|c| crate::backend::rules::cut_refuses(c, &rec.id))
+            {
                 let last_seen = rec.last_seen;
                 sessions.push(Session::of(&rec, last_seen));
             }
@@ -210,5 +216,44 @@ impl ReadOnlyStore {
         }
         let server_key = crate::keys::ServerKey::Default.resolve(Some((&self.path, crate::keys::DbState::Existing)))?;
         Ok(Some(crate::keys::default_keyring(&crate::keys::Derived::new(&server_key))?.keys()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::op::UserCut;
+
+    /// Review of issue 24 items 2/7: a user-wide revocation a store left
+    /// unfinished (its marker row stored, sessions not yet deleted) is
+    /// honoured by the read-only listing the CLI shows, as `Store` honours
+    /// it. Fails without the marker check in `list_user` (both listed).
+    #[test]
+    fn an_unfinished_user_revocation_is_honoured_by_the_read_only_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.redb");
+        let key = [9u8; 32];
+        let cfg = crate::Config::builder().server_key(&key).sweep_interval(None).build().unwrap();
+        let store = crate::Store::open(&path, cfg).unwrap();
+        let kept = store.create(crate::NewSession::new("victim")).unwrap();
+        store.create(crate::NewSession::new("victim")).unwrap();
+        store.close().unwrap();
+        drop(store);
+        // The row a series' first step stores, as the applier writes it.
+        let cut = UserCut { at: 1, except: Some((kept.session.id(), kept.session.serial())) };
+        let marker = cut.key("victim");
+        let db = redb::Database::open(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(redb::TableDefinition::<&str, &[u8]>::new("user_cuts_v3")).unwrap();
+            let row = crate::db::rows::seal_cut(&crate::db::mac::RowMac::new(&key), &marker);
+            t.insert(marker.as_str(), row.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+        drop(db);
+        let ro = ReadOnlyStore::open_with_server_key(&path, &key).unwrap();
+        let listed = ro.list_user("victim", SystemTime::now()).unwrap().sessions;
+        assert_eq!(listed.len(), 1, "only the kept session is live");
+        assert_eq!(listed[0].id(), kept.session.id());
     }
 }

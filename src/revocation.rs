@@ -275,21 +275,43 @@ impl Revocation {
         });
     }
 
-    /// Every user-wide revocation in progress: (user, marker).
-    pub(crate) fn cuts(&self) -> Vec<(String, UserCut)> {
-        self.cuts.read().iter().flat_map(|(u, list)| list.iter().map(|(c, _)| (u.to_string(), *c))).collect()
+    /// The user-wide revocations no thread of this process is running (one
+    /// loaded at open, one whose step failed, another node's), of `user` or
+    /// of everyone, started at or before `before` (ms): (user, marker).
+    pub(crate) fn unfinished(&self, user: Option<&str>, before: u64) -> Vec<(String, UserCut)> {
+        if !self.any_cut.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.cuts
+            .read()
+            .iter()
+            .filter(|(u, _)| user.is_none_or(|want| &***u == want))
+            .flat_map(|(u, list)| {
+                list.iter().filter(|(c, local)| !local && c.at <= before).map(|(c, _)| (u.to_string(), *c))
+            })
+            .collect()
+    }
+
+    /// A revocation of this process stopped (a step failed): its marker
+    /// stays (fail closed) for [`Revocation::unfinished`] to pick up.
+    pub(crate) fn stop_cut(&self, user: &str, cut: &UserCut) {
+        self.cuts.write(|map| {
+            if let Some(e) = map.get_mut(user).and_then(|l| l.iter_mut().find(|(c, _)| c == cut)) {
+                e.1 = false;
+            }
+        });
     }
 
     /// Whether a user-wide revocation in progress refuses this session.
-    pub(crate) fn cut_session(&self, user: &str, created_at: u64, id: &SessionId) -> bool {
+    pub(crate) fn cut_session(&self, user: &str, id: &SessionId) -> bool {
         self.any_cut.load(Ordering::Acquire)
-            && self.cuts.read().get(user).is_some_and(|l| l.iter().any(|(c, _)| rules::cut_refuses(c, created_at, id)))
+            && self.cuts.read().get(user).is_some_and(|l| l.iter().any(|(c, _)| rules::cut_refuses(c, id)))
     }
 
     /// Whether a user-wide revocation in progress refuses this access token.
-    pub(crate) fn cut_access(&self, user: &str, iat: u64, sid: u64) -> bool {
+    pub(crate) fn cut_access(&self, user: &str, sid: u64) -> bool {
         self.any_cut.load(Ordering::Acquire)
-            && self.cuts.read().get(user).is_some_and(|l| l.iter().any(|(c, _)| rules::cut_refuses_access(c, iat, sid)))
+            && self.cuts.read().get(user).is_some_and(|l| l.iter().any(|(c, _)| rules::cut_refuses_access(c, sid)))
     }
 
     /// Is this session serial revoked?

@@ -118,13 +118,16 @@ pub(crate) fn owned_by(rec: &Record, user: &str) -> bool {
     &*rec.user == user
 }
 
-/// Decides the cap at a create: given the serials of the user's live
-/// sessions, the ones to revoke (oldest first) so the new one fits, or
-/// `Refused` under [`OnLimit::Refuse`](OnLimit::Refuse). Oldest is the
-/// lowest serial: the session signed in longest ago (a rotation, done on
-/// sign-in and privilege change, gives a new serial). Both backends (the
-/// Redis CREATE script sorts by `ser` the same way).
-pub(crate) fn cap(cap: Cap, mut live: Vec<u64>) -> Result<Vec<u64>, Error> {
+/// Decides the cap at a create: given the user's live sessions as
+/// (created_at ms, number, serial), the ones to revoke (oldest first) so the
+/// new one fits, or `Refused` under [`OnLimit::Refuse`](OnLimit::Refuse).
+/// Oldest is the earliest creation time (a rotation keeps it), then the
+/// lowest number (the serial a session was created with, kept for life).
+/// Not the current serial: on Redis each node hands out
+/// serials from its own block, so serial order is not time order across
+/// nodes. Both backends (the Redis CREATE script sorts by the row's `c`
+/// field, then `num`, the same way).
+pub(crate) fn cap(cap: Cap, mut live: Vec<(u64, u64, u64)>) -> Result<Vec<(u64, u64, u64)>, Error> {
     if live.len() < cap.max {
         return Ok(Vec::new());
     }
@@ -151,17 +154,19 @@ pub(crate) fn cut_change(first: bool, more: bool) -> Option<bool> {
 }
 
 /// Whether a user-wide revocation in progress (`cut`) refuses a session of
-/// its user created at `created_at` (ms) with this id: created at or before
-/// the revocation began, and not the one it keeps.
-pub(crate) fn cut_refuses(cut: &UserCut, created_at: u64, id: &SessionId) -> bool {
-    created_at <= cut.at && cut.except.is_none_or(|(keep, _)| keep != *id)
+/// its user with this id: every one but the session it keeps. Exactly what
+/// the steps revoke (they take every session of the user but the kept one,
+/// also one signed in while they run), so no session validates and is then
+/// revoked by a later step; and no wall clock is compared (a creation time
+/// written by another node's clock would let a covered session escape).
+pub(crate) fn cut_refuses(cut: &UserCut, id: &SessionId) -> bool {
+    cut.except.is_none_or(|(keep, _)| keep != *id)
 }
 
-/// As [`cut_refuses`] for an access token issued at `iat` (Unix seconds)
-/// under session serial `sid`. A token of the same second as the cut is
-/// refused (fail closed: seconds cannot order it).
-pub(crate) fn cut_refuses_access(cut: &UserCut, iat: u64, sid: u64) -> bool {
-    iat <= cut.at / 1000 && cut.except.is_none_or(|(_, keep)| keep != sid)
+/// As [`cut_refuses`] for an access token under session serial `sid`: every
+/// one but the kept session's (as of the start of the revocation).
+pub(crate) fn cut_refuses_access(cut: &UserCut, sid: u64) -> bool {
+    cut.except.is_none_or(|(_, keep)| keep != sid)
 }
 
 #[cfg(test)]
@@ -171,12 +176,16 @@ mod tests {
     #[test]
     fn cap_revokes_the_oldest_or_refuses() {
         let c = Cap { max: 2, on_limit: OnLimit::RevokeOldest };
-        assert_eq!(cap(c, vec![1]).unwrap(), Vec::<u64>::new());
-        assert_eq!(cap(c, vec![3, 1]).unwrap(), vec![1]);
-        assert_eq!(cap(c, vec![3, 1, 2]).unwrap(), vec![1, 2]);
+        assert_eq!(cap(c, vec![(5, 1, 1)]).unwrap(), vec![]);
+        assert_eq!(cap(c, vec![(9, 3, 3), (5, 1, 1)]).unwrap(), vec![(5, 1, 1)]);
+        assert_eq!(cap(c, vec![(9, 3, 3), (5, 1, 1), (7, 2, 2)]).unwrap(), vec![(5, 1, 1), (7, 2, 2)]);
+        // Time first: number 1026 of another node's block, created first.
+        assert_eq!(cap(c, vec![(9, 2, 2), (5, 1026, 1026), (7, 3, 3)]).unwrap(), vec![(5, 1026, 1026), (7, 3, 3)]);
+        // Same millisecond: the number, not the serial a rotation changed.
+        assert_eq!(cap(c, vec![(5, 1, 9), (5, 2, 2), (5, 3, 3)]).unwrap(), vec![(5, 1, 9), (5, 2, 2)]);
         let r = Cap { max: 2, on_limit: OnLimit::Refuse };
-        assert!(matches!(cap(r, vec![3, 1]), Err(Error::SessionLimit { max: 2 })));
-        assert_eq!(cap(r, vec![3]).unwrap(), Vec::<u64>::new());
+        assert!(matches!(cap(r, vec![(9, 3, 3), (5, 1, 1)]), Err(Error::SessionLimit { max: 2 })));
+        assert_eq!(cap(r, vec![(9, 3, 3)]).unwrap(), vec![]);
     }
 
     #[test]
@@ -184,15 +193,14 @@ mod tests {
         let keep = SessionId::from_bytes([7; 16]);
         let other = SessionId::from_bytes([8; 16]);
         let all = crate::backend::op::UserCut { at: 5_000, except: None };
-        assert!(cut_refuses(&all, 5_000, &other), "created at the cut: refused");
-        assert!(!cut_refuses(&all, 5_001, &other), "created after: untouched");
+        assert!(cut_refuses(&all, &other));
+        assert!(cut_refuses(&all, &keep));
         let others = crate::backend::op::UserCut { at: 5_000, except: Some((keep, 42)) };
-        assert!(!cut_refuses(&others, 10, &keep));
-        assert!(cut_refuses(&others, 10, &other));
-        assert!(cut_refuses_access(&all, 5, 1), "same second: refused (fail closed)");
-        assert!(!cut_refuses_access(&all, 6, 1));
-        assert!(!cut_refuses_access(&others, 1, 42), "the kept session's serial");
-        assert!(cut_refuses_access(&others, 1, 43));
+        assert!(!cut_refuses(&others, &keep));
+        assert!(cut_refuses(&others, &other));
+        assert!(cut_refuses_access(&all, 42));
+        assert!(!cut_refuses_access(&others, 42), "the kept session's serial");
+        assert!(cut_refuses_access(&others, 43));
     }
 
     #[test]

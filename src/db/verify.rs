@@ -169,6 +169,27 @@ impl ReadOnly {
         }
     }
 
+    /// The user-wide revocations in progress of `user` (markers a store left
+    /// unfinished: the next `Store::open` finishes them). A marker row whose
+    /// tag fails still counts (it only refuses).
+    pub(crate) fn cuts_of(&self, user: &str) -> Result<Vec<UserCut>, Error> {
+        let rtx = self.rtx()?;
+        let mut out = Vec::new();
+        if self.format >= 3
+            && let Some(table) = open_if_present(&rtx, USER_CUTS)?
+        {
+            for row in table.iter().map_err(io)? {
+                let (k, _) = row.map_err(io)?;
+                if let Some((u, cut)) = UserCut::parse(k.value())
+                    && u == user
+                {
+                    out.push(cut);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a tool created this file as a throwaway (`META_SCRATCH`).
     pub(crate) fn is_scratch(&self) -> Result<bool, Error> {
         let rtx = self.rtx()?;

@@ -321,11 +321,11 @@ impl View<'_> {
                     && rules::owned_by(&r, &rec.user)
                     && rec.created_at < r.deadline(r.last_seen)
                 {
-                    live.push((r.serial, id));
+                    live.push((r.created_at, r.number, r.serial, id));
                 }
             }
-            let by_serial: HashMap<u64, SessionId> = live.iter().copied().collect();
-            for serial in rules::cap(cap, live.into_iter().map(|(s, _)| s).collect())? {
+            let by_serial: HashMap<u64, SessionId> = live.iter().map(|&(_, _, s, id)| (s, id)).collect();
+            for (_, _, serial) in rules::cap(cap, live.into_iter().map(|(c, n, s, _)| (c, n, s)).collect())? {
                 if let Some(id) = by_serial.get(&serial)
                     && let Some(old) = self.delete(id)?
                 {

@@ -58,7 +58,7 @@ impl Store {
                 // Second resolution: tokens issued in the cut-off second pass this check,
                 // but their sessions were revoked by serial in the same logout.
                 if inner.table.revocation.not_before(&c.sub).is_some_and(|nb| c.iat < nb / 1000)
-                    || inner.table.revocation.cut_access(&c.sub, c.iat, c.sid)
+                    || inner.table.revocation.cut_access(&c.sub, c.sid)
                 {
                     return Err(Error::Revoked);
                 }

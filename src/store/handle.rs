@@ -136,7 +136,7 @@ impl Store {
         }
         // A user-wide revocation in progress (here or on another node, or
         // interrupted by a crash and not yet finished).
-        if self.inner.table.revocation.cut_session(&rec.user, rec.created_at, &rec.id) {
+        if self.inner.table.revocation.cut_session(&rec.user, &rec.id) {
             return Err(Error::Revoked);
         }
         if now >= rec.deadline(rec.seen()) {

@@ -38,6 +38,10 @@ impl Store {
                 let (revocations, keys) = self.prune_revocations()?;
                 report.revocations_pruned = revocations;
                 report.keys_pruned = keys;
+                // User-wide revocations left unfinished by a failed step or a
+                // dead node (older than a minute: a live series is its
+                // runner's), so their markers do not refuse the user forever.
+                self.finish_user_revocations(None, self.now_ms().saturating_sub(60_000));
                 report.duration = started.elapsed();
                 crate::telemetry::count("cloakroom.sweep.removed", report.sessions_removed() as u64);
                 crate::telemetry::sample("cloakroom.sweep.duration", report.duration.as_secs_f64());

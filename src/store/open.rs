@@ -222,7 +222,7 @@ impl Store {
         let store = Self::assemble(config, &key, boot, |_lost| Ok(Box::new(backend) as Box<dyn Backend>), Some(tier))?;
         // Before the first call (the follower catches up again when it connects).
         sync::catch_up(&store.inner.table.invalidator(), &loaded);
-        store.finish_user_revocations();
+        store.finish_user_revocations(None, u64::MAX);
         Ok(store)
     }
 
@@ -273,7 +273,7 @@ impl Store {
             |lost| Ok(Box::new(Redb::start(db, &loaded, journal, lost, tuning)?) as Box<dyn Backend>),
             None,
         )?;
-        store.finish_user_revocations();
+        store.finish_user_revocations(None, u64::MAX);
         Ok(store)
     }
 

@@ -96,23 +96,14 @@ impl Store {
         not_before: Option<u64>,
         now: u64,
     ) -> Result<Vec<SessionId>, Error> {
-        let inner = self.live()?;
-        inner.table.revocation.add_cut(user, cut, true);
-        self.revoke_in_memory(user, cut.except.map(|(id, _)| id));
-        self.revoke_user_steps(user, cut, not_before, true, self.prune_after(now))
-    }
-
-    /// Best effort, before a user-wide revocation is submitted: refuse the user's
-    /// stored sessions in memory, so a failed commit still fails closed.
-    pub(super) fn revoke_in_memory(&self, user: &str, except: Option<SessionId>) {
-        if let Ok(recs) = self.inner.table.backend.list_user(user) {
-            let pairs: Vec<(u64, SessionId)> = recs
-                .iter()
-                .filter(|r| Some(r.id) != except && rules::owned_by(r, user))
-                .map(|r| (r.serial, r.id))
-                .collect();
-            self.inner.table.refuse(&pairs);
-        }
+        // The marker refuses every session of the user but the kept one, in
+        // memory at once (no read of the user's rows), before any step.
+        self.live()?.table.revocation.add_cut(user, cut, true);
+        let ids = self.revoke_user_steps(user, cut, not_before, true, self.prune_after(now))?;
+        // An older series of this user that stopped (a failed step, or a
+        // node that died mid-way) is finished now, not left refusing.
+        self.finish_user_revocations(Some(user), u64::MAX);
+        Ok(ids)
     }
 
     /// Runs a user-wide revocation as a series of bounded `RevokeUser` steps
@@ -123,6 +114,31 @@ impl Store {
     /// the series), the last removes it. `first` is false when an open
     /// finishes a series a crash interrupted.
     fn revoke_user_steps(
+        &self,
+        user: &str,
+        cut: UserCut,
+        not_before: Option<u64>,
+        first: bool,
+        prune_after: u64,
+    ) -> Result<Vec<SessionId>, Error> {
+        let ids = self.run_steps(user, cut, not_before, first, prune_after);
+        match ids {
+            Ok(ids) => {
+                // Every session the marker covered is revoked now (and the
+                // stored marker is gone with the last step).
+                self.inner.table.revocation.remove_cut(user, &cut);
+                Ok(ids)
+            }
+            Err(e) => {
+                // Stays refusing (fail closed); a later revocation of the
+                // user, the sweeper or the next open finishes it.
+                self.inner.table.revocation.stop_cut(user, &cut);
+                Err(e)
+            }
+        }
+    }
+
+    fn run_steps(
         &self,
         user: &str,
         cut: UserCut,
@@ -152,18 +168,18 @@ impl Store {
             }
             first = false;
         }
-        // Every session the marker covered is revoked now (and the stored
-        // marker is gone with the last step).
-        self.inner.table.revocation.remove_cut(user, &cut);
         Ok(ids)
     }
 
-    /// Finishes the user-wide revocations a crash (or a failed step)
-    /// interrupted: run at open, before the store is handed out, over the
-    /// markers the backend loaded. A failure leaves the marker refusing what
-    /// it covers (fail closed) for the next open to finish.
-    pub(super) fn finish_user_revocations(&self) {
-        for (user, cut) in self.inner.table.revocation.cuts() {
+    /// Finishes the user-wide revocations a crash, a failed step or a dead
+    /// node left unfinished (markers no thread of this process runs), of
+    /// `user` or of everyone, begun at or before `before` (ms): at open,
+    /// before the store is handed out (all of them); after a user's series
+    /// (that user's); from the sweep (those older than a minute, so another
+    /// node's live series is left to it). A failure leaves the marker
+    /// refusing what it covers (fail closed) for the next try.
+    pub(crate) fn finish_user_revocations(&self, user: Option<&str>, before: u64) {
+        for (user, cut) in self.inner.table.revocation.unfinished(user, before) {
             let prune_after = self.prune_after(self.now_ms());
             self.inner.table.revocation.add_cut(&user, cut, true);
             match self.revoke_user_steps(&user, cut, None, false, prune_after) {
@@ -180,7 +196,7 @@ impl Store {
                 }
                 Err(e) => tracing::warn!(
                     error = %e,
-                    "could not finish an interrupted user-wide revocation: its sessions stay refused; the next open retries"
+                    "could not finish an interrupted user-wide revocation: its sessions stay refused; retried by the next sweep or open"
                 ),
             }
         }

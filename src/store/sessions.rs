@@ -404,9 +404,7 @@ impl Store {
                     .backend
                     .list_user(user)?
                     .into_iter()
-                    .filter(|rec| {
-                        rules::owned_by(rec, user) && !inner.table.revocation.cut_session(user, rec.created_at, &rec.id)
-                    })
+                    .filter(|rec| rules::owned_by(rec, user) && !inner.table.revocation.cut_session(user, &rec.id))
                     .map(|rec| {
                         let seen =
                             inner.table.cache.get(&rec.id).map_or(rec.last_seen, |c| c.seen().max(rec.last_seen));
@@ -445,7 +443,7 @@ impl Store {
                 };
                 let last_seen = rec.seen().max(rec.last_seen);
                 if inner.table.revocation.is_revoked(rec.serial)
-                    || inner.table.revocation.cut_session(&rec.user, rec.created_at, &rec.id)
+                    || inner.table.revocation.cut_session(&rec.user, &rec.id)
                     || now >= rec.deadline(last_seen)
                 {
                     return Ok(None);

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use cloakroom::{Config, Error, NewSession, Reuse, StorageErrorKind};
+use cloakroom::{Config, Error, NewSession, Reuse, Scope, StorageErrorKind};
 
 use super::common::storage_kind;
 use super::support::faulty_backend::{Rig, faulty_store};
@@ -275,4 +275,31 @@ fn a_failed_flush_keeps_the_eventual_write_before_it() {
     std::mem::forget(store);
     let store = rig.open(cfg).unwrap();
     store.validate(&a.token.to_string()).unwrap();
+}
+
+/// Review of issue 24 items 2/7: a user-wide revocation whose step fails
+/// leaves its marker refusing the user's sessions (fail closed); the
+/// caller's retry finishes that one too, so a session signed in after the
+/// retry validates, also after a reopen (a stale marker must not refuse, or
+/// at the next open revoke, the user's later sessions). Fails when a failed
+/// series' marker is never finished (the later session is refused).
+#[test]
+fn a_failed_user_revocation_then_a_retry_leaves_no_marker_behind() {
+    let rig = Rig::split();
+    let store = rig.open(journaled()).unwrap();
+    let tokens: Vec<String> =
+        (0..600).map(|_| store.create(NewSession::new("victim")).unwrap().token.to_string()).collect();
+    rig.journal[0].fail_syncs.store(1, Ordering::SeqCst);
+    assert!(matches!(store.revoke_user("victim", Scope::All), Err(Error::Storage(_))));
+    for t in &tokens {
+        assert!(store.validate(t).is_err(), "a failed revocation still refuses (fail closed)");
+    }
+    assert_eq!(store.revoke_user("victim", Scope::All).unwrap(), 600, "the retry revokes them");
+    let later = store.create(NewSession::new("victim")).unwrap().token.to_string();
+    store.validate(&later).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let store = rig.open(journaled()).unwrap();
+    store.validate(&later).unwrap();
+    assert!(tokens.iter().all(|t| store.validate(t).is_err()));
 }

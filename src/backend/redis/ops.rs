@@ -350,6 +350,8 @@ impl Core {
                 Arg::B(rec.id.as_bytes().as_slice()),
                 "u".into(),
                 rec.user.as_ref().into(),
+                "c".into(),
+                Arg::U(rec.created_at),
             ])
             .cmd(&["PEXPIRE".into(), key, Arg::U(ttl_ms)])
             .cmd(&["ZADD".into(), user, Arg::U(rec.expires_at), Arg::Hex("", rec.id.as_bytes())])
@@ -388,6 +390,7 @@ impl Core {
                 policy,
                 self.keys.session_prefix.as_str().into(),
                 self.keys.user_prefix.as_str().into(),
+                Arg::U(rec.created_at),
             ],
         );
         let v: Vec<Value> = self.pool.with(|con| p.invoke(con, &self.scripts.create))?;

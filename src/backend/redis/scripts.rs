@@ -129,7 +129,8 @@ return out
 /// 2 num, 3 ser, 4 sh, 5 id, 6 user, 7 ttl ms, 8 index score, 9 index
 /// member, 10 trim bound (exclusive, `(n`), 11 serial of the session to
 /// replace (`` none: the id must be free), 12 prune-after, 13 cap (`` none),
-/// 14 `refuse` or `oldest`, 15 session key prefix, 16 user index key prefix.
+/// 14 `refuse` or `oldest`, 15 session key prefix, 16 user index key prefix,
+/// 17 created-at ms (field `c`, the cap's order).
 /// Returns {1, ser, id, sh, ...} of what it revoked, {-1} if the id is
 /// taken (by another session than the one to replace), {-2} if the cap
 /// refuses it.
@@ -149,16 +150,17 @@ if ARGV[13] ~= '' then
   local live = {}
   for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     local k = ARGV[15] .. m
-    local o = redis.call('HMGET', k, 'ser', 'sh', 'id', 'u')
+    local o = redis.call('HMGET', k, 'ser', 'sh', 'id', 'u', 'c', 'num')
     if o[1] and o[4] == ARGV[6] then
-      table.insert(live, {tonumber(o[1]), k, m, o})
+      table.insert(live, {tonumber(o[6] or o[1]), k, m, o, tonumber(o[5] or '0')})
     elseif not o[1] then
       redis.call('ZREM', KEYS[2], m)
     end
   end
   if #live >= max then
     if ARGV[14] == 'refuse' then return {-2} end
-    table.sort(live, function(a, b) return a[1] < b[1] end)
+    -- rules::cap: creation time (field c; 0 for rows written before it), then number
+    table.sort(live, function(a, b) if a[5] ~= b[5] then return a[5] < b[5] end return a[1] < b[1] end)
     for i = 1, #live + 1 - max do
       local e = live[i]
       revoke(e[2], e[4], KEYS[3], KEYS[4], KEYS[5], ARGV[12])
@@ -167,7 +169,7 @@ if ARGV[13] ~= '' then
     end
   end
 end
-redis.call('HSET', KEYS[1], 'r', ARGV[1], 'num', ARGV[2], 'ser', ARGV[3], 'sh', ARGV[4], 'id', ARGV[5], 'u', ARGV[6])
+redis.call('HSET', KEYS[1], 'r', ARGV[1], 'num', ARGV[2], 'ser', ARGV[3], 'sh', ARGV[4], 'id', ARGV[5], 'u', ARGV[6], 'c', ARGV[17])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[8], ARGV[9])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[10])
