@@ -345,8 +345,10 @@ impl Gauge {
 
 /// A counter handle (see [`Hist`]).
 #[derive(Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis backend's
 pub(crate) struct Counter(#[cfg(feature = "metrics")] metrics::Counter);
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Counter {
     /// Registers `name` (no labels).
     pub(crate) fn new(name: &'static str) -> Counter {

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use redb::ReadableTable as _;
 
 use super::mutation::Mutation;
+use super::overlay::Dropped;
 use super::tables::{
     EXPIRY, META, META_JOURNAL_SEQ, META_NEXT_SERIAL, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_CUTS,
 };
@@ -59,6 +60,7 @@ enum Msg {
 /// every [`APPLY_INTERVAL`] or on a checkpoint request), so the writer pays no
 /// futex wake per batch.
 type Handover = Arc<Mutex<Vec<Arc<Batch>>>>;
+type Garbage = Arc<Mutex<Vec<Dropped>>>;
 
 /// Applier counters and progress.
 #[derive(Debug, Default)]
@@ -75,6 +77,8 @@ pub(crate) struct Progress {
 pub(crate) struct Applier {
     tx: Mutex<Option<Sender<Msg>>>,
     queue: Handover,
+    /// Overlay generations the writer pruned, freed here (off the write path).
+    garbage: Garbage,
     thread: Mutex<Option<JoinHandle<()>>>,
     pub(crate) progress: Arc<Progress>,
 }
@@ -87,20 +91,28 @@ impl Applier {
         let p = Arc::clone(&progress);
         let queue: Handover = Arc::default();
         let q = Arc::clone(&queue);
+        let garbage: Garbage = Arc::default();
+        let g = Arc::clone(&garbage);
         let thread = std::thread::Builder::new()
             .name("cloakroom-applier".into())
             .spawn(move || {
                 let metrics = Metrics::new();
-                Worker { db, progress: p, last_seq: checkpointed, interval, queue: q, metrics }.run(&rx)
+                Worker { db, progress: p, last_seq: checkpointed, interval, queue: q, garbage: g, metrics }.run(&rx)
             })
             .map_err(|e| Error::Storage(StorageError::with_source(StorageErrorKind::Io, e)))?;
-        Ok(Applier { tx: Mutex::new(Some(tx)), queue, thread: Mutex::new(Some(thread)), progress })
+        Ok(Applier { tx: Mutex::new(Some(tx)), queue, garbage, thread: Mutex::new(Some(thread)), progress })
     }
 
     /// Hands a journaled batch over (never blocks; the writer bounds the lag by
     /// the rows not yet checkpointed).
     pub(crate) fn send(&self, batch: Arc<Batch>) {
         self.queue.lock().push(batch);
+    }
+
+    /// Hands pruned overlay generations over, to be freed by the applier
+    /// thread at its next wake (never blocks the writer on freeing them).
+    pub(crate) fn discard(&self, dropped: Dropped) {
+        self.garbage.lock().push(dropped);
     }
 
     /// Checkpoints everything sent so far; returns the seq covered.
@@ -130,6 +142,7 @@ struct Worker {
     /// Longest time between checkpoints while batches are pending.
     interval: Duration,
     queue: Handover,
+    garbage: Garbage,
     metrics: Metrics,
 }
 
@@ -206,6 +219,8 @@ impl Worker {
             while let Ok(Msg::Checkpoint(w)) = rx.try_recv() {
                 waiters.push(w);
             }
+            // Freed here, outside the lock.
+            drop(std::mem::take(&mut *self.garbage.lock()));
             // Taken after the requests: every batch handed over before a
             // checkpoint request is in this checkpoint.
             for b in std::mem::take(&mut *self.queue.lock()) {

@@ -10,6 +10,13 @@
 //! active one passes [`SEGMENT_BYTES`] and the other is clear, appends move to
 //! the other, so clearing never waits for a checkpoint and never rewrites a
 //! record. A segment is "clear" when empty (length 0, or a zeroed header).
+//! Clearing the covered segment, preallocating it and its fsync run on a
+//! helper thread while the segment is inactive, and the switch writes the new
+//! header without a sync of its own (the first batch's sync of the new
+//! segment makes both durable; a failed sync writes the header again with the
+//! records): no acknowledgement waits behind a segment's housekeeping. The
+//! header is only written over a durably clear segment, so a torn header reads
+//! as clear, never as a mix of two.
 //!
 //! Layout (format 2): header `MAGIC ‖ journal id u64 ‖ after u64 ‖ epoch u64 ‖
 //! tag`, then records `epoch u64 ‖ seq u64 ‖ synced u64 ‖ len u32 ‖ 0 u32 ‖
@@ -251,7 +258,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 struct Segment {
-    io: Box<dyn JournalIo>,
+    /// Shared with the helper thread that prepares the segment while it is
+    /// inactive (see [`Segment::prepare`]).
+    io: std::sync::Arc<dyn JournalIo>,
     /// Write position (0: clear).
     len: u64,
     /// Bytes of the preallocated file (0 for other storage).
@@ -260,11 +269,68 @@ struct Segment {
     last_seq: u64,
     /// This use's epoch.
     epoch: u64,
+    /// A preparation running on a helper thread (clear, preallocate, sync):
+    /// nothing else touches the segment until it is joined.
+    prep: Option<std::thread::JoinHandle<std::io::Result<u64>>>,
+    /// Whether the segment is clear (durably) and preallocated, ready to be
+    /// started without a sync of its own.
+    ready: bool,
 }
 
 impl Segment {
     fn new(io: Box<dyn JournalIo>) -> Segment {
-        Segment { io, len: 0, cap: 0, last_seq: 0, epoch: 0 }
+        Segment { io: io.into(), len: 0, cap: 0, last_seq: 0, epoch: 0, prep: None, ready: false }
+    }
+
+    /// Clears the segment, preallocates it to a whole segment and syncs it,
+    /// on a helper thread (the segment is inactive: the writer does not wait
+    /// for this fsync, nor for the zeros; see [`Journal::checkpointed`]).
+    /// Done in place if no thread can be started.
+    fn prepare(&mut self, fsync: crate::telemetry::Hist) {
+        self.len = 0;
+        self.ready = false;
+        let io = std::sync::Arc::clone(&self.io);
+        let cap = self.cap;
+        let work = move || -> std::io::Result<u64> {
+            let mut cap = cap;
+            if io.preallocated() {
+                io.write(0, &[0u8; HEADER_LEN as usize])?;
+                if cap < SEGMENT_BYTES + GROW {
+                    cap = grow(&*io, cap, SEGMENT_BYTES + GROW)?;
+                }
+            } else {
+                io.set_len(0)?;
+            }
+            let started = now();
+            io.sync_data()?;
+            fsync.seconds(started.elapsed());
+            Ok(cap)
+        };
+        match std::thread::Builder::new().name("cloakroom-journal-prep".into()).spawn(work.clone()) {
+            Ok(h) => self.prep = Some(h),
+            Err(_) => self.finish(work()),
+        }
+    }
+
+    /// Waits for a running preparation (it has had the time the active
+    /// segment took to fill); on failure the segment is cleared here.
+    fn settle(&mut self) -> Result<(), Error> {
+        if let Some(h) = self.prep.take() {
+            let r = h.join().unwrap_or_else(|_| Err(std::io::Error::other("journal preparation panicked")));
+            self.finish(r);
+        }
+        if !self.ready {
+            self.clear()?;
+            self.ready = true;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, r: std::io::Result<u64>) {
+        if let Ok(cap) = r {
+            self.cap = cap;
+            self.ready = true;
+        }
     }
 
     /// Makes the segment hold nothing (durably): a zeroed header, or length 0.
@@ -277,6 +343,11 @@ impl Segment {
         self.io.sync_data().map_err(io_err)?;
         self.len = 0;
         Ok(())
+    }
+
+    /// Whether a preparation may start: clear or covered, none running, not ready yet.
+    fn idle(&self) -> bool {
+        self.prep.is_none() && !self.ready
     }
 
     /// Removes whatever starts at `at` (not yet synced).
@@ -448,7 +519,11 @@ impl Journal {
     /// record up to `after`).
     pub(crate) fn reset(&mut self, after: u64) -> Result<(), Error> {
         for seg in &mut self.segs {
+            if let Some(h) = seg.prep.take() {
+                let _ = h.join();
+            }
             seg.clear()?;
+            seg.ready = false;
         }
         self.pending.clear();
         self.rewrite = false;
@@ -457,12 +532,17 @@ impl Journal {
         self.unsynced = false;
         self.synced_seq = after;
         self.active = 0;
-        self.start_segment(0, after)
+        self.start_segment(0, after)?;
+        self.segs[0].io.sync_data().map_err(io_err)?;
+        Ok(())
     }
 
-    /// Starts segment `i` after seq `after` under a new epoch. Everything
-    /// before must be durable.
-    fn start_segment(&mut self, i: usize, after: u64) -> Result<(), Error> {
+    /// Starts segment `i` after seq `after` under a new epoch, writing its
+    /// header (not synced: the caller syncs it, or the next batch's sync of
+    /// the segment does). Everything before must be durable, and the segment
+    /// durably clear (a header written over an old one could tear into a mix
+    /// of both; over zeros it tears into what reads as clear).
+    fn start_segment(&mut self, i: usize, after: u64) -> Result<Vec<u8>, Error> {
         let mut e = [0u8; 8];
         crate::token::os_random(&mut e)?;
         // Never 0: a zeroed head must not carry it.
@@ -482,14 +562,14 @@ impl Journal {
             seg.io.set_len(0).map_err(io_err)?;
         }
         seg.io.write(0, &h).map_err(io_err)?;
-        seg.io.sync_data().map_err(io_err)?;
         seg.len = HEADER_LEN;
         seg.last_seq = after;
         seg.epoch = epoch;
+        seg.ready = false;
         if i == self.active {
             self.synced_len = HEADER_LEN;
         }
-        Ok(())
+        Ok(h)
     }
 
     /// Where [`Self::abort_to`] cuts back to: taken before a batch appends.
@@ -641,31 +721,52 @@ impl Journal {
     pub(crate) fn checkpointed(&mut self, upto: u64) -> Result<bool, Error> {
         let other = 1 - self.active;
         let mut did = false;
-        if self.segs[other].len > 0 && self.segs[other].last_seq <= upto {
-            let started = now();
-            self.segs[other].clear()?;
-            self.metrics.segment.seconds(started.elapsed());
-            tracing::debug!(segment = other, covered = upto, "journal segment cleared");
+        // Clearing the covered segment (and preallocating it, and its fsync)
+        // runs on a helper thread: no acknowledgement waits for it.
+        let covered = self.segs[other].len > 0 && self.segs[other].last_seq <= upto;
+        if self.segs[other].idle() && (covered || self.segs[other].len == 0) {
+            self.segs[other].prepare(self.metrics.segment.clone());
+            tracing::debug!(segment = other, covered = upto, "journal segment clearing");
             did = true;
         }
-        if self.segs[self.active].len >= SEGMENT_BYTES && self.segs[other].len == 0 {
+        // The switch waits for no fsync but the old segment's (already done by
+        // the last durable batch): while the other segment's preparation still
+        // runs, appends stay in the active one (it grows past SEGMENT_BYTES).
+        let prepared = self.segs[other].prep.as_ref().is_none_or(std::thread::JoinHandle::is_finished);
+        if self.segs[self.active].len >= SEGMENT_BYTES && self.segs[other].len == 0 && prepared {
+            let started = now();
+            self.segs[other].settle()?;
             // Everything in the old segment must be durable before the new one is
             // the only one written (an Eventual record could otherwise be lost
             // behind durable ones, and the new segment's `after` says so).
             self.sync()?;
             let after = self.segs[self.active].last_seq;
-            let started = now();
-            self.start_segment(other, after)?;
-            let took = started.elapsed();
-            self.metrics.segment.seconds(took);
+            let header = self.start_segment(other, after)?;
             let bytes = self.segs[self.active].len;
             self.active = other;
-            self.synced_len = HEADER_LEN;
+            // The header is durable with the first record's sync (one fsync
+            // of the new segment, not two); until then it is pending, so a
+            // failed sync writes it again with the records.
+            self.synced_len = 0;
+            self.pending = header;
+            self.unsynced = true;
+            let took = started.elapsed();
             let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             tracing::debug!(segment = other, after, bytes, us, "journal segment switched");
             did = true;
         }
         Ok(did)
+    }
+
+    /// Waits for the helper threads' preparations (tests look at the files).
+    #[cfg(test)]
+    fn settle_all(&mut self) {
+        for seg in &mut self.segs {
+            if let Some(h) = seg.prep.take() {
+                let r = h.join().unwrap_or_else(|_| Err(std::io::Error::other("panicked")));
+                seg.finish(r);
+            }
+        }
     }
 
     /// Bytes held in both segments.
@@ -1214,6 +1315,10 @@ mod tests {
             seq += 1;
             j.append(seq, &big).unwrap();
         }
+        // The first call starts preparing the second segment on a helper
+        // thread; the switch happens once that is done.
+        j.checkpointed(0).unwrap();
+        j.settle_all();
         j.checkpointed(0).unwrap();
         assert!(b.0.lock().len() as u64 == HEADER_LEN, "appends moved to the second segment");
         seq += 1;
@@ -1224,11 +1329,82 @@ mod tests {
         j.checkpointed(seq - 2).unwrap();
         assert!(!a.0.lock().is_empty(), "a segment is kept until its last record is checkpointed");
         j.checkpointed(seq - 1).unwrap();
+        // (Cleared by a helper thread: the writer does not wait for it.)
+        j.settle_all();
         assert!(a.0.lock().is_empty(), "the covered segment is cleared");
         let (_, r) = open_with(&a, &b, seq - 1).unwrap();
         assert_eq!(seqs(&r), [seq]);
         // The database must hold what the cleared segment held.
         assert_eq!(kind(open_with(&a, &b, seq - 2)), GAP);
+    }
+
+    /// Segment storage that counts the syncs made on one thread (the writer's).
+    #[derive(Clone)]
+    struct Counting {
+        inner: Shared,
+        writer: std::thread::ThreadId,
+        syncs: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    impl JournalIo for Counting {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write(offset, data)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            if std::thread::current().id() == self.writer {
+                self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            self.inner.sync_data()
+        }
+    }
+
+    /// Issue 27 item 8: the writer makes no fsync of its own for a segment's
+    /// housekeeping — clearing the covered segment runs on a helper thread,
+    /// and the switch's new header is made durable by the next batch's sync —
+    /// so no acknowledgement waits behind it (before: one fsync for the clear
+    /// and one for the header, on the writer, between two batches).
+    #[test]
+    fn segment_switch_and_clear_cost_the_writer_no_fsync() {
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mk =
+            |s: &Shared| Counting { inner: s.clone(), writer: std::thread::current().id(), syncs: Arc::clone(&syncs) };
+        let (sa, sb) = (Shared::default(), Shared::default());
+        let (a, b) = (mk(&sa), mk(&sb));
+        let (mut j, _) = open_with(&a, &b, 0).unwrap();
+        j.reset(0).unwrap();
+        j.checkpointed(0).unwrap(); // starts preparing the second segment
+        let big = vec![Mutation::PutSession(1, vec![0u8; 1 << 20].into())];
+        let mut seq = 0;
+        while sa.0.lock().len() < SEGMENT_BYTES as usize {
+            seq += 1;
+            j.append(seq, &big).unwrap();
+            j.sync().unwrap();
+        }
+        j.settle_all(); // (in a store, long done by the time a segment fills)
+        let count = || syncs.load(std::sync::atomic::Ordering::SeqCst);
+        let before = count();
+        assert!(j.checkpointed(0).unwrap(), "switched");
+        assert_eq!(sb.0.lock().len() as u64, HEADER_LEN, "appends moved to the second segment");
+        assert_eq!(count(), before, "the switch synced on the writer");
+        seq += 1;
+        j.append(seq, &muts(seq)).unwrap();
+        j.sync().unwrap();
+        assert_eq!(count(), before + 1, "one sync makes the header and the record durable");
+        // The first segment, covered: cleared off the writer.
+        assert!(j.checkpointed(seq - 1).unwrap());
+        assert_eq!(count(), before + 1, "the clear synced on the writer");
+        j.settle_all();
+        assert!(sa.0.lock().is_empty(), "the covered segment is cleared");
+        let (_, r) = open_with(&a, &b, seq - 1).unwrap();
+        assert_eq!(seqs(&r), [seq], "the new segment's header and record replay");
     }
 
     /// Issue 25 item 2: a reused segment keeps the frames of its earlier use,

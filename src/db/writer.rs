@@ -315,11 +315,16 @@ impl Worker {
         let upto = self.applier.progress.checkpointed.load(Ordering::Acquire);
         if upto > self.pruned_upto {
             let t = Self::now();
-            let rows = {
+            // O(1) under the lock: whole generations go (see `overlay`), and
+            // their memory is freed by the applier thread.
+            let (dropped, rows) = {
                 let mut overlay = self.db.overlay().write();
-                overlay.prune(upto);
-                overlay.len()
+                let dropped = overlay.prune(upto);
+                (dropped, overlay.len())
             };
+            if !dropped.is_empty() {
+                self.applier.discard(dropped);
+            }
             self.pruned_upto = upto;
             self.metrics.overlay_rows.set(rows as u64);
             self.stall(&t, "overlay_prune");
