@@ -252,7 +252,7 @@ mod tests {
         w.commit().unwrap();
         drop(db);
         let ro = ReadOnlyStore::open_with_server_key(&path, &key).unwrap();
-        let listed = ro.list_user("victim", SystemTime::now()).unwrap().sessions;
+        let listed = ro.list_user("victim", crate::Clock::now(&crate::SystemClock)).unwrap().sessions;
         assert_eq!(listed.len(), 1, "only the kept session is live");
         assert_eq!(listed[0].id(), kept.session.id());
     }
