@@ -84,7 +84,7 @@ fn verify_threads(c: &mut Criterion) {
     g.finish();
 }
 
-/// The stored-row tag (format 3), as `db/mac.rs` computes it: keyed blake3
+/// The stored-row tag (format 3), as `backend/sealed/mac.rs` computes it: keyed blake3
 /// over table byte, key length, key (a u64 session number) and a 180-byte
 /// value (id + a record with a short user id and 64 bytes of data), truncated
 /// to 16 bytes. Every row read from disk pays one; compare with `validate/miss`.

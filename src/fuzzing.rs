@@ -27,12 +27,12 @@ pub fn decode_record(data: &[u8]) {
 /// frames, the torn-tail scan) under a fixed key. Must never panic, and the
 /// scan must stay linear in the input.
 pub fn decode_journal(data: &[u8]) {
-    if let Ok(muts) = crate::db::mutation::decode(data) {
+    if let Ok(muts) = crate::backend::redb::mutation::decode(data) {
         let mut again = Vec::new();
-        crate::db::mutation::encode(&muts, &mut again);
+        crate::backend::redb::mutation::encode(&muts, &mut again);
         assert_eq!(again, data, "row changes must re-encode to the bytes they came from");
     }
-    crate::db::journal::fuzz_segment(data);
+    crate::backend::redb::journal::fuzz_segment(data);
 }
 
 /// Decodes a stored session record and returns the decoder's verdict.

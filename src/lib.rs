@@ -79,7 +79,6 @@ mod blocking;
 mod cache;
 mod clock;
 mod config;
-mod db;
 mod error;
 mod events;
 mod jwt;

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::backend::redb::{Db, ReadOnly};
 use crate::clock::to_millis;
-use crate::db::{Db, ReadOnly};
 use crate::error::Error;
 use crate::jwt::{KeyInfo, Keyring};
 use crate::session::{Session, check_user};
@@ -246,7 +246,7 @@ mod tests {
         let w = db.begin_write().unwrap();
         {
             let mut t = w.open_table(redb::TableDefinition::<&str, &[u8]>::new("user_cuts_v3")).unwrap();
-            let row = crate::db::rows::seal_cut(&crate::db::mac::RowMac::new(&key), &marker);
+            let row = crate::backend::sealed::rows::seal_cut(&crate::backend::sealed::mac::RowMac::new(&key), &marker);
             t.insert(marker.as_str(), row.as_slice()).unwrap();
         }
         w.commit().unwrap();

@@ -9,10 +9,11 @@
 //! back up: what an op revoked comes back in its [`Outcome`] (or, if the op
 //! failed after deciding, in its [`Failure`]), and the session table applies it.
 //!
-//! Implementations: [`redb::Redb`] (the embedded default: a redb file or
-//! memory, the journal and the writer thread in `crate::db`) and, with the
+//! Implementations: [`redb::adapter::Redb`] (the embedded default, in
+//! `redb/`: a redb file or memory, the journal and the writer thread) and, with the
 //! `redis` feature, `redis::RedisBackend` (one Redis shared by several nodes;
-//! each node's cache is kept coherent by `redis::sync`).
+//! each node's cache is kept coherent by `redis::sync`). Both store rows
+//! in the same sealed encodings ([`sealed`]).
 
 pub(crate) mod coherence;
 pub(crate) mod contract;
@@ -21,6 +22,7 @@ pub(crate) mod redb;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 pub(crate) mod rules;
+pub(crate) mod sealed;
 
 pub(crate) use contract::{Backend, Invalidation, LostHook, Wait};
 pub(crate) use op::{Create, Failure, Op, Outcome, Revoked, Swept, UserCut};

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use super::serials::Serials;
 use crate::backend::coherence::Coherence;
+use crate::backend::redb::open::LegacyTokens;
 use crate::clock::to_millis;
 use crate::config::Config;
-use crate::db::open::LegacyTokens;
 use crate::error::{Error, InputError};
 use crate::events::Event;
 use crate::jwt::{Keyring, Policy};

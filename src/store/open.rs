@@ -9,13 +9,13 @@ use super::handle::{Inner, Store};
 use super::serials::Serials;
 use crate::backend::coherence::Coherence;
 use crate::backend::contract::{Backend, LostHook};
-use crate::backend::redb::{Redb, Tuning};
+use crate::backend::redb::adapter::{Redb, Tuning};
+use crate::backend::redb::handle::Db;
+use crate::backend::redb::journal::Journal;
+use crate::backend::redb::open::{LegacyTokens, Loaded};
 use crate::cache::Cache;
 use crate::clock::to_millis;
 use crate::config::Config;
-use crate::db::handle::Db;
-use crate::db::journal::Journal;
-use crate::db::open::{LegacyTokens, Loaded};
 use crate::error::Error;
 use crate::jwt::{Keyring, Policy};
 use crate::keys::{Derived, default_keyring};
@@ -37,7 +37,7 @@ pub(super) struct Boot<'a> {
     /// User-wide revocations in progress.
     cuts: Vec<(String, crate::backend::op::UserCut)>,
     /// The revocation horizon recorded by the backend (ms): the largest any
-    /// opener used, this one's included (see `db::horizon`).
+    /// opener used, this one's included (see `backend::redb::horizon`).
     horizon_ms: u64,
 }
 
@@ -95,7 +95,7 @@ impl Store {
                 if created {
                     // This open made the file; leave nothing behind.
                     let _ = std::fs::remove_file(path);
-                    for seg in crate::db::journal::segment_paths(path) {
+                    for seg in crate::backend::redb::journal::segment_paths(path) {
                         let _ = std::fs::remove_file(seg);
                     }
                 }
@@ -115,7 +115,7 @@ impl Store {
     /// README on backups) and never delete them while they hold records.
     #[must_use]
     pub fn journal_paths(db: &Path) -> [std::path::PathBuf; 2] {
-        crate::db::journal::segment_paths(db)
+        crate::backend::redb::journal::segment_paths(db)
     }
 
     /// `<db>.key`: the server key file `Store::open` reads (or creates with a new

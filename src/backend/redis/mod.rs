@@ -45,9 +45,9 @@ use redis::{Client, Connection};
 use self::resp::{Arg, Packed};
 use self::scripts::Scripts;
 use crate::backend::coherence::Coherence;
+use crate::backend::sealed::mac::RowMac;
+use crate::backend::sealed::rows::{decode_family, decode_session};
 use crate::backend::{Backend, Failure, Op, Outcome, Revoked, Wait};
-use crate::db::mac::RowMac;
-use crate::db::{decode_family, decode_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;
@@ -683,7 +683,7 @@ impl Backend for RedisBackend {
 /// largest any node used) and `horizon_min` (the smallest); returns both
 /// (largest, smallest). Every node writes revocations under the largest it
 /// knows, and prunes only once the largest has passed even for an entry
-/// written under the smallest (see `db::horizon` for the redb file's).
+/// written under the smallest (see `backend::redb::horizon` for the redb file's).
 pub(crate) fn record_horizon(pool: &Pool, keys: &Keys, ms: u64) -> Result<(u64, u64), Error> {
     const RECORD: &str = "local n = tonumber(ARGV[1]) \
         local hi = tonumber(redis.call('HGET', KEYS[1], 'horizon') or '0') \

@@ -4,12 +4,12 @@ use redb::{ReadableDatabase as _, ReadableTable as _, TableHandle as _};
 
 use super::format::{random_u64, stored_format, table_names};
 use super::handle::io;
-use super::mac::{RowMac, RowTable};
-use super::rows::{seal_not_before, seal_revoked, seal_session};
 use super::tables::{
     EXPIRY, EXPIRY_V2, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, NOT_BEFORE, NOT_BEFORE_V2,
     REFRESH, REFRESH_V2, REVOKED, REVOKED_V2, SESSIONS, SESSIONS_V2, USER_SESSIONS_V2,
 };
+use crate::backend::sealed::mac::{RowMac, RowTable};
+use crate::backend::sealed::rows::{seal_not_before, seal_revoked, seal_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;

@@ -70,7 +70,7 @@ pub(crate) fn seal_cut(mac: &RowMac, key: &str) -> Vec<u8> {
 }
 
 /// Checks a marker row's tag.
-pub(super) fn mac_cut(mac: &RowMac, key: &str, row: &[u8]) -> Result<(), Error> {
+pub(crate) fn mac_cut(mac: &RowMac, key: &str, row: &[u8]) -> Result<(), Error> {
     let b = mac.open(RowTable::Cut, key.as_bytes(), row).map_err(corrupt_row)?;
     crate::session::Reader::new(b).finish().map_err(corrupt_row)
 }

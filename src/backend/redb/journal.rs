@@ -1017,7 +1017,7 @@ mod v1 {
     pub(super) mod write {
         //! Writes format-1 segments (tests of the reader).
         use super::*;
-        use crate::db::mutation::Mutation;
+        use crate::backend::redb::mutation::Mutation;
 
         pub(crate) fn segment(key: &[u8; 32], id: u64, first: u64, records: &[(u64, Vec<Mutation>)]) -> Vec<u8> {
             let mut b = Vec::new();

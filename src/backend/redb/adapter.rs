@@ -4,12 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::contract::{Backend, LostHook, Wait};
-use super::op::{Failure, Op, Outcome};
-use crate::db::handle::Db;
-use crate::db::journal::Journal;
-use crate::db::open::Loaded;
-use crate::db::writer::{Start, Writer};
+use crate::backend::contract::{Backend, LostHook, Wait};
+use crate::backend::op::{Failure, Op, Outcome};
+use crate::backend::redb::handle::Db;
+use crate::backend::redb::journal::Journal;
+use crate::backend::redb::open::Loaded;
+use crate::backend::redb::writer::{Start, Writer};
 use crate::error::Error;
 use crate::refresh::Families;
 use crate::session::Record;

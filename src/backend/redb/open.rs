@@ -15,15 +15,15 @@ use super::index::IndexOp;
 #[cfg(feature = "test-util")]
 use super::journal::JournalIo;
 use super::journal::{self, Journal};
-use super::mac::RowMac;
 use super::migrate::migrate;
 use super::mutation;
-use super::rows::{decode_not_before, decode_revoked, decode_row, mac_cut};
 use super::tables::{
     EXPIRY, FORMAT_VERSION, META, META_FORMAT, META_JOURNAL_ID, META_JOURNAL_SEQ, META_LEGACY_UNTIL, META_NEXT_SERIAL,
     META_SCRATCH, META_TAGGED_SINCE, NOT_BEFORE, REFRESH, REVOKED, SESSIONS, USER_CUTS,
 };
 use crate::backend::op::UserCut;
+use crate::backend::sealed::mac::RowMac;
+use crate::backend::sealed::rows::{decode_not_before, decode_revoked, decode_row, mac_cut};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::keys::DbState;
 use crate::token::SessionId;

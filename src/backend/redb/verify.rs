@@ -11,13 +11,13 @@ use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _
 use super::format::{Fresh, check_format, not_a_directory, open_if_present, stored_format, table_names};
 use super::handle::{Db, guarded, io};
 use super::journal;
-use super::mac::{RowMac, RowTable};
-use super::rows::{decode_family, decode_not_before, decode_revoked, decode_row, mac_cut};
 use super::tables::{
     EXPIRY, META, META_SCRATCH, NOT_BEFORE, REFRESH, REVOKED, REVOKED_V2, SESSIONS, SESSIONS_V2, USER_CUTS,
     USER_SESSIONS_V2,
 };
 use crate::backend::op::UserCut;
+use crate::backend::sealed::mac::{RowMac, RowTable};
+use crate::backend::sealed::rows::{decode_family, decode_not_before, decode_revoked, decode_row, mac_cut};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;

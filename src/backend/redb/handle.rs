@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::ReadableDatabase as _;
 
 use super::index::Index;
-use super::mac::RowMac;
 use super::overlay::Overlay;
-use super::rows::{decode_family, decode_session};
 use super::tables::{EXPIRY, REFRESH, SESSIONS};
+use crate::backend::sealed::mac::RowMac;
+use crate::backend::sealed::rows::{decode_family, decode_session};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
 use crate::session::Record;

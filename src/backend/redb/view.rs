@@ -7,12 +7,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::handle::io;
 use super::index::{Index, IndexOp};
-use super::mac::{RowMac, RowTable};
 use super::mutation::Mutation;
 use super::overlay::Overlay;
-use super::{decode_family, decode_not_before, io, seal_cut, seal_not_before, seal_revoked, seal_session};
 use crate::backend::rules::accepted;
+use crate::backend::sealed::mac::{RowMac, RowTable};
+use crate::backend::sealed::rows::{
+    decode_family, decode_not_before, decode_session, seal_cut, seal_not_before, seal_revoked, seal_session,
+};
 use crate::backend::{Create, Op, Outcome, Revoked, Swept, rules};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::refresh::Families;
@@ -239,7 +242,7 @@ impl View<'_> {
     fn get(&mut self, id: &SessionId) -> Result<Option<Record>, Error> {
         let Some(n) = self.number(id) else { return Ok(None) };
         match self.raw_row(n)? {
-            Some(row) => super::decode_session(self.mac, *id, n, &row).map(Some).inspect_err(|_| self.corrupt += 1),
+            Some(row) => decode_session(self.mac, *id, n, &row).map(Some).inspect_err(|_| self.corrupt += 1),
             None => Ok(None),
         }
     }
