@@ -21,8 +21,8 @@ const FOLLOWING: u64 = u64::MAX;
 
 /// What the hit path reads to decide whether a cached entry may be served.
 pub(crate) struct Coherence {
-    /// Since when (ms, this node's clock) the follower has not been following;
-    /// [`FOLLOWING`] while it is.
+    /// Since when (ms, this node's monotonic time) the follower has not been
+    /// following; [`FOLLOWING`] while it is.
     unsynced_since: AtomicU64,
     /// The store's clock.
     clock: Arc<dyn Clock>,
@@ -65,7 +65,7 @@ impl std::error::Error for NotFollowing {}
 impl Coherence {
     /// Not following yet (since now, on `clock`).
     pub(crate) fn new(bound: Duration, clock: Arc<dyn Clock>) -> Coherence {
-        let now = to_millis(clock.now());
+        let now = crate::clock::duration_millis(clock.monotonic());
         Coherence {
             unsynced_since: AtomicU64::new(now.min(FOLLOWING - 1)),
             clock,
@@ -75,6 +75,11 @@ impl Coherence {
             wake: (Mutex::new(false), Condvar::new()),
             resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// This node's monotonic time (ms, [`Clock::monotonic`]).
+    fn mono_ms(&self) -> u64 {
+        crate::clock::duration_millis(self.clock.monotonic())
     }
 
     /// This node's time (ms), on the store's clock.
@@ -91,11 +96,14 @@ impl Coherence {
         self.synced() && !self.wiped() && now.checked_sub(fetched).is_some_and(|age| age <= self.bound_ms)
     }
 
-    /// Whether this node may answer from what it holds in memory at `now`
-    /// (an access token's revocation and not-before checks): not after a wipe
+    /// Whether this node may answer from what it holds in memory now (an
+    /// access token's revocation and not-before checks): not after a wipe
     /// (`Wiped`), nor once it has not been following for longer than the
     /// staleness bound (`Unavailable`): it may have missed revocations since.
-    pub(crate) fn usable(&self, now: u64) -> Result<(), Error> {
+    /// How long is measured on the clock's monotonic time, so a wall clock
+    /// stepped back does not restart the count (a node cut off stays refused).
+    pub(crate) fn usable(&self) -> Result<(), Error> {
+        let now = self.mono_ms();
         if self.wiped() {
             return Err(StorageError::new(StorageErrorKind::Wiped).into());
         }
@@ -116,7 +124,7 @@ impl Coherence {
         if on {
             self.unsynced_since.store(FOLLOWING, Ordering::Release);
         } else {
-            let now = self.now_ms().min(FOLLOWING - 1);
+            let now = self.mono_ms().min(FOLLOWING - 1);
             let _ = self.unsynced_since.compare_exchange(FOLLOWING, now, Ordering::AcqRel, Ordering::Acquire);
         }
     }
@@ -186,7 +194,7 @@ mod tests {
         let c = Coherence::new(Duration::from_secs(1), Arc::new(clock.clone()));
         let now = c.now_ms();
         assert!(!c.fresh(now, now), "not fresh before the follower caught up");
-        assert_eq!(kind(c.usable(now)), None, "within the bound of the open");
+        assert_eq!(kind(c.usable()), None, "within the bound of the open");
         c.set_synced(true);
         assert!(c.fresh(now, now));
         assert!(c.fresh(now, now + 1000));
@@ -198,11 +206,28 @@ mod tests {
         clock.advance(Duration::from_millis(600));
         c.set_synced(false); // a later report keeps the first loss
         clock.advance(Duration::from_millis(401));
-        assert_eq!(kind(c.usable(c.now_ms())), Some(StorageErrorKind::Unavailable));
+        assert_eq!(kind(c.usable()), Some(StorageErrorKind::Unavailable));
         c.set_synced(true);
-        assert_eq!(kind(c.usable(c.now_ms())), None);
+        assert_eq!(kind(c.usable()), None);
         c.set_wiped();
-        assert_eq!(kind(c.usable(c.now_ms())), Some(StorageErrorKind::Wiped));
+        assert_eq!(kind(c.usable()), Some(StorageErrorKind::Wiped));
         assert!(!c.fresh(c.now_ms(), c.now_ms()));
+    }
+
+    /// Review finding: the fail-closed count of a node cut off from its
+    /// backend runs on monotonic time. Stepping the wall clock back (NTP, an
+    /// operator) used to restart it, and the node served access tokens
+    /// again without following. Fails with the wall clock in `usable`.
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_restart_the_fail_closed_count() {
+        let clock = ManualClock::fixed();
+        let c = Coherence::new(Duration::from_secs(1), Arc::new(clock.clone()));
+        c.set_synced(true);
+        c.set_synced(false);
+        clock.advance(Duration::from_millis(1001));
+        assert_eq!(kind(c.usable()), Some(StorageErrorKind::Unavailable));
+        let back = clock.now() - Duration::from_secs(3600);
+        clock.set(back);
+        assert_eq!(kind(c.usable()), Some(StorageErrorKind::Unavailable), "still cut off after the wall step");
     }
 }

@@ -49,7 +49,7 @@ impl Store {
                 self.live()?;
                 let now = inner.config.clock.now();
                 if let Some(c) = &inner.coherence {
-                    c.usable(crate::clock::to_millis(now))?;
+                    c.usable()?;
                 }
                 let c = inner.keyring.verify(jwt, &inner.policy, now)?;
                 if inner.table.revocation.is_revoked(c.sid) {
