@@ -19,10 +19,6 @@ mod api {
     mod support {
         pub(crate) mod faulty_backend;
     }
-    /// The old name of `support::faulty_backend`, for `bad_input`: it is
-    /// compiled by `tests/api_redis.rs` too, which has no `support` yet
-    /// (there `faulty.rs`, a re-export, stands in).
-    use support::faulty_backend as faulty;
 
     mod access;
     mod bad_input;

@@ -26,9 +26,6 @@ mod api {
     mod support {
         pub(crate) mod faulty_backend;
     }
-    /// `bad_input` names the fault-injecting backend `super::faulty` (as in
-    /// `tests/api.rs`).
-    use support::faulty_backend as faulty;
 
     mod access;
     mod bad_input;

@@ -151,7 +151,7 @@ fn bad_input_table_across_all_parsers() {
 
     let mut b = cloakroom::Config::builder();
     b.sweep_interval(None);
-    let (s, backend) = super::faulty::faulty_store(b.build().unwrap());
+    let (s, backend) = super::support::faulty_backend::faulty_store(b.build().unwrap());
     let good = s.create(NewSession::new("u")).unwrap().token.to_string();
     let pair = s.issue_tokens(&good).unwrap();
     let refresh = pair.refresh.to_string();
