@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 
 use redis::Value;
 
+use super::backend::{CAS_TRIES, Core};
+use super::keys::split_id_hash;
 use super::resp::{Arg, Packed};
-use super::{CAS_TRIES, Core, split_id_hash};
 use crate::backend::rules::{self, Replace, accepted};
 use crate::backend::sealed::mac::RowTable;
 use crate::backend::sealed::rows::{decode_family, decode_session, seal_session};

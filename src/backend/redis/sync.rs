@@ -27,7 +27,10 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Instance, Keys, Pool, RevocationState, load, split_id_hash};
+use super::instance::Instance;
+use super::keys::{Keys, split_id_hash};
+use super::pool::{Pool, unavailable};
+use super::state::{RevocationState, load};
 use crate::backend::coherence::Coherence;
 use crate::backend::{Invalidation, Revoked};
 use crate::error::{Error, StorageError, StorageErrorKind};
@@ -134,9 +137,9 @@ fn follow(
     state: &State,
 ) -> Result<(), Error> {
     let mut con = pool.connect()?;
-    con.set_read_timeout(Some(PING_EVERY)).map_err(super::unavailable)?;
+    con.set_read_timeout(Some(PING_EVERY)).map_err(unavailable)?;
     let mut sub = con.as_pubsub();
-    sub.subscribe(keys.events()).map_err(super::unavailable)?;
+    sub.subscribe(keys.events()).map_err(unavailable)?;
     // Subscribed first, so nothing published from here on is missed; then
     // catch up on what may have been missed before. Evict, then bump: a fill
     // that read before the flush sees the bump and drops what it cached.
@@ -162,9 +165,9 @@ fn follow(
             // Quiet for a whole interval: the server must answer a ping within
             // the next one, or the connection counts as lost.
             Err(e) if e.is_timeout() => {
-                sub.ping::<redis::Value>().map_err(super::unavailable)?;
+                sub.ping::<redis::Value>().map_err(unavailable)?;
             }
-            Err(e) => return Err(super::unavailable(e)),
+            Err(e) => return Err(unavailable(e)),
         }
         if checked.elapsed() >= PING_EVERY {
             check_instance(pool, keys, instance, coherence)?;
