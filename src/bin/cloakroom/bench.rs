@@ -4,16 +4,25 @@
 //! `--redis` for the same mix against Redis, with the ratio. `--backend redis`
 //! runs cloakroom itself on Redis (`Store::redis`) instead of a redb file.
 
-use std::collections::BTreeMap;
+mod report;
+
+/// With the `metrics` feature: the write path's own histograms during the
+/// measured run (writer queue wait, commit latency, fsyncs, batch sizes,
+/// stalls between batches, checkpoints), read from an in-process recorder
+/// the bench installs before it opens the store (issue 27 item 8: where an
+/// acknowledgement's time goes).
+#[cfg(feature = "metrics")]
+pub(crate) mod write_path;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use cloakroom::{Config, Durability, Error, NewSession, RedisOptions, Store};
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use self::report::{Hists, OPS, hists, print_table, summarize};
 use crate::CliError;
 use crate::redis_side::{RedisServer, RedisSessions};
 
@@ -75,8 +84,6 @@ enum Dur {
     Eventual,
 }
 
-const OPS: [&str; 4] = ["validate", "create", "refresh", "revoke"];
-
 fn parse_threads(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=4096).contains(&n) => Ok(n),
@@ -102,19 +109,6 @@ fn parse_mix(s: &str) -> Result<[u32; 4], CliError> {
     Ok(w)
 }
 
-/// An integer with thousands separators: 1234567 → "1,234,567".
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -134,16 +128,6 @@ impl Rng {
         }
         0
     }
-}
-
-/// Per-op latency histograms (ns) of one system.
-type Hists = [Histogram<u64>; 4];
-
-fn hists() -> Hists {
-    std::array::from_fn(|_| {
-        Histogram::new_with_bounds(1, 60_000_000_000, 3)
-            .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
-    })
 }
 
 /// One system's operations, per thread.
@@ -282,63 +266,6 @@ fn load_bar(n: usize, msg: &str) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
-}
-
-#[derive(serde::Serialize)]
-struct OpResult {
-    count: u64,
-    failed: u64,
-    ops_per_sec: f64,
-    p50_us: f64,
-    p90_us: f64,
-    p99_us: f64,
-    p999_us: f64,
-    max_us: f64,
-}
-
-fn summarize(h: &Hists, failed: &[u64; 4], elapsed: Duration) -> BTreeMap<&'static str, OpResult> {
-    let us = |v: u64| v as f64 / 1000.0;
-    OPS.iter()
-        .enumerate()
-        .filter(|(i, _)| !h[*i].is_empty())
-        .map(|(i, name)| {
-            let x = &h[i];
-            (
-                *name,
-                OpResult {
-                    count: x.len(),
-                    failed: failed[i],
-                    ops_per_sec: x.len() as f64 / elapsed.as_secs_f64(),
-                    p50_us: us(x.value_at_quantile(0.5)),
-                    p90_us: us(x.value_at_quantile(0.9)),
-                    p99_us: us(x.value_at_quantile(0.99)),
-                    p999_us: us(x.value_at_quantile(0.999)),
-                    max_us: us(x.max()),
-                },
-            )
-        })
-        .collect()
-}
-
-fn print_table(title: &str, r: &BTreeMap<&'static str, OpResult>) {
-    println!("\n{title}");
-    println!(
-        "{:<9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}   (µs)",
-        "op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max"
-    );
-    for (op, x) in r {
-        println!(
-            "{op:<9} {:>12} {:>12} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.1}{}",
-            thousands(x.count),
-            thousands(x.ops_per_sec.round() as u64),
-            x.p50_us,
-            x.p90_us,
-            x.p99_us,
-            x.p999_us,
-            x.max_us,
-            if x.failed > 0 { format!("   ({} failed)", x.failed) } else { String::new() }
-        );
-    }
 }
 
 pub(crate) fn run(a: &Args) -> Result<(), CliError> {
@@ -527,7 +454,7 @@ fn finish(a: &Args, mix: &[u32; 4], store: Store, tokens: &[String], redis_url: 
     }
 
     if let Some(path) = &a.plot {
-        crate::bench::plot(path, &h, redis_hists.as_ref())
+        report::plot(path, &h, redis_hists.as_ref())
             .map_err(|e| CliError::Failed(format!("plot {}: {e}", path.display())))?;
         eprintln!("latency chart written to {}", path.display());
     }
@@ -563,63 +490,9 @@ fn finish(a: &Args, mix: &[u32; 4], store: Store, tokens: &[String], redis_url: 
     Ok(())
 }
 
-/// Latency percentile curves (log scale) of each op for both systems.
-pub(crate) fn plot(
-    path: &std::path::Path,
-    cloak: &Hists,
-    redis: Option<&Hists>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let qs: Vec<f64> = (0..=300).map(|i| 1.0 - 10f64.powf(-(f64::from(i) / 100.0))).collect(); // 0 .. 99.9 %
-    let max_us = cloak
-        .iter()
-        .chain(redis.into_iter().flatten())
-        .filter(|h| !h.is_empty())
-        .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0)
-        .fold(1.0, f64::max);
-    let systems = if redis.is_some() { "cloakroom vs Redis" } else { "cloakroom" };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("latency by percentile (µs, log scale): {systems}"), ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..3f64, (0.05f64..max_us * 2.0).log_scale())?;
-    chart.configure_mesh().x_desc("percentile (0 = p0, 1 = p90, 2 = p99, 3 = p99.9)").y_desc("µs").draw()?;
-    let cloak_colors = [RGBColor(31, 119, 180), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(23, 190, 207)];
-    let redis_colors = [RGBColor(214, 39, 40), RGBColor(255, 127, 14), RGBColor(140, 86, 75), RGBColor(227, 119, 194)];
-    for (sys, hs, style) in [("cloakroom", Some(cloak), 0), ("redis", redis, 1)] {
-        let Some(hs) = hs else { continue };
-        for (i, h) in hs.iter().enumerate().filter(|(_, h)| !h.is_empty()) {
-            let color = if style == 0 { cloak_colors[i] } else { redis_colors[i] };
-            let pts: Vec<(f64, f64)> = qs
-                .iter()
-                .enumerate()
-                .map(|(k, q)| (k as f64 / 100.0, (h.value_at_quantile(*q) as f64 / 1000.0).max(0.05)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
-                .label(format!("{sys} {}", OPS[i]))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        }
-    }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-    root.present()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 
     #[test]
     fn mix_must_sum_to_100() {
@@ -634,121 +507,5 @@ mod tests {
         assert!(parse_threads("0").is_err());
         assert!(parse_threads("x").is_err());
         assert_eq!(parse_threads("64"), Ok(64));
-    }
-}
-
-/// With the `metrics` feature: the write path's own histograms during the
-/// measured run (writer queue wait, commit latency, fsyncs, batch sizes,
-/// stalls between batches, checkpoints), read from an in-process recorder
-/// the bench installs before it opens the store (issue 27 item 8: where an
-/// acknowledgement's time goes).
-#[cfg(feature = "metrics")]
-pub(crate) mod write_path {
-    use std::collections::BTreeMap;
-    use std::fmt::Write as _;
-    use std::sync::{Arc, Mutex, OnceLock};
-
-    use hdrhistogram::Histogram as Hdr;
-    use metrics::{Counter, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-
-    /// One histogram: samples scaled (seconds to µs) into an HDR histogram.
-    struct H {
-        hdr: Mutex<Hdr<u64>>,
-        scale: f64,
-    }
-
-    impl HistogramFn for H {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // scaled, non-negative samples
-        fn record(&self, v: f64) {
-            if let Ok(mut h) = self.hdr.lock() {
-                let _ = h.record((v * self.scale).max(0.0) as u64);
-            }
-        }
-    }
-
-    #[derive(Default)]
-    struct Rec {
-        hists: Mutex<BTreeMap<String, Arc<H>>>,
-    }
-
-    impl Recorder for Rec {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
-            Counter::noop()
-        }
-        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-            Gauge::noop()
-        }
-        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-            let name = key.name();
-            // Only the background threads' histograms (one writer each): the
-            // callers' own latencies are the bench's table.
-            if !["cloakroom.writer.", "cloakroom.journal.", "cloakroom.applier."].iter().any(|p| name.starts_with(p)) {
-                return Histogram::noop();
-            }
-            let mut label = name.to_owned();
-            for l in key.labels() {
-                let _ = write!(label, "{{{}={}}}", l.key(), l.value());
-            }
-            let scale = if name.ends_with("duration") || name.ends_with("wait") { 1e6 } else { 1.0 };
-            let Ok(mut hists) = self.hists.lock() else { return Histogram::noop() };
-            let h = hists.entry(label).or_insert_with(|| {
-                Arc::new(H { hdr: Mutex::new(Hdr::new(3).unwrap_or_else(|_| unreachable!())), scale })
-            });
-            Histogram::from_arc(Arc::clone(h))
-        }
-    }
-
-    static REC: OnceLock<&'static Rec> = OnceLock::new();
-
-    /// Installs the recorder (once; before the store opens).
-    pub(crate) fn install() {
-        let rec: &'static Rec = Box::leak(Box::default());
-        if metrics::set_global_recorder(rec).is_ok() {
-            let _ = REC.set(rec);
-        }
-    }
-
-    /// Forgets every sample (the load phase's).
-    pub(crate) fn reset() {
-        if let Some(Ok(hists)) = REC.get().map(|r| r.hists.lock()) {
-            for h in hists.values() {
-                if let Ok(mut hdr) = h.hdr.lock() {
-                    hdr.reset();
-                }
-            }
-        }
-    }
-
-    /// The table: count, p50, p90, p99, p99.9 and max of each histogram.
-    pub(crate) fn report() -> String {
-        let mut out = String::from("\nwrite path (durations in µs; batch.ops in ops, batch.bytes in bytes)\n");
-        let _ = writeln!(
-            out,
-            "{:<52} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-            "histogram", "count", "p50", "p90", "p99", "p99.9", "max"
-        );
-        if let Some(Ok(hists)) = REC.get().map(|r| r.hists.lock()) {
-            for (name, h) in hists.iter() {
-                let Ok(hdr) = h.hdr.lock() else { continue };
-                if hdr.is_empty() {
-                    continue;
-                }
-                let q = |x: f64| hdr.value_at_quantile(x);
-                let _ = writeln!(
-                    out,
-                    "{name:<52} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-                    hdr.len(),
-                    q(0.5),
-                    q(0.9),
-                    q(0.99),
-                    q(0.999),
-                    hdr.max()
-                );
-            }
-        }
-        out
     }
 }
