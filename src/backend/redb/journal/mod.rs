@@ -63,5 +63,5 @@ mod tests;
 pub(crate) use append::Journal;
 pub(crate) use replay::{fuzz_segment, has_records};
 #[cfg(feature = "test-util")]
-pub(crate) use segment::BackendIo;
-pub(crate) use segment::{JournalIo, MemIo, open_files, segment_paths};
+pub(crate) use segment::{BackendIo, JournalIo};
+pub(crate) use segment::{MemIo, open_files, segment_paths};
