@@ -45,7 +45,7 @@ pub(super) fn first_frame_is_new(b: &[u8]) -> bool {
 }
 
 /// One journal record: its seq and row changes.
-pub(crate) type Record = (u64, Vec<Mutation>);
+pub(crate) type Logged = (u64, Vec<Mutation>);
 
 /// The tag over a format-2 header's fields.
 pub(super) fn header_tag(key: &[u8; 32], id: u64, after: u64, epoch: u64) -> [u8; TAG_LEN] {
@@ -99,7 +99,7 @@ pub(super) fn frame_at<'a>(key: &[u8; 32], b: &'a [u8], pos: usize, epoch: u64) 
 pub(super) mod v1 {
     use subtle::ConstantTimeEq as _;
 
-    use super::{Error, Record, StorageError, StorageErrorKind, corrupt, mutation, u32_at, u64_at};
+    use super::{Error, Logged, StorageError, StorageErrorKind, corrupt, mutation, u32_at, u64_at};
 
     const HEADER_LEN: usize = 40;
     const FRAME_HEAD: usize = 12;
@@ -113,7 +113,7 @@ pub(super) mod v1 {
 
     /// (after, records, end) of a format-1 segment of journal `id`; `None` if
     /// it holds nothing (a header without records under another id or key).
-    pub(crate) fn read(key: &[u8; 32], b: &[u8], id: u64) -> Result<Option<(u64, Vec<Record>, u64)>, Error> {
+    pub(crate) fn read(key: &[u8; 32], b: &[u8], id: u64) -> Result<Option<(u64, Vec<Logged>, u64)>, Error> {
         if b.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -157,9 +157,9 @@ pub(super) mod v1 {
         Some((u64_at(head, 4), payload, pos + FRAME_HEAD + len + TAG_LEN))
     }
 
-    fn parse(key: &[u8; 32], b: &[u8], first_seq: u64) -> Result<(Vec<Record>, u64), Error> {
+    fn parse(key: &[u8; 32], b: &[u8], first_seq: u64) -> Result<(Vec<Logged>, u64), Error> {
         let mut pos = HEADER_LEN;
-        let mut out: Vec<Record> = Vec::new();
+        let mut out: Vec<Logged> = Vec::new();
         let mut expect = first_seq;
         while pos < b.len() {
             match frame_at(key, b, pos) {

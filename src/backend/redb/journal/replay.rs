@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::append::Journal;
 use super::format::{
-    ALIGN, FRAME_HEAD, HEADER_LEN, MAGIC, MAGIC_V1, Record, TAG_LEN, corrupt, first_frame_is_new, frame_at, header_tag,
+    ALIGN, FRAME_HEAD, HEADER_LEN, MAGIC, MAGIC_V1, Logged, TAG_LEN, corrupt, first_frame_is_new, frame_at, header_tag,
     torn_header, u64_at, v1,
 };
 use super::segment::{JournalIo, MemIo, Segment, io_err, segment_paths};
@@ -56,14 +56,14 @@ fn gap(covered: u64, after: u64) -> Error {
 
 /// What replay found: the records the database does not hold yet, in seq order.
 pub(crate) struct Replay {
-    pub(crate) records: Vec<Record>,
+    pub(crate) records: Vec<Logged>,
 }
 
 /// One segment as read at open.
 struct Found {
     index: usize,
     after: u64,
-    records: Vec<Record>,
+    records: Vec<Logged>,
 }
 
 impl Journal {
@@ -155,10 +155,10 @@ impl Journal {
 /// Puts the segments' records in order and checks that none is missing: each
 /// segment must start where the database or the segment before it ends.
 /// Returns the records after `covered`.
-fn chain(mut found: Vec<Found>, covered: u64) -> Result<Vec<Record>, Error> {
+fn chain(mut found: Vec<Found>, covered: u64) -> Result<Vec<Logged>, Error> {
     found.sort_by_key(|f| (f.after, f.index));
     let mut have = covered;
-    let mut out: Vec<Record> = Vec::new();
+    let mut out: Vec<Logged> = Vec::new();
     for (i, f) in found.into_iter().enumerate() {
         if f.after > have {
             if i == 0 {
@@ -182,9 +182,9 @@ fn chain(mut found: Vec<Found>, covered: u64) -> Result<Vec<Record>, Error> {
 
 /// Parses a format-2 segment's records (epoch `epoch`, after seq `after`).
 /// Returns them and the end of the last valid one.
-fn parse_records(key: &[u8; 32], b: &[u8], epoch: u64, after: u64) -> Result<(Vec<Record>, u64), Error> {
+fn parse_records(key: &[u8; 32], b: &[u8], epoch: u64, after: u64) -> Result<(Vec<Logged>, u64), Error> {
     let mut pos = HEADER_LEN as usize;
-    let mut out: Vec<Record> = Vec::new();
+    let mut out: Vec<Logged> = Vec::new();
     let mut last = after;
     loop {
         match frame_at(key, b, pos, epoch) {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::append::Journal;
-use super::format::{FRAME_HEAD, HEADER_LEN, Record, first_frame_is_new, v1};
+use super::format::{FRAME_HEAD, HEADER_LEN, Logged, first_frame_is_new, v1};
 use super::replay::{GAP, Replay, has_records};
 use super::segment::{JournalIo, SEGMENT_BYTES, open_files};
 use crate::backend::redb::mutation::Mutation;
@@ -11,8 +11,8 @@ use crate::error::{Error, StorageErrorKind};
 
 /// Segment storage shared with the test, so a "reopen" sees the same bytes.
 #[derive(Clone, Default)]
-struct Shared(Arc<parking_lot::Mutex<Vec<u8>>>);
-impl JournalIo for Shared {
+struct SharedBytes(Arc<parking_lot::Mutex<Vec<u8>>>);
+impl JournalIo for SharedBytes {
     fn len(&self) -> std::io::Result<u64> {
         Ok(self.0.lock().len() as u64)
     }
@@ -39,12 +39,12 @@ impl JournalIo for Shared {
     }
 }
 
-/// As `Shared`, but preallocated (as segment files are): fixed length, zeros.
+/// As `SharedBytes`, but preallocated (as segment files are): fixed length, zeros.
 #[derive(Clone)]
-struct Pre(Shared);
+struct Pre(SharedBytes);
 impl Pre {
     fn new() -> Pre {
-        Pre(Shared(Arc::new(parking_lot::Mutex::new(vec![0u8; 1 << 16]))))
+        Pre(SharedBytes(Arc::new(parking_lot::Mutex::new(vec![0u8; 1 << 16]))))
     }
 }
 impl JournalIo for Pre {
@@ -78,7 +78,7 @@ fn open_with<A: JournalIo + Clone + 'static, B: JournalIo + Clone + 'static>(
     Journal::open([Box::new(a.clone()), Box::new(b.clone())], &KEY, 77, covered)
 }
 
-fn open(a: &Shared, b: &Shared) -> Result<(Journal, Replay), Error> {
+fn open(a: &SharedBytes, b: &SharedBytes) -> Result<(Journal, Replay), Error> {
     open_with(a, b, 0)
 }
 
@@ -91,8 +91,8 @@ fn muts(i: u64) -> Vec<Mutation> {
 }
 
 /// Records 1..=n, synced once at the end (`each`: after every append).
-fn written_with(n: u64, each: bool) -> (Shared, Shared) {
-    let (a, b) = (Shared::default(), Shared::default());
+fn written_with(n: u64, each: bool) -> (SharedBytes, SharedBytes) {
+    let (a, b) = (SharedBytes::default(), SharedBytes::default());
     let (mut j, r) = open(&a, &b).unwrap();
     assert!(r.records.is_empty());
     j.reset(0).unwrap();
@@ -106,7 +106,7 @@ fn written_with(n: u64, each: bool) -> (Shared, Shared) {
     (a, b)
 }
 
-fn written(n: u64) -> (Shared, Shared) {
+fn written(n: u64) -> (SharedBytes, SharedBytes) {
     written_with(n, false)
 }
 
@@ -171,7 +171,7 @@ fn a_torn_tail_at_every_length_is_dropped_cleanly() {
         n
     };
     for cut in two..full.len() {
-        let a = Shared(Arc::new(parking_lot::Mutex::new(full[..cut].to_vec())));
+        let a = SharedBytes(Arc::new(parking_lot::Mutex::new(full[..cut].to_vec())));
         let (_, r) = open(&a, &b).unwrap();
         assert_eq!(r.records.len(), 2, "cut at {cut}");
     }
@@ -219,7 +219,7 @@ fn a_journal_under_another_server_key_is_refused_not_dropped() {
 
 #[test]
 fn segments_take_turns_and_clear_after_a_checkpoint() {
-    let (a, b) = (Shared::default(), Shared::default());
+    let (a, b) = (SharedBytes::default(), SharedBytes::default());
     let (mut j, _) = open(&a, &b).unwrap();
     j.reset(0).unwrap();
     let big = vec![Mutation::PutSession(1, vec![0u8; 1 << 20].into())];
@@ -254,7 +254,7 @@ fn segments_take_turns_and_clear_after_a_checkpoint() {
 /// Segment storage that counts the syncs made on one thread (the writer's).
 #[derive(Clone)]
 struct Counting {
-    inner: Shared,
+    inner: SharedBytes,
     writer: std::thread::ThreadId,
     syncs: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -287,8 +287,8 @@ impl JournalIo for Counting {
 #[test]
 fn segment_switch_and_clear_cost_the_writer_no_fsync() {
     let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mk = |s: &Shared| Counting { inner: s.clone(), writer: std::thread::current().id(), syncs: Arc::clone(&syncs) };
-    let (sa, sb) = (Shared::default(), Shared::default());
+    let mk = |s: &SharedBytes| Counting { inner: s.clone(), writer: std::thread::current().id(), syncs: Arc::clone(&syncs) };
+    let (sa, sb) = (SharedBytes::default(), SharedBytes::default());
     let (a, b) = (mk(&sa), mk(&sb));
     let (mut j, _) = open_with(&a, &b, 0).unwrap();
     j.reset(0).unwrap();
@@ -359,16 +359,16 @@ fn stale_frames_that_name_the_next_seq_are_never_taken_for_records() {
 /// the disk or not, in 512-byte sectors, in any combination.
 #[derive(Clone, Default)]
 struct Disk {
-    durable: Shared,
-    live: Shared,
+    durable: SharedBytes,
+    live: SharedBytes,
     unsynced: Arc<parking_lot::Mutex<Writes>>,
 }
 /// (offset, bytes) of each write since the last sync.
 type Writes = Vec<(u64, Vec<u8>)>;
 impl Disk {
     /// What a power cut leaves, keeping the unsynced sectors `keep` picks.
-    fn cut(&self, mut keep: impl FnMut() -> bool) -> Shared {
-        let img = Shared(Arc::new(parking_lot::Mutex::new(self.durable.0.lock().clone())));
+    fn cut(&self, mut keep: impl FnMut() -> bool) -> SharedBytes {
+        let img = SharedBytes(Arc::new(parking_lot::Mutex::new(self.durable.0.lock().clone())));
         for (off, data) in self.unsynced.lock().iter() {
             let mut at = 0;
             while at < data.len() {
@@ -426,7 +426,7 @@ impl Rng {
 fn unsynced_records_persisted_out_of_order_never_refuse_the_open() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for trial in 0..300 {
-        let (a, b) = (Disk::default(), Shared::default());
+        let (a, b) = (Disk::default(), SharedBytes::default());
         a.write(0, &vec![0u8; 1 << 16]).unwrap();
         a.sync_data().unwrap();
         let (mut j, _) = open_with(&a, &b, 0).unwrap();
@@ -500,7 +500,7 @@ fn a_record_replay_would_refuse_is_never_written() {
 #[test]
 fn a_format_1_segment_replays() {
     let key = blake3::derive_key("cloakroom 2026 journal record MAC v1", &KEY);
-    let records: Vec<Record> = (10..14).map(|s| (s, muts(s))).collect();
+    let records: Vec<Logged> = (10..14).map(|s| (s, muts(s))).collect();
     let mut seg = v1::write::segment(&key, 77, 10, &records);
     // Then frames of an earlier use: expiry moves naming seq 14 after a
     // timestamp's high half (the pattern of issue 25 item 2), many of them.
@@ -508,12 +508,12 @@ fn a_format_1_segment_replays() {
         v1::write::frame(&key, &mut seg, s % 9 + 1, &[Mutation::DelExpiry(1_780_000_000_000, 14)]);
     }
     seg.resize(seg.len() + 4096, 0);
-    let a = Shared(Arc::new(parking_lot::Mutex::new(seg)));
-    let (_, r) = open_with(&a, &Shared::default(), 11).unwrap();
+    let a = SharedBytes(Arc::new(parking_lot::Mutex::new(seg)));
+    let (_, r) = open_with(&a, &SharedBytes::default(), 11).unwrap();
     assert_eq!(seqs(&r), [12, 13]);
     assert_eq!(r.records[0].1, muts(12));
     // The database must hold what precedes it.
-    assert_eq!(kind(open_with(&a, &Shared::default(), 8)), GAP);
+    assert_eq!(kind(open_with(&a, &SharedBytes::default(), 8)), GAP);
 }
 
 /// What a read-only open relies on (found sound in issue 25; kept): a
