@@ -4,12 +4,18 @@
 //! granularity) and submit (a backend op, whose revocations are applied to the
 //! bitmap and the cache here, whether the op committed or failed).
 //!
+//! The table also owns the checks a found record must pass before it answers
+//! ([`SessionTable::may_answer`]: whether a cached copy is fresh enough to
+//! answer without I/O; [`SessionTable::status`]: revoked, cut by a user-wide
+//! revocation, expired), so every read path applies the same rule.
+//!
 //! Every backend gets the same cache and revocation logic; only
 //! [`Backend`] differs.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::backend::coherence::Coherence;
 use crate::backend::{Backend, Invalidation, Op, Outcome, Revoked, Wait};
 use crate::cache::Cache;
 use crate::clock::duration_millis;
@@ -23,6 +29,9 @@ pub(crate) struct SessionTable {
     pub(crate) cache: Arc<Cache>,
     pub(crate) revocation: Arc<Revocation>,
     pub(crate) backend: Box<dyn Backend>,
+    /// For a backend shared by several nodes: whether cached entries may
+    /// answer (following, not wiped, within the staleness bound).
+    pub(crate) coherence: Option<Arc<Coherence>>,
     /// `last_seen` is persisted at most once per granularity (ms).
     granularity_ms: u64,
     on_event: Option<EventHandler>,
@@ -33,10 +42,43 @@ impl SessionTable {
         cache: Arc<Cache>,
         revocation: Arc<Revocation>,
         backend: Box<dyn Backend>,
+        coherence: Option<Arc<Coherence>>,
         granularity: std::time::Duration,
         on_event: Option<EventHandler>,
     ) -> SessionTable {
-        SessionTable { cache, revocation, backend, granularity_ms: duration_millis(granularity), on_event }
+        SessionTable { cache, revocation, backend, coherence, granularity_ms: duration_millis(granularity), on_event }
+    }
+
+    /// Whether a cached copy of a session may answer a read at `now` without
+    /// asking the backend. A node of a shared backend answers from its cache
+    /// only while it is following the other nodes' writes, never after its
+    /// store was wiped, and only within the staleness bound of when this node
+    /// read the copy (on its own clock).
+    pub(crate) fn may_answer(&self, rec: &Record, now: u64) -> bool {
+        self.coherence.as_ref().is_none_or(|c| c.fresh(rec.live.fetched.load(Ordering::Relaxed), now))
+    }
+
+    /// The status rule every read of a found record applies: revoked →
+    /// `Revoked` (and the cached copy goes); covered by a user-wide
+    /// revocation in progress → `Revoked`; past the absolute deadline or idle
+    /// → `Expired` (with its event).
+    pub(crate) fn status(&self, rec: &Record, now: u64) -> Result<(), Error> {
+        // The record's own flag (set by every revocation of its serial, and at
+        // fill for one revoked before): no lock shared across sessions.
+        if rec.live.revoked.load(Ordering::Acquire) {
+            self.cache.remove(&rec.id);
+            return Err(Error::Revoked);
+        }
+        // A user-wide revocation in progress (here or on another node, or
+        // interrupted by a crash and not yet finished).
+        if self.revocation.cut_session(&rec.user, &rec.id) {
+            return Err(Error::Revoked);
+        }
+        if now >= rec.deadline(rec.seen()) {
+            self.emit(|| Event::Expired { session: rec.id });
+            return Err(Error::Expired);
+        }
+        Ok(())
     }
 
     /// The follower's way into this table (see [`Invalidator`]).

@@ -8,18 +8,6 @@ use crate::token::SessionId;
 use crate::token::{REFRESH_PREFIX, SESSION_PREFIX, looks_like_jwt};
 
 impl Store {
-    /// Whether a cached copy of a session may answer a validate at `now`
-    /// without asking the backend. A node of a shared backend answers from its
-    /// cache only while it is following the other nodes' writes, never after
-    /// its store was wiped, and only within the staleness bound of when this
-    /// node read the copy (on its own clock).
-    pub(super) fn cache_may_answer(&self, rec: &crate::session::Record, now: u64) -> bool {
-        self.inner
-            .coherence
-            .as_ref()
-            .is_none_or(|c| c.fresh(rec.live.fetched.load(std::sync::atomic::Ordering::Relaxed), now))
-    }
-
     /// Verifies an access token: length cap, compact JWS, header, signature,
     /// claims and time (with leeway), then the session's revocation bit by `sid`
     /// and the user's not-before by `iat`. No I/O.
@@ -48,7 +36,7 @@ impl Store {
                 }
                 self.live()?;
                 let now = inner.config.clock.now();
-                if let Some(c) = &inner.coherence {
+                if let Some(c) = &inner.table.coherence {
                     c.usable()?;
                 }
                 let c = inner.keyring.verify(jwt, &inner.policy, now)?;
@@ -119,7 +107,7 @@ impl Store {
 
     /// Would a `validate` of this token now do no I/O? True when the session
     /// it names is cached and that copy may answer (see
-    /// [`Store::cache_may_answer`]: on Redis, while following and within the
+    /// [`SessionTable::may_answer`](crate::table::SessionTable::may_answer): on Redis, while following and within the
     /// staleness bound), so the call may run inline on an async worker; false
     /// for a miss, a stale copy or a node that is not following, which read
     /// the backend. Parses only; no secret check. (A copy can turn stale in
@@ -134,7 +122,7 @@ impl Store {
     #[cfg(any(feature = "axum", feature = "actix", feature = "tower-sessions", feature = "tower-sessions-015"))]
     pub(crate) fn is_cached_id(&self, id: &SessionId) -> bool {
         let now = self.now_ms();
-        self.inner.table.cache.peek(id).is_some_and(|rec| self.cache_may_answer(&rec, now))
+        self.inner.table.cache.peek(id).is_some_and(|rec| self.inner.table.may_answer(&rec, now))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The [`Store`] handle and the value types of its public methods: the
 //! store's shared state ([`Inner`]: config, session table, keyring, serial
-//! allocation, follower and sweeper), `live()`, the status rule every read
-//! applies, and close.
+//! allocation, follower and sweeper), `live()`, and close. (The status rule every read
+//! applies lives in the session table: [`SessionTable::status`].)
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::serials::Serials;
-use crate::backend::coherence::Coherence;
 use crate::backend::redb::open::LegacyTokens;
 use crate::clock::to_millis;
 use crate::config::Config;
@@ -17,7 +16,7 @@ use crate::error::{Error, InputError};
 use crate::events::Event;
 use crate::jwt::{Keyring, Policy};
 use crate::keys::Derived;
-use crate::session::{Record, Session};
+use crate::session::Session;
 use crate::sweeper::Sweeper;
 use crate::table::SessionTable;
 use crate::token::{SessionId, SessionToken};
@@ -64,8 +63,6 @@ pub(crate) struct Inner {
     pub(super) derived: Derived,
     pub(super) policy: Policy,
     pub(super) serials: Serials,
-    /// For a backend shared by several nodes: whether cached entries may answer.
-    pub(super) coherence: Option<Arc<Coherence>>,
     /// The follower thread of a shared backend (joined at drop).
     pub(super) follower: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Which pre-tag session tokens this store still accepts.
@@ -83,7 +80,7 @@ impl Drop for Inner {
         if let Some(s) = &self.sweeper {
             s.stop();
         }
-        if let Some(c) = &self.coherence {
+        if let Some(c) = &self.table.coherence {
             c.stop();
         }
         if let Some(h) = self.follower.lock().take() {
@@ -124,26 +121,6 @@ impl Store {
 
     pub(super) fn emit(&self, event: impl FnOnce() -> Event) {
         self.inner.table.emit(event);
-    }
-
-    /// Revoked → `Revoked`; past the absolute deadline or idle → `Expired`.
-    pub(super) fn status(&self, rec: &Record, now: u64) -> Result<(), Error> {
-        // The record's own flag (set by every revocation of its serial, and at
-        // fill for one revoked before): no lock shared across sessions.
-        if rec.live.revoked.load(Ordering::Acquire) {
-            self.inner.table.cache.remove(&rec.id);
-            return Err(Error::Revoked);
-        }
-        // A user-wide revocation in progress (here or on another node, or
-        // interrupted by a crash and not yet finished).
-        if self.inner.table.revocation.cut_session(&rec.user, &rec.id) {
-            return Err(Error::Revoked);
-        }
-        if now >= rec.deadline(rec.seen()) {
-            self.emit(|| Event::Expired { session: rec.id });
-            return Err(Error::Expired);
-        }
-        Ok(())
     }
 
     /// The access-token keyring: add and promote keys, list them, export JWKS.

@@ -105,7 +105,7 @@ impl Store {
             ..Stats::default()
         };
         inner.table.backend.stats(&mut stats);
-        if let Some(c) = &inner.coherence {
+        if let Some(c) = &inner.table.coherence {
             stats.following = Some(c.synced());
             stats.resyncs = c.resyncs.load(Ordering::Relaxed);
         }

@@ -311,7 +311,8 @@ impl Store {
                 (serials, Some(t.coherence), Some(follower))
             }
         };
-        let table = SessionTable::new(cache, revocation, backend, config.touch_granularity, config.on_event.clone());
+        let table =
+            SessionTable::new(cache, revocation, backend, coherence, config.touch_granularity, config.on_event.clone());
         let interval = config.sweep_interval;
         let inner = Arc::new_cyclic(|weak| Inner {
             table,
@@ -319,7 +320,6 @@ impl Store {
             derived,
             policy,
             serials,
-            coherence,
             follower: parking_lot::Mutex::new(follower),
             legacy: boot.legacy,
             horizon_ms: boot.horizon_ms,

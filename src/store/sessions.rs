@@ -196,10 +196,9 @@ impl Store {
         let tok = &checked.tok;
         let (id, hash) = (tok.id(), tok.secret_hash());
         let now = self.now_ms();
-        let cached =
-            self.inner.table.cache.get_with(&id, |rec| {
-                self.cache_may_answer(rec, now).then(|| self.admit(rec, checked.legacy, &hash, now))
-            });
+        let cached = self.inner.table.cache.get_with(&id, |rec| {
+            self.inner.table.may_answer(rec, now).then(|| self.admit(rec, checked.legacy, &hash, now))
+        });
         if let Some(Some(verdict)) = cached {
             return verdict;
         }
@@ -233,7 +232,7 @@ impl Store {
         if (legacy && rec.serial >= self.inner.legacy.tagged_since) || !rec.secret_hash.matches(hash) {
             return Err(self.revoked_or_unknown(&rec.id, hash)); // e.g. the token from before a rotation
         }
-        self.status(rec, now)?;
+        self.inner.table.status(rec, now)?;
         let last_seen = now.max(rec.seen());
         self.inner.table.touch(rec, now);
         Ok(Session::of(rec, last_seen))
@@ -434,7 +433,7 @@ impl Store {
                 let now = self.now_ms();
                 // A cached copy answers only under the validate hit's rule
                 // (on a shared backend: following, and fresh on this node's clock).
-                let rec = match inner.table.cache.get(&id).filter(|r| self.cache_may_answer(r, now)) {
+                let rec = match inner.table.cache.get(&id).filter(|r| inner.table.may_answer(r, now)) {
                     Some(r) => r,
                     None => match inner.table.backend.get(&id)? {
                         Some(r) => Arc::new(r),

@@ -171,7 +171,7 @@ impl Store {
                 // A cached copy only under the validate hit's rule (on Redis: fresh
                 // and following), else the backend's row.
                 let now = self.now_ms();
-                let cached = self.inner.table.cache.get(&t.id).filter(|r| self.cache_may_answer(r, now));
+                let cached = self.inner.table.cache.get(&t.id).filter(|r| self.inner.table.may_answer(r, now));
                 let found = match cached {
                     Some(r) => Some(r),
                     None => self.inner.table.load(&t.id)?,
@@ -184,7 +184,7 @@ impl Store {
                     });
                 };
 
-                self.status(&rec, now)?;
+                self.inner.table.status(&rec, now)?;
                 if inner.table.revocation.not_before(&rec.user).is_some_and(|nb| rec.created_at < nb) {
                     return Err(Error::Revoked);
                 }

@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq as _;
 
 use super::append::Journal;
 use super::format::{
-    ALIGN, FRAME_HEAD, HEADER_LEN, MAGIC, MAGIC_V1, Logged, TAG_LEN, corrupt, first_frame_is_new, frame_at, header_tag,
+    ALIGN, FRAME_HEAD, HEADER_LEN, Logged, MAGIC, MAGIC_V1, TAG_LEN, corrupt, first_frame_is_new, frame_at, header_tag,
     torn_header, u64_at, v1,
 };
 use super::segment::{JournalIo, MemIo, Segment, io_err, segment_paths};

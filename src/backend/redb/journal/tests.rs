@@ -287,7 +287,8 @@ impl JournalIo for Counting {
 #[test]
 fn segment_switch_and_clear_cost_the_writer_no_fsync() {
     let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mk = |s: &SharedBytes| Counting { inner: s.clone(), writer: std::thread::current().id(), syncs: Arc::clone(&syncs) };
+    let mk =
+        |s: &SharedBytes| Counting { inner: s.clone(), writer: std::thread::current().id(), syncs: Arc::clone(&syncs) };
     let (sa, sb) = (SharedBytes::default(), SharedBytes::default());
     let (a, b) = (mk(&sa), mk(&sb));
     let (mut j, _) = open_with(&a, &b, 0).unwrap();
