@@ -12,8 +12,6 @@
 #[allow(clippy::disallowed_methods, unreachable_pub)] // the Redis baseline times its own server start
 mod redis_side;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -25,10 +23,15 @@ const KEY: [u8; 32] = [0x42; 32];
 /// Bounded polls of 1 ms.
 const POLL: Duration = Duration::from_millis(1);
 
-/// A fresh server for one test, or `None` (the test returns) where
-/// `redis_side::available_for_tests` says it is skipped.
+/// The runner every Redis test, bench and the CLI share.
+type Server = redis_side::RedisServer;
+
+/// A fresh server for one test (AOF on, `appendfsync always`, its own
+/// directory, so it can be killed and started again with its data), or
+/// `None` (the test returns) where `redis_side::available_for_tests` says it
+/// is skipped.
 fn server() -> Option<Server> {
-    redis_side::available_for_tests("multi-node Redis test").then(Server::start)
+    redis_side::available_for_tests("multi-node Redis test").then(|| Server::start("always").unwrap())
 }
 
 /// The kind of a `Storage` error; panics on anything else. The same as
@@ -40,76 +43,6 @@ fn storage_kind<T>(r: Result<T, Error>) -> StorageErrorKind {
         Err(Error::Storage(e)) => e.kind(),
         Err(e) => panic!("expected a Storage error, got {e:?}"),
         Ok(_) => panic!("expected a Storage error, got Ok"),
-    }
-}
-
-/// A `redis-server` on a fixed free port with its own directory (AOF on,
-/// `appendfsync always`), so it can be killed and started again with its data.
-struct Server {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Server { child: None, port, dir };
-        s.run();
-        s
-    }
-
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found on PATH: install it with `apt-get install redis-server`");
-        self.child = Some(child);
-        for _ in 0..5000 {
-            if self.cmd(&mut redis::cmd("PING")).is_ok() {
-                return;
-            }
-            std::thread::sleep(POLL); // waiting for a process to listen, not for time
-        }
-        panic!("redis-server did not answer within 5000 polls");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the server process.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().map(Child::id).unwrap();
-        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
-        assert!(ok, "kill -{signal} {pid}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn cmd(&self, c: &mut redis::Cmd) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
-        let mut con = client.get_connection_with_timeout(Duration::from_millis(200))?;
-        c.query(&mut con)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.signal("CONT"); // a stopped server would not die of SIGKILL's wait
-        }
-        self.kill();
     }
 }
 
@@ -381,7 +314,7 @@ fn a_killed_server_fails_ops_fast_and_service_resumes_after_restart() {
         assert_eq!(storage_kind(r), StorageErrorKind::Unavailable);
     }
     assert!(started.elapsed() < Duration::from_secs(3), "failing ops took {:?}", started.elapsed());
-    server.run();
+    server.restart().unwrap();
     until("B resyncs after the restart", || {
         let st = b.stats();
         st.resyncs > resyncs && st.following == Some(true)
@@ -425,7 +358,7 @@ fn a_silent_server_fails_ops_within_the_timeout_and_service_resumes() {
     let Some(server) = server() else { return };
     let (a, _b, _) = two_nodes(&server, Reuse::default());
     let t = a.create(NewSession::new("ivan")).unwrap().token.to_string();
-    server.signal("STOP"); // the server accepts nothing and answers nothing
+    server.signal("STOP").unwrap(); // the server accepts nothing and answers nothing
     #[allow(clippy::disallowed_methods)] // measuring how long a failing op takes, not waiting for time
     let started = std::time::Instant::now();
     assert_eq!(storage_kind(a.validate_strict(&t)), StorageErrorKind::Unavailable);
@@ -433,13 +366,13 @@ fn a_silent_server_fails_ops_within_the_timeout_and_service_resumes() {
     let took = started.elapsed();
     // Two ops, each bounded by the 300 ms timeout (a read, or a connect and a read).
     assert!(took < Duration::from_millis(2000), "two failing ops took {took:?}");
-    server.signal("CONT");
+    server.signal("CONT").unwrap();
     until("service resumes", || a.validate_strict(&t).is_ok());
 }
 
 /// `server()` for a test that also needs `redis_side`'s proxy.
 fn proxy_to(server: &Server) -> redis_side::Proxy {
-    redis_side::Proxy::start(&format!("127.0.0.1:{}", server.port)).unwrap()
+    redis_side::Proxy::start(&server.addr()).unwrap()
 }
 
 /// Whether `r` is the `Storage(Wiped)` refusal.
@@ -552,11 +485,11 @@ fn a_server_restarted_without_its_data_is_noticed_as_a_wipe() {
     let t = a.create(NewSession::new("max")).unwrap().token.to_string();
     b.validate(&t).unwrap();
     server.kill();
-    for entry in std::fs::read_dir(server.dir.path()).unwrap() {
+    for entry in std::fs::read_dir(server.dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) }.unwrap();
     }
-    server.run();
+    server.restart().unwrap();
     for node in [&a, &b] {
         until("the node notices the lost data", || is_wiped(&node.validate(&t)));
     }
@@ -571,15 +504,15 @@ fn a_server_restarted_from_older_data_is_noticed_by_the_node_that_reserved_past_
     let (a, _b, _) = two_nodes(&server, Reuse::default());
     a.create(NewSession::new("ned")).unwrap(); // the first serial block
     let old = tempfile::tempdir().unwrap();
-    copy_dir(server.dir.path(), old.path());
+    copy_dir(server.dir(), old.path());
     // Past half of the block, the next one is reserved ahead.
     for _ in 0..600 {
         a.create(NewSession::new("ned")).unwrap();
     }
     server.kill();
-    std::fs::remove_dir_all(server.dir.path().join("appendonlydir")).unwrap();
-    copy_dir(old.path(), server.dir.path());
-    server.run();
+    std::fs::remove_dir_all(server.dir().join("appendonlydir")).unwrap();
+    copy_dir(old.path(), server.dir());
+    server.restart().unwrap();
     until("A notices the counter went back", || is_wiped(&a.create(NewSession::new("ned"))));
 }
 

@@ -155,26 +155,46 @@ impl Drop for Proxy {
     }
 }
 
-/// A `redis-server` child process on 127.0.0.1, stopped on drop.
+/// A `redis-server` child process on 127.0.0.1 with its own working
+/// directory (AOF on), stopped on drop, pass or fail. The one runner of the
+/// CLI's Redis baseline, the benches and the tests: a test can kill it and
+/// start it again on the same port with the same data, stop and continue it
+/// (`SIGSTOP`/`SIGCONT`), and send it commands.
 pub struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    appendfsync: String,
     /// The server's working directory (AOF files); removed on drop.
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
-    /// Starts `redis-server --save '' --appendonly yes --appendfsync <appendfsync>`.
+    /// Starts `redis-server --save '' --appendonly yes --appendfsync <appendfsync>`
+    /// on a free loopback port and waits until it answers `PING`.
     ///
     /// # Errors
-    /// A message saying how to install Redis if `redis-server` is not on PATH.
+    /// A message saying how to install Redis if `redis-server` is not on PATH,
+    /// or that it did not answer.
     pub fn start(appendfsync: &str) -> Result<RedisServer, String> {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let dir = tempfile::Builder::new().prefix("cloakroom-redis-").tempdir().map_err(|e| e.to_string())?;
+        let mut server = RedisServer { child: None, port, appendfsync: appendfsync.to_owned(), dir };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// Starts the server again (after [`RedisServer::kill`]) on the same port
+    /// with the same directory, so it loads what its AOF holds; waits until it
+    /// answers `PING`.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", appendfsync, "--protected-mode", "yes", "--dir"])
-            .arg(dir.path())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", &self.appendfsync, "--protected-mode", "yes", "--dir"])
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -182,19 +202,52 @@ impl RedisServer {
                 "redis-server not found on PATH; install it with `apt-get install redis-server` to run the Redis side"
                     .to_string()
             })?;
-        let server = RedisServer { child, port, dir };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = redis::Client::open(server.url()).and_then(|c| c.get_connection())
+            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
                 && redis::cmd("PING").query::<String>(&mut c).is_ok()
             {
-                return Ok(server);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err("redis-server did not answer PING within 10 s".into());
             }
-            std::thread::sleep(Duration::from_millis(20)); // waiting for a server process, not for time
+            std::thread::sleep(Duration::from_millis(5)); // waiting for a server process, not for time
         }
+    }
+
+    /// Kills the server (`SIGKILL`) and waits for it; its directory stays.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    ///
+    /// # Errors
+    /// If the server is not running or `kill` failed.
+    pub fn signal(&self, signal: &str) -> Result<(), String> {
+        let pid = self.child.as_ref().map(Child::id).ok_or("redis-server is not running")?;
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| e.to_string())?
+            .success();
+        if ok { Ok(()) } else { Err(format!("kill -{signal} {pid} failed")) }
+    }
+
+    /// Sends one command on a new connection (200 ms connect timeout).
+    ///
+    /// # Errors
+    /// The connection's or the command's error.
+    pub fn cmd(&self, c: &mut redis::Cmd) -> RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_millis(200))?;
+        c.query(&mut con)
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -206,12 +259,19 @@ impl RedisServer {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// The server's working directory (its AOF files).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.child.is_some() {
+            let _ = self.signal("CONT"); // a stopped server would not die of SIGKILL's wait
+        }
+        self.kill();
         // `dir` (a TempDir) removes itself after this.
     }
 }
