@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The crate's module import graph, drawn from the `crate::`, `super::` and
-`self::` paths in src/ (comments, string literals and `#[cfg(test)]` modules
-left out; src/bin is its own crate). Issue 26: every import points down.
+`self::` paths in src/ (comments, string literals and `#[cfg(test)]` modules,
+inline or in their own file, left out; src/bin is its own crate). Issue 26: every import points down.
 
 It counts three things:
 
@@ -76,13 +76,25 @@ def strip(src):
 
 
 mods = {}
+# Out-of-line unit-test modules (`#[cfg(test)] mod tests;` in a parent file):
+# left out like inline ones (a test module names its parent's items by design).
+test_file_mod = re.compile(r'#\[cfg\((?:test|all\([^\]]*\btest\b[^\]]*\))\)\]\s*'
+                           r'(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;')
+test_files = set()
 for d, _, fs in os.walk(root):
     if 'bin' in os.path.relpath(d, root).split(os.sep):
         continue
     for f in fs:
         if f.endswith('.rs'):
             p = os.path.join(d, f)
-            mods[modname(p)] = strip(open(p, encoding='utf-8').read())
+            raw = open(p, encoding='utf-8').read()
+            mods[modname(p)] = strip(raw)
+            parent = modname(p)
+            for t in test_file_mod.findall(re.sub(r'//[^\n]*', '', raw)):
+                test_files.add(parent + '::' + t)
+for m in list(mods):
+    if any(m == t or m.startswith(t + '::') for t in test_files):
+        del mods[m]
 names = set(mods)
 
 IDENT = r'[A-Za-z_][A-Za-z0-9_]*'

@@ -172,6 +172,109 @@ pub(crate) fn cut_refuses_access(cut: &UserCut, sid: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{NewSession, RecordParts};
+    use std::time::Duration;
+
+    /// A stored row: created at 1 000 ms, serial (and number) 7, an hour to
+    /// live, idle timeout 60 s, version 1, user `alice`, data `v1`.
+    fn row() -> Record {
+        RecordParts {
+            id: SessionId::from_bytes([1; 16]),
+            serial: 7,
+            secret_hash: SecretHash([5; 32]),
+            now: 1_000,
+            ttl: Duration::from_secs(3_600),
+            idle_timeout: Some(Duration::from_secs(60)),
+        }
+        .build(NewSession::new("alice").data(b"v1".to_vec()))
+    }
+
+    #[test]
+    fn a_touch_moves_last_seen_forward_only() {
+        let r = row();
+        assert_eq!(touch(&r, 5_000).map(|n| n.last_seen), Some(5_000));
+        assert!(touch(&r, 1_000).is_none(), "as recent as stored: nothing to write");
+        assert!(touch(&r, 999).is_none(), "an older touch (a racing request) never moves it back");
+    }
+
+    #[test]
+    fn an_update_raises_the_version_under_its_preconditions() {
+        let r = row();
+        let n = update(&r, None, None, 2_000, Some(b"v2"), None).unwrap();
+        assert_eq!((n.version, &*n.data, n.serial), (2, &b"v2"[..], 7));
+        // Compare-and-swap on the version, and on the serial it was authorised under.
+        assert!(matches!(update(&r, Some(1), Some(7), 2_000, Some(b"v2"), None), Ok(n) if n.version == 2));
+        assert!(matches!(update(&r, Some(2), None, 2_000, Some(b"v2"), None), Err(Error::Conflict { current: 1 })));
+        assert!(matches!(update(&r, None, Some(8), 2_000, Some(b"v2"), None), Err(Error::Conflict { current: 1 })));
+        // A new absolute deadline without data keeps the data.
+        let e = update(&r, None, None, 2_000, None, Some(Expires { at: 9_000, now: 2_000 })).unwrap();
+        assert_eq!((e.expires_at, &*e.data, e.version), (9_000, &b"v1"[..], 2));
+        // An expired row (idle: 60 s after its stored last_seen) is not brought back.
+        assert!(matches!(update(&r, None, None, 61_000, Some(b"v2"), None), Err(Error::NotFound)));
+        assert!(update(&r, None, None, 60_999, Some(b"v2"), None).is_ok());
+    }
+
+    #[test]
+    fn a_rotation_needs_the_presented_secret_and_a_live_row() {
+        let r = row();
+        let n = rotate(&r, &SecretHash([5; 32]), 99, SecretHash([6; 32]), 3_000).unwrap();
+        assert_eq!((n.serial, n.number, n.last_seen, n.created_at, n.version), (99, 7, 3_000, 1_000, 1));
+        assert!(n.secret_hash.matches(&SecretHash([6; 32])));
+        assert_eq!((n.id, &*n.user, &*n.data, n.expires_at), (r.id, "alice", &b"v1"[..], r.expires_at));
+        // A concurrent rotation won (the stored secret is another).
+        assert!(matches!(rotate(&r, &SecretHash([4; 32]), 99, SecretHash([6; 32]), 3_000), Err(Error::NotFound)));
+        assert!(matches!(rotate(&r, &SecretHash([5; 32]), 99, SecretHash([6; 32]), 61_000), Err(Error::NotFound)));
+    }
+
+    #[test]
+    fn a_family_op_is_refused_once_the_serial_it_was_authorised_under_is_gone() {
+        let r = row();
+        assert!(family_authorised(&r, 7, 2_000).is_ok());
+        assert!(matches!(family_authorised(&r, 6, 2_000), Err(Error::Revoked)), "rotated since");
+        assert!(matches!(family_authorised(&r, 7, 61_000), Err(Error::Expired)));
+        let rotated = r.rotated(8, SecretHash([6; 32]), 2_000);
+        assert!(matches!(family_authorised(&rotated, 7, 2_000), Err(Error::Revoked)));
+    }
+
+    #[test]
+    fn a_create_never_overwrites_a_row_it_was_not_told_to_replace() {
+        let r = row();
+        assert!(matches!(create(None, Replace::Nothing), Ok(None)));
+        assert!(matches!(create(Some(&r), Replace::Nothing), Err(Error::Conflict { current: 1 })));
+        assert!(matches!(create(Some(&r), Replace::Serial(7)), Ok(Some(old)) if old.serial == 7));
+        // Another save replaced it first (a lost race): re-read and retry.
+        assert!(matches!(create(Some(&r), Replace::Serial(6)), Err(Error::Conflict { current: 1 })));
+        assert!(matches!(create(None, Replace::Serial(7)), Err(Error::Conflict { current: 0 })));
+    }
+
+    #[test]
+    fn user_scoped_work_touches_only_that_users_rows() {
+        let r = row();
+        assert!(owned_by(&r, "alice"));
+        assert!(!owned_by(&r, "bob"));
+        assert!(!owned_by(&r, "alic"));
+        assert!(!owned_by(&r, "alice "));
+    }
+
+    #[test]
+    fn a_series_stores_its_marker_first_and_removes_it_last() {
+        assert_eq!(cut_change(true, true), Some(true), "first of several steps: store the marker");
+        assert_eq!(cut_change(false, true), None, "a middle step");
+        assert_eq!(cut_change(false, false), Some(false), "the last step: remove it");
+        assert_eq!(cut_change(true, false), None, "one step does it all: no marker");
+    }
+
+    #[test]
+    fn only_a_rotation_or_a_grace_retry_counts_as_activity() {
+        use crate::refresh::{FamilyReply, Verdict};
+        let reply = |verdict| FamilyReply { verdict, family: 1, claims: Vec::new() };
+        assert!(!accepted(None), "no family op ran (e.g. refused before)");
+        assert!(accepted(Some(&reply(Verdict::Rotated(2)))));
+        assert!(accepted(Some(&reply(Verdict::Current(2)))), "a retry inside the grace window");
+        assert!(!accepted(Some(&reply(Verdict::Reuse { current: 3 }))));
+        assert!(!accepted(Some(&reply(Verdict::Ahead))));
+        assert!(!accepted(Some(&reply(Verdict::Dead))));
+    }
 
     #[test]
     fn cap_revokes_the_oldest_or_refuses() {
