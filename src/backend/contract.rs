@@ -51,7 +51,10 @@ pub(crate) enum Wait {
 pub(crate) trait Backend: Send + Sync {
     /// The stored record of `id`, if any (expired or not).
     fn get(&self, id: &SessionId) -> Result<Option<Record>, Error>;
-    /// Every stored record of `user`.
+    /// Every stored record the user's index names. An index entry may be
+    /// stale and name another user's row: the caller keeps only the records
+    /// [`rules::owned_by`](super::rules::owned_by) the user (one rule for
+    /// both backends).
     fn list_user(&self, user: &str) -> Result<Vec<Record>, Error>;
     /// The refresh families of session `id`.
     fn families(&self, id: &SessionId) -> Result<Option<Families>, Error>;

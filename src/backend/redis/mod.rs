@@ -45,3 +45,6 @@ pub(crate) use keys::Keys;
 pub use options::RedisOptions;
 pub(crate) use pool::Pool;
 pub(crate) use state::{load, record_horizon};
+
+#[cfg(test)]
+mod tests;
