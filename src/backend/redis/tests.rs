@@ -207,17 +207,23 @@ fn a_users_revocation_runs_in_steps_touching_only_that_users_rows_under_one_mark
     let step =
         |first| Op::RevokeUser { user: "bob".into(), cut, first, not_before: None, limit: 2, prune_after: 9_000_000 };
     let mut revoked = Vec::new();
-    let mut first = true;
-    loop {
-        let Ok(Outcome::RevokedUser { revoked: r, more }) = submit(&b, step(first)) else { panic!("a step failed") };
+    let mut finished = false;
+    // Four sessions in steps of two: three steps (more, more, done); a
+    // series that never reports done fails here instead of hanging.
+    for i in 0..8 {
+        let (r, more) = match submit(&b, step(i == 0)) {
+            Ok(Outcome::RevokedUser { revoked, more }) => (revoked, more),
+            Ok(_) => panic!("step {i}: not a RevokedUser outcome"),
+            Err(e) => panic!("step {i} failed: {e:?}"),
+        };
         revoked.extend(r.iter().map(|r| r.serial));
-        if more {
-            assert_eq!(markers(&server, &prefix), 1, "the marker stays while steps remain");
-        } else {
+        if !more {
+            finished = true;
             break;
         }
-        first = false;
+        assert_eq!(markers(&server, &prefix), 1, "the marker stays while steps remain");
     }
+    assert!(finished, "the revocation never reported its last step");
     assert_eq!(markers(&server, &prefix), 0, "the last step removes the marker");
     revoked.sort_unstable();
     assert_eq!(revoked, vec![1, 2, 3, 4], "every one of bob's sessions but the kept one");

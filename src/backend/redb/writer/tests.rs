@@ -90,9 +90,12 @@ fn gate<'s>(
     (held, release_tx)
 }
 
-/// Waits (without sleeping) until `n` jobs are queued behind the gate.
-fn queued(w: &Writer, n: usize) {
+/// Waits (without sleeping) until `n` jobs are queued behind the gate;
+/// panics (releasing the gate as it unwinds) if one of `threads` ended
+/// first, e.g. its submit was refused, so the wait can never hang.
+fn queued<T>(w: &Writer, n: usize, threads: &[ScopedJoinHandle<'_, T>]) {
     while w.tx.len() < n {
+        assert!(!threads.iter().any(ScopedJoinHandle::is_finished), "a submitter ended before its job was queued");
         std::thread::yield_now(); // waiting for threads to enqueue, not for time
     }
 }
@@ -111,7 +114,7 @@ fn durable_jobs_queued_together_share_one_record_and_one_sync() {
         let w = &w;
         let creators: Vec<_> =
             (2..34).map(|n| s.spawn(move || w.submit(create(n, Vec::new()), Wait::Durable))).collect();
-        queued(w, 32);
+        queued(w, 32, &creators);
         release.send(()).unwrap();
         assert!(matches!(held.join().unwrap(), Ok(Outcome::Family { reply: None, revoked: None })));
         for c in creators {
@@ -140,7 +143,7 @@ fn a_batch_ends_once_its_row_changes_pass_the_byte_bound() {
         let w = &w;
         let creators: Vec<_> =
             (2..8).map(|n| s.spawn(move || w.submit(create(n, vec![n as u8; len]), Wait::Durable))).collect();
-        queued(w, 6);
+        queued(w, 6, &creators);
         release.send(()).unwrap();
         held.join().unwrap().unwrap();
         for c in creators {
@@ -207,6 +210,7 @@ fn a_refused_op_writes_nothing_and_leaves_the_row_as_it_was() {
 fn a_full_queue_drops_offered_touches_and_counts_them() {
     let (db, w) = start(2);
     w.submit(create(1, Vec::new()), Wait::Durable).unwrap();
+    let touches = w.stats.touches.load(Ordering::Relaxed);
     std::thread::scope(|s| {
         let (held, release) = gate(s, &w, 1);
         // The gate is out of the queue; two touches fill it, three are dropped.
@@ -218,16 +222,33 @@ fn a_full_queue_drops_offered_touches_and_counts_them() {
         held.join().unwrap().unwrap();
     });
     w.submit(Op::Flush, Wait::Durable).unwrap();
-    assert_eq!(db.get(&id(1)).unwrap().unwrap().last_seen, 10_001, "the two queued touches landed, in order");
+    assert_eq!(db.get(&id(1)).unwrap().unwrap().last_seen, 10_001, "the first two offered touches were kept");
+    // In order: each moved last_seen forward (reversed, the second would write nothing).
+    assert_eq!(w.stats.touches.load(Ordering::Relaxed) - touches, 2, "both queued touches wrote, in order");
 }
 
 #[test]
 fn close_writes_every_queued_job_then_refuses_new_ones() {
     let (db, w) = start(64);
-    for n in 1..=10 {
-        assert!(matches!(w.submit(create(n, Vec::new()), Wait::Queued), Ok(Outcome::Done)));
-    }
-    w.close().unwrap();
+    w.submit(create(100, Vec::new()), Wait::Durable).unwrap();
+    std::thread::scope(|s| {
+        // Ten eventual creates acknowledged on enqueue and still queued
+        // (the writer is held) when close is called.
+        let (held, release) = gate(s, &w, 100);
+        for n in 1..=10 {
+            assert!(matches!(w.submit(create(n, Vec::new()), Wait::Queued), Ok(Outcome::Done)));
+        }
+        assert_eq!(w.tx.len(), 10);
+        let w = &w;
+        let closing = s.spawn(move || w.close());
+        queued(w, 11, std::slice::from_ref(&closing)); // close's own flush, behind them
+        for n in 1..=10 {
+            assert!(db.get(&id(n)).unwrap().is_none(), "create {n} not written before close");
+        }
+        release.send(()).unwrap();
+        held.join().unwrap().unwrap();
+        closing.join().unwrap().unwrap();
+    });
     for n in 1..=10 {
         assert!(db.get(&id(n)).unwrap().is_some(), "eventual create {n} was written by close");
     }
