@@ -36,8 +36,12 @@ pub(crate) enum Op {
     /// no data written before is lost), if its secret is still `expected`;
     /// revoke the old serial and drop the refresh families. The id stays.
     Rotate { id: SessionId, expected: SecretHash, serial: u64, secret_hash: SecretHash, now: u64, prune_after: u64 },
-    /// Delete one session and record its serial as revoked.
-    Revoke { id: SessionId, prune_after: u64 },
+    /// Delete one session and record its serial as revoked. With `owner`,
+    /// only if the stored row is that user's ([`super::rules::owned_by`]): a
+    /// revocation a user was authorised to make on their own session (a
+    /// devices page) never ends another user's session that took the id
+    /// since the check (an adapter's user change keeps the id).
+    Revoke { id: SessionId, owner: Option<Box<str>>, prune_after: u64 },
     /// Revoke up to `limit` of a user's sessions, except one if given (a
     /// user-wide revocation runs as a series of these, so no op, journal
     /// record or Redis script grows with the user's session count; the

@@ -18,6 +18,19 @@ impl Store {
     /// [`Error::Storage`] if the commit failed: the session is still refused in
     /// this process (fail closed), but retry so the revocation is persisted.
     pub fn revoke(&self, id: SessionId) -> Result<(), Error> {
+        self.revoke_one(id, None).map(drop)
+    }
+
+    /// Revokes session `id` only if it is `user`'s: the check and the
+    /// revocation are one decision where the row is (an id whose session was
+    /// replaced by another user's since the caller looked is left alone).
+    /// Returns whether it revoked. For the web layer's devices page.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn revoke_owned(&self, id: SessionId, user: &str) -> Result<bool, Error> {
+        self.revoke_one(id, Some(user))
+    }
+
+    fn revoke_one(&self, id: SessionId, owner: Option<&str>) -> Result<bool, Error> {
         crate::telemetry::run(
             tracing::debug_span!("session.revoke", backend = self.backend_name(), session = %id, outcome = tracing::field::Empty),
             "session.revoke",
@@ -25,22 +38,28 @@ impl Store {
             || {
                 let prune_after = self.prune_after(self.now_ms());
                 // Fail closed even if the writer never reaches the op (e.g. the database
-                // cannot be reopened): refuse the session in memory first.
+                // cannot be reopened): refuse the session in memory first — for an
+                // owner's revocation, only a row of that owner.
                 match self.inner.table.lookup(&id) {
-                    Ok(Some(rec)) => self.inner.table.refuse(&[(rec.serial, id)]),
-                    Ok(None) => {}
+                    Ok(Some(rec)) if owner.is_none_or(|u| rules::owned_by(&rec, u)) => {
+                        self.inner.table.refuse(&[(rec.serial, id)]);
+                    }
+                    Ok(_) => {}
                     // The row cannot be read (storage fault): refuse the id whatever its
-                    // serial turns out to be, so it cannot validate once the disk recovers.
-                    Err(_) => {
+                    // serial turns out to be, so it cannot validate once the disk recovers
+                    // (not for an owner's revocation: whose row it is cannot be known).
+                    Err(_) if owner.is_none() => {
                         self.inner.table.revocation.block_id(id);
                         self.inner.table.cache.remove(&id);
                     }
+                    Err(_) => {}
                 }
-                let ids = self.revoke_op(Op::Revoke { id, prune_after })?;
-                if !ids.is_empty() {
+                let ids = self.revoke_op(Op::Revoke { id, owner: owner.map(Into::into), prune_after })?;
+                let revoked = !ids.is_empty();
+                if revoked {
                     self.emit(|| Event::Revoked { sessions: ids, reason: RevokeReason::Session });
                 }
-                Ok(())
+                Ok(revoked)
             },
         )
     }

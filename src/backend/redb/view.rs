@@ -96,7 +96,12 @@ impl View<'_> {
                 t.max_serial = t.max_serial.max(*serial);
                 Ok(Outcome::Rotated { rec: Arc::new(new), old: Revoked::of(&rec, *prune_after) })
             }
-            Op::Revoke { id, prune_after } => {
+            Op::Revoke { id, owner, prune_after } => {
+                if let Some(user) = owner.as_deref()
+                    && !t.get(id)?.is_some_and(|rec| rules::owned_by(&rec, user))
+                {
+                    return Ok(Outcome::Revoked(Vec::new()));
+                }
                 let Some(rec) = t.delete(id)? else {
                     return Ok(Outcome::Revoked(Vec::new()));
                 };

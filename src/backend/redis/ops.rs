@@ -195,7 +195,7 @@ impl Core {
                 };
                 Ok(Step::Write(cas, Outcome::Rotated { rec: Arc::new(new), old: Revoked::of(&s.rec, prune_after) }))
             }),
-            Op::Revoke { id, prune_after } => {
+            Op::Revoke { id, owner, prune_after } => {
                 let mut p = Packed::new();
                 p.evalsha(
                     &self.scripts.revoke,
@@ -205,7 +205,12 @@ impl Core {
                         self.keys.revoked_times().into(),
                         self.keys.events().into(),
                     ],
-                    &[self.keys.user_prefix.as_str().into(), Arg::U(prune_after), Arg::Hex("", id.as_bytes())],
+                    &[
+                        self.keys.user_prefix.as_str().into(),
+                        Arg::U(prune_after),
+                        Arg::Hex("", id.as_bytes()),
+                        owner.as_deref().map_or(Arg::B(b""), Into::into),
+                    ],
                 );
                 let v: Vec<Vec<u8>> = self.pool.with(|c| p.invoke(c, &self.scripts.revoke))?;
                 let serial = v.first().and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.parse().ok());

@@ -59,11 +59,13 @@ return {1}
 ";
 
 /// Revokes one session. KEYS: session, revoked hash, revoked zset, events
-/// channel. ARGV: user index key prefix, prune-after, index member.
-/// Returns {ser, sh}, or {} if there is no such session.
+/// channel. ARGV: user index key prefix, prune-after, index member, owner
+/// (`` none: revoke only a row whose `u` is that user, `rules::owned_by`).
+/// Returns {ser, sh}, or {} if there is no such session (or not the owner's).
 const REVOKE: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'u')
 if not h[1] then return {} end
+if ARGV[4] ~= '' and h[4] ~= ARGV[4] then return {} end
 revoke(KEYS[1], h, KEYS[2], KEYS[3], KEYS[4], ARGV[2])
 if h[4] then redis.call('ZREM', ARGV[1] .. h[4], ARGV[3]) end
 return {h[1], h[2]}

@@ -234,3 +234,21 @@ fn a_users_revocation_runs_in_steps_touching_only_that_users_rows_under_one_mark
     assert!(b.get(&id(5)).unwrap().is_some(), "the kept session");
     assert_eq!(b.get(&id(6)).unwrap().map(|r| r.user.to_string()).as_deref(), Some("alice"), "alice's row untouched");
 }
+
+#[test]
+fn a_revocation_made_for_an_owner_leaves_another_users_row() {
+    let Some(server) = server() else { return };
+    let (b, prefix) = open(&server);
+    submit(&b, create(session(1, "bob", b""), Replace::Nothing)).unwrap();
+    let revoke = |owner: Option<&str>| Op::Revoke { id: id(1), owner: owner.map(Into::into), prune_after: 9_000_000 };
+    assert!(matches!(submit(&b, revoke(Some("mallory"))), Ok(Outcome::Revoked(v)) if v.is_empty()));
+    assert!(b.get(&id(1)).unwrap().is_some(), "bob's session stays");
+    assert!(revoked_serials(&server, &prefix).is_empty());
+    assert!(matches!(submit(&b, revoke(Some("bob"))), Ok(Outcome::Revoked(v)) if v.len() == 1));
+    assert!(b.get(&id(1)).unwrap().is_none());
+    assert_eq!(revoked_serials(&server, &prefix), vec![1]);
+    // Without an owner (an admin's revoke): any row.
+    submit(&b, create(session(2, "carol", b""), Replace::Nothing)).unwrap();
+    let admin = Op::Revoke { id: id(2), owner: None, prune_after: 9_000_000 };
+    assert!(matches!(submit(&b, admin), Ok(Outcome::Revoked(v)) if v.len() == 1));
+}

@@ -257,3 +257,21 @@ fn close_writes_every_queued_job_then_refuses_new_ones() {
     w.close().unwrap(); // idempotent
     assert!(db.get(&id(11)).unwrap().is_none());
 }
+
+#[test]
+fn a_revocation_made_for_an_owner_leaves_another_users_row() {
+    let (db, w) = start(64);
+    w.submit(create(1, Vec::new()), Wait::Durable).unwrap(); // alice's
+    let before = commits(&w);
+    let revoke = |owner: &str| Op::Revoke { id: id(1), owner: Some(owner.into()), prune_after: 0 };
+    assert!(matches!(w.submit(revoke("mallory"), Wait::Durable), Ok(Outcome::Revoked(v)) if v.is_empty()));
+    assert_eq!(commits(&w), before, "nothing written");
+    assert!(db.get(&id(1)).unwrap().is_some(), "alice's session stays");
+    match w.submit(revoke("alice"), Wait::Durable) {
+        Ok(Outcome::Revoked(v)) => assert_eq!(v.iter().map(|r| r.serial).collect::<Vec<_>>(), vec![1]),
+        _ => panic!("the owner's revocation did not revoke"),
+    }
+    assert!(db.get(&id(1)).unwrap().is_none());
+    let unowned = Op::Revoke { id: id(2), owner: Some("alice".into()), prune_after: 0 };
+    assert!(matches!(w.submit(unowned, Wait::Durable), Ok(Outcome::Revoked(v)) if v.is_empty()), "no such row");
+}
