@@ -8,6 +8,10 @@ use crate::error::Error;
 use crate::stats::Stats;
 use crate::sweeper::SweepReport;
 
+/// Most revocation entries (and, separately, not-before entries) one prune
+/// op drops.
+const PRUNE_STEP: usize = 1024;
+
 impl Store {
     /// Removes expired sessions (absolute deadline or idle timeout passed) with
     /// their index rows, refresh families and cache entries, then prunes the
@@ -77,15 +81,27 @@ impl Store {
                 let now = now.saturating_sub(margin);
                 let entries = inner.table.revocation.due(now);
                 let not_before = inner.table.revocation.stale_not_before(now, inner.horizon_ms);
-                let (pruned, users) =
-                    match inner.table.submit(Op::PruneRevoked { entries, not_before }, Wait::Durable)? {
-                        Outcome::Pruned(p, u) => (p, u),
-                        _ => (Vec::new(), Vec::new()),
-                    };
-                inner.table.revocation.forget(&pruned);
-                inner.table.revocation.forget_not_before(&users);
+                // In bounded steps: no journal record or Redis script grows
+                // with how many entries fell due at once (a revoke_user of a
+                // large user makes them due together). A failed step leaves
+                // the rest for the next prune; what a step pruned is
+                // forgotten in memory only once it committed.
+                let (mut entries, mut not_before) = (entries.chunks(PRUNE_STEP), not_before.chunks(PRUNE_STEP));
+                let mut pruned_n = 0;
+                loop {
+                    let (e, n) = (entries.next().unwrap_or_default(), not_before.next().unwrap_or_default());
+                    if e.is_empty() && n.is_empty() {
+                        break;
+                    }
+                    let op = Op::PruneRevoked { entries: e.to_vec(), not_before: n.to_vec() };
+                    if let Outcome::Pruned(pruned, users) = inner.table.submit(op, Wait::Durable)? {
+                        inner.table.revocation.forget(&pruned);
+                        inner.table.revocation.forget_not_before(&users);
+                        pruned_n += pruned.len();
+                    }
+                }
                 let keys = inner.keyring.prune(crate::clock::from_millis(now));
-                Ok((pruned.len(), keys))
+                Ok((pruned_n, keys))
             },
         )
     }

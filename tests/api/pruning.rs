@@ -33,3 +33,23 @@ fn pruning_takes_what_is_due_and_not_before_entries_too() {
         assert!(s.session(*id).unwrap().is_none(), "pruned sessions stay dead");
     }
 }
+
+/// Entries that fall due together (a user-wide revocation makes thousands
+/// due at once) are pruned in bounded steps: no single journal record or
+/// Redis script grows with their number (it was one op for all of them).
+#[test]
+fn a_large_prune_is_written_in_bounded_steps() {
+    let (s, clock) = store();
+    let n = 2_500;
+    for _ in 0..n {
+        s.create(NewSession::new("whale")).unwrap();
+    }
+    assert_eq!(s.revoke_user("whale", cloakroom::Scope::All).unwrap(), n);
+    clock.advance(std::time::Duration::from_secs(331)); // past the horizon (300 s + 30 s)
+    let commits = s.stats().commits;
+    assert_eq!(s.prune_revocations().unwrap().0, n);
+    let steps = s.stats().commits - commits;
+    assert!(steps >= 3, "2,500 entries in steps of at most 1,024: at least 3 writes, saw {steps}");
+    assert_eq!(s.stats().revoked_serials, 0);
+    assert_eq!(s.prune_revocations().unwrap().0, 0, "nothing left");
+}
