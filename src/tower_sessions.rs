@@ -395,44 +395,58 @@ mod tests {
     /// Issue 24 item 5: 64 concurrent saves that change the user of one
     /// cookie leave exactly one live row, of one of the two users, with the
     /// other user's listing empty — also after a reopen (the index rebuilt
-    /// from the file).
+    /// from the file). The race is run for 100 cookies one after another: a
+    /// single round caught the old two-step user change (revoke, then
+    /// create) only about once in 30 runs; 100 rounds catch it in every run.
+    /// They also caught a replaced session answering from the cache until
+    /// the replacing thread evicted it (a save then read its stale serial
+    /// 64 times and failed): about 1 run in 10 before the replaced serial
+    /// was refused in memory ahead of the create.
     #[test]
     fn racing_user_changes_leave_one_row() {
+        const ROUNDS: i128 = 100;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
-        let id: i128 = 0x1234_5678_9abc_def0_1122_3344_5566_7788;
+        let base: i128 = 0x1234_5678_9abc_def0_1122_3344_5566_0000;
         let expiry = OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let users = |r: i128| (format!("alice{r}"), format!("bob{r}"), format!("carol{r}"));
         {
             let store = Store::open(&path, crate::config::Config::default()).unwrap();
             let ts = CloakroomStore::new(store.clone());
-            rt.block_on(async {
-                assert!(ts.create_as(id, &data_of("alice"), expiry).await.ok().unwrap());
-                let mut tasks = Vec::new();
-                for i in 0..64 {
-                    let ts = ts.clone();
-                    let user = if i % 2 == 0 { "bob" } else { "carol" };
-                    tasks.push(tokio::spawn(async move { ts.save_as(id, &data_of(user), expiry).await.is_ok() }));
-                }
-                for t in tasks {
-                    assert!(t.await.unwrap());
-                }
-            });
-            check(&store);
+            for r in 0..ROUNDS {
+                let (alice, bob, carol) = users(r);
+                rt.block_on(async {
+                    assert!(ts.create_as(base + r, &data_of(&alice), expiry).await.ok().unwrap());
+                    let mut tasks = Vec::new();
+                    for i in 0..64 {
+                        let (ts, user) = (ts.clone(), if i % 2 == 0 { bob.clone() } else { carol.clone() });
+                        tasks.push(tokio::spawn(
+                            async move { ts.save_as(base + r, &data_of(&user), expiry).await.is_ok() },
+                        ));
+                    }
+                    for t in tasks {
+                        assert!(t.await.unwrap());
+                    }
+                });
+                check(&store, r, &users(r));
+            }
             store.close().unwrap();
         }
         let store = Store::open(&path, crate::config::Config::default()).unwrap();
-        check(&store);
+        for r in 0..ROUNDS {
+            check(&store, r, &users(r));
+        }
 
-        fn check(store: &Store) {
-            let (b, c) = (store.list_user("bob").unwrap(), store.list_user("carol").unwrap());
-            assert_eq!(b.len() + c.len(), 1, "bob {} carol {}", b.len(), c.len());
-            assert!(store.list_user("alice").unwrap().is_empty());
+        fn check(store: &Store, round: i128, (alice, bob, carol): &(String, String, String)) {
+            let (b, c) = (store.list_user(bob).unwrap(), store.list_user(carol).unwrap());
+            assert_eq!(b.len() + c.len(), 1, "round {round}: bob {} carol {}", b.len(), c.len());
+            assert!(store.list_user(alice).unwrap().is_empty(), "round {round}: alice's session replaced");
             // The row's data names the user it is filed under (a racing
             // rewrite must not land on a session replaced since it was read).
-            let (row, user) = if b.is_empty() { (&c[0], "carol") } else { (&b[0], "bob") };
+            let (row, user) = if b.is_empty() { (&c[0], carol) } else { (&b[0], bob) };
             let data: Data = serde_json::from_slice(row.data()).unwrap();
-            assert_eq!(axum_login_user(&data).as_deref(), Some(user));
+            assert_eq!(axum_login_user(&data).as_deref(), Some(user.as_str()), "round {round}");
         }
     }
 }

@@ -82,6 +82,15 @@ impl Store {
             }
             Durability::Immediate => Wait::Durable,
         };
+        // The session a create replaces (an adapter's user change) is refused
+        // in memory before the create is decided, as `revoke` refuses first:
+        // between the commit and this thread's eviction after it, no other
+        // thread may answer from a cached copy of the replaced session. Only
+        // a serial already gone can be refused for nothing: a replace names
+        // the session its caller wants gone.
+        if let Replace::Serial(old) = how.replace {
+            inner.table.refuse(&[(old, rec.id)]);
+        }
         let op = Op::Create(Create {
             rec: Arc::clone(&rec),
             replace: how.replace,
