@@ -315,16 +315,17 @@ impl View<'_> {
     fn create(&mut self, c: &Create) -> Result<Outcome, Error> {
         let rec = &c.rec;
         let stored = self.get(&rec.id)?;
-        let mut revoked = Vec::new();
-        if let Some(old) = rules::create(stored.as_ref(), c.replace)? {
-            let old = old.clone();
-            self.delete(&old.id)?;
-            self.revoke(old.serial, old.id, c.prune_after);
-            revoked.push(Revoked::of(&old, c.prune_after));
-        }
+        // Every decision before any change: a create refused (the id taken,
+        // the cap) writes nothing, also not the removal of the row it would
+        // have replaced.
+        let replaced = rules::create(stored.as_ref(), c.replace)?.cloned();
+        let mut over = Vec::new();
         if let Some(cap) = c.cap {
             let mut live = Vec::new();
             for id in self.user_ids(&rec.user) {
+                if replaced.as_ref().is_some_and(|old| old.id == id) {
+                    continue; // leaves with this create
+                }
                 if let Ok(Some(r)) = self.get(&id)
                     && rules::owned_by(&r, &rec.user)
                     && rec.created_at < r.deadline(r.last_seen)
@@ -334,12 +335,19 @@ impl View<'_> {
             }
             let by_serial: HashMap<u64, SessionId> = live.iter().map(|&(_, _, s, id)| (s, id)).collect();
             for (_, _, serial) in rules::cap(cap, live.into_iter().map(|(c, n, s, _)| (c, n, s)).collect())? {
-                if let Some(id) = by_serial.get(&serial)
-                    && let Some(old) = self.delete(id)?
-                {
-                    self.revoke(old.serial, old.id, c.prune_after);
-                    revoked.push(Revoked::of(&old, c.prune_after));
-                }
+                over.extend(by_serial.get(&serial).copied());
+            }
+        }
+        let mut revoked = Vec::new();
+        if let Some(old) = replaced {
+            self.delete(&old.id)?;
+            self.revoke(old.serial, old.id, c.prune_after);
+            revoked.push(Revoked::of(&old, c.prune_after));
+        }
+        for id in &over {
+            if let Some(old) = self.delete(id)? {
+                self.revoke(old.serial, old.id, c.prune_after);
+                revoked.push(Revoked::of(&old, c.prune_after));
             }
         }
         self.put_new(rec);

@@ -60,7 +60,7 @@ return {1}
 
 /// Revokes one session. KEYS: session, revoked hash, revoked zset, events
 /// channel. ARGV: user index key prefix, prune-after, index member, owner
-/// (`` none: revoke only a row whose `u` is that user, `rules::owned_by`).
+/// (empty: any row; else only a row whose `u` is that user, `rules::owned_by`).
 /// Returns {ser, sh}, or {} if there is no such session (or not the owner's).
 const REVOKE: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'u')
@@ -139,37 +139,46 @@ return out
 const CREATE: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'ser', 'sh', 'id', 'u')
 local out = {1}
+-- Every decision before any change (rules::create, then rules::cap): a
+-- refused create leaves the row it would have replaced.
 if h[1] then
   if ARGV[11] == '' or h[1] ~= ARGV[11] then return {-1} end
-  revoke(KEYS[1], h, KEYS[3], KEYS[4], KEYS[5], ARGV[12])
-  if h[4] then redis.call('ZREM', ARGV[16] .. h[4], ARGV[9]) end
-  table.insert(out, h[1]); table.insert(out, h[3]); table.insert(out, h[2])
 elseif ARGV[11] ~= '' then
   return {-1}
 end
+local over = {}
 if ARGV[13] ~= '' then
   local max = tonumber(ARGV[13])
-  local live = {}
+  local live, dead = {}, {}
   for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     local k = ARGV[15] .. m
-    local o = redis.call('HMGET', k, 'ser', 'sh', 'id', 'u', 'c', 'num')
-    if o[1] and o[4] == ARGV[6] then
-      table.insert(live, {tonumber(o[6] or o[1]), k, m, o, tonumber(o[5] or '0')})
-    elseif not o[1] then
-      redis.call('ZREM', KEYS[2], m)
+    if k ~= KEYS[1] then -- (the replaced row leaves with this create)
+      local o = redis.call('HMGET', k, 'ser', 'sh', 'id', 'u', 'c', 'num')
+      if o[1] and o[4] == ARGV[6] then
+        table.insert(live, {tonumber(o[6] or o[1]), k, m, o, tonumber(o[5] or '0')})
+      elseif not o[1] then
+        table.insert(dead, m)
+      end
     end
   end
+  if #live >= max and ARGV[14] == 'refuse' then return {-2} end
+  -- (members whose row is gone leave the index once the create is decided)
+  for _, m in ipairs(dead) do redis.call('ZREM', KEYS[2], m) end
   if #live >= max then
-    if ARGV[14] == 'refuse' then return {-2} end
     -- rules::cap: creation time (field c; 0 for rows written before it), then number
     table.sort(live, function(a, b) if a[5] ~= b[5] then return a[5] < b[5] end return a[1] < b[1] end)
-    for i = 1, #live + 1 - max do
-      local e = live[i]
-      revoke(e[2], e[4], KEYS[3], KEYS[4], KEYS[5], ARGV[12])
-      redis.call('ZREM', KEYS[2], e[3])
-      table.insert(out, e[4][1]); table.insert(out, e[4][3]); table.insert(out, e[4][2])
-    end
+    for i = 1, #live + 1 - max do table.insert(over, live[i]) end
   end
+end
+if h[1] then
+  revoke(KEYS[1], h, KEYS[3], KEYS[4], KEYS[5], ARGV[12])
+  if h[4] then redis.call('ZREM', ARGV[16] .. h[4], ARGV[9]) end
+  table.insert(out, h[1]); table.insert(out, h[3]); table.insert(out, h[2])
+end
+for _, e in ipairs(over) do
+  revoke(e[2], e[4], KEYS[3], KEYS[4], KEYS[5], ARGV[12])
+  redis.call('ZREM', KEYS[2], e[3])
+  table.insert(out, e[4][1]); table.insert(out, e[4][3]); table.insert(out, e[4][2])
 end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 'num', ARGV[2], 'ser', ARGV[3], 'sh', ARGV[4], 'id', ARGV[5], 'u', ARGV[6], 'c', ARGV[17])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])

@@ -252,3 +252,27 @@ fn a_revocation_made_for_an_owner_leaves_another_users_row() {
     let admin = Op::Revoke { id: id(2), owner: None, prune_after: 9_000_000 };
     assert!(matches!(submit(&b, admin), Ok(Outcome::Revoked(v)) if v.len() == 1));
 }
+
+#[test]
+fn a_create_refused_by_the_cap_leaves_the_row_it_would_replace() {
+    use crate::config::{Cap, OnLimit};
+    let Some(server) = server() else { return };
+    let (b, prefix) = open(&server);
+    submit(&b, create(session(1, "alice", b""), Replace::Nothing)).unwrap();
+    submit(&b, create(session(2, "bob", b""), Replace::Nothing)).unwrap();
+    // A user change of id 1 to bob, who is at his cap of one session.
+    let mut change = (*session(3, "bob", b"")).clone();
+    change.id = id(1);
+    let cap = Some(Cap { max: 1, on_limit: OnLimit::Refuse });
+    let op = Op::Create(Create {
+        rec: Arc::new(change),
+        replace: Replace::Serial(1),
+        cap,
+        random_id: false,
+        prune_after: 9_000_000,
+    });
+    assert!(matches!(submit(&b, op), Err(Error::SessionLimit { max: 1 })));
+    let kept = b.get(&id(1)).unwrap().expect("the row it would have replaced stays");
+    assert_eq!((kept.serial, &*kept.user), (1, "alice"));
+    assert!(revoked_serials(&server, &prefix).is_empty(), "nothing revoked");
+}

@@ -275,3 +275,39 @@ fn a_revocation_made_for_an_owner_leaves_another_users_row() {
     let unowned = Op::Revoke { id: id(2), owner: Some("alice".into()), prune_after: 0 };
     assert!(matches!(w.submit(unowned, Wait::Durable), Ok(Outcome::Revoked(v)) if v.is_empty()), "no such row");
 }
+
+#[test]
+fn a_create_refused_by_the_cap_leaves_the_row_it_would_replace() {
+    use crate::config::{Cap, OnLimit};
+    let (db, w) = start(64);
+    w.submit(create(1, Vec::new()), Wait::Durable).unwrap(); // alice's session under id 1
+    let mut bobs = (*session(2, Vec::new())).clone();
+    bobs.user = "bob".into();
+    w.submit(
+        Op::Create(Create {
+            rec: Arc::new(bobs),
+            replace: Replace::Nothing,
+            cap: None,
+            random_id: true,
+            prune_after: 0,
+        }),
+        Wait::Durable,
+    )
+    .unwrap();
+    let before = commits(&w);
+    // A user change of id 1 to bob, who is at his cap of one session.
+    let mut change = (*session(3, Vec::new())).clone();
+    (change.id, change.user) = (id(1), "bob".into());
+    let cap = Some(Cap { max: 1, on_limit: OnLimit::Refuse });
+    let op = Op::Create(Create {
+        rec: Arc::new(change),
+        replace: Replace::Serial(1),
+        cap,
+        random_id: false,
+        prune_after: 0,
+    });
+    assert!(matches!(w.submit(op, Wait::Durable).map_err(|f| f.error), Err(Error::SessionLimit { max: 1 })));
+    assert_eq!(commits(&w), before, "a refused create writes nothing");
+    let kept = db.get(&id(1)).unwrap().expect("the row it would have replaced stays");
+    assert_eq!((kept.serial, &*kept.user), (1, "alice"));
+}
