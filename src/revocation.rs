@@ -356,7 +356,14 @@ impl Revocation {
         {
             let mut r = self.revoked.write();
             for &(s, id, prune_after, secret) in marks {
-                r.ids.insert(id, s);
+                if prune_after.is_some() {
+                    r.ids.insert(id, s);
+                } else {
+                    // A provisional mark (before a commit) never replaces what
+                    // the id already maps to: a later committed revocation, or
+                    // the unknown-serial block of a row that could not be read.
+                    r.ids.entry(id).or_insert(s);
+                }
                 if let Some(p) = prune_after {
                     r.due.insert((p, s, id));
                 }

@@ -27,6 +27,7 @@ impl Store {
     /// Returns whether it revoked. For the web layer's devices page.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn revoke_owned(&self, id: SessionId, user: &str) -> Result<bool, Error> {
+        check_user(user)?; // (an empty owner would mean "any" to the Redis script)
         self.revoke_one(id, Some(user))
     }
 
